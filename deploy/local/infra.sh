@@ -1,0 +1,615 @@
+#!/usr/bin/env bash
+# Local infrastructure for MuLambda without Docker: Kafka (single KRaft node),
+# Redis (or Dragonfly) and MinIO, as plain processes bound to 127.0.0.1.
+#
+#   deploy/local/infra.sh install|start|status|stop|restart [kafka|redis|minio ...]
+#
+# No component argument means all three. Every command is idempotent.
+# Progress goes to stderr; `start` prints `export ...` lines on stdout, so
+#   eval "$(deploy/local/infra.sh start)"
+# works, and the same lines are written to $MULAMBDA_HOME/env for `source`.
+# See deploy/local/README.md for the environment variables.
+set -euo pipefail
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd "$SCRIPT_DIR/../.." && pwd)
+
+# Must match <kafka.version> in deploy/local/kafka/pom.xml.
+KAFKA_VERSION=3.9.2
+MINIO_MODULE=github.com/minio/minio
+# MinIO RELEASE.2025-09-07T16-13-09Z. MinIO's tags are not semver, so the Go
+# module proxy only knows the release as this pseudo-version of its commit.
+MINIO_VERSION=v0.0.0-20250907161309-07c3a429bfed
+
+ALL_COMPONENTS=(kafka redis minio)
+
+# --- configuration (all optional, see README) --------------------------------
+
+CACHE_DIR=${MULAMBDA_CACHE_DIR:-$HOME/.cache/mulambda}
+STATE_DIR=${MULAMBDA_HOME:-$REPO_ROOT/.mulambda}
+KAFKA_PORT=${MULAMBDA_KAFKA_PORT:-9092}
+KAFKA_CONTROLLER_PORT=${MULAMBDA_KAFKA_CONTROLLER_PORT:-9093}
+REDIS_PORT=${MULAMBDA_REDIS_PORT:-6379}
+MINIO_PORT=${MULAMBDA_MINIO_PORT:-9000}
+MINIO_CONSOLE_PORT=${MULAMBDA_MINIO_CONSOLE_PORT:-9001}
+MINIO_ACCESS_KEY=${MULAMBDA_MINIO_ACCESS_KEY:-mulambda}
+MINIO_SECRET_KEY=${MULAMBDA_MINIO_SECRET_KEY:-mulambda-secret}
+START_TIMEOUT=${MULAMBDA_START_TIMEOUT:-60}
+STOP_TIMEOUT=15
+
+# Relative paths would break once we cd or hand them to a detached process.
+case $CACHE_DIR in /*) ;; *) CACHE_DIR=$PWD/$CACHE_DIR ;; esac
+case $STATE_DIR in /*) ;; *) STATE_DIR=$PWD/$STATE_DIR ;; esac
+
+LOG_DIR=$CACHE_DIR/logs
+KAFKA_HOME=$CACHE_DIR/kafka-$KAFKA_VERSION
+KAFKA_LIBS=$KAFKA_HOME/libs
+KAFKA_MAIN_JAR=kafka_2.13-$KAFKA_VERSION.jar
+MINIO_BIN=$CACHE_DIR/minio/$MINIO_VERSION/bin/minio
+# Where an earlier, unversioned `GOBIN=$CACHE/minio/bin go install` put MinIO;
+# adopted (hard link) when its embedded module version is the pinned one.
+MINIO_LEGACY_BIN=$CACHE_DIR/minio/bin/minio
+
+# --- small helpers ------------------------------------------------------------
+
+log() { printf '%s infra: %s\n' "$(date '+%H:%M:%S')" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+usage() {
+  cat >&2 <<EOF
+usage: ${0##*/} install|start|status|stop|restart [kafka|redis|minio ...]
+  install  fetch/build artefacts into \$MULAMBDA_CACHE_DIR ($CACHE_DIR)
+  start    install if needed, start, wait until ready, print export lines
+  status   one line per component; exit 0 if all running, 3 otherwise
+  stop     stop the processes recorded in our pid files
+  restart  stop, then start
+State, data and logs live in \$MULAMBDA_HOME ($STATE_DIR).
+EOF
+  exit 2
+}
+
+require_int() { # name value
+  [[ $2 =~ ^[0-9]+$ ]] || die "$1 must be an integer, got '$2'"
+}
+
+require_cmd() { # command hint
+  command -v "$1" >/dev/null 2>&1 || die "'$1' not found on PATH ($2)"
+}
+
+comp_dir() { printf '%s/%s' "$STATE_DIR" "$1"; }
+pid_file() { printf '%s/%s/%s.pid' "$STATE_DIR" "$1" "$1"; }
+log_file() { printf '%s/%s/%s.log' "$STATE_DIR" "$1" "$1"; }
+
+# Ports a component needs; the first is the one clients use.
+comp_ports() {
+  case $1 in
+    kafka) echo "$KAFKA_PORT $KAFKA_CONTROLLER_PORT" ;;
+    redis) echo "$REDIS_PORT" ;;
+    minio) echo "$MINIO_PORT $MINIO_CONSOLE_PORT" ;;
+  esac
+}
+
+# What the command line of our process looks like. Checked before trusting a pid
+# file, so a pid recycled by an unrelated process (after a reboot, say) is
+# never signalled, and a zombie ("[java] <defunct>") counts as gone.
+comp_pattern() {
+  case $1 in
+    kafka) echo 'kafka\.Kafka' ;;
+    redis) echo 'redis-server|dragonfly' ;;
+    minio) echo 'minio server' ;;
+  esac
+}
+
+# Prints the pid and succeeds if the component's pid file names a live process
+# of ours.
+running_pid() {
+  local comp=$1 file pid args
+  file=$(pid_file "$comp")
+  [[ -f $file ]] || return 1
+  pid=$(<"$file")
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  args=$(ps -o args= -p "$pid" 2>/dev/null) || return 1
+  grep -Eq "$(comp_pattern "$comp")" <<<"$args" || return 1
+  echo "$pid"
+}
+
+clean_stale_pid() {
+  local comp=$1 file
+  file=$(pid_file "$comp")
+  if [[ -f $file ]] && ! running_pid "$comp" >/dev/null; then
+    log "$comp: removing stale pid file $file"
+    rm -f "$file"
+  fi
+}
+
+# True if something accepts TCP connections on 127.0.0.1:port. Bash's /dev/tcp
+# needs no extra tool; loopback refuses instantly, timeout guards the rest.
+port_open() {
+  # shellcheck disable=SC2016 # $1 is expanded by the inner bash, on purpose.
+  timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$1" 2>/dev/null
+}
+
+# Serialise callers sharing a directory: two `start`s racing on one
+# MULAMBDA_HOME, or two clones installing into one cache. flock is util-linux;
+# without it we simply run unlocked.
+lock() { # fd file
+  command -v flock >/dev/null 2>&1 || return 0
+  mkdir -p "$(dirname "$2")"
+  eval "exec $1>\"\$2\""
+  if ! flock -n "$1"; then
+    log "waiting for lock $2 (another infra.sh is running)"
+    flock -w 900 "$1" || die "gave up waiting for lock $2"
+  fi
+}
+
+unlock() { # fd
+  eval "exec $1>&-"
+}
+
+# Substitutes @KEY@ placeholders; fails if any placeholder is left unfilled.
+render() { # template output KEY=VALUE...
+  local tmpl=$1 out=$2 kv key val
+  shift 2
+  local sed_args=()
+  for kv in "$@"; do
+    key=${kv%%=*}
+    val=$(printf '%s' "${kv#*=}" | sed -e 's/[\\&|]/\\&/g')
+    sed_args+=(-e "s|@${key}@|${val}|g")
+  done
+  sed "${sed_args[@]}" "$tmpl" >"$out.tmp"
+  if grep -Eq '@[A-Z_]+@' "$out.tmp"; then
+    rm -f "$out.tmp"
+    die "unfilled placeholder in $tmpl"
+  fi
+  mv -f "$out.tmp" "$out"
+}
+
+# Keep the previous run's log for post-mortems, start each run with a fresh
+# one (readiness checks grep the whole file).
+rotate_log() {
+  local file=$1
+  if [[ -f $file ]]; then mv -f "$file" "$file.prev"; fi
+}
+
+show_log_tail() {
+  local file=$1
+  if [[ -s $file ]]; then
+    log "last 20 lines of $file:"
+    tail -n 20 "$file" | sed 's/^/    /' >&2
+  else
+    log "$file is empty"
+  fi
+}
+
+# Runs an install step with all its output in $LOG_DIR/<name>.log; on failure
+# says which step failed and where to look.
+run_logged() { # step-description log-name command...
+  local step=$1 logfile=$LOG_DIR/$2.log
+  shift 2
+  mkdir -p "$LOG_DIR"
+  printf '\n=== %s  %s\n' "$(date '+%F %T')" "$*" >>"$logfile"
+  if ! "$@" >>"$logfile" 2>&1; then
+    log "ERROR: $step failed; see $logfile"
+    tail -n 20 "$logfile" | sed 's/^/    /' >&2
+    return 1
+  fi
+}
+
+# --- Kafka --------------------------------------------------------------------
+
+kafka_installed() { [[ -f $KAFKA_LIBS/$KAFKA_MAIN_JAR ]]; }
+
+kafka_install() {
+  kafka_installed && { log "kafka: $KAFKA_VERSION already in $KAFKA_LIBS"; return 0; }
+  require_cmd java "install a JDK >= 11, e.g. apt-get install -y openjdk-17-jre-headless"
+  require_cmd mvn "apt-get install -y maven"
+  lock 8 "$CACHE_DIR/locks/kafka-$KAFKA_VERSION.lock"
+  # Someone may have finished while we waited for the lock.
+  if ! kafka_installed; then
+    log "kafka: resolving $KAFKA_VERSION jars with Maven (log: $LOG_DIR/kafka-install.log)"
+    mkdir -p "$KAFKA_HOME"
+    # Leftovers of interrupted downloads; safe to remove while we hold the lock.
+    rm -rf "$KAFKA_HOME"/libs.tmp.*
+    local tmp
+    tmp=$(mktemp -d "$KAFKA_HOME/libs.tmp.XXXXXX")
+    # Download into a temp dir and rename on success: `libs` existing then
+    # always means complete.
+    if ! run_logged "kafka install (mvn dependency:copy-dependencies)" kafka-install \
+      mvn -B -q -f "$SCRIPT_DIR/kafka/pom.xml" dependency:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$tmp"; then
+      rm -rf "$tmp"
+      exit 1
+    fi
+    [[ -f $tmp/$KAFKA_MAIN_JAR ]] || {
+      rm -rf "$tmp"
+      die "kafka install: Maven finished but $KAFKA_MAIN_JAR is missing; see $LOG_DIR/kafka-install.log"
+    }
+    rm -rf "$KAFKA_LIBS" # only ever an incomplete copy made by other means
+    mv -T "$tmp" "$KAFKA_LIBS"
+    log "kafka: installed $(find "$KAFKA_LIBS" -name '*.jar' | wc -l) jars into $KAFKA_LIBS"
+  fi
+  unlock 8
+}
+
+# JVM options shared by the broker and the storage tool: the cached classpath
+# and our log4j config (without it log4j only prints "no appenders" warnings).
+kafka_jvm_opts() {
+  KAFKA_JVM_OPTS=(
+    -Djava.awt.headless=true
+    -Dlog4j.configuration="file:$SCRIPT_DIR/kafka/log4j.properties"
+    -Dkafka.logs.dir="$(comp_dir kafka)"
+    -cp "$KAFKA_LIBS/*"
+  )
+}
+
+# KRaft storage must be formatted once with a cluster id before first start.
+# The id is kept in the state dir so a re-format (after deleting data/) keeps
+# the same cluster identity.
+kafka_format() {
+  local dir data
+  dir=$(comp_dir kafka)
+  data=$dir/data
+  [[ -f $data/meta.properties ]] && return 0
+  kafka_jvm_opts
+  if [[ ! -s $dir/cluster-id ]]; then
+    local id
+    id=$(java "${KAFKA_JVM_OPTS[@]}" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
+    # Kafka cluster ids are 16 random bytes in URL-safe base64.
+    [[ $id =~ ^[A-Za-z0-9_-]{22}$ ]] || die "kafka: could not generate a cluster id (got '$id')"
+    echo "$id" >"$dir/cluster-id"
+  fi
+  log "kafka: formatting storage in $data (cluster id $(<"$dir/cluster-id"))"
+  if ! java "${KAFKA_JVM_OPTS[@]}" kafka.tools.StorageTool format --ignore-formatted \
+    -t "$(<"$dir/cluster-id")" -c "$dir/server.properties" >"$dir/format.log" 2>&1; then
+    show_log_tail "$dir/format.log"
+    die "kafka: storage format failed; see $dir/format.log"
+  fi
+}
+
+# Config and storage, done before anything is launched.
+kafka_prepare() {
+  local dir
+  dir=$(comp_dir kafka)
+  mkdir -p "$dir/data"
+  render "$SCRIPT_DIR/kafka/server.properties.tmpl" "$dir/server.properties" \
+    KAFKA_PORT="$KAFKA_PORT" KAFKA_CONTROLLER_PORT="$KAFKA_CONTROLLER_PORT" \
+    KAFKA_DATA_DIR="$dir/data"
+  kafka_format
+}
+
+kafka_launch() {
+  local dir
+  dir=$(comp_dir kafka)
+  rotate_log "$dir/kafka.log"
+  kafka_jvm_opts
+  # setsid: own session, so the broker outlives this shell and ignores the
+  # terminal's Ctrl-C/hangup. 8>&- 9>&-: our lock fds must not be inherited,
+  # or the daemon would hold the locks for its whole life. Small heap: the
+  # machines have 2 cores and the local workload is tiny.
+  setsid java -Xms256m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+    -XX:+ExitOnOutOfMemoryError "${KAFKA_JVM_OPTS[@]}" \
+    kafka.Kafka "$dir/server.properties" \
+    </dev/null >"$dir/kafka.log" 2>&1 8>&- 9>&- &
+  echo $! >"$(pid_file kafka)"
+}
+
+kafka_ready() {
+  port_open "$KAFKA_PORT" && grep -q 'Kafka Server started' "$(log_file kafka)"
+}
+
+# --- Redis (or Dragonfly) -----------------------------------------------------
+
+# Dragonfly speaks the Redis protocol and is preferred when present.
+redis_binary() {
+  if command -v dragonfly >/dev/null 2>&1; then
+    command -v dragonfly
+  elif command -v redis-server >/dev/null 2>&1; then
+    command -v redis-server
+  else
+    return 1
+  fi
+}
+
+redis_installed() { redis_binary >/dev/null; }
+
+apt_install_redis() {
+  export DEBIAN_FRONTEND=noninteractive
+  # Only refresh the package lists when the install fails: it is slow and
+  # usually unnecessary.
+  apt-get install -y redis-server || { apt-get update && apt-get install -y redis-server; }
+}
+
+redis_install() {
+  if redis_installed; then
+    log "redis: using $(redis_binary)"
+    return 0
+  fi
+  require_cmd apt-get "install redis-server (or dragonfly) with your package manager"
+  [[ $EUID -eq 0 ]] || die "redis: redis-server is missing; run 'sudo apt-get install -y redis-server' (this script does not use sudo)"
+  lock 8 "$CACHE_DIR/locks/apt.lock"
+  log "redis: apt-get install redis-server (log: $LOG_DIR/redis-install.log)"
+  run_logged "redis install (apt-get install redis-server)" redis-install apt_install_redis || exit 1
+  unlock 8
+  redis_installed || die "redis: apt-get succeeded but redis-server is not on PATH"
+  log "redis: installed $(redis_binary)"
+  # Debian's package may start a system-wide redis on 6379 where an init
+  # system runs; that is not ours and `start` will then report the port taken.
+}
+
+redis_prepare() {
+  local dir
+  dir=$(comp_dir redis)
+  mkdir -p "$dir/data"
+  # Dragonfly takes flags instead of a config file.
+  if [[ $(basename "$(redis_binary)") != dragonfly ]]; then
+    render "$SCRIPT_DIR/redis.conf.tmpl" "$dir/redis.conf" \
+      REDIS_PORT="$REDIS_PORT" REDIS_DATA_DIR="$dir/data"
+  fi
+}
+
+redis_launch() {
+  local dir bin
+  dir=$(comp_dir redis)
+  bin=$(redis_binary)
+  rotate_log "$dir/redis.log"
+  if [[ $(basename "$bin") == dragonfly ]]; then
+    setsid "$bin" --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$dir/data" \
+      --logtostderr </dev/null >"$dir/redis.log" 2>&1 8>&- 9>&- &
+  else
+    setsid "$bin" "$dir/redis.conf" </dev/null >"$dir/redis.log" 2>&1 8>&- 9>&- &
+  fi
+  echo $! >"$(pid_file redis)"
+}
+
+redis_ready() {
+  if command -v redis-cli >/dev/null 2>&1; then
+    [[ $(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]]
+  else
+    # Plain RESP over /dev/tcp when only Dragonfly is installed.
+    # shellcheck disable=SC2016 # expanded by the inner bash, on purpose.
+    timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"; printf "PING\r\n" >&3; read -r l <&3; [[ $l == "+PONG"* ]]' \
+      _ "$REDIS_PORT" 2>/dev/null
+  fi
+}
+
+# --- MinIO --------------------------------------------------------------------
+
+minio_installed() { [[ -x $MINIO_BIN ]]; }
+
+# True if the binary was built from the pinned module version (Go embeds it).
+minio_is_pinned_build() {
+  [[ -x $1 ]] && command -v go >/dev/null 2>&1 &&
+    go version -m "$1" 2>/dev/null |
+    awk -v m="$MINIO_MODULE" -v v="$MINIO_VERSION" '$1 == "mod" && $2 == m && $3 == v { ok = 1 } END { exit !ok }'
+}
+
+minio_install() {
+  minio_installed && { log "minio: $MINIO_VERSION already in $MINIO_BIN"; return 0; }
+  lock 8 "$CACHE_DIR/locks/minio-$MINIO_VERSION.lock"
+  if ! minio_installed; then
+    local bindir tmp
+    bindir=$(dirname "$MINIO_BIN")
+    mkdir -p "$bindir"
+    rm -rf "$bindir"/.tmp.*
+    if minio_is_pinned_build "$MINIO_LEGACY_BIN"; then
+      log "minio: adopting existing build $MINIO_LEGACY_BIN"
+      ln -f "$MINIO_LEGACY_BIN" "$bindir/.tmp.minio" 2>/dev/null ||
+        cp -f "$MINIO_LEGACY_BIN" "$bindir/.tmp.minio"
+      mv -f "$bindir/.tmp.minio" "$MINIO_BIN"
+    else
+      require_cmd go "MinIO is built from source; install Go >= 1.24"
+      log "minio: building $MINIO_MODULE@$MINIO_VERSION; takes several minutes on a cold Go cache (log: $LOG_DIR/minio-install.log)"
+      # Build into a temp GOBIN and rename, so a killed build never leaves a
+      # half-written binary at $MINIO_BIN.
+      tmp=$(mktemp -d "$bindir/.tmp.XXXXXX")
+      if ! run_logged "minio install (go install $MINIO_MODULE@$MINIO_VERSION)" minio-install \
+        env GOBIN="$tmp" CGO_ENABLED=0 go install "$MINIO_MODULE@$MINIO_VERSION"; then
+        rm -rf "$tmp"
+        exit 1
+      fi
+      mv -f "$tmp/minio" "$MINIO_BIN"
+      rm -rf "$tmp"
+    fi
+    log "minio: installed $MINIO_BIN"
+  fi
+  unlock 8
+}
+
+minio_prepare() {
+  # MinIO refuses to start otherwise; say so before spawning anything.
+  [[ ${#MINIO_ACCESS_KEY} -ge 3 ]] || die "MULAMBDA_MINIO_ACCESS_KEY must have at least 3 characters"
+  [[ ${#MINIO_SECRET_KEY} -ge 8 ]] || die "MULAMBDA_MINIO_SECRET_KEY must have at least 8 characters"
+  mkdir -p "$(comp_dir minio)/data"
+}
+
+minio_launch() {
+  local dir
+  dir=$(comp_dir minio)
+  rotate_log "$dir/minio.log"
+  # Credentials go through the environment of this one process only.
+  MINIO_ROOT_USER=$MINIO_ACCESS_KEY MINIO_ROOT_PASSWORD=$MINIO_SECRET_KEY \
+    setsid "$MINIO_BIN" server --address "127.0.0.1:$MINIO_PORT" \
+    --console-address "127.0.0.1:$MINIO_CONSOLE_PORT" "$dir/data" \
+    </dev/null >"$dir/minio.log" 2>&1 8>&- 9>&- &
+  echo $! >"$(pid_file minio)"
+}
+
+minio_ready() {
+  curl -sf -m 2 -o /dev/null "http://127.0.0.1:$MINIO_PORT/minio/health/ready"
+}
+
+# --- generic lifecycle --------------------------------------------------------
+
+ensure_installed() {
+  local comp=$1
+  "${comp}_installed" || "${comp}_install"
+}
+
+# Waits for readiness; on failure shows the log, stops the half-started
+# process and fails, so a failed start leaves nothing behind.
+wait_ready() {
+  local comp=$1 pid deadline
+  pid=$(<"$(pid_file "$comp")")
+  deadline=$((SECONDS + START_TIMEOUT))
+  while ! "${comp}_ready"; do
+    if ! running_pid "$comp" >/dev/null; then
+      show_log_tail "$(log_file "$comp")"
+      rm -f "$(pid_file "$comp")"
+      log "ERROR: $comp exited during startup; full log: $(log_file "$comp")"
+      return 1
+    fi
+    if ((SECONDS >= deadline)); then
+      show_log_tail "$(log_file "$comp")"
+      log "ERROR: $comp (pid $pid) not ready after ${START_TIMEOUT}s (MULAMBDA_START_TIMEOUT); stopping it"
+      stop_component "$comp" || true
+      return 1
+    fi
+    sleep 0.5
+  done
+  log "$comp: ready (pid $pid, port $(comp_ports "$comp" | cut -d' ' -f1))"
+}
+
+stop_component() {
+  local comp=$1 pid waited=0
+  if ! pid=$(running_pid "$comp"); then
+    clean_stale_pid "$comp"
+    log "$comp: not running"
+    return 0
+  fi
+  log "$comp: stopping pid $pid"
+  kill -TERM "$pid" 2>/dev/null || true
+  # running_pid rather than kill -0: an unreaped zombie counts as stopped.
+  while running_pid "$comp" >/dev/null && ((waited < STOP_TIMEOUT * 5)); do
+    sleep 0.2
+    waited=$((waited + 1))
+  done
+  if running_pid "$comp" >/dev/null; then
+    log "$comp: still alive after ${STOP_TIMEOUT}s, sending KILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    sleep 0.5
+  fi
+  rm -f "$(pid_file "$comp")" "$(comp_dir "$comp")/$comp.ports"
+  log "$comp: stopped"
+}
+
+# The connection settings for the MuLambda services, as shell exports.
+env_lines() {
+  printf 'export MULAMBDA_KAFKA_BOOTSTRAP_SERVERS=%q\n' "127.0.0.1:$KAFKA_PORT"
+  printf 'export MULAMBDA_REDIS_URL=%q\n' "redis://127.0.0.1:$REDIS_PORT/0"
+  printf 'export MULAMBDA_MINIO_ENDPOINT=%q\n' "127.0.0.1:$MINIO_PORT"
+  printf 'export MULAMBDA_MINIO_ACCESS_KEY=%q\n' "$MINIO_ACCESS_KEY"
+  printf 'export MULAMBDA_MINIO_SECRET_KEY=%q\n' "$MINIO_SECRET_KEY"
+}
+
+write_env_file() {
+  mkdir -p "$STATE_DIR"
+  env_lines >"$STATE_DIR/env.tmp"
+  mv -f "$STATE_DIR/env.tmp" "$STATE_DIR/env"
+}
+
+# --- commands -----------------------------------------------------------------
+
+cmd_install() {
+  local comp
+  for comp in "$@"; do "${comp}_install"; done
+}
+
+cmd_start() {
+  local comp pid port recorded to_launch=() conflicts=()
+  mkdir -p "$STATE_DIR"
+  lock 9 "$STATE_DIR/.infra.lock"
+  # Check everything before launching anything, so a taken port does not
+  # leave a half-started set behind.
+  for comp in "$@"; do
+    if pid=$(running_pid "$comp"); then
+      recorded=$(cat "$(comp_dir "$comp")/$comp.ports" 2>/dev/null || true)
+      if [[ -n $recorded && $recorded != "$(comp_ports "$comp")" ]]; then
+        log "$comp: already running (pid $pid) on port(s) $recorded, not the requested $(comp_ports "$comp"); use restart to apply"
+      else
+        log "$comp: already running (pid $pid)"
+      fi
+      continue
+    fi
+    clean_stale_pid "$comp"
+    for port in $(comp_ports "$comp"); do
+      if port_open "$port"; then
+        conflicts+=("$comp: port $port on 127.0.0.1 is already in use by another process")
+      fi
+    done
+    to_launch+=("$comp")
+  done
+  if ((${#conflicts[@]})); then
+    for comp in "${conflicts[@]}"; do log "ERROR: $comp"; done
+    exit 1
+  fi
+  for comp in "${to_launch[@]}"; do ensure_installed "$comp"; done
+  # Everything that can fail cheaply (configs, credentials, Kafka's storage
+  # format) happens before the first process is spawned.
+  for comp in "${to_launch[@]}"; do "${comp}_prepare"; done
+  # Launch all, then wait for all: start-up time is the slowest, not the sum.
+  for comp in "${to_launch[@]}"; do
+    log "$comp: starting (log: $(log_file "$comp"))"
+    "${comp}_launch"
+    comp_ports "$comp" >"$(comp_dir "$comp")/$comp.ports"
+  done
+  local failed=0
+  for comp in "${to_launch[@]}"; do
+    wait_ready "$comp" || failed=1
+  done
+  ((failed == 0)) || exit 1
+  write_env_file
+  log "connection settings written to $STATE_DIR/env"
+  env_lines
+}
+
+cmd_stop() {
+  local comp
+  lock 9 "$STATE_DIR/.infra.lock"
+  for comp in "$@"; do stop_component "$comp"; done
+}
+
+cmd_status() {
+  local comp pid port state all_running=0
+  for comp in "$@"; do
+    if pid=$(running_pid "$comp"); then
+      port=$(cat "$(comp_dir "$comp")/$comp.ports" 2>/dev/null || comp_ports "$comp")
+      port=${port%% *}
+      state=running
+      port_open "$port" || state="running (port $port not answering yet)"
+    else
+      pid=- port=$(comp_ports "$comp") port=${port%% *} state=stopped all_running=3
+    fi
+    printf '%-6s %-8s pid=%-8s port=%s\n' "$comp" "$state" "$pid" "$port"
+  done
+  return "$all_running"
+}
+
+main() {
+  [[ $# -ge 1 ]] || usage
+  local cmd=$1 arg comps=()
+  shift
+  for arg in "$@"; do
+    case $arg in
+      kafka | redis | minio) [[ " ${comps[*]} " == *" $arg "* ]] || comps+=("$arg") ;;
+      *) log "unknown component '$arg' (expected kafka, redis or minio)"; usage ;;
+    esac
+  done
+  ((${#comps[@]})) || comps=("${ALL_COMPONENTS[@]}")
+
+  local var
+  for var in KAFKA_PORT KAFKA_CONTROLLER_PORT REDIS_PORT MINIO_PORT MINIO_CONSOLE_PORT START_TIMEOUT; do
+    require_int "MULAMBDA_$var" "${!var}"
+  done
+
+  case $cmd in
+    install) cmd_install "${comps[@]}" ;;
+    start) cmd_start "${comps[@]}" ;;
+    stop) cmd_stop "${comps[@]}" ;;
+    restart) cmd_stop "${comps[@]}" && cmd_start "${comps[@]}" ;;
+    status) cmd_status "${comps[@]}" ;;
+    -h | --help | help) usage ;;
+    *) log "unknown command '$cmd'"; usage ;;
+  esac
+}
+
+main "$@"

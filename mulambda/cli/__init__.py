@@ -1,0 +1,33 @@
+"""The ``mulambda`` command: one module per command group, registered here."""
+
+from __future__ import annotations
+
+import click
+
+from mulambda import __version__
+from mulambda.cli.infra import infra
+from mulambda.cli.topics import topics
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """MuLambda: trait-based model selection and inference routing over Kafka.
+
+    Connection settings come from MULAMBDA_* environment variables (see
+    mulambda/settings.py); `deploy/local/infra.sh start` prints the local ones.
+    """
+
+
+@cli.command()
+def version() -> None:
+    """Print the MuLambda version."""
+    click.echo(__version__)
+
+
+cli.add_command(infra)
+cli.add_command(topics)
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(prog_name="mulambda")

@@ -1,0 +1,423 @@
+"""Wire models of every message MuLambda puts on Kafka.
+
+Pure data: this module imports no I/O library. JSON Schemas in ``topics/schemas/`` are
+generated from these classes (``mulambda topics generate``) and a test fails when they
+drift. Every message carries ``schema_version``, ``message_id`` and ``timestamp``;
+requests also carry ``correlation_id``, ``reply_topic`` and ``deadline``.
+
+Compatibility rule: add optional fields freely; anything else bumps ``schema_version``.
+Unknown fields are ignored on decode so older consumers survive newer producers.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SCHEMA_VERSION = 1
+
+Identifier = Annotated[
+    str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/-]*$")
+]
+"""Ids of executors, clients and models: printable, no spaces, safe in Redis keys."""
+
+Importance = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+"""A soft-criterion weight in [0, 1]; NaN and infinities are refused."""
+
+
+def new_message_id() -> str:
+    """A random 128-bit id as 32 hex characters."""
+    return os.urandom(16).hex()
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class WireModel(BaseModel):
+    """Base of every message: frozen, unknown fields ignored, envelope fields present."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    schema_version: int = SCHEMA_VERSION
+    """Version of this message's schema; bumped on incompatible change."""
+    message_id: str = Field(default_factory=new_message_id, min_length=1, max_length=64)
+    """Unique id of this message (not of the request it answers)."""
+    timestamp: datetime = Field(default_factory=utcnow)
+    """When the message was produced (UTC)."""
+
+    type_name: ClassVar[str] = "message"
+
+
+class RequestModel(WireModel):
+    """A message that expects an answer on ``reply_topic``."""
+
+    correlation_id: str = Field(default_factory=new_message_id, min_length=1, max_length=64)
+    """Ties the answer to this request; echoed in the reply."""
+    reply_topic: str = Field(min_length=1, max_length=249)
+    """Full topic name the answer goes to."""
+    reply_partition: int | None = Field(default=None, ge=0)
+    """Partition of ``reply_topic`` the requester listens on; None lets the key decide."""
+    deadline: datetime
+    """Absolute UTC time after which the answer is useless and may be dropped."""
+
+    def expired(self, now: datetime | None = None) -> bool:
+        """Whether the deadline has passed."""
+        return (now or utcnow()) >= self.deadline
+
+
+def deadline_in(seconds: float) -> datetime:
+    """An absolute deadline ``seconds`` from now."""
+    return utcnow() + timedelta(seconds=seconds)
+
+
+# --- traits and criteria -------------------------------------------------------------
+
+
+class Traits(BaseModel):
+    """Hard criteria: an executor is a candidate only if all three are equal."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_type: str = Field(min_length=1, max_length=100)
+    """What the model does, e.g. ``image-classification``, ``sentiment``."""
+    input_format: str = Field(min_length=1, max_length=100)
+    """Shape/encoding of inputs, e.g. ``tensor-f32[13]``, ``text``."""
+    output_format: str = Field(min_length=1, max_length=100)
+    """Shape/encoding of outputs, e.g. ``class-probabilities[3]``."""
+
+    def key(self) -> tuple[str, str, str]:
+        """The tuple the selector indexes executors by."""
+        return (self.model_type, self.input_format, self.output_format)
+
+
+class SoftWeights(BaseModel):
+    """Soft criteria: how much the client cares about latency versus accuracy."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    latency: Importance = 0.5
+    """Importance of a low estimated latency, in [0, 1]."""
+    accuracy: Importance = 0.5
+    """Importance of a high accuracy, in [0, 1]."""
+
+
+class Slo(BaseModel):
+    """Optional hard service-level objectives of one request."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_latency_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    """Candidates whose estimated latency exceeds this are excluded."""
+    min_accuracy: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
+    """Candidates whose registered accuracy is below this are excluded."""
+
+
+# --- executors and clients -----------------------------------------------------------
+
+
+class LaunchSpec(BaseModel):
+    """How an administrator asked for the executor to be launched (informational)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    image: str = "tensorflow/serving:2.18.0"
+    """Serving image; the companion runs beside it."""
+    model_uri: str | None = None
+    """``s3://bucket/models/{name}`` the init container copies from."""
+    replicas: int = Field(default=1, ge=1)
+    """Replicas requested."""
+    cpu: str | None = None
+    """CPU request, Kubernetes notation."""
+    memory: str | None = None
+    """Memory request, Kubernetes notation."""
+
+
+class ExecutorRegistration(WireModel):
+    """An executor announces itself (key: executor id; a tombstone deregisters)."""
+
+    type_name: ClassVar[str] = "executor-registration"
+
+    executor_id: Identifier
+    """Unique id of this executor (one TF Serving instance serving one model)."""
+    model_name: Identifier
+    """Name TF Serving serves the model under (the ``{name}`` in its URLs)."""
+    model_version: int | None = Field(default=None, ge=0)
+    """Pinned version; None serves TF Serving's default (the highest)."""
+    traits: Traits
+    """Hard traits the model offers."""
+    accuracy: float = Field(ge=0, le=1, allow_inf_nan=False)
+    """Accuracy the administrator vouches for, in [0, 1]."""
+    endpoint: str = Field(pattern=r"^https?://[^\s/]+(:\d+)?(/[^\s]*)?$", max_length=500)
+    """Base URL of the TF Serving REST API, e.g. ``http://10.0.0.5:8501``."""
+    model_data_delay_ms_per_element: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    """Extra latency per input element the model adds (the weighted score's size term)."""
+    node: str = Field(default="local", min_length=1, max_length=200)
+    """Node (machine) the executor runs on."""
+    zone: str = Field(default="local", min_length=1, max_length=200)
+    """Zone/region; used for latency fallbacks."""
+    heartbeat_interval_s: float = Field(default=5.0, gt=0, le=3600, allow_inf_nan=False)
+    """How often the companion publishes status; the selector expires it after a few."""
+    launch: LaunchSpec | None = None
+    """Launch spec when an administrator launched it through MuLambda."""
+
+
+class ClientRegistration(WireModel):
+    """A client announces where companions can probe it (key: client id)."""
+
+    type_name: ClassVar[str] = "client-registration"
+
+    client_id: Identifier
+    """Unique id of the client (an application instance or router)."""
+    probe_url: str = Field(pattern=r"^https?://[^\s/]+(:\d+)?(/[^\s]*)?$", max_length=500)
+    """URL companions GET to measure round-trip latency to this client."""
+    zone: str = Field(default="local", min_length=1, max_length=200)
+    """Zone/region of the client."""
+
+
+class ModelState(StrEnum):
+    """TF Serving model version states, plus UNKNOWN when status could not be read."""
+
+    START = "START"
+    LOADING = "LOADING"
+    AVAILABLE = "AVAILABLE"
+    UNLOADING = "UNLOADING"
+    END = "END"
+    UNKNOWN = "UNKNOWN"
+
+
+class ExecutorStatus(WireModel):
+    """Heartbeat of an executor (key: executor id)."""
+
+    type_name: ClassVar[str] = "executor-status"
+
+    executor_id: Identifier
+    """Executor this heartbeat is about."""
+    model_state: ModelState
+    """State read from TF Serving's status endpoint."""
+    in_flight: int = Field(default=0, ge=0)
+    """Requests the executor is working on now."""
+    errors: int = Field(default=0, ge=0)
+    """Errors since the previous heartbeat (status probes and inference)."""
+    detail: str | None = Field(default=None, max_length=2000)
+    """Why the state is not AVAILABLE, when known."""
+    heartbeat_interval_s: float = Field(default=5.0, gt=0, le=3600, allow_inf_nan=False)
+    """Interval until the next heartbeat; staleness is judged against it."""
+
+
+class LatencySource(StrEnum):
+    """Where a latency figure comes from."""
+
+    PROBE = "probe"
+    """A companion's round trip to the client's probe URL."""
+    OBSERVED = "observed"
+    """A router's measured end-to-end inference time."""
+
+
+class LatencyMeasurement(WireModel):
+    """Latency between an executor and a client (key: executor id)."""
+
+    type_name: ClassVar[str] = "latency-measurement"
+
+    executor_id: Identifier
+    """Executor end of the measurement."""
+    client_id: Identifier
+    """Client end of the measurement."""
+    latency_ms: float = Field(ge=0, le=3_600_000, allow_inf_nan=False)
+    """Milliseconds measured."""
+    source: LatencySource = LatencySource.PROBE
+    """Probe (network only) or observed (network plus service time)."""
+    input_size: int | None = Field(default=None, ge=0)
+    """For observed latencies: input elements of the request measured."""
+
+
+# --- selection -----------------------------------------------------------------------
+
+
+class SelectionRequest(RequestModel):
+    """Ask the selector for the best executors (key: client id)."""
+
+    type_name: ClassVar[str] = "selection-request"
+
+    client_id: Identifier
+    """Requesting client; its measured latencies drive the latency estimate."""
+    traits: Traits
+    """Hard criteria; never violated."""
+    weights: SoftWeights = Field(default_factory=SoftWeights)
+    """Soft criteria."""
+    input_size: int = Field(default=1, ge=0, le=1_000_000_000)
+    """Elements in the request's input (the size term of the latency estimate)."""
+    slo: Slo | None = None
+    """Optional hard SLOs (the adaptive policy honours them)."""
+    policy: str | None = Field(default=None, max_length=50)
+    """Policy name; None uses the selector's default."""
+    top_k: int = Field(default=3, ge=1, le=100)
+    """How many ranked candidates to return (for failover)."""
+
+
+class Candidate(BaseModel):
+    """One executor offered by a selection, best first."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    executor_id: str
+    """Executor id."""
+    endpoint: str
+    """TF Serving REST base URL."""
+    model_name: str
+    """Model name in TF Serving URLs."""
+    model_version: int | None = None
+    """Pinned version, if any."""
+    score: float
+    """Policy score (higher is better; comparable only within one reply)."""
+    estimated_latency_ms: float | None = None
+    """The policy's latency estimate, when it makes one."""
+    accuracy: float
+    """Registered accuracy."""
+
+
+class SelectionStatus(StrEnum):
+    """Outcome of a selection."""
+
+    OK = "ok"
+    NO_CANDIDATE = "no_candidate"
+    ERROR = "error"
+
+
+class SelectionReply(WireModel):
+    """The selector's answer (sent to the request's reply topic and partition)."""
+
+    type_name: ClassVar[str] = "selection-reply"
+
+    correlation_id: str = Field(min_length=1, max_length=64)
+    """Echo of the request's correlation id."""
+    status: SelectionStatus
+    """ok, no_candidate or error."""
+    policy: str | None = None
+    """Policy that answered."""
+    candidates: list[Candidate] = Field(default_factory=list)
+    """Ranked candidates, best first (empty unless ok)."""
+    eliminated_by: str | None = None
+    """For no_candidate: the criterion that removed the last candidates."""
+    error: str | None = None
+    """For error / no_candidate: a human-readable reason."""
+    selector_id: str | None = None
+    """Which selector instance answered."""
+
+
+# --- inference -----------------------------------------------------------------------
+
+
+InferenceVerb = Literal["predict", "classify", "regress"]
+
+
+class InferenceRequest(RequestModel):
+    """An application's inference request; the router selects and calls an executor."""
+
+    type_name: ClassVar[str] = "inference-request"
+
+    client_id: Identifier
+    """Requesting client."""
+    traits: Traits
+    """Hard criteria."""
+    weights: SoftWeights = Field(default_factory=SoftWeights)
+    """Soft criteria."""
+    slo: Slo | None = None
+    """Optional SLOs."""
+    policy: str | None = Field(default=None, max_length=50)
+    """Selection policy; None uses the selector's default."""
+    verb: InferenceVerb = "predict"
+    """TF Serving API verb."""
+    body: dict[str, Any]
+    """The TF Serving request body (``instances``/``inputs`` or ``examples``)."""
+    input_size: int | None = Field(default=None, ge=0)
+    """Input elements; derived from the body when None."""
+
+    @field_validator("body")
+    @classmethod
+    def _body_has_payload(cls, body: dict[str, Any]) -> dict[str, Any]:
+        keys = {"instances", "inputs", "examples"} & body.keys()
+        if not keys:
+            raise ValueError("body needs 'instances', 'inputs' or 'examples'")
+        return body
+
+
+class InferenceStatus(StrEnum):
+    """Outcome of an inference."""
+
+    OK = "ok"
+    ERROR = "error"
+
+
+class InferenceResult(WireModel):
+    """The router's answer to an inference request."""
+
+    type_name: ClassVar[str] = "inference-result"
+
+    correlation_id: str = Field(min_length=1, max_length=64)
+    """Echo of the request's correlation id."""
+    status: InferenceStatus
+    """ok or error."""
+    executor_id: str | None = None
+    """Executor that answered (or failed last)."""
+    model_name: str | None = None
+    """Model that answered."""
+    output: dict[str, Any] | None = None
+    """TF Serving's response body (``predictions``/``outputs``/``results``)."""
+    error: str | None = None
+    """Reason for an error status."""
+    error_code: int | None = None
+    """HTTP status from the executor, when there was one."""
+    latency_ms: float | None = Field(default=None, ge=0)
+    """Time from the router's receipt to the result."""
+    attempts: int = Field(default=1, ge=0)
+    """Executors tried."""
+
+
+# --- dead letters --------------------------------------------------------------------
+
+
+class DeadLetter(WireModel):
+    """A record MuLambda could not handle, kept with the reason (key: original key)."""
+
+    type_name: ClassVar[str] = "dead-letter"
+
+    topic: str
+    """Topic the record came from."""
+    partition: int = Field(ge=0)
+    """Partition it came from."""
+    offset: int = Field(ge=0)
+    """Its offset there."""
+    original_key: bytes | None = None
+    """The record's key, base64 on the wire."""
+    original_value: bytes | None = None
+    """The record's value bytes, base64 on the wire."""
+    reason: str = Field(min_length=1, max_length=4000)
+    """Why it was dead-lettered."""
+    error_type: str | None = None
+    """Name of the error class."""
+    consumer_group: str | None = None
+    """Group that gave up on it."""
+
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+
+
+ALL_MESSAGE_TYPES: tuple[type[WireModel], ...] = (
+    ExecutorRegistration,
+    ClientRegistration,
+    ExecutorStatus,
+    LatencyMeasurement,
+    SelectionRequest,
+    SelectionReply,
+    InferenceRequest,
+    InferenceResult,
+    DeadLetter,
+)
+"""Every message type; the topic catalog maps topics onto these by ``type_name``."""
+
+MESSAGE_TYPES: dict[str, type[WireModel]] = {m.type_name: m for m in ALL_MESSAGE_TYPES}

@@ -1,0 +1,688 @@
+"""Kafka plumbing every worker shares: config, producer, consumer loop, replay, admin.
+
+The consumer loop is at-least-once: offsets are committed only after every record of a
+batch was handled, dead-lettered, or answered with an error. A record that cannot be
+decoded goes to the dead-letter topic with the reason and the original bytes, and the
+loop goes on. aiokafka errors are translated to :mod:`mulambda.errors` here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
+
+from mulambda.codec import DEFAULT_MAX_RECORD_BYTES, decode, encode, encode_key
+from mulambda.errors import (
+    ConfigurationError,
+    DecodeError,
+    KafkaUnavailable,
+    MulambdaError,
+)
+from mulambda.events import DeadLetter, WireModel
+from mulambda.settings import Settings
+from mulambda.topics import Catalog
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=WireModel)
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaConfig:
+    """How to reach the cluster; built from Settings by runners, explicit everywhere else."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    request_timeout_s: float = 10.0
+    client_id: str = "mulambda"
+
+    @classmethod
+    def from_settings(cls, settings: Settings, client_id: str = "mulambda") -> KafkaConfig:
+        """Read the Kafka fields of the process settings."""
+        pwd = settings.kafka_sasl_password
+        return cls(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            security_protocol=settings.kafka_security_protocol,
+            sasl_mechanism=settings.kafka_sasl_mechanism,
+            sasl_username=settings.kafka_sasl_username,
+            sasl_password=pwd.get_secret_value() if pwd else None,
+            ssl_cafile=settings.kafka_ssl_cafile,
+            ssl_certfile=settings.kafka_ssl_certfile,
+            ssl_keyfile=settings.kafka_ssl_keyfile,
+            request_timeout_s=settings.kafka_request_timeout_s,
+            client_id=client_id,
+        )
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments common to aiokafka producers, consumers and admin clients."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+            "client_id": self.client_id,
+            "request_timeout_ms": int(self.request_timeout_s * 1000),
+        }
+        if self.security_protocol.startswith("SASL"):
+            if not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
+                raise ConfigurationError("SASL needs mechanism, username and password")
+            kwargs |= {
+                "sasl_mechanism": self.sasl_mechanism,
+                "sasl_plain_username": self.sasl_username,
+                "sasl_plain_password": self.sasl_password,
+            }
+        if self.security_protocol.endswith("SSL"):
+            context = ssl.create_default_context(cafile=self.ssl_cafile)
+            if self.ssl_certfile:
+                context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+            kwargs["ssl_context"] = context
+        return kwargs
+
+
+async def _bounded_start(client: Any, what: str, timeout_s: float) -> None:
+    """Start an aiokafka client, failing within ``timeout_s`` with a one-line reason."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await client.start()
+    except (TimeoutError, KafkaError, OSError) as exc:
+        with contextlib.suppress(Exception):
+            await client.close() if hasattr(client, "close") else await client.stop()
+        raise KafkaUnavailable(
+            f"{what}: Kafka unreachable within {timeout_s:g}s ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+# --- producer ------------------------------------------------------------------------
+
+
+class Producer:
+    """Idempotent producer (acks=all) of MuLambda messages.
+
+    ``send`` only enqueues and returns a future of the delivery; ``send_and_wait`` awaits
+    it. Pass ``None`` as the message to write a tombstone.
+    """
+
+    def __init__(self, config: KafkaConfig, *, linger_ms: int = 2) -> None:
+        self._config = config
+        self._linger_ms = linger_ms
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        """Connect; raises KafkaUnavailable within the config's timeout."""
+        if self._producer is not None:
+            return
+        producer = AIOKafkaProducer(
+            **self._config.client_kwargs(),
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=self._linger_ms,
+            max_request_size=DEFAULT_MAX_RECORD_BYTES + 65536,
+        )
+        await _bounded_start(producer, "producer", self._config.request_timeout_s)
+        self._producer = producer
+
+    async def stop(self) -> None:
+        """Flush what is pending and close; safe to call twice."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    @property
+    def started(self) -> bool:
+        """Whether ``start`` succeeded and ``stop`` was not called since."""
+        return self._producer is not None
+
+    def _require(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise MulambdaError("producer is not started")
+        return self._producer
+
+    async def send(
+        self,
+        topic: str,
+        message: WireModel | None,
+        *,
+        key: str | bytes | None = None,
+        partition: int | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> asyncio.Future[Any]:
+        """Enqueue one record; await the returned future for the broker's ack."""
+        value = None if message is None else encode(message)
+        return await self.send_raw(topic, value, key=key, partition=partition, headers=headers)
+
+    async def send_raw(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: str | bytes | None = None,
+        partition: int | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> asyncio.Future[Any]:
+        """Enqueue pre-encoded bytes."""
+        try:
+            fut: asyncio.Future[Any] = await self._require().send(
+                topic,
+                value=value,
+                key=encode_key(key),
+                partition=partition,
+                headers=list(headers) if headers else None,
+            )
+        except KafkaError as exc:
+            raise KafkaUnavailable(f"send to {topic} failed: {exc}") from exc
+        return fut
+
+    async def send_and_wait(
+        self,
+        topic: str,
+        message: WireModel | None,
+        *,
+        key: str | bytes | None = None,
+        partition: int | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> Any:
+        """Send one record and wait until the broker acknowledged it."""
+        fut = await self.send(topic, message, key=key, partition=partition, headers=headers)
+        try:
+            return await fut
+        except KafkaError as exc:
+            raise KafkaUnavailable(f"delivery to {topic} failed: {exc}") from exc
+
+    async def flush(self) -> None:
+        """Wait until every enqueued record is acknowledged."""
+        if self._producer is not None:
+            await self._producer.flush()
+
+
+# --- consumer loop -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Record(Generic[M]):
+    """A decoded record; ``value`` is None for a tombstone."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: M | None
+    headers: Mapping[str, bytes] = field(default_factory=dict)
+    timestamp_ms: int = 0
+    raw: bytes | None = None
+
+    @property
+    def key_str(self) -> str | None:
+        """The key as text."""
+        return None if self.key is None else self.key.decode(errors="replace")
+
+
+Handler = Callable[[Record[Any]], Awaitable[None]]
+"""Handles one record. Raise MulambdaError: retriable ones are retried, others dead-lettered."""
+
+InvalidHandler = Callable[[ConsumerRecord, DecodeError], Awaitable[bool]]
+"""Called for an undecodable record; return True if it was answered (no dead letter)."""
+
+
+@dataclass(slots=True)
+class ConsumerStats:
+    """Counters a worker exposes on /metrics."""
+
+    handled: int = 0
+    dead_lettered: int = 0
+    retries: int = 0
+    batches: int = 0
+
+
+class DeadLetterer:
+    """Writes records nobody could handle to the dead-letter topic, with the reason."""
+
+    def __init__(self, producer: Producer, topic: str, group: str | None) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._group = group
+
+    async def dead_letter(self, record: ConsumerRecord, error: BaseException) -> None:
+        """Publish and wait for the ack, so the record is safe before its offset commits."""
+        reason = error.reason if isinstance(error, MulambdaError) else f"{error!r}"
+        letter = DeadLetter(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            original_key=record.key,
+            original_value=record.value,
+            reason=reason[:4000] or type(error).__name__,
+            error_type=type(error).__name__,
+            consumer_group=self._group,
+        )
+        log.warning(
+            "dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
+        )
+        await self._producer.send_and_wait(self._topic, letter, key=record.key)
+
+
+class ConsumerLoop:
+    """Consumes ``topics`` (name → message model) and hands each decoded record to a handler.
+
+    At-least-once: offsets are committed after each batch is fully handled. Retriable
+    handler errors are retried with backoff up to ``max_retries``, then dead-lettered.
+    ``stop()`` stops fetching, lets the current batch finish, commits, and closes.
+    """
+
+    def __init__(
+        self,
+        config: KafkaConfig,
+        topics: Mapping[str, type[WireModel]],
+        handler: Handler,
+        *,
+        group_id: str | None,
+        dead_letters: DeadLetterer,
+        on_invalid: InvalidHandler | None = None,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        max_retries: int = 3,
+        retry_backoff_s: float = 0.2,
+        auto_offset_reset: str = "earliest",
+        max_batch: int = 500,
+        partitions: Sequence[TopicPartition] | None = None,
+    ) -> None:
+        self._config = config
+        self._models = dict(topics)
+        self._handler = handler
+        self._group_id = group_id
+        self._dead_letters = dead_letters
+        self._on_invalid = on_invalid
+        self._max_record_bytes = max_record_bytes
+        self._max_retries = max_retries
+        self._retry_backoff_s = retry_backoff_s
+        self._auto_offset_reset = auto_offset_reset
+        self._max_batch = max_batch
+        self._partitions = list(partitions) if partitions else None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self.stats = ConsumerStats()
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer | None:
+        """The underlying consumer (for lag metrics), once started."""
+        return self._consumer
+
+    async def start(self) -> None:
+        """Connect, subscribe (or assign) and begin consuming in a background task."""
+        if self._consumer is not None:
+            return
+        consumer = AIOKafkaConsumer(
+            **self._config.client_kwargs(),
+            group_id=self._group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=self._auto_offset_reset,
+            max_partition_fetch_bytes=self._max_record_bytes + 65536,
+            fetch_max_wait_ms=100,
+        )
+        await _bounded_start(consumer, "consumer", self._config.request_timeout_s)
+        if self._partitions:
+            consumer.assign(self._partitions)
+        else:
+            consumer.subscribe(list(self._models))
+        self._consumer = consumer
+        self._stopping.clear()
+        self._task = asyncio.create_task(self._run(consumer), name="mulambda-consumer")
+
+    async def wait_assigned(self, timeout_s: float = 30.0) -> None:
+        """Wait until the group gave this consumer its partitions."""
+        consumer = self._consumer
+        if consumer is None:
+            raise MulambdaError("consumer is not started")
+        async with asyncio.timeout(timeout_s):
+            while not consumer.assignment():
+                await asyncio.sleep(0.05)
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop fetching, finish the batch in hand within ``grace_s``, commit, close."""
+        consumer, task = self._consumer, self._task
+        self._consumer, self._task = None, None
+        if consumer is None:
+            return
+        self._stopping.set()
+        if task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), grace_s)
+            except TimeoutError:
+                log.warning("consumer did not finish its batch within %.1fs", grace_s)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            except Exception:
+                log.exception("consumer loop failed")
+        await consumer.stop()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    @property
+    def done(self) -> asyncio.Task[None] | None:
+        """The background task; a worker awaits it to notice a crashed loop."""
+        return self._task
+
+    async def _run(self, consumer: AIOKafkaConsumer) -> None:
+        while not self._stopping.is_set():
+            try:
+                batches = await consumer.getmany(timeout_ms=200, max_records=self._max_batch)
+            except KafkaError as exc:
+                log.warning("fetch failed, retrying: %s", exc)
+                await asyncio.sleep(self._retry_backoff_s)
+                continue
+            if not batches:
+                continue
+            offsets: dict[TopicPartition, int] = {}
+            for tp, records in batches.items():
+                for raw in records:
+                    await self._handle_one(raw)
+                    offsets[tp] = raw.offset + 1
+            self.stats.batches += 1
+            if self._group_id is not None:
+                await self._commit(consumer, offsets)
+
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        try:
+            await consumer.commit(offsets)
+        except KafkaError as exc:
+            # A rebalance took the partition; the new owner re-reads from the last commit.
+            log.warning("commit failed (records will be redelivered): %s", exc)
+
+    async def _handle_one(self, raw: ConsumerRecord) -> None:
+        model = self._models.get(raw.topic)
+        try:
+            value = None if raw.value is None or model is None else decode(
+                model, raw.value, max_bytes=self._max_record_bytes
+            )
+            if model is None:
+                raise DecodeError(f"no model registered for topic {raw.topic}")
+        except DecodeError as exc:
+            if self._on_invalid is not None and await self._on_invalid(raw, exc):
+                self.stats.handled += 1
+                return
+            await self._dead_letters.dead_letter(raw, exc)
+            self.stats.dead_lettered += 1
+            return
+        record: Record[Any] = Record(
+            topic=raw.topic,
+            partition=raw.partition,
+            offset=raw.offset,
+            key=raw.key,
+            value=value,
+            headers={k: v for k, v in (raw.headers or ())},
+            timestamp_ms=raw.timestamp,
+            raw=raw.value,
+        )
+        attempt = 0
+        while True:
+            try:
+                await self._handler(record)
+            except MulambdaError as exc:
+                if exc.retriable and attempt < self._max_retries and not self._stopping.is_set():
+                    attempt += 1
+                    self.stats.retries += 1
+                    await asyncio.sleep(self._retry_backoff_s * 2 ** (attempt - 1))
+                    continue
+                await self._dead_letters.dead_letter(raw, exc)
+                self.stats.dead_lettered += 1
+                return
+            except Exception as exc:
+                # A bug in a handler must not stop the loop or lose the record.
+                log.exception("handler crashed on %s[%d]@%d", raw.topic, raw.partition, raw.offset)
+                await self._dead_letters.dead_letter(raw, exc)
+                self.stats.dead_lettered += 1
+                return
+            self.stats.handled += 1
+            return
+
+
+# --- replay --------------------------------------------------------------------------
+
+
+async def replay(
+    config: KafkaConfig,
+    topics: Mapping[str, type[WireModel]],
+    on_record: Callable[[Record[Any]], None],
+    *,
+    on_invalid: Callable[[ConsumerRecord, DecodeError], None] | None = None,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+) -> dict[TopicPartition, int]:
+    """Read ``topics`` from the beginning up to their current end, without a group.
+
+    Used to rebuild state from compacted topics before a worker reports ready, and by
+    ``executors list``. Returns the end offsets reached, so a live consumer can resume
+    exactly there.
+    """
+    consumer = AIOKafkaConsumer(
+        **config.client_kwargs(), group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50
+    )
+    await _bounded_start(consumer, "replay", config.request_timeout_s)
+    try:
+        partitions = []
+        for topic in topics:
+            parts = consumer.partitions_for_topic(topic)
+            if parts is None:
+                await consumer._client.force_metadata_update()  # noqa: SLF001
+                parts = consumer.partitions_for_topic(topic)
+            if not parts:
+                raise ConfigurationError(f"topic {topic} does not exist; run `mulambda topics apply`")
+            partitions += [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(partitions)
+        end = await consumer.end_offsets(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        remaining = {tp for tp in partitions if end[tp] > 0}
+        while remaining:
+            batches = await consumer.getmany(*remaining, timeout_ms=500, max_records=5000)
+            for tp, records in batches.items():
+                model = topics[tp.topic]
+                for raw in records:
+                    if raw.offset >= end[tp]:
+                        break
+                    try:
+                        value = None if raw.value is None else decode(
+                            model, raw.value, max_bytes=max_record_bytes
+                        )
+                    except DecodeError as exc:
+                        if on_invalid is not None:
+                            on_invalid(raw, exc)
+                        continue
+                    on_record(
+                        Record(
+                            raw.topic, raw.partition, raw.offset, raw.key, value,
+                            {k: v for k, v in (raw.headers or ())}, raw.timestamp, raw.value,
+                        )
+                    )
+            for tp in list(remaining):
+                if await consumer.position(tp) >= end[tp]:
+                    remaining.discard(tp)
+        return dict(end)
+    except KafkaError as exc:
+        raise KafkaUnavailable(f"replay failed: {exc}") from exc
+    finally:
+        await consumer.stop()
+
+
+# --- admin ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TopicChange:
+    """What ``apply_topics`` did to one topic."""
+
+    name: str
+    action: str  # "created", "updated", "unchanged"
+    detail: str = ""
+
+
+class Admin:
+    """Topic administration through aiokafka's admin client, bounded in time."""
+
+    def __init__(self, config: KafkaConfig) -> None:
+        self._config = config
+        self._admin: AIOKafkaAdminClient | None = None
+
+    async def start(self) -> None:
+        """Connect; KafkaUnavailable within the config's timeout."""
+        if self._admin is not None:
+            return
+        admin = AIOKafkaAdminClient(**self._config.client_kwargs())
+        await _bounded_start(admin, "admin", self._config.request_timeout_s)
+        self._admin = admin
+
+    async def stop(self) -> None:
+        """Close; safe to call twice."""
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            await admin.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    def _require(self) -> AIOKafkaAdminClient:
+        if self._admin is None:
+            raise MulambdaError("admin client is not started")
+        return self._admin
+
+    async def describe(self, names: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Existing topics (all, or ``names``) → partitions and configs."""
+        admin = self._require()
+        try:
+            async with asyncio.timeout(self._config.request_timeout_s):
+                existing = set(await admin.list_topics())
+                wanted = sorted(existing if names is None else existing & set(names))
+                if not wanted:
+                    return {}
+                meta = await admin.describe_topics(wanted)
+                resources = [ConfigResource(ConfigResourceType.TOPIC, n) for n in wanted]
+                described = await admin.describe_configs(resources)
+        except (TimeoutError, KafkaError) as exc:
+            raise KafkaUnavailable(f"describe topics failed: {exc!r}") from exc
+        out: dict[str, dict[str, Any]] = {
+            t["topic"]: {"partitions": len(t["partitions"]), "config": {}} for t in meta
+        }
+        for response in described:
+            for resource in response.resources:
+                name, entries = resource[3], resource[4]
+                if name in out:
+                    out[name]["config"] = {e[0]: e[1] for e in entries if not e[3]}
+        return out
+
+    async def apply(
+        self, catalog: Catalog, *, replication: int | None = None
+    ) -> list[TopicChange]:
+        """Create missing topics, raise partition counts and set configs to the catalog's.
+
+        Idempotent: a second run reports every topic unchanged. Partition counts are never
+        lowered (Kafka cannot); a catalog asking for fewer is reported, not applied.
+        """
+        admin = self._require()
+        specs = list(catalog.specs.values())
+        names = {s.full_name(catalog.prefix): s for s in specs}
+        current = await self.describe(list(names))
+        changes: list[TopicChange] = []
+        try:
+            async with asyncio.timeout(self._config.request_timeout_s * 3):
+                missing = [n for n in names if n not in current]
+                if missing:
+                    response = await admin.create_topics(
+                        [
+                            NewTopic(
+                                name=n,
+                                num_partitions=names[n].partitions,
+                                replication_factor=replication or names[n].replication,
+                                topic_configs=dict(names[n].config),
+                            )
+                            for n in missing
+                        ]
+                    )
+                    for err in response.topic_errors:
+                        name, code = err[0], err[1]
+                        if code not in (0, 36):  # 36: already exists (a concurrent apply)
+                            raise ConfigurationError(f"create {name} failed: error code {code}")
+                    changes += [TopicChange(n, "created") for n in missing]
+                for name, spec in names.items():
+                    if name in missing:
+                        continue
+                    have = current[name]
+                    notes = []
+                    if have["partitions"] < spec.partitions:
+                        await admin.create_partitions({name: NewPartitions(spec.partitions)})
+                        notes.append(f"partitions {have['partitions']}→{spec.partitions}")
+                    elif have["partitions"] > spec.partitions:
+                        notes.append(f"has {have['partitions']} partitions (catalog: fewer)")
+                    drift = {
+                        k: v for k, v in spec.config.items() if have["config"].get(k) != v
+                    }
+                    if drift:
+                        await admin.alter_configs(
+                            [ConfigResource(ConfigResourceType.TOPIC, name, dict(spec.config))]
+                        )
+                        notes.append("config " + ", ".join(f"{k}={v}" for k, v in drift.items()))
+                    action = "updated" if any("→" in n or "config" in n for n in notes) else (
+                        "unchanged"
+                    )
+                    changes.append(TopicChange(name, action, "; ".join(notes)))
+        except (TimeoutError, KafkaError) as exc:
+            raise KafkaUnavailable(f"apply topics failed: {exc!r}") from exc
+        return changes
+
+    async def delete(self, names: Sequence[str]) -> None:
+        """Delete topics (tests clean up their prefixed topics with this)."""
+        if not names:
+            return
+        try:
+            async with asyncio.timeout(self._config.request_timeout_s):
+                await self._require().delete_topics(list(names))
+        except (TimeoutError, KafkaError) as exc:
+            raise KafkaUnavailable(f"delete topics failed: {exc!r}") from exc
+
+
+__all__ = [
+    "Admin",
+    "ConsumerLoop",
+    "DeadLetterer",
+    "KafkaConfig",
+    "KafkaConnectionError",
+    "KafkaTimeoutError",
+    "Producer",
+    "Record",
+    "TopicChange",
+    "replay",
+]

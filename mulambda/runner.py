@@ -1,0 +1,79 @@
+"""The one place that handles signals: start a service, wait, then stop it gracefully.
+
+On SIGTERM/SIGINT the service is asked to stop: it stops consuming, finishes in-flight
+work within the grace period, flushes its producer and closes (the way arq's worker
+shuts down). A second signal while stopping is ignored; the grace period bounds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from mulambda.errors import MulambdaError
+
+log = logging.getLogger(__name__)
+
+
+class Service(Protocol):
+    """What the runner drives."""
+
+    async def start(self) -> None:
+        """Connect and begin work; raise MulambdaError if that is impossible."""
+
+    async def stop(self) -> None:
+        """Stop gracefully; idempotent."""
+
+    async def wait(self) -> None:
+        """Return when the service ends on its own (finished or failed)."""
+
+
+async def serve(service: Service, *, grace_s: float = 10.0) -> int:
+    """Run ``service`` until a signal or its own end; return a process exit code."""
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop_requested.set)
+    try:
+        try:
+            await service.start()
+        except MulambdaError as exc:
+            log.error("cannot start: %s", exc.reason)
+            await service.stop()
+            return 1
+        waiter = asyncio.create_task(service.wait())
+        stopper = asyncio.create_task(stop_requested.wait())
+        done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        code = 0
+        if waiter in done and waiter.exception() is not None:
+            log.error("service failed: %r", waiter.exception())
+            code = 1
+        for task in (waiter, stopper):
+            task.cancel()
+        try:
+            await asyncio.wait_for(service.stop(), timeout=grace_s + 5)
+        except TimeoutError:
+            log.error("service did not stop within %.1fs", grace_s + 5)
+            code = code or 1
+        return code
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+def run(factory: Callable[[], Awaitable[Service]], *, grace_s: float = 10.0) -> int:
+    """Build the service inside a fresh event loop and serve it."""
+
+    async def main() -> int:
+        try:
+            service = await factory()
+        except MulambdaError as exc:
+            log.error("cannot start: %s", exc.reason)
+            return 1
+        return await serve(service, grace_s=grace_s)
+
+    return asyncio.run(main())

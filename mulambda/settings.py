@@ -1,0 +1,77 @@
+"""Settings read from the environment (prefix ``MULAMBDA_``).
+
+Only runners and the CLI read settings; library classes take explicit arguments so
+they can be built in tests and embedded in other programs without an environment.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Connection settings shared by every MuLambda process."""
+
+    model_config = SettingsConfigDict(env_prefix="MULAMBDA_", extra="ignore")
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    """Comma-separated ``host:port`` list of Kafka brokers."""
+
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
+        "PLAINTEXT"
+    )
+    """Kafka security protocol; PLAINTEXT locally, SASL_SSL in most clusters."""
+
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    """SASL mechanism when the protocol is SASL_*."""
+
+    kafka_sasl_username: str | None = None
+    """SASL user name."""
+
+    kafka_sasl_password: SecretStr | None = None
+    """SASL password."""
+
+    kafka_ssl_cafile: str | None = None
+    """CA bundle for verifying brokers when the protocol uses SSL."""
+
+    kafka_ssl_certfile: str | None = None
+    """Client certificate for mutual TLS."""
+
+    kafka_ssl_keyfile: str | None = None
+    """Private key of the client certificate."""
+
+    kafka_request_timeout_s: float = Field(default=10.0, gt=0)
+    """Bound on connecting to Kafka and on admin calls; commands fail after it."""
+
+    topic_prefix: str = ""
+    """Prefix on every topic name, so tests and deployments can share a broker."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis/DragonflyDB URL of the metadata store (DB 0 only: Dragonfly clusters use it)."""
+
+    minio_endpoint: str = "127.0.0.1:9000"
+    """``host:port`` of the MinIO/S3 endpoint holding saved models."""
+
+    minio_access_key: str = "mulambda"
+    """S3 access key."""
+
+    minio_secret_key: SecretStr = SecretStr("mulambda-secret")
+    """S3 secret key."""
+
+    minio_secure: bool = False
+    """Use HTTPS towards MinIO."""
+
+    minio_bucket: str = "mulambda-models"
+    """Bucket holding ``models/{name}/{version}/`` trees."""
+
+    log_level: str = "INFO"
+    """Root log level of runners."""
+
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    """Port of a worker's /metrics, /healthz and /readyz server (0 picks a free port)."""
+
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    """How long a stopping worker lets in-flight work finish before closing."""
