@@ -20,7 +20,7 @@ from typing import Any, Generic, Self, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
+from aiokafka.errors import KafkaError
 
 from mulambda.codec import DEFAULT_MAX_RECORD_BYTES, decode, encode, encode_key
 from mulambda.errors import (
@@ -533,7 +533,13 @@ async def replay(
         await consumer.stop()
 
 
-# --- admin ---------------------------------------------------------------------------
+# --- admin ---
+
+
+def _is_override(source: bool | int) -> bool:
+    # DescribeConfigs v0 says "is_default" (a bool); v1+ give config_source, where
+    # 1 is DYNAMIC_TOPIC_CONFIG: a value set on the topic rather than inherited.
+    return (not source) if isinstance(source, bool) else source == 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -595,13 +601,15 @@ class Admin:
         except (TimeoutError, KafkaError) as exc:
             raise KafkaUnavailable(f"describe topics failed: {exc!r}") from exc
         out: dict[str, dict[str, Any]] = {
-            t["topic"]: {"partitions": len(t["partitions"]), "config": {}} for t in meta
+            t["topic"]: {"partitions": len(t["partitions"]), "config": {}, "overrides": {}}
+            for t in meta
         }
         for response in described:
             for resource in response.resources:
                 name, entries = resource[3], resource[4]
                 if name in out:
-                    out[name]["config"] = {e[0]: e[1] for e in entries if not e[3]}
+                    out[name]["config"] = {e[0]: e[1] for e in entries}
+                    out[name]["overrides"] = {e[0]: e[1] for e in entries if _is_override(e[3])}
         return out
 
     async def apply(
@@ -636,6 +644,7 @@ class Admin:
                         name, code = err[0], err[1]
                         if code not in (0, 36):  # 36: already exists (a concurrent apply)
                             raise ConfigurationError(f"create {name} failed: error code {code}")
+                    await self._wait_visible(missing)
                     changes += [TopicChange(n, "created") for n in missing]
                 for name, spec in names.items():
                     if name in missing:
@@ -663,6 +672,13 @@ class Admin:
             raise KafkaUnavailable(f"apply topics failed: {exc!r}") from exc
         return changes
 
+    async def _wait_visible(self, names: Sequence[str]) -> None:
+        # Created topics reach every broker's metadata cache a little later; callers
+        # that produce right after `apply` must not see UnknownTopicOrPartition.
+        admin = self._require()
+        while not set(names) <= set(await admin.list_topics()):
+            await asyncio.sleep(0.05)
+
     async def delete(self, names: Sequence[str]) -> None:
         """Delete topics (tests clean up their prefixed topics with this)."""
         if not names:
@@ -679,8 +695,6 @@ __all__ = [
     "ConsumerLoop",
     "DeadLetterer",
     "KafkaConfig",
-    "KafkaConnectionError",
-    "KafkaTimeoutError",
     "Producer",
     "Record",
     "TopicChange",

@@ -55,8 +55,10 @@ MINIO_LEGACY_BIN=$CACHE_DIR/minio/bin/minio
 log() { printf '%s infra: %s\n' "$(date '+%H:%M:%S')" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-usage() {
-  cat >&2 <<EOF
+usage() { # [exit-code]: 0 prints to stdout (asked for help), else stderr
+  local code=${1:-2}
+  if ((code != 0)); then exec 1>&2; fi
+  cat <<EOF
 usage: ${0##*/} install|start|status|stop|restart [kafka|redis|minio ...]
   install  fetch/build artefacts into \$MULAMBDA_CACHE_DIR ($CACHE_DIR)
   start    install if needed, start, wait until ready, print export lines
@@ -65,11 +67,17 @@ usage: ${0##*/} install|start|status|stop|restart [kafka|redis|minio ...]
   restart  stop, then start
 State, data and logs live in \$MULAMBDA_HOME ($STATE_DIR).
 EOF
-  exit 2
+  exit "$code"
 }
 
 require_int() { # name value
-  [[ $2 =~ ^[0-9]+$ ]] || die "$1 must be an integer, got '$2'"
+  [[ $2 =~ ^[0-9]+$ ]] || die "$1 must be a whole number, got '$2'"
+}
+
+require_port() { # name value
+  if ! [[ $2 =~ ^[0-9]+$ ]] || ((10#$2 < 1 || 10#$2 > 65535)); then
+    die "$1 must be a TCP port (1-65535), got '$2'"
+  fi
 }
 
 require_cmd() { # command hint
@@ -113,12 +121,17 @@ running_pid() {
   echo "$pid"
 }
 
+# The pid file and the ports the process was started with (shown by status).
+forget_pid() {
+  rm -f "$(pid_file "$1")" "$(comp_dir "$1")/$1.ports"
+}
+
 clean_stale_pid() {
   local comp=$1 file
   file=$(pid_file "$comp")
   if [[ -f $file ]] && ! running_pid "$comp" >/dev/null; then
     log "$comp: removing stale pid file $file"
-    rm -f "$file"
+    forget_pid "$comp"
   fi
 }
 
@@ -184,13 +197,15 @@ show_log_tail() {
 # Runs an install step with all its output in $LOG_DIR/<name>.log; on failure
 # says which step failed and where to look.
 run_logged() { # step-description log-name command...
-  local step=$1 logfile=$LOG_DIR/$2.log
+  local step=$1 logfile=$LOG_DIR/$2.log before
   shift 2
   mkdir -p "$LOG_DIR"
   printf '\n=== %s  %s\n' "$(date '+%F %T')" "$*" >>"$logfile"
+  before=$(wc -l <"$logfile")
   if ! "$@" >>"$logfile" 2>&1; then
     log "ERROR: $step failed; see $logfile"
-    tail -n 20 "$logfile" | sed 's/^/    /' >&2
+    # Only this attempt's output: the log accumulates across runs.
+    tail -n +"$((before + 1))" "$logfile" | tail -n 20 | sed 's/^/    /' >&2
     return 1
   fi
 }
@@ -215,7 +230,7 @@ kafka_install() {
     # Download into a temp dir and rename on success: `libs` existing then
     # always means complete.
     if ! run_logged "kafka install (mvn dependency:copy-dependencies)" kafka-install \
-      mvn -B -q -f "$SCRIPT_DIR/kafka/pom.xml" dependency:copy-dependencies \
+      mvn -B -q -Dstyle.color=never -f "$SCRIPT_DIR/kafka/pom.xml" dependency:copy-dependencies \
       -DincludeScope=runtime -DoutputDirectory="$tmp"; then
       rm -rf "$tmp"
       exit 1
@@ -454,7 +469,7 @@ wait_ready() {
   while ! "${comp}_ready"; do
     if ! running_pid "$comp" >/dev/null; then
       show_log_tail "$(log_file "$comp")"
-      rm -f "$(pid_file "$comp")"
+      forget_pid "$comp"
       log "ERROR: $comp exited during startup; full log: $(log_file "$comp")"
       return 1
     fi
@@ -488,7 +503,7 @@ stop_component() {
     kill -KILL "$pid" 2>/dev/null || true
     sleep 0.5
   fi
-  rm -f "$(pid_file "$comp")" "$(comp_dir "$comp")/$comp.ports"
+  forget_pid "$comp"
   log "$comp: stopped"
 }
 
@@ -587,6 +602,7 @@ cmd_status() {
 main() {
   [[ $# -ge 1 ]] || usage
   local cmd=$1 arg comps=()
+  case $cmd in -h | --help | help) usage 0 ;; esac
   shift
   for arg in "$@"; do
     case $arg in
@@ -597,9 +613,10 @@ main() {
   ((${#comps[@]})) || comps=("${ALL_COMPONENTS[@]}")
 
   local var
-  for var in KAFKA_PORT KAFKA_CONTROLLER_PORT REDIS_PORT MINIO_PORT MINIO_CONSOLE_PORT START_TIMEOUT; do
-    require_int "MULAMBDA_$var" "${!var}"
+  for var in KAFKA_PORT KAFKA_CONTROLLER_PORT REDIS_PORT MINIO_PORT MINIO_CONSOLE_PORT; do
+    require_port "MULAMBDA_$var" "${!var}"
   done
+  require_int MULAMBDA_START_TIMEOUT "$START_TIMEOUT"
 
   case $cmd in
     install) cmd_install "${comps[@]}" ;;
@@ -607,7 +624,7 @@ main() {
     stop) cmd_stop "${comps[@]}" ;;
     restart) cmd_stop "${comps[@]}" && cmd_start "${comps[@]}" ;;
     status) cmd_status "${comps[@]}" ;;
-    -h | --help | help) usage ;;
+    -h | --help | help) usage 0 ;;
     *) log "unknown command '$cmd'"; usage ;;
   esac
 }

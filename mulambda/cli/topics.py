@@ -47,7 +47,7 @@ def list_(show_all: bool) -> None:
             known = catalog.by_name(name)
             if known is None and not show_all:
                 continue
-            configs = ", ".join(f"{k}={v}" for k, v in sorted(info["config"].items()))
+            configs = ", ".join(f"{k}={v}" for k, v in sorted(info["overrides"].items()))
             label = known.key.value if known else "-"
             click.echo(f"{name}\t{label}\tpartitions={info['partitions']}\t{configs}")
 

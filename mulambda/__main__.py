@@ -1,0 +1,5 @@
+"""``python -m mulambda``."""
+
+from mulambda.cli import main
+
+main()

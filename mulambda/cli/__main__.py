@@ -1,0 +1,5 @@
+"""``python -m mulambda.cli``."""
+
+from mulambda.cli import main
+
+main()

@@ -1,0 +1,648 @@
+"""The selector's in-memory materialised view of executors, clients and latencies.
+
+Pure logic: the selector worker consumes the registration, status and latency topics and
+feeds every record to an :class:`ExecutorView`; policies (``mulambda.policies``) rank the
+view's candidates. Nothing here does I/O or reads a clock.
+
+Time
+    Every method that needs the time takes ``now``: seconds on one clock the caller
+    chooses and keeps using for the view's whole life, either ``time.monotonic()`` or
+    epoch seconds (``time.time()``). Use the *arrival* time of a record, not its
+    ``timestamp`` field, so clock skew between hosts cannot make executors look stale.
+
+Liveness
+    An executor is live while ``now - last_seen <= missed_heartbeats * heartbeat_interval_s``
+    where ``last_seen`` is the ``now`` of its latest registration or status and the interval
+    is the one its latest status (or, before any status, its registration) announced.
+    Liveness is computed lazily at selection time, so an expired executor needs no timer
+    and counts again as soon as its heartbeats resume.
+
+Model state
+    An executor whose latest status says anything but ``AVAILABLE`` is not a candidate.
+    A freshly registered executor with no status yet counts as available: companions
+    register only after TF Serving answered, and excluding it would delay every new
+    executor by a heartbeat interval.
+
+Latency
+    ``probe`` measurements (companion to client round trips) are kept per (executor,
+    client), latest value wins. When a client's latency to an executor is unknown the
+    fallback chain is: the executor's median probe latency over its known clients, else the
+    median of every probe latency in the view, else ``default_latency_ms``. Medians of an
+    even count average the two middle values.
+
+Service time
+    ``observed`` measurements (a router's end-to-end inference time) are kept as an EWMA
+    per (executor, client) and also teach a per-executor service-time EWMA. The adaptive
+    policy estimates ``net + S * (1 + L)``, with ``S = base + delay_per_element * size``
+    (``L`` requests in the system; by Little's law ``1 + L = 1 / (1 - rho)``, the M/M/1
+    sojourn factor). Each observation is inverted through the same model:
+    ``base = (observed - net) / (1 + L) - delay_per_element * size``, clamped at 0, with
+    ``net`` the client's probe latency (or the fallback above) and ``L`` the load the view
+    knows when the measurement is applied. Only the part of service time the registered
+    per-element delay does not explain is learned, so the size term is not counted twice.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from mulambda.errors import ConfigurationError, DecodeError
+from mulambda.events import (
+    ClientRegistration,
+    ExecutorRegistration,
+    ExecutorStatus,
+    LatencyMeasurement,
+    LatencySource,
+    ModelState,
+    Traits,
+)
+
+TraitsKey = tuple[str, str, str]
+"""``Traits.key()``: (model_type, input_format, output_format)."""
+
+SNAPSHOT_VERSION = 1
+
+
+class _SortedFloats:
+    """A sorted multiset of floats with an O(log n) median (memmove-cheap updates)."""
+
+    __slots__ = ("values",)
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def add(self, value: float) -> None:
+        insort(self.values, value)
+
+    def discard(self, value: float) -> None:
+        values = self.values
+        i = bisect_left(values, value)
+        if i < len(values) and values[i] == value:
+            del values[i]
+
+    def replace(self, old: float | None, new: float) -> None:
+        if old is not None:
+            self.discard(old)
+        self.add(new)
+
+    def median(self) -> float | None:
+        values = self.values
+        n = len(values)
+        if n == 0:
+            return None
+        mid = n // 2
+        if n % 2:
+            return values[mid]
+        return (values[mid - 1] + values[mid]) / 2.0
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+class ExecutorEntry:
+    """Everything the view knows about one executor; policies read these attributes.
+
+    Attributes are cached copies of registration fields so the hot loops of the
+    policies touch plain slots instead of pydantic models. Treat them as read-only:
+    only :class:`ExecutorView` updates them.
+    """
+
+    __slots__ = (
+        "_probe_sorted",
+        "accuracy",
+        "delay_per_element_ms",
+        "endpoint",
+        "errors",
+        "executor_id",
+        "expires",
+        "heartbeat_interval_s",
+        "in_flight",
+        "key",
+        "last_seen",
+        "load",
+        "median_probe_ms",
+        "model_name",
+        "model_state",
+        "model_version",
+        "observed_ms",
+        "outstanding",
+        "outstanding_by_source",
+        "probes",
+        "registration",
+        "service_ms",
+        "service_samples",
+        "ttl_s",
+    )
+
+    def __init__(self, registration: ExecutorRegistration, ttl_s: float, now: float) -> None:
+        self.executor_id: str = registration.executor_id
+        self.registration: ExecutorRegistration = registration
+        self.key: TraitsKey = registration.traits.key()
+        self.accuracy: float = registration.accuracy
+        self.endpoint: str = registration.endpoint
+        self.model_name: str = registration.model_name
+        self.model_version: int | None = registration.model_version
+        self.delay_per_element_ms: float = registration.model_data_delay_ms_per_element
+        self.heartbeat_interval_s: float = registration.heartbeat_interval_s
+        self.ttl_s: float = ttl_s
+        """Seconds after ``last_seen`` the executor stays live."""
+        self.last_seen: float = now
+        """``now`` of the latest registration or status."""
+        self.expires: float = now + ttl_s
+        """``last_seen + ttl_s``: live while ``now <= expires``."""
+        self.model_state: ModelState | None = None
+        """Latest status's model state; None until the first status."""
+        self.in_flight: int = 0
+        """In-flight requests from the latest status."""
+        self.errors: int = 0
+        """Errors the latest status reported."""
+        self.outstanding: int = 0
+        """Routers' outstanding requests to this executor (sum over sources)."""
+        self.outstanding_by_source: dict[str, int] | None = None
+        self.load: int = 0
+        """``max(in_flight, outstanding)``: requests in the system, for queueing."""
+        self.probes: dict[str, float] = {}
+        """Latest probe latency (ms) per client id."""
+        self._probe_sorted: _SortedFloats | None = None
+        self.median_probe_ms: float | None = None
+        """Median of ``probes``; the fallback for clients without a probe."""
+        self.observed_ms: dict[str, float] | None = None
+        """EWMA of observed end-to-end latency (ms) per client id."""
+        self.service_ms: float | None = None
+        """EWMA of learned base service time (ms), see the module docstring."""
+        self.service_samples: int = 0
+        """Observed measurements that taught ``service_ms``."""
+
+    @property
+    def available(self) -> bool:
+        """Model state is AVAILABLE or not reported yet."""
+        state = self.model_state
+        return state is None or state is ModelState.AVAILABLE
+
+    def live(self, now: float) -> bool:
+        """Whether a heartbeat arrived within the time to live."""
+        return now <= self.expires
+
+    def __repr__(self) -> str:
+        return (
+            f"ExecutorEntry({self.executor_id!r}, key={self.key}, state={self.model_state}, "
+            f"load={self.load}, expires={self.expires})"
+        )
+
+
+class _Bucket:
+    """Executors sharing one traits key, with a lazily sorted (by id) tuple."""
+
+    __slots__ = ("by_id", "ordered")
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, ExecutorEntry] = {}
+        self.ordered: tuple[ExecutorEntry, ...] | None = ()
+
+    def sorted_entries(self) -> tuple[ExecutorEntry, ...]:
+        ordered = self.ordered
+        if ordered is None:
+            # Sorted by id so candidate order (and thus tie-breaks and round robin) does
+            # not depend on the order records arrived in across topics.
+            ordered = tuple(self.by_id[i] for i in sorted(self.by_id))
+            self.ordered = ordered
+        return ordered
+
+
+def _as_key(traits: Traits | TraitsKey) -> TraitsKey:
+    return traits.key() if isinstance(traits, Traits) else traits
+
+
+class ExecutorView:
+    """Executors indexed by traits key, with heartbeats, load and latencies.
+
+    Apply every record of the registration, status and latency topics (and routers'
+    outstanding counts) as it arrives; ask :meth:`candidates` at selection time. Not
+    thread-safe: one worker task owns it.
+    """
+
+    def __init__(
+        self,
+        *,
+        missed_heartbeats: float = 3.0,
+        ewma_alpha: float = 0.2,
+        default_latency_ms: float = 100.0,
+        default_service_ms: float = 10.0,
+    ) -> None:
+        """Create an empty view.
+
+        ``missed_heartbeats``: heartbeat intervals without news before an executor
+        expires. ``ewma_alpha``: weight of a new observed latency in the EWMAs.
+        ``default_latency_ms``: network latency assumed when the view has no probe at
+        all. ``default_service_ms``: base service time assumed when no executor has
+        observations yet.
+        """
+        if not missed_heartbeats > 0:
+            raise ConfigurationError(f"missed_heartbeats must be > 0, got {missed_heartbeats}")
+        if not 0 < ewma_alpha <= 1:
+            raise ConfigurationError(f"ewma_alpha must be in (0, 1], got {ewma_alpha}")
+        if not 0 <= default_latency_ms < float("inf"):
+            raise ConfigurationError(f"default_latency_ms must be >= 0, got {default_latency_ms}")
+        if not 0 <= default_service_ms < float("inf"):
+            raise ConfigurationError(f"default_service_ms must be >= 0, got {default_service_ms}")
+        self.missed_heartbeats = float(missed_heartbeats)
+        self.ewma_alpha = float(ewma_alpha)
+        self.default_latency_ms = float(default_latency_ms)
+        self.default_service_ms = float(default_service_ms)
+        self._entries: dict[str, ExecutorEntry] = {}
+        self._index: dict[TraitsKey, _Bucket] = {}
+        self._clients: dict[str, ClientRegistration] = {}
+        self._all_probes = _SortedFloats()
+        self._all_services = _SortedFloats()
+        self._ignored = {"status": 0, "latency": 0, "outstanding": 0}
+
+    # --- executors ---------------------------------------------------------------
+
+    def apply_registration(self, registration: ExecutorRegistration, now: float) -> bool:
+        """Add or update an executor; counts as a heartbeat. Returns True if it is new.
+
+        A re-registration keeps what was learned (status, load, latencies) and moves the
+        executor to another traits bucket if its traits changed.
+        """
+        ttl = self.missed_heartbeats * registration.heartbeat_interval_s
+        entry = self._entries.get(registration.executor_id)
+        if entry is None:
+            entry = ExecutorEntry(registration, ttl, now)
+            self._entries[entry.executor_id] = entry
+            self._bucket_add(entry)
+            return True
+        new_key = registration.traits.key()
+        if new_key != entry.key:
+            self._bucket_remove(entry)
+            entry.key = new_key
+            self._bucket_add(entry)
+        entry.registration = registration
+        entry.accuracy = registration.accuracy
+        entry.endpoint = registration.endpoint
+        entry.model_name = registration.model_name
+        entry.model_version = registration.model_version
+        entry.delay_per_element_ms = registration.model_data_delay_ms_per_element
+        entry.heartbeat_interval_s = registration.heartbeat_interval_s
+        entry.ttl_s = ttl
+        self._touch(entry, now)
+        return False
+
+    def remove_executor(self, executor_id: str) -> bool:
+        """Forget an executor (registration tombstone). Returns True if it was known."""
+        entry = self._entries.pop(executor_id, None)
+        if entry is None:
+            return False
+        self._bucket_remove(entry)
+        for value in entry.probes.values():
+            self._all_probes.discard(value)
+        if entry.service_ms is not None:
+            self._all_services.discard(entry.service_ms)
+        return True
+
+    def apply_status(self, status: ExecutorStatus, now: float) -> bool:
+        """Record a heartbeat. Returns False (and counts it) for an unknown executor.
+
+        Statuses of unknown executors are dropped, not buffered: the registration and
+        status topics are not ordered with each other, and the next heartbeat after the
+        registration arrives repeats everything a status carries.
+        """
+        entry = self._entries.get(status.executor_id)
+        if entry is None:
+            self._ignored["status"] += 1
+            return False
+        entry.model_state = status.model_state
+        entry.in_flight = status.in_flight
+        entry.errors = status.errors
+        entry.load = max(status.in_flight, entry.outstanding)
+        entry.heartbeat_interval_s = status.heartbeat_interval_s
+        entry.ttl_s = self.missed_heartbeats * status.heartbeat_interval_s
+        self._touch(entry, now)
+        return True
+
+    def _touch(self, entry: ExecutorEntry, now: float) -> None:
+        # Never move last_seen backwards (a replayed old record must not expire it).
+        entry.last_seen = max(entry.last_seen, now)
+        entry.expires = entry.last_seen + entry.ttl_s
+
+    # --- load from routers --------------------------------------------------------
+
+    def observe_outstanding(self, executor_id: str, delta: int, *, source: str = "local") -> bool:
+        """Add ``delta`` (+1 on dispatch, -1 on completion) to a source's outstanding count.
+
+        Counts never go below 0. Returns False for an unknown executor. Deltas are not
+        idempotent: a worker replaying a topic should prefer :meth:`set_outstanding`.
+        """
+        entry = self._entries.get(executor_id)
+        if entry is None:
+            self._ignored["outstanding"] += 1
+            return False
+        by_source = entry.outstanding_by_source or {}
+        self._set_outstanding(entry, source, by_source.get(source, 0) + delta)
+        return True
+
+    def set_outstanding(self, executor_id: str, count: int, *, source: str = "local") -> bool:
+        """Set a source's (a router's) absolute outstanding count for one executor.
+
+        Idempotent, so safe under replay. Load is ``max(status in_flight, sum over
+        sources)``: routers' requests are also counted in the executor's in_flight, and
+        the router figure is fresher than the last heartbeat. Returns False for an
+        unknown executor.
+        """
+        entry = self._entries.get(executor_id)
+        if entry is None:
+            self._ignored["outstanding"] += 1
+            return False
+        self._set_outstanding(entry, source, count)
+        return True
+
+    def _set_outstanding(self, entry: ExecutorEntry, source: str, count: int) -> None:
+        by_source = entry.outstanding_by_source
+        if by_source is None:
+            by_source = entry.outstanding_by_source = {}
+        if count > 0:
+            by_source[source] = count
+        else:
+            by_source.pop(source, None)
+        entry.outstanding = sum(by_source.values())
+        entry.load = max(entry.in_flight, entry.outstanding)
+
+    def drop_source(self, source: str) -> int:
+        """Forget every outstanding count a source (e.g. a dead router) reported.
+
+        Returns the number of executors touched. Scans every executor; call it rarely.
+        """
+        touched = 0
+        for entry in self._entries.values():
+            by_source = entry.outstanding_by_source
+            if by_source and source in by_source:
+                self._set_outstanding(entry, source, 0)
+                touched += 1
+        return touched
+
+    # --- clients and latencies -------------------------------------------------------
+
+    def apply_client(self, client: ClientRegistration) -> None:
+        """Add or update a client (informational; latencies are accepted without one)."""
+        self._clients[client.client_id] = client
+
+    def remove_client(self, client_id: str) -> bool:
+        """Forget a client and every latency measured to it (scans all executors)."""
+        known = self._clients.pop(client_id, None) is not None
+        for entry in self._entries.values():
+            old = entry.probes.pop(client_id, None)
+            if old is not None:
+                known = True
+                self._all_probes.discard(old)
+                if entry._probe_sorted is not None:
+                    entry._probe_sorted.discard(old)
+                    entry.median_probe_ms = entry._probe_sorted.median()
+            if entry.observed_ms is not None:
+                entry.observed_ms.pop(client_id, None)
+        return known
+
+    def apply_latency(self, measurement: LatencyMeasurement, now: float) -> bool:
+        """Record a probe or observed latency. Returns False for an unknown executor.
+
+        ``now`` is accepted for symmetry and future ageing; measurements do not count as
+        heartbeats (a router can observe a latency from a dying executor).
+        """
+        del now
+        entry = self._entries.get(measurement.executor_id)
+        if entry is None:
+            self._ignored["latency"] += 1
+            return False
+        client_id = measurement.client_id
+        latency = measurement.latency_ms
+        if measurement.source is LatencySource.PROBE:
+            self._set_probe(entry, client_id, latency)
+            return True
+        alpha = self.ewma_alpha
+        observed = entry.observed_ms
+        if observed is None:
+            observed = entry.observed_ms = {}
+        previous = observed.get(client_id)
+        observed[client_id] = (
+            latency if previous is None else previous + alpha * (latency - previous)
+        )
+        size = measurement.input_size or 0
+        net = self.network_latency_ms(entry, client_id)
+        sample = (latency - net) / (1 + entry.load) - entry.delay_per_element_ms * size
+        sample = max(sample, 0.0)
+        old_service = entry.service_ms
+        service = sample if old_service is None else old_service + alpha * (sample - old_service)
+        entry.service_ms = service
+        entry.service_samples += 1
+        self._all_services.replace(old_service, service)
+        return True
+
+    def fallback_latency_ms(self) -> float:
+        """Network latency assumed for an executor with no probe at all (see module doc)."""
+        median = self._all_probes.median()
+        return self.default_latency_ms if median is None else median
+
+    def network_latency_ms(self, entry: ExecutorEntry, client_id: str) -> float:
+        """A client's probe latency to an executor, or the documented fallback chain."""
+        latency = entry.probes.get(client_id)
+        if latency is not None:
+            return latency
+        median = entry.median_probe_ms
+        return self.fallback_latency_ms() if median is None else median
+
+    def fallback_service_ms(self) -> float:
+        """Base service time assumed for an executor without observations: the median of
+        the executors' learned service times, else ``default_service_ms``."""
+        median = self._all_services.median()
+        return self.default_service_ms if median is None else median
+
+    # --- selection -----------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Number of registered executors (live or not)."""
+        return len(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, executor_id: str) -> ExecutorEntry | None:
+        """The entry of one executor, if registered."""
+        return self._entries.get(executor_id)
+
+    def candidates(self, traits: Traits | TraitsKey, now: float) -> list[ExecutorEntry]:
+        """Live, available executors with exactly these traits, by ascending executor id.
+
+        Only the traits key's bucket is scanned. Policies rely on the id order for
+        deterministic tie-breaks.
+        """
+        bucket = self._index.get(_as_key(traits))
+        if bucket is None:
+            return []
+        available = ModelState.AVAILABLE
+        return [
+            e
+            for e in bucket.sorted_entries()
+            if now <= e.expires and (e.model_state is None or e.model_state is available)
+        ]
+
+    def eliminated_by(self, traits: Traits | TraitsKey, now: float) -> str | None:
+        """Why :meth:`candidates` is empty: ``traits``, ``liveness`` or ``model_state``.
+
+        Filters apply in that order; the one that removed the last executors is named.
+        None when there are candidates.
+        """
+        bucket = self._index.get(_as_key(traits))
+        if bucket is None or not bucket.by_id:
+            return "traits"
+        live = [e for e in bucket.by_id.values() if now <= e.expires]
+        if not live:
+            return "liveness"
+        if not any(e.available for e in live):
+            return "model_state"
+        return None
+
+    def traits_keys(self) -> list[TraitsKey]:
+        """Every traits key with at least one registered executor."""
+        return [k for k, b in self._index.items() if b.by_id]
+
+    def entries(self) -> Iterator[ExecutorEntry]:
+        """Every registered executor's entry (for snapshots, metrics, debugging)."""
+        return iter(self._entries.values())
+
+    def clients(self) -> Iterator[ClientRegistration]:
+        """Every registered client."""
+        return iter(self._clients.values())
+
+    def stats(self, now: float | None = None) -> dict[str, int]:
+        """Counters for metrics; liveness counts only when ``now`` is given. O(executors)."""
+        out = {
+            "executors": len(self._entries),
+            "traits_keys": len(self.traits_keys()),
+            "clients": len(self._clients),
+            "probes": len(self._all_probes),
+            "learned_services": len(self._all_services),
+            "outstanding": sum(e.outstanding for e in self._entries.values()),
+            "ignored_status": self._ignored["status"],
+            "ignored_latency": self._ignored["latency"],
+            "ignored_outstanding": self._ignored["outstanding"],
+        }
+        if now is not None:
+            live = [e for e in self._entries.values() if now <= e.expires]
+            out["live"] = len(live)
+            out["stale"] = len(self._entries) - len(live)
+            out["selectable"] = sum(1 for e in live if e.available)
+        return out
+
+    # --- snapshot / restore --------------------------------------------------------
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """A JSON-serialisable copy of the view (outstanding counts excluded: live data).
+
+        Heartbeat times are stored as ages relative to ``now`` so a snapshot can be
+        restored on another clock (e.g. after a restart with ``time.monotonic()``).
+        """
+        executors = [
+            {
+                "registration": e.registration.model_dump(mode="json"),
+                "age_s": now - e.last_seen,
+                "heartbeat_interval_s": e.heartbeat_interval_s,
+                "model_state": None if e.model_state is None else e.model_state.value,
+                "in_flight": e.in_flight,
+                "errors": e.errors,
+                "probes": dict(e.probes),
+                "observed_ms": dict(e.observed_ms or {}),
+                "service_ms": e.service_ms,
+                "service_samples": e.service_samples,
+            }
+            for e in self._entries.values()
+        ]
+        return {
+            "version": SNAPSHOT_VERSION,
+            "executors": executors,
+            "clients": [c.model_dump(mode="json") for c in self._clients.values()],
+        }
+
+    @classmethod
+    def restore(
+        cls,
+        snapshot: Mapping[str, Any],
+        now: float,
+        *,
+        missed_heartbeats: float = 3.0,
+        ewma_alpha: float = 0.2,
+        default_latency_ms: float = 100.0,
+        default_service_ms: float = 10.0,
+    ) -> ExecutorView:
+        """Rebuild a view from :meth:`snapshot` output; raises DecodeError if malformed."""
+        view = cls(
+            missed_heartbeats=missed_heartbeats,
+            ewma_alpha=ewma_alpha,
+            default_latency_ms=default_latency_ms,
+            default_service_ms=default_service_ms,
+        )
+        try:
+            if snapshot["version"] != SNAPSHOT_VERSION:
+                raise DecodeError(f"unsupported view snapshot version {snapshot['version']!r}")
+            for item in snapshot["clients"]:
+                view.apply_client(ClientRegistration.model_validate(item))
+            for item in snapshot["executors"]:
+                registration = ExecutorRegistration.model_validate(item["registration"])
+                view.apply_registration(registration, now - float(item["age_s"]))
+                entry = view._entries[registration.executor_id]
+                interval = float(item["heartbeat_interval_s"])
+                if not interval > 0:
+                    raise DecodeError(f"bad heartbeat interval {interval!r}")
+                entry.heartbeat_interval_s = interval
+                entry.ttl_s = view.missed_heartbeats * interval
+                entry.expires = entry.last_seen + entry.ttl_s
+                state = item["model_state"]
+                entry.model_state = None if state is None else ModelState(state)
+                entry.in_flight = entry.load = int(item["in_flight"])
+                entry.errors = int(item["errors"])
+                for client_id, latency in item["probes"].items():
+                    latency = float(latency)
+                    if not 0 <= latency < float("inf"):
+                        raise DecodeError(f"bad probe latency {latency!r}")
+                    view._set_probe(entry, str(client_id), latency)
+                observed = {str(k): float(v) for k, v in item["observed_ms"].items()}
+                entry.observed_ms = observed or None
+                service = item["service_ms"]
+                if service is not None:
+                    entry.service_ms = float(service)
+                    view._all_services.add(entry.service_ms)
+                entry.service_samples = int(item["service_samples"])
+        except DecodeError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, ValidationError) as exc:
+            raise DecodeError(f"malformed view snapshot: {exc}") from exc
+        return view
+
+    def _set_probe(self, entry: ExecutorEntry, client_id: str, latency: float) -> None:
+        old = entry.probes.get(client_id)
+        entry.probes[client_id] = latency
+        self._all_probes.replace(old, latency)
+        if entry._probe_sorted is None:
+            entry._probe_sorted = _SortedFloats()
+        entry._probe_sorted.replace(old, latency)
+        entry.median_probe_ms = entry._probe_sorted.median()
+
+    # --- index ---------------------------------------------------------------------
+
+    def _bucket_add(self, entry: ExecutorEntry) -> None:
+        bucket = self._index.get(entry.key)
+        if bucket is None:
+            bucket = self._index[entry.key] = _Bucket()
+        bucket.by_id[entry.executor_id] = entry
+        bucket.ordered = None
+
+    def _bucket_remove(self, entry: ExecutorEntry) -> None:
+        bucket = self._index.get(entry.key)
+        if bucket is None:
+            return
+        bucket.by_id.pop(entry.executor_id, None)
+        bucket.ordered = None
+        if not bucket.by_id:
+            del self._index[entry.key]

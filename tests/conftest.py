@@ -1,0 +1,167 @@
+"""Session fixtures: real Kafka, Redis and MinIO, started once, and a unique topic prefix.
+
+Where the servers come from, in order:
+1. ``MULAMBDA_KAFKA_BOOTSTRAP_SERVERS`` (and the Redis/MinIO variables) already set: use them.
+2. ``deploy/local/infra.sh``: reuse what it already runs, else start it (and stop it at the
+   end of the session, since we started it).
+3. testcontainers, when a Docker engine answers (never on the CI machines here).
+Every test run gets its own topic prefix, so runs can share a broker.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from mulambda.kafka import Admin, KafkaConfig
+from mulambda.topics import Catalog, load_catalog
+
+REPO = Path(__file__).resolve().parent.parent
+INFRA = REPO / "deploy" / "local" / "infra.sh"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # One event loop for the session: session fixtures hold clients bound to it.
+    marker = pytest.mark.asyncio(loop_scope="session")
+    for item in items:
+        if pytest_asyncio.is_async_test(item):
+            item.add_marker(marker, append=False)
+        if "integration" in str(item.path) and not item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.integration)
+        if "unit" in str(item.path) and not item.get_closest_marker("unit"):
+            item.add_marker(pytest.mark.unit)
+
+
+@dataclass(frozen=True)
+class Infra:
+    """Where the real servers of this session listen."""
+
+    kafka_bootstrap: str
+    redis_url: str
+    minio_endpoint: str
+    minio_access_key: str
+    minio_secret_key: str
+
+    def kafka(self, client_id: str = "mulambda-test") -> KafkaConfig:
+        """A KafkaConfig for these servers."""
+        return KafkaConfig(
+            bootstrap_servers=self.kafka_bootstrap, request_timeout_s=15.0, client_id=client_id
+        )
+
+    def env(self) -> dict[str, str]:
+        """Environment for subprocesses (CLI tests)."""
+        return {
+            "MULAMBDA_KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap,
+            "MULAMBDA_REDIS_URL": self.redis_url,
+            "MULAMBDA_MINIO_ENDPOINT": self.minio_endpoint,
+            "MULAMBDA_MINIO_ACCESS_KEY": self.minio_access_key,
+            "MULAMBDA_MINIO_SECRET_KEY": self.minio_secret_key,
+        }
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.removeprefix("export ").strip()
+        if "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values[key] = value.strip("'\"")
+    return values
+
+
+def _from_environment() -> Infra | None:
+    env = os.environ
+    if not env.get("MULAMBDA_KAFKA_BOOTSTRAP_SERVERS"):
+        return None
+    return Infra(
+        kafka_bootstrap=env["MULAMBDA_KAFKA_BOOTSTRAP_SERVERS"],
+        redis_url=env.get("MULAMBDA_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        minio_endpoint=env.get("MULAMBDA_MINIO_ENDPOINT", "127.0.0.1:9000"),
+        minio_access_key=env.get("MULAMBDA_MINIO_ACCESS_KEY", "mulambda"),
+        minio_secret_key=env.get("MULAMBDA_MINIO_SECRET_KEY", "mulambda-secret"),
+    )
+
+
+def _infra_home() -> Path:
+    return Path(os.environ.get("MULAMBDA_HOME", REPO / ".mulambda"))
+
+
+def _docker_available() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    probe = subprocess.run(["docker", "info"], capture_output=True, check=False, timeout=10)
+    return probe.returncode == 0
+
+
+@pytest.fixture(scope="session")
+def infra() -> Iterator[Infra]:
+    """The session's Kafka, Redis and MinIO (see the module docstring)."""
+    found = _from_environment()
+    if found is not None:
+        yield found
+        return
+    if INFRA.exists() and (shutil.which("java") or not _docker_available()):
+        running = subprocess.run(
+            ["bash", str(INFRA), "status"], capture_output=True, check=False
+        ).returncode == 0
+        if not running:
+            subprocess.run(["bash", str(INFRA), "start"], check=True, timeout=900)
+        values = _read_env_file(_infra_home() / "env")
+        try:
+            yield Infra(
+                kafka_bootstrap=values["MULAMBDA_KAFKA_BOOTSTRAP_SERVERS"],
+                redis_url=values["MULAMBDA_REDIS_URL"],
+                minio_endpoint=values["MULAMBDA_MINIO_ENDPOINT"],
+                minio_access_key=values["MULAMBDA_MINIO_ACCESS_KEY"],
+                minio_secret_key=values["MULAMBDA_MINIO_SECRET_KEY"],
+            )
+        finally:
+            if not running:
+                subprocess.run(["bash", str(INFRA), "stop"], check=False, timeout=120)
+        return
+    yield from _testcontainers_infra()
+
+
+def _testcontainers_infra() -> Iterator[Infra]:
+    # Only where a Docker engine exists; the machines this project runs CI on have none.
+    from testcontainers.kafka import KafkaContainer
+    from testcontainers.minio import MinioContainer
+    from testcontainers.redis import RedisContainer
+
+    with (
+        KafkaContainer("apache/kafka:3.9.1").with_kraft() as kafka,
+        RedisContainer("redis:7") as redis,
+        MinioContainer() as minio,
+    ):
+        minio_cfg = minio.get_config()
+        yield Infra(
+            kafka_bootstrap=kafka.get_bootstrap_server(),
+            redis_url=f"redis://{redis.get_container_host_ip()}:{redis.get_exposed_port(6379)}/0",
+            minio_endpoint=minio_cfg["endpoint"],
+            minio_access_key=minio_cfg["access_key"],
+            minio_secret_key=minio_cfg["secret_key"],
+        )
+
+
+@pytest.fixture(scope="session")
+def topic_prefix() -> str:
+    """A prefix unique to this test run."""
+    return f"test-{uuid.uuid4().hex[:8]}."
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def catalog(infra: Infra, topic_prefix: str) -> AsyncIterator[Catalog]:
+    """The topic catalog applied under this run's prefix; topics deleted at the end."""
+    cat = load_catalog(topic_prefix)
+    async with Admin(infra.kafka("mulambda-test-admin")) as admin:
+        await admin.apply(cat)
+        yield cat
+        await admin.delete([cat.name(t) for t in cat.specs])
