@@ -99,7 +99,7 @@ comp_ports() {
 
 # What the command line of our process looks like. Checked before trusting a pid
 # file, so a pid recycled by an unrelated process (after a reboot, say) is
-# never signalled, and a zombie ("[java] <defunct>") counts as gone.
+# never signalled.
 comp_pattern() {
   case $1 in
     kafka) echo 'kafka\.Kafka' ;;
@@ -111,12 +111,15 @@ comp_pattern() {
 # Prints the pid and succeeds if the component's pid file names a live process
 # of ours.
 running_pid() {
-  local comp=$1 file pid args
+  local comp=$1 file pid stat args
   file=$(pid_file "$comp")
   [[ -f $file ]] || return 1
   pid=$(<"$file")
   [[ $pid =~ ^[0-9]+$ ]] || return 1
-  args=$(ps -o args= -p "$pid" 2>/dev/null) || return 1
+  read -r stat args < <(ps -o stat=,args= -p "$pid" 2>/dev/null) || return 1
+  # An exited process nobody has reaped yet (state Z) is gone for our purposes,
+  # unless it still has live threads ("Zl": only its main thread ended).
+  if [[ $stat == Z* && $stat != *l* ]]; then return 1; fi
   grep -Eq "$(comp_pattern "$comp")" <<<"$args" || return 1
   echo "$pid"
 }
@@ -493,7 +496,7 @@ stop_component() {
   fi
   log "$comp: stopping pid $pid"
   kill -TERM "$pid" 2>/dev/null || true
-  # running_pid rather than kill -0: an unreaped zombie counts as stopped.
+  # running_pid rather than kill -0: an exited but unreaped process is stopped.
   while running_pid "$comp" >/dev/null && ((waited < STOP_TIMEOUT * 5)); do
     sleep 0.2
     waited=$((waited + 1))

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite: lint, types, unit and integration tests against real Kafka, Redis
+# and MinIO (the session fixtures start them through deploy/local/infra.sh when needed).
+# Extra arguments go to pytest, e.g. `deploy/local/test.sh -m unit`.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+cd "$REPO"
+
+extras="dev"
+# TensorFlow backs the real-SavedModel tests; skip it with MULAMBDA_TEST_TENSORFLOW=0.
+if [ "${MULAMBDA_TEST_TENSORFLOW:-1}" = "1" ]; then extras="dev,tensorflow"; fi
+ensure_venv "$extras"
+
+log "ruff"
+"$VENV/bin/ruff" check .
+"$VENV/bin/ruff" format --check .
+log "mypy --strict"
+"$VENV/bin/mypy"
+log "topic catalog up to date"
+"$VENV/bin/mulambda" topics generate --check
+log "pytest"
+exec "$VENV/bin/pytest" "$@"
