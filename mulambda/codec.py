@@ -65,9 +65,9 @@ class ReplyAddress:
     correlation_id: str
 
 
-def peek_reply_address(data: bytes | None, *, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> (
-    ReplyAddress | None
-):
+def peek_reply_address(
+    data: bytes | None, *, max_bytes: int = DEFAULT_MAX_RECORD_BYTES
+) -> ReplyAddress | None:
     """Best-effort read of reply_topic/partition/correlation_id from a rejected request.
 
     An invalid request still gets an error reply when these three can be read; otherwise
@@ -81,8 +81,10 @@ def peek_reply_address(data: bytes | None, *, max_bytes: int = DEFAULT_MAX_RECOR
         return None
     if not isinstance(body, dict):
         return None
-    topic, corr, part = body.get("reply_topic"), body.get("correlation_id"), body.get(
-        "reply_partition"
+    topic, corr, part = (
+        body.get("reply_topic"),
+        body.get("correlation_id"),
+        body.get("reply_partition"),
     )
     if not (isinstance(topic, str) and topic and isinstance(corr, str) and corr):
         return None

@@ -357,7 +357,7 @@ class ConsumerLoop:
         if consumer is None:
             raise MulambdaError("consumer is not started")
         async with asyncio.timeout(timeout_s):
-            while not consumer.assignment():
+            while not consumer.assignment():  # noqa: ASYNC110 - aiokafka has no such event
                 await asyncio.sleep(0.05)
 
     async def stop(self, grace_s: float = 10.0) -> None:
@@ -422,8 +422,10 @@ class ConsumerLoop:
     async def _handle_one(self, raw: ConsumerRecord) -> None:
         model = self._models.get(raw.topic)
         try:
-            value = None if raw.value is None or model is None else decode(
-                model, raw.value, max_bytes=self._max_record_bytes
+            value = (
+                None
+                if raw.value is None or model is None
+                else decode(model, raw.value, max_bytes=self._max_record_bytes)
             )
             if model is None:
                 raise DecodeError(f"no model registered for topic {raw.topic}")
@@ -440,7 +442,7 @@ class ConsumerLoop:
             offset=raw.offset,
             key=raw.key,
             value=value,
-            headers={k: v for k, v in (raw.headers or ())},
+            headers=dict(raw.headers or ()),
             timestamp_ms=raw.timestamp,
             raw=raw.value,
         )
@@ -493,10 +495,12 @@ async def replay(
         for topic in topics:
             parts = consumer.partitions_for_topic(topic)
             if parts is None:
-                await consumer._client.force_metadata_update()  # noqa: SLF001
+                await consumer._client.force_metadata_update()
                 parts = consumer.partitions_for_topic(topic)
             if not parts:
-                raise ConfigurationError(f"topic {topic} does not exist; run `mulambda topics apply`")
+                raise ConfigurationError(
+                    f"topic {topic} does not exist; run `mulambda topics apply`"
+                )
             partitions += [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(partitions)
         end = await consumer.end_offsets(partitions)
@@ -510,8 +514,10 @@ async def replay(
                     if raw.offset >= end[tp]:
                         break
                     try:
-                        value = None if raw.value is None else decode(
-                            model, raw.value, max_bytes=max_record_bytes
+                        value = (
+                            None
+                            if raw.value is None
+                            else decode(model, raw.value, max_bytes=max_record_bytes)
                         )
                     except DecodeError as exc:
                         if on_invalid is not None:
@@ -519,8 +525,14 @@ async def replay(
                         continue
                     on_record(
                         Record(
-                            raw.topic, raw.partition, raw.offset, raw.key, value,
-                            {k: v for k, v in (raw.headers or ())}, raw.timestamp, raw.value,
+                            raw.topic,
+                            raw.partition,
+                            raw.offset,
+                            raw.key,
+                            value,
+                            dict(raw.headers or ()),
+                            raw.timestamp,
+                            raw.value,
                         )
                     )
             for tp in list(remaining):
@@ -612,9 +624,7 @@ class Admin:
                     out[name]["overrides"] = {e[0]: e[1] for e in entries if _is_override(e[3])}
         return out
 
-    async def apply(
-        self, catalog: Catalog, *, replication: int | None = None
-    ) -> list[TopicChange]:
+    async def apply(self, catalog: Catalog, *, replication: int | None = None) -> list[TopicChange]:
         """Create missing topics, raise partition counts and set configs to the catalog's.
 
         Idempotent: a second run reports every topic unchanged. Partition counts are never
@@ -656,16 +666,16 @@ class Admin:
                         notes.append(f"partitions {have['partitions']}→{spec.partitions}")
                     elif have["partitions"] > spec.partitions:
                         notes.append(f"has {have['partitions']} partitions (catalog: fewer)")
-                    drift = {
-                        k: v for k, v in spec.config.items() if have["config"].get(k) != v
-                    }
+                    drift = {k: v for k, v in spec.config.items() if have["config"].get(k) != v}
                     if drift:
                         await admin.alter_configs(
                             [ConfigResource(ConfigResourceType.TOPIC, name, dict(spec.config))]
                         )
                         notes.append("config " + ", ".join(f"{k}={v}" for k, v in drift.items()))
-                    action = "updated" if any("→" in n or "config" in n for n in notes) else (
-                        "unchanged"
+                    action = (
+                        "updated"
+                        if any("→" in n or "config" in n for n in notes)
+                        else ("unchanged")
                     )
                     changes.append(TopicChange(name, action, "; ".join(notes)))
         except (TimeoutError, KafkaError) as exc:
@@ -676,7 +686,7 @@ class Admin:
         # Created topics reach every broker's metadata cache a little later; callers
         # that produce right after `apply` must not see UnknownTopicOrPartition.
         admin = self._require()
-        while not set(names) <= set(await admin.list_topics()):
+        while not set(names) <= set(await admin.list_topics()):  # noqa: ASYNC110 - polling the broker
             await asyncio.sleep(0.05)
 
     async def delete(self, names: Sequence[str]) -> None:

@@ -39,9 +39,11 @@ class JsonFormatter(logging.Formatter):
         cid = correlation_id.get()
         if cid is not None:
             entry["correlation_id"] = cid
-        for key, value in record.__dict__.items():
-            if key not in self._skip and not key.startswith("_"):
-                entry[key] = value
+        entry.update(
+            (key, value)
+            for key, value in record.__dict__.items()
+            if key not in self._skip and not key.startswith("_")
+        )
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
@@ -97,7 +99,7 @@ class HealthServer:
         await runner.setup()
         site = web.TCPSite(runner, self._host, self._port)
         await site.start()
-        server = site._server  # noqa: SLF001 - aiohttp exposes the bound port only here
+        server = site._server
         sockets = getattr(server, "sockets", None) or []
         self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
         self._runner = runner

@@ -109,9 +109,12 @@ def infra() -> Iterator[Infra]:
         yield found
         return
     if INFRA.exists() and (shutil.which("java") or not _docker_available()):
-        running = subprocess.run(
-            ["bash", str(INFRA), "status"], capture_output=True, check=False
-        ).returncode == 0
+        running = (
+            subprocess.run(
+                ["bash", str(INFRA), "status"], capture_output=True, check=False
+            ).returncode
+            == 0
+        )
         if not running:
             subprocess.run(["bash", str(INFRA), "start"], check=True, timeout=900)
         values = _read_env_file(_infra_home() / "env")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mulambda.events import Candidate as CandidateModel
 from mulambda.events import (
     ClientRegistration,
     DeadLetter,
@@ -22,7 +23,6 @@ from mulambda.events import (
     WireModel,
     deadline_in,
 )
-from mulambda.events import Candidate as CandidateModel
 
 TRAITS = Traits(model_type="classification", input_format="wine-13", output_format="probs-3")
 

@@ -568,6 +568,8 @@ cmd_start() {
   for comp in "${to_launch[@]}"; do
     log "$comp: starting (log: $(log_file "$comp"))"
     "${comp}_launch"
+    # Not a job of this shell: no "Killed" notices if we have to stop it.
+    disown -a
     comp_ports "$comp" >"$(comp_dir "$comp")/$comp.ports"
   done
   local failed=0

@@ -16,7 +16,9 @@ def topics() -> None:
 
 @topics.command()
 @click.option(
-    "--replication-factor", type=click.IntRange(min=1), default=None,
+    "--replication-factor",
+    type=click.IntRange(min=1),
+    default=None,
     help="Override the catalog's replication (production clusters use 3).",
 )
 def apply(replication_factor: int | None) -> None:
@@ -63,7 +65,8 @@ def generate(check: bool) -> None:
         from mulambda.topics import generated_files
 
         stale = [
-            rel for rel, text in generated_files(catalog).items()
+            rel
+            for rel, text in generated_files(catalog).items()
             if not (CATALOG_DIR / rel).exists() or (CATALOG_DIR / rel).read_text() != text
         ]
         if stale:

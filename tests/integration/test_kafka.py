@@ -72,7 +72,7 @@ async def test_apply_restores_drifted_config(infra: Infra) -> None:
     async with Admin(infra.kafka()) as admin:
         await admin.apply(catalog)
         name = catalog.name(Topic.DEAD_LETTERS)
-        await admin._require().alter_configs(  # noqa: SLF001 - simulate drift
+        await admin._require().alter_configs(
             [ConfigResource(ConfigResourceType.TOPIC, name, {"retention.ms": "1000"})]
         )
         await _wait_for_config(admin, name, "retention.ms", "1000")
@@ -233,6 +233,8 @@ async def test_replay_reads_compacted_topic_with_tombstones(infra: Infra, catalo
     assert replay_b is not None
     assert replay_b.executor_id == "replay-b"
     assert sum(ends.values()) >= 3
-    assert encode(replay_b) == encode(registration("replay-b").model_copy(
-        update={"message_id": replay_b.message_id, "timestamp": replay_b.timestamp}
-    ))
+    assert encode(replay_b) == encode(
+        registration("replay-b").model_copy(
+            update={"message_id": replay_b.message_id, "timestamp": replay_b.timestamp}
+        )
+    )
