@@ -307,6 +307,7 @@ class ConsumerLoop:
         auto_offset_reset: str = "earliest",
         max_batch: int = 500,
         partitions: Sequence[TopicPartition] | None = None,
+        concurrency: int = 1,
     ) -> None:
         self._config = config
         self._models = dict(topics)
@@ -320,6 +321,9 @@ class ConsumerLoop:
         self._auto_offset_reset = auto_offset_reset
         self._max_batch = max_batch
         self._partitions = list(partitions) if partitions else None
+        # >1 handles a batch's records concurrently (order within a partition is then not
+        # kept): right for routers waiting on executors, wrong for materialisation.
+        self._concurrency = max(1, concurrency)
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -403,14 +407,27 @@ class ConsumerLoop:
                 continue
             if not batches:
                 continue
-            offsets: dict[TopicPartition, int] = {}
-            for tp, records in batches.items():
-                for raw in records:
-                    await self._handle_one(raw)
-                    offsets[tp] = raw.offset + 1
+            offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
+            if self._concurrency == 1:
+                for records in batches.values():
+                    for raw in records:
+                        await self._handle_one(raw)
+            else:
+                await self._handle_concurrently(
+                    [raw for records in batches.values() for raw in records]
+                )
             self.stats.batches += 1
             if self._group_id is not None:
                 await self._commit(consumer, offsets)
+
+    async def _handle_concurrently(self, records: list[ConsumerRecord]) -> None:
+        gate = asyncio.Semaphore(self._concurrency)
+
+        async def one(raw: ConsumerRecord) -> None:
+            async with gate:
+                await self._handle_one(raw)
+
+        await asyncio.gather(*(one(raw) for raw in records))
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         try:
