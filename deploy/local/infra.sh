@@ -287,6 +287,7 @@ kafka_format() {
 # Config and storage, done before anything is launched.
 kafka_prepare() {
   local dir
+  require_cmd java "install a JDK >= 11, e.g. apt-get install -y openjdk-17-jre-headless"
   dir=$(comp_dir kafka)
   mkdir -p "$dir/data"
   render "$SCRIPT_DIR/kafka/server.properties.tmpl" "$dir/server.properties" \
@@ -434,6 +435,7 @@ minio_install() {
 }
 
 minio_prepare() {
+  require_cmd curl "needed for MinIO's readiness check; apt-get install -y curl"
   # MinIO refuses to start otherwise; say so before spawning anything.
   [[ ${#MINIO_ACCESS_KEY} -ge 3 ]] || die "MULAMBDA_MINIO_ACCESS_KEY must have at least 3 characters"
   [[ ${#MINIO_SECRET_KEY} -ge 8 ]] || die "MULAMBDA_MINIO_SECRET_KEY must have at least 8 characters"
@@ -584,7 +586,8 @@ cmd_start() {
 
 cmd_stop() {
   local comp
-  lock 9 "$STATE_DIR/.infra.lock"
+  # Nothing was ever started here: don't create the state dir just to lock it.
+  if [[ -d $STATE_DIR ]]; then lock 9 "$STATE_DIR/.infra.lock"; fi
   for comp in "$@"; do stop_component "$comp"; done
 }
 
