@@ -5,7 +5,11 @@ from __future__ import annotations
 import click
 
 from mulambda import __version__
+from mulambda.cli.clients import clients
+from mulambda.cli.companion import companion
+from mulambda.cli.executors import executors
 from mulambda.cli.infra import infra
+from mulambda.cli.models import models
 from mulambda.cli.topics import topics
 
 
@@ -24,7 +28,11 @@ def version() -> None:
     click.echo(__version__)
 
 
+cli.add_command(clients)
+cli.add_command(companion)
+cli.add_command(executors)
 cli.add_command(infra)
+cli.add_command(models)
 cli.add_command(topics)
 
 
