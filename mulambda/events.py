@@ -25,6 +25,11 @@ Identifier = Annotated[
 ]
 """Ids of executors, clients and models: printable, no spaces, safe in Redis keys."""
 
+ModelName = Annotated[
+    str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+]
+"""Model names travel in TF Serving URL paths, so no ``/`` or ``:``."""
+
 Importance = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 """A soft-criterion weight in [0, 1]; NaN and infinities are refused."""
 
@@ -145,7 +150,7 @@ class ExecutorRegistration(WireModel):
 
     executor_id: Identifier
     """Unique id of this executor (one TF Serving instance serving one model)."""
-    model_name: Identifier
+    model_name: ModelName
     """Name TF Serving serves the model under (the ``{name}`` in its URLs)."""
     model_version: int | None = Field(default=None, ge=0)
     """Pinned version; None serves TF Serving's default (the highest)."""

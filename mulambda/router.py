@@ -62,11 +62,15 @@ class RouterMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
-            "mulambda_router_requests", "Inference requests by outcome", ["status"],
+            "mulambda_router_requests",
+            "Inference requests by outcome",
+            ["status"],
             registry=registry,
         )
         self.latency = Histogram(
-            "mulambda_router_latency_seconds", "Receipt to result", registry=registry,
+            "mulambda_router_latency_seconds",
+            "Receipt to result",
+            registry=registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
         self.failovers = Counter(
@@ -214,7 +218,7 @@ class Router:
         if reply.status is not SelectionStatus.OK or not reply.candidates:
             why = reply.error or f"no candidate ({reply.eliminated_by})"
             return _error(request, f"selection: {why}")
-        last: ExecutorError | None = None
+        last: MulambdaError | None = None
         attempts = 0
         for candidate in reply.candidates:
             remaining = (request.deadline - utcnow()).total_seconds()
@@ -231,7 +235,9 @@ class Router:
                     version=candidate.model_version,
                     timeout_s=min(remaining, self._call_timeout_s),
                 )
-            except ExecutorError as exc:
+            except MulambdaError as exc:
+                # ExecutorError says whether another executor may succeed; anything
+                # else (a registration TF Serving cannot address) is not retriable.
                 last = exc
                 log.info("executor %s failed: %s", candidate.executor_id, exc.reason)
                 if not exc.retriable:
@@ -252,7 +258,7 @@ class Router:
         return _error(
             request,
             f"all {attempts} candidate(s) failed; last: {reason}",
-            code=last.status if last is not None else None,
+            code=last.status if isinstance(last, ExecutorError) else None,
             attempts=attempts,
         )
 

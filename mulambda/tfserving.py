@@ -29,6 +29,7 @@ GarbageResponse       any     yes        a success status with a body that is no
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import logging
@@ -201,11 +202,13 @@ def encode_json(value: Any) -> bytes:
 
     TF Serving reads and writes those tokens, but orjson writes ``null`` for them, so a
     document in which orjson wrote any ``null`` is re-encoded with the standard library
-    (rare, and only then paying its cost).
+    (rare, and only then paying its cost). Raises ``TypeError`` for values JSON cannot hold.
     """
     data = orjson.dumps(value)
     if b"null" in data:
-        data = json.dumps(value, allow_nan=True, separators=(",", ":")).encode()
+        # Types only orjson knows (datetime, numpy...) make this fail: its output stands.
+        with contextlib.suppress(TypeError, ValueError):
+            data = json.dumps(value, allow_nan=True, separators=(",", ":")).encode()
     return data
 
 
@@ -502,7 +505,11 @@ class TFServingClient:
         if verb not in _RESPONSE_KEYS:
             raise ConfigurationError(f"unknown TF Serving verb {verb!r}")
         path = model_path(model, version=version, label=label, suffix=f":{verb}")
-        document = await self._call("POST", path, encode_json(body), timeout_s)
+        try:
+            data = encode_json(body)
+        except TypeError as exc:
+            raise ConfigurationError(f"{verb} body is not JSON-serialisable: {exc}") from None
+        document = await self._call("POST", path, data, timeout_s)
         if not isinstance(document, dict) or not any(k in document for k in _RESPONSE_KEYS[verb]):
             raise GarbageResponse(
                 f"{verb} response from {self.base_url} lacks "
