@@ -77,3 +77,34 @@ def run(factory: Callable[[], Awaitable[Service]], *, grace_s: float = 10.0) -> 
         return await serve(service, grace_s=grace_s)
 
     return asyncio.run(main())
+
+
+class Lifecycle(Protocol):
+    """A component with start/stop but no end of its own (a server)."""
+
+    async def start(self) -> None:
+        """Begin serving."""
+
+    async def stop(self) -> None:
+        """Stop serving; idempotent."""
+
+
+class UntilStopped:
+    """Makes a server a Service: it ends only when stopped."""
+
+    def __init__(self, component: Lifecycle) -> None:
+        self.component = component
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        """Start the component."""
+        await self.component.start()
+
+    async def stop(self) -> None:
+        """Stop the component; idempotent."""
+        self._stopped.set()
+        await self.component.stop()
+
+    async def wait(self) -> None:
+        """Wait until stopped."""
+        await self._stopped.wait()

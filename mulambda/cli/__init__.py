@@ -7,6 +7,7 @@ import click
 from mulambda import __version__
 from mulambda.cli.clients import clients
 from mulambda.cli.companion import companion
+from mulambda.cli.executor import executor
 from mulambda.cli.executors import executors
 from mulambda.cli.infra import infra
 from mulambda.cli.models import models
@@ -30,6 +31,7 @@ def version() -> None:
 
 cli.add_command(clients)
 cli.add_command(companion)
+cli.add_command(executor)
 cli.add_command(executors)
 cli.add_command(infra)
 cli.add_command(models)
