@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
@@ -28,6 +28,7 @@ from mulambda.errors import (
     DecodeError,
     KafkaUnavailable,
     MulambdaError,
+    RequestTimeout,
 )
 from mulambda.events import DeadLetter, WireModel
 from mulambda.settings import Settings
@@ -489,6 +490,18 @@ class ConsumerLoop:
 # --- replay --------------------------------------------------------------------------
 
 
+async def _partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """Every partition of ``topic``; ConfigurationError when it does not exist."""
+    parts = consumer.partitions_for_topic(topic)
+    if parts is None:
+        # A fresh consumer knows no topics until it fetched metadata for them.
+        await consumer._client.force_metadata_update()
+        parts = consumer.partitions_for_topic(topic)
+    if not parts:
+        raise ConfigurationError(f"topic {topic} does not exist; run `mulambda topics apply`")
+    return [TopicPartition(topic, p) for p in sorted(parts)]
+
+
 async def replay(
     config: KafkaConfig,
     topics: Mapping[str, type[WireModel]],
@@ -508,17 +521,7 @@ async def replay(
     )
     await _bounded_start(consumer, "replay", config.request_timeout_s)
     try:
-        partitions = []
-        for topic in topics:
-            parts = consumer.partitions_for_topic(topic)
-            if parts is None:
-                await consumer._client.force_metadata_update()
-                parts = consumer.partitions_for_topic(topic)
-            if not parts:
-                raise ConfigurationError(
-                    f"topic {topic} does not exist; run `mulambda topics apply`"
-                )
-            partitions += [TopicPartition(topic, p) for p in sorted(parts)]
+        partitions = [tp for topic in topics for tp in await _partitions_of(consumer, topic)]
         consumer.assign(partitions)
         end = await consumer.end_offsets(partitions)
         await consumer.seek_to_beginning(*partitions)
@@ -558,6 +561,53 @@ async def replay(
         return dict(end)
     except KafkaError as exc:
         raise KafkaUnavailable(f"replay failed: {exc}") from exc
+    finally:
+        await consumer.stop()
+
+
+class KeyWaiter(Generic[M]):
+    """Reads a topic from a fixed position until a record with the wanted key arrives."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, key: bytes, model: type[M]) -> None:
+        self._consumer = consumer
+        self._key = key
+        self._model = model
+
+    async def result(self, timeout_s: float) -> M:
+        """The decoded value of the first record with the key; RequestTimeout after that."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    batches = await self._consumer.getmany(timeout_ms=200)
+                    for records in batches.values():
+                        for raw in records:
+                            if raw.key == self._key:
+                                return decode(self._model, raw.value)
+        except TimeoutError as exc:
+            raise RequestTimeout(
+                f"no {self._model.type_name} for {self._key.decode()} within {timeout_s:g}s"
+            ) from exc
+        except KafkaError as exc:
+            raise KafkaUnavailable(f"reading results failed: {exc}") from exc
+
+
+@contextlib.asynccontextmanager
+async def read_until_key(
+    config: KafkaConfig, topic: str, key: str, model: type[M]
+) -> AsyncIterator[KeyWaiter[M]]:
+    """Position a group-less reader at the end of ``topic`` before the caller publishes.
+
+    For command-line and test clients that wait for one answer; services use a Requester.
+    """
+    consumer = AIOKafkaConsumer(**config.client_kwargs(), group_id=None, enable_auto_commit=False)
+    await _bounded_start(consumer, "reader", config.request_timeout_s)
+    try:
+        partitions = await _partitions_of(consumer, topic)
+        consumer.assign(partitions)
+        await consumer.seek_to_end(*partitions)
+        for tp in partitions:  # fixes the start offsets now, not at the first fetch
+            await consumer.position(tp)
+        yield KeyWaiter(consumer, key.encode(), model)
     finally:
         await consumer.stop()
 
@@ -722,8 +772,10 @@ __all__ = [
     "ConsumerLoop",
     "DeadLetterer",
     "KafkaConfig",
+    "KeyWaiter",
     "Producer",
     "Record",
     "TopicChange",
+    "read_until_key",
     "replay",
 ]

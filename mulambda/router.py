@@ -10,7 +10,6 @@ is also published as an observed latency, which the selector learns service time
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from types import TracebackType
@@ -310,25 +309,3 @@ def _error(
         error_code=code,
         attempts=attempts,
     )
-
-
-async def wait_for_result(
-    kafka: KafkaConfig, topic: str, correlation: str, timeout_s: float
-) -> InferenceResult:
-    """Read ``topic`` from the end until the result for ``correlation`` arrives (CLI/tests)."""
-    from aiokafka import AIOKafkaConsumer
-
-    from mulambda.codec import decode
-
-    consumer = AIOKafkaConsumer(topic, **kafka.client_kwargs(), auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        async with asyncio.timeout(timeout_s):
-            async for raw in consumer:
-                if raw.key == correlation.encode():
-                    return decode(InferenceResult, raw.value)
-    except TimeoutError as exc:
-        raise RequestTimeout(f"no result for {correlation} within {timeout_s:g}s") from exc
-    finally:
-        await consumer.stop()
-    raise RequestTimeout(f"result stream for {correlation} ended")

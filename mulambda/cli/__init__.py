@@ -9,8 +9,10 @@ from mulambda.cli.clients import clients
 from mulambda.cli.companion import companion
 from mulambda.cli.executor import executor
 from mulambda.cli.executors import executors
+from mulambda.cli.infer import infer
 from mulambda.cli.infra import infra
 from mulambda.cli.models import models
+from mulambda.cli.router import router
 from mulambda.cli.topics import topics
 
 
@@ -33,8 +35,10 @@ cli.add_command(clients)
 cli.add_command(companion)
 cli.add_command(executor)
 cli.add_command(executors)
+cli.add_command(infer)
 cli.add_command(infra)
 cli.add_command(models)
+cli.add_command(router)
 cli.add_command(topics)
 
 

@@ -1,0 +1,68 @@
+"""``mulambda router``: run a router worker until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+import click
+
+from mulambda.cli.common import load_settings
+from mulambda.kafka import KafkaConfig
+from mulambda.observability import HealthServer, configure_logging
+from mulambda.router import Router
+from mulambda.runner import serve
+from mulambda.topics import load_catalog
+
+
+class _RouterService:
+    """The router plus its health server, as one runner Service."""
+
+    def __init__(self, router: Router, health: HealthServer) -> None:
+        self.router = router
+        self.health = health
+
+    async def start(self) -> None:
+        await self.health.start()
+        await self.router.start()
+
+    async def stop(self) -> None:
+        await self.router.stop()
+        await self.health.stop()
+
+    async def wait(self) -> None:
+        await self.router.wait()
+
+
+@click.command(name="router")
+@click.option("--router-id", default=None, help="Unique id (default: host name and pid).")
+@click.option("--group-id", default="mulambda-router", show_default=True)
+@click.option(
+    "--concurrency",
+    default=64,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="Requests routed at once.",
+)
+@click.option("--selection-timeout", default=2.0, show_default=True, type=click.FloatRange(0.01))
+def router(
+    router_id: str | None, group_id: str, concurrency: int, selection_timeout: float
+) -> None:
+    """Route inference requests to the executors the selector picks."""
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    rid = router_id or f"router-{socket.gethostname()}-{os.getpid()}"
+    worker = Router(
+        KafkaConfig.from_settings(settings, rid),
+        load_catalog(settings.topic_prefix),
+        router_id=rid,
+        group_id=group_id,
+        concurrency=concurrency,
+        selection_timeout_s=selection_timeout,
+        grace_s=settings.shutdown_grace_s,
+    )
+    health = HealthServer(worker.registry, ready=lambda: worker.ready, port=settings.metrics_port)
+    raise SystemExit(
+        asyncio.run(serve(_RouterService(worker, health), grace_s=settings.shutdown_grace_s))
+    )
