@@ -35,24 +35,20 @@ def _cli(infra: Infra, *args: str, **env: str) -> subprocess.CompletedProcess[st
     )
 
 
-def test_topics_apply_twice_is_idempotent(infra: Infra) -> None:
+async def test_topics_apply_twice_is_idempotent(infra: Infra) -> None:
     prefix = f"apply-{uuid.uuid4().hex[:6]}."
-    first = _cli(infra, "topics", "apply", MULAMBDA_TOPIC_PREFIX=prefix)
+    first = await asyncio.to_thread(_cli, infra, "topics", "apply", MULAMBDA_TOPIC_PREFIX=prefix)
     assert first.returncode == 0, first.stderr
     assert first.stdout.count("created") == len(Topic)
-    second = _cli(infra, "topics", "apply", MULAMBDA_TOPIC_PREFIX=prefix)
+    second = await asyncio.to_thread(_cli, infra, "topics", "apply", MULAMBDA_TOPIC_PREFIX=prefix)
     assert second.returncode == 0, second.stderr
     assert second.stdout.count("unchanged") == len(Topic), second.stdout
-    listed = _cli(infra, "topics", "list", MULAMBDA_TOPIC_PREFIX=prefix)
+    listed = await asyncio.to_thread(_cli, infra, "topics", "list", MULAMBDA_TOPIC_PREFIX=prefix)
     assert f"{prefix}mulambda.executor-registrations" in listed.stdout
     assert "cleanup.policy=compact" in listed.stdout
-
-    async def cleanup() -> None:
-        catalog = load_catalog(prefix)
-        async with Admin(infra.kafka()) as admin:
-            await admin.delete([catalog.name(t) for t in Topic])
-
-    asyncio.run(cleanup())
+    catalog = load_catalog(prefix)
+    async with Admin(infra.kafka()) as admin:
+        await admin.delete([catalog.name(t) for t in Topic])
 
 
 async def _wait_for_config(admin: Admin, name: str, key: str, value: str) -> None:
