@@ -5,6 +5,8 @@ Run: ``.venv/bin/python benchmarks/bench_policies.py [--iterations N] [--clients
 Prints p50/p99 microseconds of one selection for every policy in two setups:
 (a) 100 registered executors, all matching the request's traits;
 (b) 10,000 registered executors in 10 traits keys, 1,000 matching.
+Weights are the prototype's use cases (psa 0.5/0.5, scp 1/0, mda 0/1), input size 10
+unless marked; "size=0" removes the size term, the worst case for latency-heavy pruning.
 "select" is the whole :func:`mulambda.policies.select` call (candidate filtering, the
 policy, the Candidate objects and the SelectionReply); "policy" excludes the reply. Then
 prints the traced memory of a 10,000-executor view with ``--clients`` probe latencies per
@@ -19,6 +21,7 @@ import random
 import statistics
 import time
 import tracemalloc
+from collections.abc import Callable
 from datetime import timedelta
 
 from mulambda.events import (
@@ -32,7 +35,7 @@ from mulambda.events import (
     Traits,
     utcnow,
 )
-from mulambda.policies import POLICIES, PolicyState, select
+from mulambda.policies import POLICIES, Policy, PolicyState, select
 from mulambda.view import ExecutorView
 
 NOW = 1_000.0
@@ -99,15 +102,21 @@ def build_view(n_executors: int, n_keys: int, n_clients: int, seed: int = 7) -> 
     return view
 
 
-def request_for(traits: Traits, policy: str) -> SelectionRequest:
-    """A psa-like request (0.5/0.5) of size 10 asking for the top 3."""
+WEIGHTS = {"psa": (0.5, 0.5), "scp": (1.0, 0.0), "mda": (0.0, 1.0)}
+"""The prototype's use cases' (latency, accuracy) weights."""
+
+
+def request_for(
+    traits: Traits, policy: str, weights: tuple[float, float], size: int = 10
+) -> SelectionRequest:
+    """A request asking for the top 3."""
     return SelectionRequest(
         reply_topic="bench.replies",
         deadline=utcnow() + timedelta(seconds=60),
         client_id="client-0",
         traits=traits,
-        weights=SoftWeights(latency=0.5, accuracy=0.5),
-        input_size=10,
+        weights=SoftWeights(latency=weights[0], accuracy=weights[1]),
+        input_size=size,
         policy=policy,
         top_k=3,
     )
@@ -119,9 +128,8 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def time_calls(fn: object, iterations: int) -> tuple[float, float]:
+def time_calls(fn: Callable[[], object], iterations: int) -> tuple[float, float]:
     """p50 and p99 in microseconds of ``iterations`` calls of ``fn()``."""
-    assert callable(fn)
     for _ in range(min(200, iterations)):
         fn()
     samples = []
@@ -138,12 +146,16 @@ def time_calls(fn: object, iterations: int) -> tuple[float, float]:
 
 
 def bench_setup(label: str, view: ExecutorView, iterations: int) -> None:
-    """Print one table of p50/p99 per policy for the view's traits key 0."""
+    """Print one table of p50/p99 per policy (and use case) for traits key 0."""
     traits = traits_of(0)
     print(f"\n{label}: {view.size} executors, {len(view.candidates(traits, NOW))} match")
-    print(f"  {'policy':<18} {'select p50':>11} {'select p99':>11} {'policy p50':>11}")
-    for name in POLICIES:
-        request = request_for(traits, name)
+    print(f"  {'policy':<24} {'select p50':>11} {'select p99':>11} {'policy p50':>11}")
+    rows = [(name, use, 10) for name in ("weighted", "adaptive") for use in WEIGHTS]
+    # Size 0 makes every size term 0: nothing to prune on for latency-only weights.
+    rows += [(name, "scp", 0) for name in ("weighted", "adaptive")]
+    rows += [(name, "psa", 10) for name in POLICIES if name not in ("weighted", "adaptive")]
+    for name, use, size in rows:
+        request = request_for(traits, name, WEIGHTS[use], size)
         state = PolicyState(random.Random(1))
         policy = POLICIES[name]
 
@@ -152,14 +164,34 @@ def bench_setup(label: str, view: ExecutorView, iterations: int) -> None:
             assert reply.candidates
 
         def run_policy(
-            request: SelectionRequest = request, state: PolicyState = state, policy=policy
+            request: SelectionRequest = request,
+            state: PolicyState = state,
+            policy: Policy = policy,
         ) -> None:
             cands = view.candidates(request.traits, NOW)
             assert policy(request, cands, view, NOW, state)
 
         p50, p99 = time_calls(run_select, iterations)
         pol50, _ = time_calls(run_policy, iterations)
-        print(f"  {name:<18} {p50:>9.1f}us {p99:>9.1f}us {pol50:>9.1f}us")
+        label = f"{name} {use}" + ("" if size == 10 else f" size={size}")
+        print(f"  {label:<24} {p50:>9.1f}us {p99:>9.1f}us {pol50:>9.1f}us")
+
+    # Worst case for the cached candidate set: a status flips one executor's model state
+    # before every selection, so the set (and its accuracy order) is rebuilt each time.
+    request = request_for(traits, "weighted", WEIGHTS["scp"])
+    state = PolicyState(random.Random(1))
+    flip = [
+        ExecutorStatus(executor_id="exec-00001", model_state=s, in_flight=1)
+        for s in (ModelState.LOADING, ModelState.AVAILABLE)
+    ]
+    counter = iter(range(10**9))
+
+    def run_rebuild() -> None:
+        view.apply_status(flip[next(counter) % 2], NOW - 0.1)
+        assert select(view, request, NOW, state=state).status == "ok"
+
+    p50, p99 = time_calls(run_rebuild, iterations)
+    print(f"  {'weighted scp + rebuild':<24} {p50:>9.1f}us {p99:>9.1f}us {'':>11}")
 
 
 def bench_memory(n_executors: int, n_clients: int) -> None:
@@ -187,7 +219,8 @@ def main() -> None:
     args = parser.parse_args()
     bench_setup("(a)", build_view(100, 1, 3), args.iterations)
     bench_setup("(b)", build_view(10_000, 10, 3), max(500, args.iterations // 5))
-    bench_memory(10_000, args.clients)
+    for clients in sorted({1, args.clients}):
+        bench_memory(10_000, clients)
 
 
 if __name__ == "__main__":

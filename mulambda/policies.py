@@ -2,10 +2,10 @@
 candidates for one :class:`~mulambda.events.SelectionRequest`.
 
 A policy is called as ``policy(request, candidates, view, now, state)`` where
-``candidates`` are the live, available executors with the request's traits in ascending
-``executor_id`` order (what :meth:`ExecutorView.candidates` returns, never empty when
-called from :func:`select`), ``view`` answers latency fallbacks, ``now`` is the view's
-clock and ``state`` is the selector's mutable :class:`PolicyState`. It returns up to
+``candidates`` is the :class:`~mulambda.view.CandidateSet` of live, available executors
+with the request's traits (what :meth:`ExecutorView.candidates` returns; never empty
+when called from :func:`select`), ``view`` answers latency fallbacks, ``now`` is the
+view's clock and ``state`` is the selector's mutable :class:`PolicyState`. It returns up to
 ``request.top_k`` :class:`~mulambda.events.Candidate` objects, best first, or raises
 :class:`~mulambda.errors.NoCandidate` naming the criterion (e.g. ``slo.max_latency_ms``)
 that removed the last candidates. :func:`select` wraps all of it into a
@@ -20,17 +20,18 @@ from __future__ import annotations
 
 import random
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
-from heapq import nlargest
+from collections.abc import Callable, Mapping
+from heapq import heappush, heapreplace
 
 from mulambda.errors import MulambdaError, NoCandidate
 from mulambda.events import Candidate, SelectionReply, SelectionRequest, SelectionStatus
-from mulambda.view import ExecutorEntry, ExecutorView, TraitsKey
+from mulambda.view import CandidateSet, ExecutorEntry, ExecutorView, TraitsKey
 
 LATENCY_BUCKETS_MS: tuple[float, ...] = (10.0, 30.0, 60.0, 90.0, 150.0, 240.0, 390.0, 630.0, 1020.0)
 """The prototype's latency bucket bounds (ms)."""
 
 _N_BUCKETS = len(LATENCY_BUCKETS_MS)
+_INF = float("inf")
 # Score of bucket i is 1 - i/9; index 9 (above the last bound) scores 0.
 _BUCKET_SCORES: tuple[float, ...] = tuple(1.0 - i / _N_BUCKETS for i in range(_N_BUCKETS + 1))
 
@@ -49,7 +50,7 @@ class PolicyState:
 
 
 Policy = Callable[
-    [SelectionRequest, Sequence[ExecutorEntry], ExecutorView, float, PolicyState],
+    [SelectionRequest, CandidateSet, ExecutorView, float, PolicyState],
     list[Candidate],
 ]
 """``(request, candidates, view, now, state) -> ranked candidates``; see module doc."""
@@ -79,16 +80,24 @@ def smooth_latency_score(estimate_ms: float) -> float:
     return (_N_BUCKETS - i + (hi - estimate_ms) / (hi - lo)) / _N_BUCKETS
 
 
+# Validating a plain dict is the fastest *checked* way to build a model (faster than
+# both keyword construction and model_construct in pydantic 2.x).
+_make_candidate = Candidate.__pydantic_validator__.validate_python
+
+
 def _candidate(entry: ExecutorEntry, score: float, estimate_ms: float | None) -> Candidate:
-    return Candidate(
-        executor_id=entry.executor_id,
-        endpoint=entry.endpoint,
-        model_name=entry.model_name,
-        model_version=entry.model_version,
-        score=score,
-        estimated_latency_ms=estimate_ms,
-        accuracy=entry.accuracy,
+    candidate: Candidate = _make_candidate(
+        {
+            "executor_id": entry.executor_id,
+            "endpoint": entry.endpoint,
+            "model_name": entry.model_name,
+            "model_version": entry.model_version,
+            "score": score,
+            "estimated_latency_ms": estimate_ms,
+            "accuracy": entry.accuracy,
+        }
     )
+    return candidate
 
 
 def _network_ms(entry: ExecutorEntry, client_id: str, fallback: float) -> float:
@@ -99,9 +108,33 @@ def _network_ms(entry: ExecutorEntry, client_id: str, fallback: float) -> float:
     return fallback if median is None else median
 
 
+_Row = tuple[float, float, float, int, ExecutorEntry]
+# (score, -estimate, accuracy, -order, entry): a larger row wins, so ties go to the lower
+# estimate, then the higher accuracy, then the lower executor id (``order``); ``order``
+# is unique within a set, so the entry itself is never compared.
+
+
+_POINTS_CACHE: dict[float, tuple[float, ...]] = {}
+
+
+def _latency_points(w_latency: float) -> tuple[float, ...]:
+    """``w_latency * bucket score`` per bucket, memoised (clients reuse few weights)."""
+    points = _POINTS_CACHE.get(w_latency)
+    if points is None:
+        if len(_POINTS_CACHE) >= 1024:
+            _POINTS_CACHE.clear()  # bound memory against clients sending many weights
+        points = _POINTS_CACHE[w_latency] = tuple(w_latency * s for s in _BUCKET_SCORES)
+    return points
+
+
+def _ranked(heap: list[_Row]) -> list[Candidate]:
+    heap.sort(reverse=True)
+    return [_candidate(row[4], row[0], -row[1]) for row in heap]
+
+
 def weighted(
     request: SelectionRequest,
-    candidates: Sequence[ExecutorEntry],
+    candidates: CandidateSet,
     view: ExecutorView,
     now: float,
     state: PolicyState,
@@ -116,52 +149,118 @@ def weighted(
     """
     if not candidates:
         return []
+    if request.weights.latency > request.weights.accuracy:
+        return _weighted_by_delay(request, candidates, view.fallback_latency_ms())
     client_id = request.client_id
     size = request.input_size
+    top_k = request.top_k
     w_latency = request.weights.latency
     w_accuracy = request.weights.accuracy
     fallback = view.fallback_latency_ms()
     bounds = LATENCY_BUCKETS_MS
-    bucket_scores = _BUCKET_SCORES
-    rows: list[tuple[float, float, float, int]] = []
-    append = rows.append
-    max_accuracy = 0.0
-    # Hot loop: plain slots and locals only (see benchmarks/bench_policies.py).
-    for i, e in enumerate(candidates):
+    latency_points = _latency_points(w_latency)
+    heap: list[_Row] = []
+    threshold = -_INF
+    threshold_estimate = _INF
+    # Hot loop: slots and locals only (see benchmarks/bench_policies.py). Candidates come
+    # by descending accuracy, so once even a perfect latency score cannot lift one to
+    # the current k-th best score, none of the rest can either; losers build no tuple.
+    for e, ratio in zip(candidates.by_accuracy, candidates.ratios, strict=True):
+        score = w_accuracy * ratio
+        if score + w_latency < threshold:
+            break
         latency = e.probes.get(client_id)
         if latency is None:
             latency = e.median_probe_ms
             if latency is None:
                 latency = fallback
         estimate = latency + e.delay_per_element_ms * size
-        accuracy = e.accuracy
-        if accuracy > max_accuracy:
-            max_accuracy = accuracy
-        append((w_latency * bucket_scores[bisect_left(bounds, estimate)], estimate, accuracy, i))
-    return _rank(rows, max_accuracy, w_accuracy, candidates, request.top_k)
+        score = latency_points[bisect_left(bounds, estimate)] + score
+        # Bucket scores tie often: a tie that is not faster than the k-th best loses too.
+        if score <= threshold and (score < threshold or estimate > threshold_estimate):
+            continue
+        row = (score, -estimate, e.accuracy, -e.order, e)
+        if len(heap) < top_k:
+            heappush(heap, row)
+            if len(heap) == top_k:
+                threshold = heap[0][0]
+                threshold_estimate = -heap[0][1]
+        elif row > heap[0]:
+            heapreplace(heap, row)
+            threshold = heap[0][0]
+            threshold_estimate = -heap[0][1]
+    return _ranked(heap)
 
 
-def _rank(
-    rows: list[tuple[float, float, float, int]],
-    max_accuracy: float,
-    w_accuracy: float,
-    candidates: Sequence[ExecutorEntry],
-    top_k: int,
+_BOUNDS_AND_ABOVE = (*LATENCY_BUCKETS_MS, _INF)
+
+
+def _estimate_limit(
+    latency_points: tuple[float, ...], w_accuracy: float, threshold: float
+) -> float:
+    """The highest latency-estimate lower bound that can still reach ``threshold``.
+
+    A candidate whose estimate is surely above it lands in a bucket whose score, plus a
+    perfect accuracy score, is below the threshold.
+    """
+    limit = -_INF
+    for bound, points in zip(_BOUNDS_AND_ABOVE, latency_points, strict=True):
+        if points + w_accuracy < threshold:
+            break
+        limit = bound
+    return limit
+
+
+def _weighted_by_delay(
+    request: SelectionRequest, candidates: CandidateSet, fallback: float
 ) -> list[Candidate]:
-    """Top-k of (weighted latency score, estimate, accuracy, index) rows, tie-broken."""
-    if max_accuracy > 0:
-        keyed = [
-            (ls + w_accuracy * (acc / max_accuracy), -est, acc, -i) for ls, est, acc, i in rows
-        ]
-    else:
-        keyed = [(ls, -est, acc, -i) for ls, est, acc, i in rows]
-    # -est, acc, -i: lower estimate, higher accuracy, lower position (= lower id) win ties.
-    return [_candidate(candidates[-i], s, -e) for s, e, _, i in nlargest(top_k, keyed)]
+    """:func:`weighted` for latency-heavy weights: the same scores and ranking, scanning
+    by ascending per-element delay and stopping once the size term alone (a lower bound
+    of the estimate) rules out reaching the current top-k."""
+    client_id = request.client_id
+    size = request.input_size
+    top_k = request.top_k
+    w_latency = request.weights.latency
+    w_accuracy = request.weights.accuracy
+    top = candidates.max_accuracy or 1.0  # all accuracies are 0: every ratio is 0
+    bounds = LATENCY_BUCKETS_MS
+    latency_points = _latency_points(w_latency)
+    heap: list[_Row] = []
+    threshold = -_INF
+    threshold_estimate = _INF
+    limit = _INF
+    for e in candidates.by_delay:
+        floor = e.delay_per_element_ms * size
+        if floor > limit:
+            break
+        latency = e.probes.get(client_id)
+        if latency is None:
+            latency = e.median_probe_ms
+            if latency is None:
+                latency = fallback
+        estimate = latency + floor
+        accuracy = e.accuracy
+        score = latency_points[bisect_left(bounds, estimate)] + w_accuracy * (accuracy / top)
+        if score <= threshold and (score < threshold or estimate > threshold_estimate):
+            continue
+        row = (score, -estimate, accuracy, -e.order, e)
+        if len(heap) < top_k:
+            heappush(heap, row)
+            if len(heap) < top_k:
+                continue
+        elif row > heap[0]:
+            heapreplace(heap, row)
+        else:
+            continue
+        threshold = heap[0][0]
+        threshold_estimate = -heap[0][1]
+        limit = _estimate_limit(latency_points, w_accuracy, threshold)
+    return _ranked(heap)
 
 
 def adaptive(
     request: SelectionRequest,
-    candidates: Sequence[ExecutorEntry],
+    candidates: CandidateSet,
     view: ExecutorView,
     now: float,
     state: PolicyState,
@@ -174,8 +273,10 @@ def adaptive(
     ``1 + L`` is the M/M/1 sojourn factor 1 / (1 - rho) written through Little's law, so
     a busy executor's estimate grows with its queue. Candidates below
     ``slo.min_accuracy`` and then those whose estimate exceeds ``slo.max_latency_ms``
-    are removed. Latency score is :func:`smooth_latency_score`; accuracy score and
-    tie-break as in :func:`weighted`, over the candidates that passed the SLOs.
+    are removed (raising NoCandidate naming the filter that removed the last ones).
+    Latency score is :func:`smooth_latency_score`; accuracy score (relative to the best
+    accuracy among the candidates that passed the SLOs) and tie-break as in
+    :func:`weighted`.
     """
     if not candidates:
         return []
@@ -184,20 +285,60 @@ def adaptive(
     w_latency = request.weights.latency
     w_accuracy = request.weights.accuracy
     slo = request.slo
-    max_latency = slo.max_latency_ms if slo is not None else None
-    min_accuracy = slo.min_accuracy if slo is not None else None
+    max_latency = _INF
+    min_accuracy = -_INF
+    if slo is not None:
+        if slo.max_latency_ms is not None:
+            max_latency = slo.max_latency_ms
+        if slo.min_accuracy is not None:
+            min_accuracy = slo.min_accuracy
     fallback_net = view.fallback_latency_ms()
     fallback_service = view.fallback_service_ms()
-    score_of = smooth_latency_score
-    rows: list[tuple[float, float, float, int]] = []
-    append = rows.append
-    max_accuracy = 0.0
-    accurate_enough = 0
-    for i, e in enumerate(candidates):
+    entries = candidates.entries
+    if max_latency < _INF:
+        # The accuracy normaliser is the best accuracy among the candidates that pass
+        # both SLOs, which a latency SLO makes known only after a first pass.
+        accurate_enough = 0
+        normaliser = 0.0
+        survivors = 0
+        for e in entries:
+            if e.accuracy < min_accuracy:
+                continue
+            accurate_enough += 1
+            if (
+                adaptive_estimate_ms(e, client_id, size, fallback_net, fallback_service)
+                <= max_latency
+            ):
+                survivors += 1
+                normaliser = max(normaliser, e.accuracy)
+        if not survivors:
+            if not accurate_enough:
+                raise _below_min_accuracy(min_accuracy)
+            raise NoCandidate(
+                f"no candidate's estimated latency is within slo.max_latency_ms={max_latency}",
+                criterion="slo.max_latency_ms",
+            )
+    else:
+        # The best accuracy passes any accuracy SLO that anything passes.
+        normaliser = candidates.max_accuracy
+        if normaliser < min_accuracy:
+            raise _below_min_accuracy(min_accuracy)
+    normaliser = normaliser or 1.0  # all accuracies are 0: every accuracy score is 0
+    top_k = request.top_k
+    bounds = LATENCY_BUCKETS_MS
+    latency_points = _latency_points(w_latency)
+    heap: list[_Row] = []
+    threshold = -_INF
+    # Same pruned scan as weighted(); estimate and score inlined (a call per candidate
+    # would cost a fifth of the loop).
+    # By descending accuracy: both the accuracy SLO and the score bound end the scan.
+    for e in candidates.by_accuracy:
         accuracy = e.accuracy
-        if min_accuracy is not None and accuracy < min_accuracy:
-            continue
-        accurate_enough += 1
+        if accuracy < min_accuracy:
+            break
+        score = w_accuracy * (accuracy / normaliser)
+        if score + w_latency < threshold:
+            break
         net = e.probes.get(client_id)
         if net is None:
             net = e.median_probe_ms
@@ -206,23 +347,55 @@ def adaptive(
         base = e.service_ms
         if base is None:
             base = fallback_service
-        estimate = net + (base + e.delay_per_element_ms * size) * (1 + e.load)
-        if max_latency is not None and estimate > max_latency:
+        estimate = net + (base + e.delay_per_element_ms * size) * e.load_factor
+        if estimate > max_latency:
             continue
-        if accuracy > max_accuracy:
-            max_accuracy = accuracy
-        append((w_latency * score_of(estimate), estimate, accuracy, i))
-    if not rows:
-        if accurate_enough == 0:
-            raise NoCandidate(
-                f"no candidate reaches slo.min_accuracy={min_accuracy}",
-                criterion="slo.min_accuracy",
-            )
-        raise NoCandidate(
-            f"no candidate's estimated latency is within slo.max_latency_ms={max_latency}",
-            criterion="slo.max_latency_ms",
-        )
-    return _rank(rows, max_accuracy, w_accuracy, candidates, request.top_k)
+        i = bisect_left(bounds, estimate)
+        if i == 0:
+            score += w_latency
+        elif i < _N_BUCKETS:
+            # Upper end of this bucket's linear piece first: most losers stop here.
+            if score + latency_points[i - 1] < threshold:
+                continue
+            lo = bounds[i - 1]
+            hi = bounds[i]
+            score += w_latency * ((_N_BUCKETS - i + (hi - estimate) / (hi - lo)) / _N_BUCKETS)
+        if score < threshold:
+            continue
+        row = (score, -estimate, accuracy, -e.order, e)
+        if len(heap) < top_k:
+            heappush(heap, row)
+            if len(heap) == top_k:
+                threshold = heap[0][0]
+        elif row > heap[0]:
+            heapreplace(heap, row)
+            threshold = heap[0][0]
+    return _ranked(heap)
+
+
+def _below_min_accuracy(min_accuracy: float) -> NoCandidate:
+    return NoCandidate(
+        f"no candidate reaches slo.min_accuracy={min_accuracy}", criterion="slo.min_accuracy"
+    )
+
+
+def adaptive_estimate_ms(
+    entry: ExecutorEntry,
+    client_id: str,
+    input_size: int,
+    fallback_net_ms: float,
+    fallback_service_ms: float,
+) -> float:
+    """The adaptive policy's latency estimate: net + (base + delay * size) * (1 + load)."""
+    net = entry.probes.get(client_id)
+    if net is None:
+        net = entry.median_probe_ms
+        if net is None:
+            net = fallback_net_ms
+    base = entry.service_ms
+    if base is None:
+        base = fallback_service_ms
+    return net + (base + entry.delay_per_element_ms * input_size) * entry.load_factor
 
 
 def _weighted_estimate(entry: ExecutorEntry, request: SelectionRequest, fallback: float) -> float:
@@ -234,7 +407,7 @@ def _weighted_estimate(entry: ExecutorEntry, request: SelectionRequest, fallback
 
 def round_robin(
     request: SelectionRequest,
-    candidates: Sequence[ExecutorEntry],
+    candidates: CandidateSet,
     view: ExecutorView,
     now: float,
     state: PolicyState,
@@ -261,7 +434,7 @@ def round_robin(
 
 def random_choice(
     request: SelectionRequest,
-    candidates: Sequence[ExecutorEntry],
+    candidates: CandidateSet,
     view: ExecutorView,
     now: float,
     state: PolicyState,
@@ -270,7 +443,7 @@ def random_choice(
     if not candidates:
         return []
     k = min(request.top_k, len(candidates))
-    picked = state.rng.sample(candidates, k)
+    picked = state.rng.sample(candidates.entries, k)
     fallback = view.fallback_latency_ms()
     return [
         _candidate(e, float(k - rank), _weighted_estimate(e, request, fallback))
@@ -280,7 +453,7 @@ def random_choice(
 
 def plain_net_latency(
     request: SelectionRequest,
-    candidates: Sequence[ExecutorEntry],
+    candidates: CandidateSet,
     view: ExecutorView,
     now: float,
     state: PolicyState,
@@ -293,13 +466,30 @@ def plain_net_latency(
         return []
     client_id = request.client_id
     fallback = view.fallback_latency_ms()
-    keyed = [(-_network_ms(e, client_id, fallback), -i) for i, e in enumerate(candidates)]
+    top_k = request.top_k
+    heap: list[tuple[float, int, ExecutorEntry]] = []
+    threshold = -_INF
+    for e in candidates.entries:
+        latency = e.probes.get(client_id)
+        if latency is None:
+            latency = e.median_probe_ms
+            if latency is None:
+                latency = fallback
+        if -latency < threshold:
+            continue
+        row = (-latency, -e.order, e)
+        if len(heap) < top_k:
+            heappush(heap, row)
+            if len(heap) == top_k:
+                threshold = heap[0][0]
+        elif row > heap[0]:
+            heapreplace(heap, row)
+            threshold = heap[0][0]
+    heap.sort(reverse=True)
     size = request.input_size
-    out = []
-    for neg_net, neg_i in nlargest(request.top_k, keyed):
-        e = candidates[-neg_i]
-        out.append(_candidate(e, neg_net, -neg_net + e.delay_per_element_ms * size))
-    return out
+    return [
+        _candidate(e, neg_net, -neg_net + e.delay_per_element_ms * size) for neg_net, _, e in heap
+    ]
 
 
 POLICIES: dict[str, Policy] = {
@@ -320,26 +510,28 @@ def select(
     *,
     state: PolicyState,
     selector_id: str | None = None,
-    policies: dict[str, Policy] | None = None,
+    policies: Mapping[str, Policy] | None = None,
 ) -> SelectionReply:
     """Answer one selection request from the view; never raises for a bad request.
 
     Unknown policy → ``status=error``. No executor with the traits, all stale, none
     AVAILABLE, or a policy's SLO filter empties the set → ``status=no_candidate`` with
     ``eliminated_by`` = ``traits`` / ``liveness`` / ``model_state`` / the policy's
-    criterion. Deadlines are the caller's business (check before calling).
+    criterion. Any other MulambdaError from a policy → ``status=error``. Deadlines are
+    the caller's business (check before calling).
     """
     table = POLICIES if policies is None else policies
     name = request.policy or default_policy
+    fields: dict[str, object] = {
+        "correlation_id": request.correlation_id,
+        "policy": name,
+        "selector_id": selector_id,
+    }
     policy = table.get(name)
     if policy is None:
-        return SelectionReply(
-            correlation_id=request.correlation_id,
-            status=SelectionStatus.ERROR,
-            policy=name,
-            error=f"unknown policy {name!r}; known: {', '.join(sorted(table))}",
-            selector_id=selector_id,
-        )
+        fields["status"] = SelectionStatus.ERROR
+        fields["error"] = f"unknown policy {name!r}; known: {', '.join(sorted(table))}"
+        return _make_reply(fields)
     candidates = view.candidates(request.traits, now)
     try:
         if not candidates:
@@ -349,29 +541,23 @@ def select(
         if not ranked:
             raise NoCandidate(f"policy {name!r} ranked no candidate", criterion=name)
     except NoCandidate as exc:
-        return SelectionReply(
-            correlation_id=request.correlation_id,
-            status=SelectionStatus.NO_CANDIDATE,
-            policy=name,
-            eliminated_by=exc.criterion,
-            error=f"{exc.reason} (traits {'/'.join(request.traits.key())})",
-            selector_id=selector_id,
-        )
+        fields["status"] = SelectionStatus.NO_CANDIDATE
+        fields["eliminated_by"] = exc.criterion
+        fields["error"] = f"{exc.reason} (traits {'/'.join(request.traits.key())})"
+        return _make_reply(fields)
     except MulambdaError as exc:
-        return SelectionReply(
-            correlation_id=request.correlation_id,
-            status=SelectionStatus.ERROR,
-            policy=name,
-            error=exc.reason,
-            selector_id=selector_id,
-        )
-    return SelectionReply(
-        correlation_id=request.correlation_id,
-        status=SelectionStatus.OK,
-        policy=name,
-        candidates=ranked,
-        selector_id=selector_id,
-    )
+        fields["status"] = SelectionStatus.ERROR
+        fields["error"] = exc.reason
+        return _make_reply(fields)
+    fields["status"] = SelectionStatus.OK
+    fields["candidates"] = ranked
+    return _make_reply(fields)
+
+
+def _make_reply(fields: dict[str, object]) -> SelectionReply:
+    # Validating a dict skips BaseModel.__init__'s overhead (about 0.5 us per reply).
+    reply: SelectionReply = SelectionReply.__pydantic_validator__.validate_python(fields)
+    return reply
 
 
 _NO_CANDIDATE_REASONS = {

@@ -45,8 +45,8 @@ Service time
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, overload
 
 from pydantic import ValidationError
 
@@ -124,11 +124,13 @@ class ExecutorEntry:
         "key",
         "last_seen",
         "load",
+        "load_factor",
         "median_probe_ms",
         "model_name",
         "model_state",
         "model_version",
         "observed_ms",
+        "order",
         "outstanding",
         "outstanding_by_source",
         "probes",
@@ -165,6 +167,8 @@ class ExecutorEntry:
         self.outstanding_by_source: dict[str, int] | None = None
         self.load: int = 0
         """``max(in_flight, outstanding)``: requests in the system, for queueing."""
+        self.load_factor: float = 1.0
+        """``1 + load``, the adaptive policy's queueing factor (cached for its hot loop)."""
         self.probes: dict[str, float] = {}
         """Latest probe latency (ms) per client id."""
         self._probe_sorted: _SortedFloats | None = None
@@ -176,6 +180,8 @@ class ExecutorEntry:
         """EWMA of learned base service time (ms), see the module docstring."""
         self.service_samples: int = 0
         """Observed measurements that taught ``service_ms``."""
+        self.order: int = 0
+        """Position in its traits bucket's id order (the policies' last tie-break)."""
 
     @property
     def available(self) -> bool:
@@ -194,14 +200,78 @@ class ExecutorEntry:
         )
 
 
+class CandidateSet(Sequence[ExecutorEntry]):
+    """Selectable executors of one traits key, by ascending executor id.
+
+    An immutable sequence of :class:`ExecutorEntry` plus what the scoring policies need
+    up front: ``max_accuracy`` (0.0 when empty), the entries by descending accuracy
+    (``by_accuracy``, so a scan can stop once accuracy alone cannot reach the current
+    top-k) with their ``accuracy / max_accuracy`` ratios (0.0 when the maximum is 0),
+    and, built on first use, by ascending per-element delay (``by_delay``: the size term
+    is a lower bound of every latency estimate, so a latency-heavy scan can stop early).
+    """
+
+    __slots__ = ("_by_delay", "by_accuracy", "entries", "key", "max_accuracy", "ratios")
+
+    def __init__(self, key: TraitsKey, entries: tuple[ExecutorEntry, ...]) -> None:
+        self.key: TraitsKey = key
+        self.entries: tuple[ExecutorEntry, ...] = entries
+        self.max_accuracy: float = max([e.accuracy for e in entries], default=0.0)
+        self.by_accuracy: tuple[ExecutorEntry, ...] = tuple(
+            sorted(entries, key=lambda e: -e.accuracy)  # stable: id order within a tie
+        )
+        top = self.max_accuracy or 1.0  # all accuracies are 0: every ratio is 0
+        self.ratios: tuple[float, ...] = tuple([e.accuracy / top for e in self.by_accuracy])
+        self._by_delay: tuple[ExecutorEntry, ...] | None = None
+
+    @property
+    def by_delay(self) -> tuple[ExecutorEntry, ...]:
+        """The entries by ascending ``delay_per_element_ms`` (id order within a tie)."""
+        by_delay = self._by_delay
+        if by_delay is None:
+            by_delay = self._by_delay = tuple(
+                sorted(self.entries, key=lambda e: e.delay_per_element_ms)
+            )
+        return by_delay
+
+    @overload
+    def __getitem__(self, index: int) -> ExecutorEntry: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[ExecutorEntry, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> ExecutorEntry | tuple[ExecutorEntry, ...]:
+        return self.entries[index]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[ExecutorEntry]:
+        return iter(self.entries)
+
+    def __repr__(self) -> str:
+        return f"CandidateSet({self.key}, {[e.executor_id for e in self.entries]})"
+
+
 class _Bucket:
-    """Executors sharing one traits key, with a lazily sorted (by id) tuple."""
+    """Executors sharing one traits key: sorted lazily, selectable set cached.
 
-    __slots__ = ("by_id", "ordered")
+    The cached :class:`CandidateSet` was computed at ``cache_from`` and stays exact until
+    ``cache_until`` (the earliest expiry among its members): liveness only shrinks with
+    time, and every event that can grow the set or change a member (registration,
+    removal, a status from an executor that was stale or changed availability) drops
+    the cache. So selection is O(1) in steady state yet liveness stays lazy.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("by_id", "cache", "cache_from", "cache_until", "key", "ordered")
+
+    def __init__(self, key: TraitsKey) -> None:
+        self.key = key
         self.by_id: dict[str, ExecutorEntry] = {}
         self.ordered: tuple[ExecutorEntry, ...] | None = ()
+        self.cache: CandidateSet | None = None
+        self.cache_from = 0.0
+        self.cache_until = 0.0
 
     def sorted_entries(self) -> tuple[ExecutorEntry, ...]:
         ordered = self.ordered
@@ -209,8 +279,28 @@ class _Bucket:
             # Sorted by id so candidate order (and thus tie-breaks and round robin) does
             # not depend on the order records arrived in across topics.
             ordered = tuple(self.by_id[i] for i in sorted(self.by_id))
+            for position, entry in enumerate(ordered):
+                entry.order = position
             self.ordered = ordered
         return ordered
+
+    def selectable(self, now: float) -> CandidateSet:
+        cache = self.cache
+        if cache is not None and self.cache_from <= now <= self.cache_until:
+            return cache
+        available = ModelState.AVAILABLE
+        entries = tuple(
+            e
+            for e in self.sorted_entries()
+            if now <= e.expires and (e.model_state is None or e.model_state is available)
+        )
+        cache = self.cache = CandidateSet(self.key, entries)
+        self.cache_from = now
+        self.cache_until = min([e.expires for e in entries], default=_INF)
+        return cache
+
+
+_INF = float("inf")
 
 
 def _as_key(traits: Traits | TraitsKey) -> TraitsKey:
@@ -289,6 +379,8 @@ class ExecutorView:
         entry.heartbeat_interval_s = registration.heartbeat_interval_s
         entry.ttl_s = ttl
         self._touch(entry, now)
+        # Accuracy or endpoint may have changed: rebuild the selectable set.
+        self._index[entry.key].cache = None
         return False
 
     def remove_executor(self, executor_id: str) -> bool:
@@ -314,19 +406,30 @@ class ExecutorView:
         if entry is None:
             self._ignored["status"] += 1
             return False
+        was_available = entry.available
         entry.model_state = status.model_state
         entry.in_flight = status.in_flight
         entry.errors = status.errors
         entry.load = max(status.in_flight, entry.outstanding)
+        entry.load_factor = 1.0 + entry.load
         entry.heartbeat_interval_s = status.heartbeat_interval_s
         entry.ttl_s = self.missed_heartbeats * status.heartbeat_interval_s
+        if was_available is not entry.available:
+            self._index[entry.key].cache = None
         self._touch(entry, now)
         return True
 
     def _touch(self, entry: ExecutorEntry, now: float) -> None:
+        bucket = self._index[entry.key]
+        if entry.expires < bucket.cache_from:
+            # It may have been left out of the cached set as stale; now it is back.
+            bucket.cache = None
         # Never move last_seen backwards (a replayed old record must not expire it).
         entry.last_seen = max(entry.last_seen, now)
         entry.expires = entry.last_seen + entry.ttl_s
+        if entry.expires < bucket.cache_until:
+            # A shorter heartbeat interval can bring the expiry forward.
+            bucket.cache_until = entry.expires
 
     # --- load from routers --------------------------------------------------------
 
@@ -369,6 +472,7 @@ class ExecutorView:
             by_source.pop(source, None)
         entry.outstanding = sum(by_source.values())
         entry.load = max(entry.in_flight, entry.outstanding)
+        entry.load_factor = 1.0 + entry.load
 
     def drop_source(self, source: str) -> int:
         """Forget every outstanding count a source (e.g. a dead router) reported.
@@ -430,7 +534,7 @@ class ExecutorView:
         )
         size = measurement.input_size or 0
         net = self.network_latency_ms(entry, client_id)
-        sample = (latency - net) / (1 + entry.load) - entry.delay_per_element_ms * size
+        sample = (latency - net) / entry.load_factor - entry.delay_per_element_ms * size
         sample = max(sample, 0.0)
         old_service = entry.service_ms
         service = sample if old_service is None else old_service + alpha * (sample - old_service)
@@ -472,21 +576,18 @@ class ExecutorView:
         """The entry of one executor, if registered."""
         return self._entries.get(executor_id)
 
-    def candidates(self, traits: Traits | TraitsKey, now: float) -> list[ExecutorEntry]:
+    def candidates(self, traits: Traits | TraitsKey, now: float) -> CandidateSet:
         """Live, available executors with exactly these traits, by ascending executor id.
 
-        Only the traits key's bucket is scanned. Policies rely on the id order for
-        deterministic tie-breaks.
+        Only the traits key's bucket is looked at, and its result is cached until an
+        event or the earliest member expiry can change it (see ``_Bucket``). The result
+        is shared: do not mutate it or its entries.
         """
-        bucket = self._index.get(_as_key(traits))
+        key = _as_key(traits)
+        bucket = self._index.get(key)
         if bucket is None:
-            return []
-        available = ModelState.AVAILABLE
-        return [
-            e
-            for e in bucket.sorted_entries()
-            if now <= e.expires and (e.model_state is None or e.model_state is available)
-        ]
+            return CandidateSet(key, ())
+        return bucket.selectable(now)
 
     def eliminated_by(self, traits: Traits | TraitsKey, now: float) -> str | None:
         """Why :meth:`candidates` is empty: ``traits``, ``liveness`` or ``model_state``.
@@ -600,7 +701,9 @@ class ExecutorView:
                 entry.expires = entry.last_seen + entry.ttl_s
                 state = item["model_state"]
                 entry.model_state = None if state is None else ModelState(state)
+                view._index[entry.key].cache = None
                 entry.in_flight = entry.load = int(item["in_flight"])
+                entry.load_factor = 1.0 + entry.load
                 entry.errors = int(item["errors"])
                 for client_id, latency in item["probes"].items():
                     latency = float(latency)
@@ -634,9 +737,10 @@ class ExecutorView:
     def _bucket_add(self, entry: ExecutorEntry) -> None:
         bucket = self._index.get(entry.key)
         if bucket is None:
-            bucket = self._index[entry.key] = _Bucket()
+            bucket = self._index[entry.key] = _Bucket(entry.key)
         bucket.by_id[entry.executor_id] = entry
         bucket.ordered = None
+        bucket.cache = None
 
     def _bucket_remove(self, entry: ExecutorEntry) -> None:
         bucket = self._index.get(entry.key)
@@ -644,5 +748,6 @@ class ExecutorView:
             return
         bucket.by_id.pop(entry.executor_id, None)
         bucket.ordered = None
+        bucket.cache = None
         if not bucket.by_id:
             del self._index[entry.key]
