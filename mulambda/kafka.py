@@ -241,8 +241,13 @@ class Record(Generic[M]):
         return None if self.key is None else self.key.decode(errors="replace")
 
 
-Handler = Callable[[Record[Any]], Awaitable[None]]
-"""Handles one record. Raise MulambdaError: retriable ones are retried, others dead-lettered."""
+Handler = Callable[[Record[Any]], Awaitable["Awaitable[Any] | None"]]
+"""Handles one record. Raise MulambdaError: retriable ones are retried, others dead-lettered.
+
+A handler that produced an answer may return its delivery future instead of awaiting it:
+the loop awaits every such future of a batch before committing, so answers are pipelined
+yet nothing is committed unanswered.
+"""
 
 InvalidHandler = Callable[[ConsumerRecord, DecodeError], Awaitable[bool]]
 """Called for an undecodable record; return True if it was answered (no dead letter)."""
@@ -410,25 +415,37 @@ class ConsumerLoop:
                 continue
             offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
             if self._concurrency == 1:
-                for records in batches.values():
-                    for raw in records:
-                        await self._handle_one(raw)
+                pending = [
+                    await self._handle_one(raw) for records in batches.values() for raw in records
+                ]
             else:
-                await self._handle_concurrently(
+                pending = await self._handle_concurrently(
                     [raw for records in batches.values() for raw in records]
                 )
+            try:
+                await asyncio.gather(*(p for p in pending if p is not None))
+            except (KafkaError, MulambdaError) as exc:
+                # Some answer was not delivered: read the batch again rather than commit it.
+                log.warning("delivery failed, re-reading the batch: %s", exc)
+                for tp, records in batches.items():
+                    if records:
+                        consumer.seek(tp, records[0].offset)
+                await asyncio.sleep(self._retry_backoff_s)
+                continue
             self.stats.batches += 1
             if self._group_id is not None:
                 await self._commit(consumer, offsets)
 
-    async def _handle_concurrently(self, records: list[ConsumerRecord]) -> None:
+    async def _handle_concurrently(
+        self, records: list[ConsumerRecord]
+    ) -> list[Awaitable[Any] | None]:
         gate = asyncio.Semaphore(self._concurrency)
 
-        async def one(raw: ConsumerRecord) -> None:
+        async def one(raw: ConsumerRecord) -> Awaitable[Any] | None:
             async with gate:
-                await self._handle_one(raw)
+                return await self._handle_one(raw)
 
-        await asyncio.gather(*(one(raw) for raw in records))
+        return list(await asyncio.gather(*(one(raw) for raw in records)))
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         try:
@@ -437,7 +454,7 @@ class ConsumerLoop:
             # A rebalance took the partition; the new owner re-reads from the last commit.
             log.warning("commit failed (records will be redelivered): %s", exc)
 
-    async def _handle_one(self, raw: ConsumerRecord) -> None:
+    async def _handle_one(self, raw: ConsumerRecord) -> Awaitable[Any] | None:
         model = self._models.get(raw.topic)
         try:
             value = (
@@ -450,10 +467,10 @@ class ConsumerLoop:
         except DecodeError as exc:
             if self._on_invalid is not None and await self._on_invalid(raw, exc):
                 self.stats.handled += 1
-                return
+                return None
             await self._dead_letters.dead_letter(raw, exc)
             self.stats.dead_lettered += 1
-            return
+            return None
         record: Record[Any] = Record(
             topic=raw.topic,
             partition=raw.partition,
@@ -467,7 +484,7 @@ class ConsumerLoop:
         attempt = 0
         while True:
             try:
-                await self._handler(record)
+                delivery = await self._handler(record)
             except MulambdaError as exc:
                 if exc.retriable and attempt < self._max_retries and not self._stopping.is_set():
                     attempt += 1
@@ -476,15 +493,15 @@ class ConsumerLoop:
                     continue
                 await self._dead_letters.dead_letter(raw, exc)
                 self.stats.dead_lettered += 1
-                return
+                return None
             except Exception as exc:
                 # A bug in a handler must not stop the loop or lose the record.
                 log.exception("handler crashed on %s[%d]@%d", raw.topic, raw.partition, raw.offset)
                 await self._dead_letters.dead_letter(raw, exc)
                 self.stats.dead_lettered += 1
-                return
+                return None
             self.stats.handled += 1
-            return
+            return delivery
 
 
 # --- replay --------------------------------------------------------------------------

@@ -125,7 +125,7 @@ class Router:
         await self._producer.start()
         self._requester = Requester(
             self._kafka,
-            SelectionReply,
+            reply_model=SelectionReply,
             request_topic=self._catalog.name(Topic.SELECTION_REQUESTS),
             reply_topic=self._catalog.name(Topic.SELECTION_REPLIES),
             instance_id=self.router_id,
