@@ -95,7 +95,7 @@ class KafkaConfig:
         return kwargs
 
 
-async def _bounded_start(client: Any, what: str, timeout_s: float) -> None:
+async def start_bounded(client: Any, what: str, timeout_s: float) -> None:
     """Start an aiokafka client, failing within ``timeout_s`` with a one-line reason."""
     try:
         async with asyncio.timeout(timeout_s):
@@ -134,7 +134,7 @@ class Producer:
             linger_ms=self._linger_ms,
             max_request_size=DEFAULT_MAX_RECORD_BYTES + 65536,
         )
-        await _bounded_start(producer, "producer", self._config.request_timeout_s)
+        await start_bounded(producer, "producer", self._config.request_timeout_s)
         self._producer = producer
 
     async def stop(self) -> None:
@@ -334,6 +334,8 @@ class ConsumerLoop:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.stats = ConsumerStats()
+        self.positions: dict[TopicPartition, int] = {}
+        """Next offset to handle per partition (for lag metrics)."""
 
     @property
     def consumer(self) -> AIOKafkaConsumer | None:
@@ -352,7 +354,7 @@ class ConsumerLoop:
             max_partition_fetch_bytes=self._max_record_bytes + 65536,
             fetch_max_wait_ms=100,
         )
-        await _bounded_start(consumer, "consumer", self._config.request_timeout_s)
+        await start_bounded(consumer, "consumer", self._config.request_timeout_s)
         if self._partitions:
             consumer.assign(self._partitions)
         else:
@@ -398,6 +400,10 @@ class ConsumerLoop:
     ) -> None:
         await self.stop()
 
+    def lag(self) -> int:
+        """Records between what was handled and the partitions' high watermarks."""
+        return lag_of(self._consumer, self.positions) if self._consumer is not None else 0
+
     @property
     def done(self) -> asyncio.Task[None] | None:
         """The background task; a worker awaits it to notice a crashed loop."""
@@ -433,6 +439,7 @@ class ConsumerLoop:
                 await asyncio.sleep(self._retry_backoff_s)
                 continue
             self.stats.batches += 1
+            self.positions.update(offsets)
             if self._group_id is not None:
                 await self._commit(consumer, offsets)
 
@@ -504,10 +511,20 @@ class ConsumerLoop:
             return delivery
 
 
+def lag_of(consumer: AIOKafkaConsumer, positions: Mapping[TopicPartition, int]) -> int:
+    """Sum over assigned partitions of high watermark minus the caller's position."""
+    total = 0
+    for tp in consumer.assignment():
+        high = consumer.highwater(tp)
+        if high is not None and tp in positions:
+            total += max(0, high - positions[tp])
+    return total
+
+
 # --- replay --------------------------------------------------------------------------
 
 
-async def _partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
     """Every partition of ``topic``; ConfigurationError when it does not exist."""
     parts = consumer.partitions_for_topic(topic)
     if parts is None:
@@ -536,9 +553,9 @@ async def replay(
     consumer = AIOKafkaConsumer(
         **config.client_kwargs(), group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50
     )
-    await _bounded_start(consumer, "replay", config.request_timeout_s)
+    await start_bounded(consumer, "replay", config.request_timeout_s)
     try:
-        partitions = [tp for topic in topics for tp in await _partitions_of(consumer, topic)]
+        partitions = [tp for topic in topics for tp in await partitions_of(consumer, topic)]
         consumer.assign(partitions)
         end = await consumer.end_offsets(partitions)
         await consumer.seek_to_beginning(*partitions)
@@ -617,9 +634,9 @@ async def read_until_key(
     For command-line and test clients that wait for one answer; services use a Requester.
     """
     consumer = AIOKafkaConsumer(**config.client_kwargs(), group_id=None, enable_auto_commit=False)
-    await _bounded_start(consumer, "reader", config.request_timeout_s)
+    await start_bounded(consumer, "reader", config.request_timeout_s)
     try:
-        partitions = await _partitions_of(consumer, topic)
+        partitions = await partitions_of(consumer, topic)
         consumer.assign(partitions)
         await consumer.seek_to_end(*partitions)
         for tp in partitions:  # fixes the start offsets now, not at the first fetch
@@ -659,7 +676,7 @@ class Admin:
         if self._admin is not None:
             return
         admin = AIOKafkaAdminClient(**self._config.client_kwargs())
-        await _bounded_start(admin, "admin", self._config.request_timeout_s)
+        await start_bounded(admin, "admin", self._config.request_timeout_s)
         self._admin = admin
 
     async def stop(self) -> None:
@@ -793,6 +810,9 @@ __all__ = [
     "Producer",
     "Record",
     "TopicChange",
+    "lag_of",
+    "partitions_of",
     "read_until_key",
     "replay",
+    "start_bounded",
 ]

@@ -65,7 +65,7 @@ from mulambda.errors import (
     RequestTimeout,
 )
 from mulambda.events import RequestModel, WireModel, utcnow
-from mulambda.kafka import KafkaConfig, Producer, _bounded_start
+from mulambda.kafka import KafkaConfig, Producer, partitions_of, start_bounded
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ class Requester(Generic[Req, Rep]):
             fetch_max_wait_ms=100,
         )
         try:
-            await _bounded_start(consumer, "requester", self._config.request_timeout_s)
+            await start_bounded(consumer, "requester", self._config.request_timeout_s)
             try:
                 partition = await self._assign(consumer)
             except BaseException:
@@ -275,15 +275,7 @@ class Requester(Generic[Req, Rep]):
         timeout = self._config.request_timeout_s
         try:
             async with asyncio.timeout(timeout):
-                parts = consumer.partitions_for_topic(self.reply_topic)
-                if not parts:
-                    await consumer._client.force_metadata_update()
-                    parts = consumer.partitions_for_topic(self.reply_topic)
-                if not parts:
-                    raise ConfigurationError(
-                        f"reply topic {self.reply_topic} does not exist; "
-                        "run `mulambda topics apply`"
-                    )
+                parts = {tp.partition for tp in await partitions_of(consumer, self.reply_topic)}
                 count = len(parts)
                 partition = self._requested_partition
                 if partition is None:

@@ -73,3 +73,16 @@ class Settings(BaseSettings):
 
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     """How long a stopping worker lets in-flight work finish before closing."""
+
+    selector_default_policy: str = "weighted"
+    """Policy for requests that name none: weighted, adaptive, round-robin, random,
+    plain-net-latency."""
+
+    selector_missed_heartbeats: float = Field(default=3.0, gt=0)
+    """An executor is excluded after this many heartbeat intervals without one."""
+
+    selector_group_id: str = "mulambda-selector"
+    """Consumer group the selectors share for selection requests."""
+
+    redis_key_prefix: str = "mulambda:"
+    """Prefix of every key in the metadata store (one per deployment)."""

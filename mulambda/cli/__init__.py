@@ -13,6 +13,7 @@ from mulambda.cli.infer import infer
 from mulambda.cli.infra import infra
 from mulambda.cli.models import models
 from mulambda.cli.router import router
+from mulambda.cli.selector import selector
 from mulambda.cli.topics import topics
 
 
@@ -39,6 +40,7 @@ cli.add_command(infer)
 cli.add_command(infra)
 cli.add_command(models)
 cli.add_command(router)
+cli.add_command(selector)
 cli.add_command(topics)
 
 

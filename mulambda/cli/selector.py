@@ -1,0 +1,68 @@
+"""``mulambda selector``: run a selector worker until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+import click
+
+from mulambda.cli.common import load_settings
+from mulambda.errors import MulambdaError
+from mulambda.kafka import KafkaConfig
+from mulambda.observability import HealthServer, configure_logging
+from mulambda.runner import serve
+from mulambda.selector import Selector
+from mulambda.store import ViewStore
+from mulambda.topics import load_catalog
+
+
+class _SelectorService:
+    """The selector plus its health server, as one runner Service."""
+
+    def __init__(self, selector: Selector, health: HealthServer) -> None:
+        self.selector = selector
+        self.health = health
+
+    async def start(self) -> None:
+        # Health first: /healthz answers during the rebuild, /readyz only after it.
+        await self.health.start()
+        await self.selector.start()
+
+    async def stop(self) -> None:
+        await self.selector.stop()
+        await self.health.stop()
+
+    async def wait(self) -> None:
+        await self.selector.wait()
+
+
+@click.command(name="selector")
+@click.option("--selector-id", default=None, help="Unique id (default: host name and pid).")
+def selector(selector_id: str | None) -> None:
+    """Materialise executor state and answer selection requests."""
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    sid = selector_id or f"selector-{socket.gethostname()}-{os.getpid()}"
+    try:
+        worker = Selector(
+            KafkaConfig.from_settings(settings, sid),
+            load_catalog(settings.topic_prefix),
+            ViewStore(
+                settings.redis_url,
+                key_prefix=f"{settings.redis_key_prefix}{settings.topic_prefix}",
+                missed_heartbeats=settings.selector_missed_heartbeats,
+            ),
+            selector_id=sid,
+            group_id=settings.selector_group_id,
+            default_policy=settings.selector_default_policy,
+            missed_heartbeats=settings.selector_missed_heartbeats,
+            grace_s=settings.shutdown_grace_s,
+        )
+    except MulambdaError as exc:
+        raise click.ClickException(exc.reason) from exc
+    health = HealthServer(worker.registry, ready=lambda: worker.ready, port=settings.metrics_port)
+    raise SystemExit(
+        asyncio.run(serve(_SelectorService(worker, health), grace_s=settings.shutdown_grace_s))
+    )

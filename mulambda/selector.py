@@ -1,0 +1,525 @@
+"""The selector worker: materialises executor state and answers selection requests.
+
+Two streams, two ways of consuming:
+
+* **State** (executor registrations, client registrations, executor status, latency
+  measurements): every selector instance needs all of it, so each reads every partition
+  without a consumer group. Each batch is applied to the in-memory
+  :class:`~mulambda.view.ExecutorView` (which selections read; the store is never read per
+  request) and written to the :class:`~mulambda.store.ViewStore` in one pipeline, with
+  the offsets reached.
+* **Requests** (selection requests): shared by a consumer group, so selectors scale out
+  over the request partitions (keyed by client id). Replies go to the partition the
+  requester named; offsets are committed only after the replies were acknowledged.
+
+Start-up, before ``/readyz`` turns ready: load the store, replay the compacted
+registration topics from the beginning (tombstones the store missed are applied), and
+position the status and latency topics at the store's offsets (or, on an empty store,
+``status_lookback_s`` back in time, enough for any heartbeat still in force).
+
+Clock: the view runs on wall-clock seconds; a record counts as of its Kafka timestamp
+(never later than now), so replayed heartbeats are as old as they really are.
+
+Load: each selection counts as outstanding on the executor it ranked first until its
+estimated latency has passed twice over (bounded by the request's deadline). Several
+selectors each count their own (``source`` = selector id); the view takes
+``max(in_flight from heartbeats, sum of outstanding)``.
+
+Invalid state records are dead-lettered by every selector instance that reads them
+(each reads everything); the letters are identical but for ``consumer_group``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from types import TracebackType
+from typing import Any, Self
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from mulambda.codec import DEFAULT_MAX_RECORD_BYTES, decode, peek_reply_address
+from mulambda.errors import DecodeError, MulambdaError, StoreUnavailable
+from mulambda.events import (
+    ClientRegistration,
+    ExecutorRegistration,
+    ExecutorStatus,
+    LatencyMeasurement,
+    LatencySource,
+    SelectionReply,
+    SelectionRequest,
+    SelectionStatus,
+    WireModel,
+)
+from mulambda.kafka import (
+    ConsumerLoop,
+    DeadLetterer,
+    KafkaConfig,
+    Producer,
+    Record,
+    lag_of,
+    partitions_of,
+    replay,
+    start_bounded,
+)
+from mulambda.policies import POLICIES, PolicyState, select
+from mulambda.requester import reply_address, send_reply
+from mulambda.store import ClientRemoved, ExecutorRemoved, ObservedLatency, StoreEvent, ViewStore
+from mulambda.topics import Catalog, Topic
+from mulambda.view import ExecutorView
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 64 * 1024
+"""Selection requests are small; anything larger is refused with an error reply."""
+
+
+class SelectorMetrics:
+    """The selector's Prometheus metrics, in the worker's own registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.selections = Counter(
+            "mulambda_selector_selections",
+            "Selections answered, by policy and status",
+            ["policy", "status"],
+            registry=registry,
+        )
+        self.compute = Histogram(
+            "mulambda_selector_compute_seconds",
+            "Policy compute time per selection",
+            buckets=(1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3, 0.02),
+            registry=registry,
+        )
+        self.candidates = Histogram(
+            "mulambda_selector_candidates",
+            "Executors passing the hard criteria per selection",
+            buckets=(0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000),
+            registry=registry,
+        )
+        self.no_candidate = Counter(
+            "mulambda_selector_no_candidate", "Selections with no candidate", registry=registry
+        )
+        self.view_size = Gauge(
+            "mulambda_selector_view_executors", "Executors in the view", registry=registry
+        )
+        self.state_events = Counter(
+            "mulambda_selector_state_events",
+            "State records applied",
+            ["topic"],
+            registry=registry,
+        )
+        self.lag = Gauge(
+            "mulambda_selector_consumer_lag",
+            "Records behind the end, per stream",
+            ["stream"],
+            registry=registry,
+        )
+        self.store_failures = Counter(
+            "mulambda_selector_store_failures", "Failed store writes (retried)", registry=registry
+        )
+
+
+class Outstanding:
+    """Selections not yet expected to be done, per executor (expiry times)."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, deque[float]] = {}
+
+    def add(self, executor_id: str, until: float) -> int:
+        """Count one more until ``until``; return the executor's current count."""
+        queue = self._pending.setdefault(executor_id, deque())
+        queue.append(until)
+        return len(queue)
+
+    def sweep(self, now: float) -> dict[str, int]:
+        """Drop expired entries; return the new count of every executor that changed."""
+        changed: dict[str, int] = {}
+        for executor_id, queue in list(self._pending.items()):
+            before = len(queue)
+            # Expiry times are appended in roughly increasing order; a rare late short
+            # one only lingers until the longer ones before it expire.
+            while queue and queue[0] <= now:
+                queue.popleft()
+            if len(queue) != before:
+                changed[executor_id] = len(queue)
+            if not queue:
+                del self._pending[executor_id]
+        return changed
+
+
+class Selector:
+    """The selector worker; a runner Service (start/stop/wait, ``async with``)."""
+
+    def __init__(
+        self,
+        kafka: KafkaConfig,
+        catalog: Catalog,
+        store: ViewStore,
+        *,
+        selector_id: str,
+        group_id: str = "mulambda-selector",
+        default_policy: str = "weighted",
+        missed_heartbeats: float = 3.0,
+        status_lookback_s: float = 300.0,
+        registry: CollectorRegistry | None = None,
+        grace_s: float = 10.0,
+        state: PolicyState | None = None,
+    ) -> None:
+        if default_policy not in POLICIES:
+            raise MulambdaError(f"unknown default policy {default_policy!r}")
+        self._kafka = kafka
+        self._catalog = catalog
+        self._store = store
+        self.selector_id = selector_id
+        self._group_id = group_id
+        self.default_policy = default_policy
+        self._missed = missed_heartbeats
+        self._lookback_s = status_lookback_s
+        self._grace_s = grace_s
+        self.registry = registry or CollectorRegistry()
+        self.metrics = SelectorMetrics(self.registry)
+        self.metrics.view_size.set_function(lambda: len(self.view))
+        self.view = ExecutorView(missed_heartbeats=missed_heartbeats)
+        self._state = state or PolicyState()
+        self._outstanding = Outstanding()
+        self._producer = Producer(kafka)
+        self._letters = DeadLetterer(
+            self._producer, catalog.name(Topic.DEAD_LETTERS), f"{group_id}/{selector_id}"
+        )
+        self._requests: ConsumerLoop | None = None
+        self._state_consumer: AIOKafkaConsumer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pending_store: list[StoreEvent] = []
+        self._pending_offsets: dict[tuple[str, int], int] = {}
+        self._stored_offsets: dict[tuple[str, int], int] = {}
+        self._state_positions: dict[TopicPartition, int] = {}
+        self._ready = False
+        self._stopping = asyncio.Event()
+        self._state_models: dict[str, type[WireModel]] = {
+            catalog.name(Topic.EXECUTOR_REGISTRATIONS): ExecutorRegistration,
+            catalog.name(Topic.CLIENT_REGISTRATIONS): ClientRegistration,
+            catalog.name(Topic.EXECUTOR_STATUS): ExecutorStatus,
+            catalog.name(Topic.LATENCY_MEASUREMENTS): LatencyMeasurement,
+        }
+
+    @property
+    def ready(self) -> bool:
+        """True once the view was rebuilt and requests are being consumed."""
+        return self._ready
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Rebuild the view, then follow state and serve requests."""
+        if self._requests is not None:
+            return
+        self._stopping.clear()
+        await self._producer.start()
+        await self._store.start()
+        started = time.perf_counter()
+        offsets = await self._rebuild()
+        await self._follow_state_from(offsets)
+        self._requests = ConsumerLoop(
+            self._kafka,
+            {self._catalog.name(Topic.SELECTION_REQUESTS): SelectionRequest},
+            self._answer,
+            group_id=self._group_id,
+            dead_letters=self._letters,
+            on_invalid=self._answer_invalid,
+            max_record_bytes=MAX_REQUEST_BYTES,
+            auto_offset_reset="latest",
+            max_batch=2000,
+        )
+        await self._requests.start()
+        self._tasks.append(asyncio.create_task(self._sweep_outstanding(), name="outstanding"))
+        self._ready = True
+        log.info(
+            "selector ready",
+            extra={
+                "executors": len(self.view),
+                "rebuild_s": round(time.perf_counter() - started, 3),
+            },
+        )
+
+    async def stop(self) -> None:
+        """Stop serving, flush replies and the store, close; idempotent."""
+        self._ready = False
+        self._stopping.set()
+        requests, self._requests = self._requests, None
+        if requests is not None:
+            await requests.stop(grace_s=self._grace_s)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        consumer, self._state_consumer = self._state_consumer, None
+        if consumer is not None:
+            await self._flush_store()
+            await consumer.stop()
+        await self._producer.stop()
+        await self._store.stop()
+
+    async def wait(self) -> None:
+        """Return when a background task ends (only on failure)."""
+        waiters = list(self._tasks)
+        if self._requests is not None and self._requests.done is not None:
+            waiters.append(self._requests.done)
+        if waiters:
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    # --- rebuild --------------------------------------------------------------------
+
+    async def _rebuild(self) -> dict[TopicPartition, int]:
+        """Store snapshot, then the compacted topics replayed; returns their end offsets."""
+        now = time.time()
+        snapshot = await self._store.load()
+        for key, reason in snapshot.invalid.items():
+            log.warning("skipped invalid stored value %s: %s", key, reason)
+        view = ExecutorView(missed_heartbeats=self._missed)
+        for client in snapshot.clients.values():
+            view.apply_client(client)
+        for stored in snapshot.executors.values():
+            seen = stored.last_seen(now)
+            view.apply_registration(stored.registration, seen)
+            if stored.status is not None:
+                view.apply_status(stored.status, seen)
+            for client_id, ms in stored.probes.items():
+                view.apply_latency(
+                    LatencyMeasurement(
+                        executor_id=stored.executor_id, client_id=client_id, latency_ms=ms
+                    ),
+                    seen,
+                )
+        self.view = view
+        self._stored_offsets = snapshot.offsets
+        compacted = {
+            name: model
+            for name, model in self._state_models.items()
+            if model in (ExecutorRegistration, ClientRegistration)
+        }
+        events: list[StoreEvent] = []
+        ends = await replay(
+            self._kafka,
+            compacted,
+            lambda record: self._apply_state(record, events),
+            on_invalid=lambda raw, exc: log.warning(
+                "invalid record %s[%d]@%d: %s", raw.topic, raw.partition, raw.offset, exc.reason
+            ),
+        )
+        # Registrations the store has but the topic no longer does (compacted away as
+        # tombstones while this selector was down) must go.
+        live_ids = {e.executor_id for e in events if isinstance(e, ExecutorRegistration)}
+        events.extend(
+            ExecutorRemoved(executor_id)
+            for executor_id in set(snapshot.executors) - live_ids
+            if self.view.remove_executor(executor_id)
+        )
+        self._pending_store.extend(events)
+        await self._flush_store()
+        return ends
+
+    async def _follow_state_from(self, compacted_ends: dict[TopicPartition, int]) -> None:
+        consumer = AIOKafkaConsumer(
+            **self._kafka.client_kwargs(),
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=50,
+            max_partition_fetch_bytes=DEFAULT_MAX_RECORD_BYTES + 65536,
+        )
+        await start_bounded(consumer, "state consumer", self._kafka.request_timeout_s)
+        partitions = [
+            tp for name in self._state_models for tp in await partitions_of(consumer, name)
+        ]
+        consumer.assign(partitions)
+        lookback_ms = int((time.time() - self._lookback_s) * 1000)
+        stream = [tp for tp in partitions if tp not in compacted_ends]
+        by_time = await consumer.offsets_for_times(dict.fromkeys(stream, lookback_ms))
+        ends = await consumer.end_offsets(stream)
+        for tp in partitions:
+            if tp in compacted_ends:
+                consumer.seek(tp, compacted_ends[tp])
+            elif (tp.topic, tp.partition) in self._stored_offsets:
+                consumer.seek(tp, self._stored_offsets[(tp.topic, tp.partition)])
+            elif by_time.get(tp) is not None:
+                consumer.seek(tp, by_time[tp].offset)
+            else:
+                consumer.seek(tp, ends[tp])
+        self._state_consumer = consumer
+        self._tasks.append(asyncio.create_task(self._follow_state(consumer), name="state"))
+
+    # --- state ----------------------------------------------------------------------
+
+    async def _follow_state(self, consumer: AIOKafkaConsumer) -> None:
+        while not self._stopping.is_set():
+            try:
+                batches = await consumer.getmany(timeout_ms=100, max_records=5000)
+            except KafkaError as exc:
+                log.warning("state fetch failed, retrying: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            for tp, records in batches.items():
+                for raw in records:
+                    await self._apply_raw(raw)
+                if records:
+                    self._pending_offsets[(tp.topic, tp.partition)] = records[-1].offset + 1
+                    self._state_positions[tp] = records[-1].offset + 1
+            if batches or self._pending_store:
+                await self._flush_store()
+
+    async def _apply_raw(self, raw: ConsumerRecord) -> None:
+        model = self._state_models[raw.topic]
+        try:
+            value = None if raw.value is None else decode(model, raw.value)
+        except DecodeError as exc:
+            await self._letters.dead_letter(raw, exc)
+            return
+        record: Record[Any] = Record(
+            raw.topic, raw.partition, raw.offset, raw.key, value, {}, raw.timestamp, raw.value
+        )
+        self._apply_state(record, self._pending_store)
+
+    def _apply_state(self, record: Record[Any], out: list[StoreEvent]) -> None:
+        """Apply one decoded state record to the view; queue what the store must learn."""
+        at = min(time.time(), record.timestamp_ms / 1000) if record.timestamp_ms else time.time()
+        value = record.value
+        view = self.view
+        if value is None:  # tombstone on a compacted topic
+            key = record.key_str
+            if key is None:
+                return
+            if record.topic == self._catalog.name(Topic.EXECUTOR_REGISTRATIONS):
+                view.remove_executor(key)
+                out.append(ExecutorRemoved(key))
+            else:
+                view.remove_client(key)
+                out.append(ClientRemoved(key))
+        elif isinstance(value, ExecutorRegistration):
+            view.apply_registration(value, at)
+            out.append(value)
+        elif isinstance(value, ClientRegistration):
+            view.apply_client(value)
+            out.append(value)
+        elif isinstance(value, ExecutorStatus):
+            if view.apply_status(value, at):
+                out.append(value)
+        elif isinstance(value, LatencyMeasurement) and view.apply_latency(value, at):
+            if value.source is LatencySource.PROBE:
+                out.append(value)
+            else:
+                entry = view.get(value.executor_id)
+                if entry is not None and entry.observed_ms:
+                    out.append(
+                        ObservedLatency(
+                            value.executor_id,
+                            value.client_id,
+                            entry.observed_ms[value.client_id],
+                            entry.service_ms,
+                            entry.service_samples,
+                        )
+                    )
+        self.metrics.state_events.labels(record.topic).inc()
+
+    async def _flush_store(self) -> None:
+        if not (self._pending_store or self._pending_offsets):
+            return
+        events, offsets = self._pending_store, self._pending_offsets
+        try:
+            await self._store.apply_batch(events, offsets=offsets)
+        except StoreUnavailable as exc:
+            # The in-memory view stays authoritative; keep the batch for the next flush.
+            self.metrics.store_failures.inc()
+            log.warning("store write failed, will retry: %s", exc.reason)
+            return
+        self._pending_store, self._pending_offsets = [], {}
+
+    # --- requests -------------------------------------------------------------------
+
+    async def _answer(self, record: Record[Any]) -> asyncio.Future[Any] | None:
+        request = record.value
+        if not isinstance(request, SelectionRequest):
+            raise DecodeError("selection request without a body")
+        now = time.time()
+        if request.expired():
+            reply = SelectionReply(
+                correlation_id=request.correlation_id,
+                status=SelectionStatus.ERROR,
+                error="deadline passed before the selector read the request",
+                selector_id=self.selector_id,
+            )
+        else:
+            started = time.perf_counter()
+            reply = select(
+                self.view,
+                request,
+                now,
+                self.default_policy,
+                state=self._state,
+                selector_id=self.selector_id,
+            )
+            self.metrics.compute.observe(time.perf_counter() - started)
+            self._count_outstanding(request, reply, now)
+        self.metrics.selections.labels(reply.policy or "-", reply.status.value).inc()
+        if reply.status is SelectionStatus.NO_CANDIDATE:
+            self.metrics.no_candidate.inc()
+        elif reply.status is SelectionStatus.OK:
+            self.metrics.candidates.observe(len(self.view.candidates(request.traits, now)))
+        return await send_reply(self._producer, reply_address(request), reply)
+
+    def _count_outstanding(
+        self, request: SelectionRequest, reply: SelectionReply, now: float
+    ) -> None:
+        if not reply.candidates:
+            return
+        top = reply.candidates[0]
+        expected_s = 2 * (top.estimated_latency_ms or 1000.0) / 1000
+        until = min(now + expected_s, request.deadline.timestamp())
+        count = self._outstanding.add(top.executor_id, until)
+        self.view.set_outstanding(top.executor_id, count, source=self.selector_id)
+
+    async def _answer_invalid(self, raw: ConsumerRecord, exc: DecodeError) -> bool:
+        """Reply with the reason when the reply address is readable; else dead-letter."""
+        address = peek_reply_address(raw.value)
+        if address is None:
+            return False
+        reply = SelectionReply(
+            correlation_id=address.correlation_id,
+            status=SelectionStatus.ERROR,
+            error=exc.reason,
+            selector_id=self.selector_id,
+        )
+        self.metrics.selections.labels("-", SelectionStatus.ERROR.value).inc()
+        delivery = await send_reply(self._producer, address, reply)
+        await delivery
+        return True
+
+    async def _sweep_outstanding(self) -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            for executor_id, count in self._outstanding.sweep(time.time()).items():
+                self.view.set_outstanding(executor_id, count, source=self.selector_id)
+            self._update_lag()
+
+    def _update_lag(self) -> None:
+        consumer = self._state_consumer
+        if consumer is not None:
+            self.metrics.lag.labels("state").set(lag_of(consumer, self._state_positions))
+        if self._requests is not None:
+            self.metrics.lag.labels("requests").set(self._requests.lag())
