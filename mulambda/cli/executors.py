@@ -251,3 +251,77 @@ def list_(as_json: bool) -> None:
         click.echo(describe_executor(reg))
     if not ordered:
         click.echo(f"no executors on {catalog.name(Topic.EXECUTOR_REGISTRATIONS)}", err=True)
+
+
+@executors.command()
+@click.option("--executor-id", required=True, help="Unique id of the executor.")
+@click.option("--model-name", help="Model in MinIO (models/NAME/) and in TF Serving URLs.")
+@click.option(
+    "--model-version",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Version in MinIO (default: the latest).",
+)
+@click.option("--model-type", help="Trait: what the model does.")
+@click.option("--input-format", help="Trait: shape/encoding of inputs.")
+@click.option("--output-format", help="Trait: shape/encoding of outputs.")
+@click.option("--accuracy", type=float, help="Accuracy vouched for, in [0, 1].")
+@click.option("--model-data-delay-ms-per-element", type=float, default=0.0, show_default=True)
+@click.option("--zone", default="local", show_default=True)
+@click.option(
+    "--heartbeat-interval",
+    type=click.FloatRange(min=0, min_open=True, max=3600),
+    default=5.0,
+    show_default=True,
+)
+@click.option("--namespace", default="mulambda", show_default=True)
+@click.option("--serving-image", default="tensorflow/serving:2.18.0", show_default=True)
+@click.option("--mulambda-image", default="ghcr.io/mulambda/mulambda:0.1.0", show_default=True)
+@click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--cpu", default=None, help="CPU request of the serving container.")
+@click.option("--memory", default=None, help="Memory request of the serving container.")
+@click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--dry-run", is_flag=True, help="Print the Deployment as YAML; apply nothing.")
+def launch(
+    namespace: str,
+    serving_image: str,
+    mulambda_image: str,
+    replicas: int,
+    cpu: str | None,
+    memory: str | None,
+    kubeconfig: str | None,
+    dry_run: bool,
+    heartbeat_interval: float,
+    **options: Any,
+) -> None:
+    """Run an executor on Kubernetes: TF Serving fed from MinIO, plus its companion."""
+    import yaml
+
+    from mulambda.launcher import LaunchOptions, apply_deployment, executor_deployment
+
+    # The endpoint is the pod's own IP, known only at run time; the companion fills it in.
+    registration = build_registration(
+        endpoint="http://pod:8501", node="k8s", heartbeat_interval_s=heartbeat_interval, **options
+    )
+    manifest = executor_deployment(
+        registration,
+        LaunchOptions(
+            namespace=namespace,
+            serving_image=serving_image,
+            mulambda_image=mulambda_image,
+            replicas=replicas,
+            cpu=cpu,
+            memory=memory,
+        ),
+    )
+    if dry_run:
+
+        class _Plain(yaml.SafeDumper):
+            # The manifest shares label and envFrom objects; spell them out, no &anchors.
+            def ignore_aliases(self, data: Any) -> bool:
+                return True
+
+        click.echo(yaml.dump(manifest, Dumper=_Plain, sort_keys=False), nl=False)
+        return
+    action = run_async(apply_deployment(manifest, kubeconfig=kubeconfig))
+    click.echo(f"{action} deployment {namespace}/{manifest['metadata']['name']}")
