@@ -127,7 +127,8 @@ def serve_command(
             raise click.ClickException(exc.reason) from exc
     settings = load_settings()
     configure_logging(settings.log_level)
-    workdir = model_dir or Path(tempfile.mkdtemp(prefix="mulambda-models-"))
+    scratch = None if model_dir else tempfile.TemporaryDirectory(prefix="mulambda-models-")
+    workdir = model_dir or Path(scratch.name)  # type: ignore[union-attr]
 
     async def main() -> int:
         if models:
@@ -143,15 +144,18 @@ def serve_command(
                     name, version = _parse_model_ref(ref)
                     manifest = await store.get_manifest(name, version)
                     dest = workdir / name / str(manifest.version)
-                    if not dest.exists():
-                        await store.download(name, manifest.version, dest_dir=dest)
+                    # Always verified against the manifest: a version re-uploaded with
+                    # --force must not be served stale from an earlier download.
+                    await store.download(name, manifest.version, dest_dir=dest, overwrite=True)
                     served[name] = SavedModelModel(dest, manifest.version)
         server = ExecutorServer(host, port, served, network_delay_ms)
-        click.echo(f"serving {', '.join(served)} on http://{host}:{port}", err=True)
         return await serve(UntilStopped(server), grace_s=settings.shutdown_grace_s)
 
     try:
         code = asyncio.run(main())
     except MulambdaError as exc:
         raise click.ClickException(exc.reason) from exc
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
     raise SystemExit(code)

@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# Run the MuLambda platform locally: Kafka, Redis and MinIO (infra.sh), the topic catalog,
+# and as background processes one selector, one router, one executor serving synthetic
+# models, a companion per model and a registered client probe (client id demo-client).
+#
+#   deploy/local/up.sh          # idempotent: running workers are left alone
+#   deploy/local/down.sh        # stops them all, then the infrastructure
+#
+# Waits (MULAMBDA_UP_TIMEOUT, 60 s) until the selector is ready and the companions have
+# registered, then prints how to send a request. Pids and logs of the workers live in
+# $MULAMBDA_HOME/workers/ (default .mulambda/workers/). Optional environment:
+#   MULAMBDA_WITH_TENSORFLOW=1          also install the tensorflow extra
+#   MULAMBDA_EXECUTOR_PORT=8501         TF Serving REST port of the executor
+#   MULAMBDA_SELECTOR_METRICS_PORT=9180 selector's /metrics /healthz /readyz
+#   MULAMBDA_ROUTER_METRICS_PORT=9181   router's /metrics /healthz /readyz
+#   MULAMBDA_PROBE_PORT=0               the demo client's probe server (0: any free port)
+#   MULAMBDA_SYNTHETIC_MODELS="FastBad MidOK SlowGood"   prototype profiles to serve
+#   MULAMBDA_TIME_SCALE=0.2             multiplies the synthetic models' delays
+#   MULAMBDA_DEMO_CLIENT_ID=demo-client
+# plus infra.sh's (MULAMBDA_HOME, MULAMBDA_KAFKA_PORT, ...; see deploy/local/README.md).
+set -euo pipefail
+# shellcheck source=deploy/local/platform.sh
+source "$(dirname "${BASH_SOURCE[0]}")/platform.sh"
+
+check_config
+T0=$SECONDS
+extras="dev"
+if [[ ${MULAMBDA_WITH_TENSORFLOW:-0} == 1 ]]; then extras="dev,tensorflow"; fi
+ensure_venv "$extras"
+
+# Each model registers its profile's confidences[0] as accuracy and its per-element delay
+# (alpha, scaled like the executor scales it), which the weighted policy adds to the
+# probed network latency. This also refuses unknown profile names before anything starts.
+PROFILES=$("$VENV/bin/python" - "$TIME_SCALE" "${SYNTHETIC_MODELS[@]}" <<'EOF'
+import sys
+
+from mulambda.errors import MulambdaError
+from mulambda.synthetic import profile_by_name
+
+try:
+    scale = float(sys.argv[1])
+    for name in sys.argv[2:]:
+        profile = profile_by_name(name)
+        print(name, profile.confidences[0], f"{profile.alpha * 1000 * scale:g}")
+except ValueError:
+    sys.exit(f"MULAMBDA_TIME_SCALE must be a number, not {sys.argv[1]!r}")
+except MulambdaError as exc:
+    sys.exit(f"MULAMBDA_SYNTHETIC_MODELS: {exc.reason}")
+EOF
+) || die "bad MULAMBDA_SYNTHETIC_MODELS or MULAMBDA_TIME_SCALE"
+
+lock_platform
+
+# Ports of workers about to start must be free (0 means any port); checked before
+# anything starts, as infra.sh checks its own.
+check_free() { # worker port variable
+  local worker=$1 port=$2 variable=$3
+  if ((port != 0)) && ! worker_pid "$worker" >/dev/null && port_open "$port"; then
+    die "port $port is taken by another process; stop it or set $variable"
+  fi
+}
+check_free executor "$EXECUTOR_PORT" MULAMBDA_EXECUTOR_PORT
+check_free selector "$SELECTOR_METRICS_PORT" MULAMBDA_SELECTOR_METRICS_PORT
+check_free router "$ROUTER_METRICS_PORT" MULAMBDA_ROUTER_METRICS_PORT
+check_free probe "$PROBE_PORT" MULAMBDA_PROBE_PORT
+
+log "infra: starting Kafka, Redis and MinIO (infra.sh start)"
+exports=$("$INFRA" start 7>&-) || die "infra.sh start failed (see above)"
+eval "$exports"
+
+if ! "$MULAMBDA_BIN" topics apply >"$WORKERS_DIR/topics-apply.log" 2>&1; then
+  sed 's/^/    /' "$WORKERS_DIR/topics-apply.log" >&2
+  die "mulambda topics apply failed"
+fi
+log "topics applied: $(awk '{n[$1]++} END {for (a in n) { printf "%s%d %s", s, n[a], a; s = ", " }}' \
+  "$WORKERS_DIR/topics-apply.log")"
+
+# --- workers --------------------------------------------------------------------------
+
+STARTED_THIS_RUN=()
+
+# A failed start stops what this run started, so a retry begins clean.
+fail() {
+  log "ERROR: $*"
+  if ((${#STARTED_THIS_RUN[@]})); then
+    log "stopping the workers this run started"
+    stop_workers "${STARTED_THIS_RUN[@]}"
+  fi
+  log "infrastructure left running; deploy/local/down.sh stops it"
+  exit 1
+}
+
+launch() { # like start_worker; records what this run started
+  start_worker "$@"
+  if ((STARTED_NOW)); then STARTED_THIS_RUN+=("$1"); fi
+}
+
+# wait_until DESCRIPTION CHECK-COMMAND WORKER...: polls the check, failing fast when one
+# of the workers exits, and at the shared deadline.
+DEADLINE=$((SECONDS + UP_TIMEOUT))
+wait_until() {
+  local what=$1 check=$2 worker
+  shift 2
+  until $check; do
+    for worker in "$@"; do
+      if ! worker_pid "$worker" >/dev/null; then
+        show_worker_log "$worker"
+        fail "$worker exited while waiting for $what"
+      fi
+    done
+    if ((SECONDS >= DEADLINE)); then
+      for worker in "$@"; do show_worker_log "$worker"; done
+      fail "$what: not ready after ${UP_TIMEOUT}s (MULAMBDA_UP_TIMEOUT)"
+    fi
+    sleep 0.5
+  done
+  log "$what: ready"
+}
+
+synthetic_args=()
+for model in "${SYNTHETIC_MODELS[@]}"; do synthetic_args+=(--synthetic "$model"); done
+launch executor "mulambda executor serve --port $EXECUTOR_PORT " -- \
+  "$MULAMBDA_BIN" executor serve --port "$EXECUTOR_PORT" --time-scale "$TIME_SCALE" \
+  "${synthetic_args[@]}"
+launch selector "mulambda selector" MULAMBDA_METRICS_PORT="$SELECTOR_METRICS_PORT" -- \
+  "$MULAMBDA_BIN" selector
+launch router "mulambda router" MULAMBDA_METRICS_PORT="$ROUTER_METRICS_PORT" -- \
+  "$MULAMBDA_BIN" router
+launch probe "mulambda clients serve-probe --port $PROBE_PORT --client-id $DEMO_CLIENT_ID " -- \
+  "$MULAMBDA_BIN" clients serve-probe --port "$PROBE_PORT" --client-id "$DEMO_CLIENT_ID" \
+  --register
+
+executor_ready() {
+  local model status
+  for model in "${SYNTHETIC_MODELS[@]}"; do
+    status=$(curl -sf -m 2 "http://127.0.0.1:$EXECUTOR_PORT/v1/models/$model") || return 1
+    [[ $status == *'"AVAILABLE"'* ]] || return 1
+  done
+}
+# Companions start once the executor answers, so their first heartbeat says AVAILABLE.
+wait_until "executor on :$EXECUTOR_PORT (${SYNTHETIC_MODELS[*]})" executor_ready executor
+
+endpoint="http://127.0.0.1:$EXECUTOR_PORT"
+while read -r model accuracy delay_ms; do
+  id=$(executor_id "$model")
+  launch "companion-$model" "mulambda companion --executor-id $id " \
+    MULAMBDA_METRICS_PORT=0 -- \
+    "$MULAMBDA_BIN" companion --executor-id "$id" --endpoint "$endpoint" \
+    --model-name "$model" --model-type classification --input-format feature \
+    --output-format confidence --accuracy "$accuracy" \
+    --model-data-delay-ms-per-element "$delay_ms" --heartbeat-interval 2
+done <<<"$PROFILES"
+
+selector_ready() { curl -sf -m 2 -o /dev/null "http://127.0.0.1:$SELECTOR_METRICS_PORT/readyz"; }
+router_ready() { curl -sf -m 2 -o /dev/null "http://127.0.0.1:$ROUTER_METRICS_PORT/readyz"; }
+wait_until "selector (:$SELECTOR_METRICS_PORT/readyz)" selector_ready selector
+wait_until "router (:$ROUTER_METRICS_PORT/readyz)" router_ready router
+
+companion_workers=()
+for model in "${SYNTHETIC_MODELS[@]}"; do companion_workers+=("companion-$model"); done
+
+# The registrations are on the compacted topics: what every selector will see.
+registered() {
+  local listed model
+  listed=$("$MULAMBDA_BIN" executors list 2>/dev/null) || return 1
+  for model in "${SYNTHETIC_MODELS[@]}"; do
+    grep -q "^$(executor_id "$model")"$'\t' <<<"$listed" || return 1
+  done
+  listed=$("$MULAMBDA_BIN" clients list 2>/dev/null) || return 1
+  grep -q "^$DEMO_CLIENT_ID"$'\t' <<<"$listed"
+}
+wait_until "registrations (${#SYNTHETIC_MODELS[@]} executors, client $DEMO_CLIENT_ID)" \
+  registered "${companion_workers[@]}" probe
+
+log "platform up in $((SECONDS - T0))s; worker logs in $WORKERS_DIR"
+
+# --- next steps (stdout) --------------------------------------------------------------
+
+venv_bin=$VENV/bin
+[[ $venv_bin == "$REPO"/* ]] && venv_bin=${venv_bin#"$REPO"/}
+env_file=$STATE_DIR/env
+[[ $env_file == "$REPO"/* ]] && env_file=${env_file#"$REPO"/}
+cat <<EOF
+MuLambda is running: executor http://127.0.0.1:$EXECUTOR_PORT (${SYNTHETIC_MODELS[*]}),
+selector :$SELECTOR_METRICS_PORT and router :$ROUTER_METRICS_PORT (/metrics, /readyz).
+
+Publish a request and wait for its result:
+
+  source $env_file
+  $venv_bin/mulambda infer \\
+      --client-id $DEMO_CLIENT_ID \\
+      --model-type classification --input-format feature --output-format confidence \\
+      --latency 0.8 --accuracy 0.2 \\
+      --body '{"instances": [0, 1]}'
+
+List executors: $venv_bin/mulambda executors list
+Stop everything: deploy/local/down.sh
+EOF
