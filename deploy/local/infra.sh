@@ -110,6 +110,26 @@ comp_pattern() {
 
 # Prints the pid and succeeds if the component's pid file names a live process
 # of ours.
+# detach COMP LOG CMD...: start CMD in its own session with its output in LOG and
+# record its pid. The process writes its own pid before exec'ing, because `$!` is
+# the pid of setsid, which forks (and exits at once) when it leads a process group,
+# as it does when this script runs under a job-controlling shell. 8>&- 9>&-: our
+# lock fds must not be inherited, or the daemon would hold the locks for its life.
+detach() {
+  local comp=$1 logfile=$2 pidfile
+  shift 2
+  pidfile=$(pid_file "$comp")
+  rm -f "$pidfile"
+  # shellcheck disable=SC2016 # $$ and "$@" belong to the inner shell
+  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" \
+    </dev/null >"$logfile" 2>&1 8>&- 9>&- &
+  local waited=0
+  until [[ -s $pidfile ]]; do
+    ((waited++ < 100)) || { log "ERROR: $comp: no pid after 10s"; return 1; }
+    sleep 0.1
+  done
+}
+
 running_pid() {
   local comp=$1 file pid stat args
   file=$(pid_file "$comp")
@@ -301,15 +321,12 @@ kafka_launch() {
   dir=$(comp_dir kafka)
   rotate_log "$dir/kafka.log"
   kafka_jvm_opts
-  # setsid: own session, so the broker outlives this shell and ignores the
-  # terminal's Ctrl-C/hangup. 8>&- 9>&-: our lock fds must not be inherited,
-  # or the daemon would hold the locks for its whole life. Small heap: the
-  # machines have 2 cores and the local workload is tiny.
-  setsid java -Xms256m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+  # Own session (detach): the broker outlives this shell and ignores the
+  # terminal's Ctrl-C/hangup. Small heap: the machines have 2 cores and the
+  # local workload is tiny.
+  detach kafka "$dir/kafka.log" java -Xms256m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
     -XX:+ExitOnOutOfMemoryError "${KAFKA_JVM_OPTS[@]}" \
-    kafka.Kafka "$dir/server.properties" \
-    </dev/null >"$dir/kafka.log" 2>&1 8>&- 9>&- &
-  echo $! >"$(pid_file kafka)"
+    kafka.Kafka "$dir/server.properties"
 }
 
 kafka_ready() {
@@ -372,12 +389,11 @@ redis_launch() {
   bin=$(redis_binary)
   rotate_log "$dir/redis.log"
   if [[ $(basename "$bin") == dragonfly ]]; then
-    setsid "$bin" --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$dir/data" \
-      --logtostderr </dev/null >"$dir/redis.log" 2>&1 8>&- 9>&- &
+    detach redis "$dir/redis.log" "$bin" --port "$REDIS_PORT" --bind 127.0.0.1 \
+      --dir "$dir/data" --logtostderr
   else
-    setsid "$bin" "$dir/redis.conf" </dev/null >"$dir/redis.log" 2>&1 8>&- 9>&- &
+    detach redis "$dir/redis.log" "$bin" "$dir/redis.conf"
   fi
-  echo $! >"$(pid_file redis)"
 }
 
 redis_ready() {
@@ -448,10 +464,8 @@ minio_launch() {
   rotate_log "$dir/minio.log"
   # Credentials go through the environment of this one process only.
   MINIO_ROOT_USER=$MINIO_ACCESS_KEY MINIO_ROOT_PASSWORD=$MINIO_SECRET_KEY \
-    setsid "$MINIO_BIN" server --address "127.0.0.1:$MINIO_PORT" \
-    --console-address "127.0.0.1:$MINIO_CONSOLE_PORT" "$dir/data" \
-    </dev/null >"$dir/minio.log" 2>&1 8>&- 9>&- &
-  echo $! >"$(pid_file minio)"
+    detach minio "$dir/minio.log" "$MINIO_BIN" server --address "127.0.0.1:$MINIO_PORT" \
+    --console-address "127.0.0.1:$MINIO_CONSOLE_PORT" "$dir/data"
 }
 
 minio_ready() {

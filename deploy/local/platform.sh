@@ -120,11 +120,20 @@ start_worker() {
   forget_worker "$name"
   log_file=$WORKERS_DIR/$name.log
   if [[ -f $log_file ]]; then mv -f "$log_file" "$log_file.prev"; fi
-  # setsid: own session, so workers outlive this shell and ignore its Ctrl-C.
-  setsid env "${env_args[@]}" "$@" </dev/null >"$log_file" 2>&1 7>&- &
-  pid=$!
-  disown "$pid" 2>/dev/null || true
-  echo "$pid" >"$WORKERS_DIR/$name.pid"
+  # setsid: own session, so workers outlive this shell and ignore its Ctrl-C. The
+  # worker writes its own pid before exec'ing: `$!` would be setsid's, which forks
+  # and exits when it leads a process group (under a job-controlling shell).
+  rm -f "$WORKERS_DIR/$name.pid"
+  # shellcheck disable=SC2016 # $$ and "$@" belong to the inner shell
+  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$WORKERS_DIR/$name.pid" \
+    env "${env_args[@]}" "$@" </dev/null >"$log_file" 2>&1 7>&- &
+  disown "$!" 2>/dev/null || true
+  local waited=0
+  until [[ -s $WORKERS_DIR/$name.pid ]]; do
+    ((waited++ < 100)) || { log "ERROR: $name: no pid after 10s"; return 1; }
+    sleep 0.1
+  done
+  pid=$(<"$WORKERS_DIR/$name.pid")
   printf '%s\n' "$match" >"$WORKERS_DIR/$name.cmd"
   STARTED_NOW=1
   log "$name: started (pid $pid, log $log_file)"
