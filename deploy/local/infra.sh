@@ -136,7 +136,8 @@ running_pid() {
   [[ -f $file ]] || return 1
   pid=$(<"$file")
   [[ $pid =~ ^[0-9]+$ ]] || return 1
-  read -r stat args < <(ps -o stat=,args= -p "$pid" 2>/dev/null) || return 1
+  # -ww: full command lines; ps cuts them at $COLUMNS (often 80) otherwise.
+  read -r stat args < <(ps -ww -o stat=,args= -p "$pid" 2>/dev/null) || return 1
   # An exited process nobody has reaped yet (state Z) is gone for our purposes,
   # unless it still has live threads ("Zl": only its main thread ended).
   if [[ $stat == Z* && $stat != *l* ]]; then return 1; fi
