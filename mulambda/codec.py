@@ -6,6 +6,7 @@ message is the dead-letter reason.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -78,7 +79,12 @@ def peek_reply_address(
     try:
         body: Any = orjson.loads(data)
     except orjson.JSONDecodeError:
-        return None
+        # pydantic accepts NaN/Infinity tokens (then rejects the value, e.g. a NaN
+        # weight); orjson refuses them. Such a request is still answerable.
+        try:
+            body = json.loads(data)
+        except (ValueError, RecursionError):
+            return None
     if not isinstance(body, dict):
         return None
     topic, corr, part = (

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import deque
@@ -111,26 +110,6 @@ MAX_REQUEST_BYTES = 64 * 1024
 
 class UndeliverableReply(SelectionError):
     """A request whose reply topic or partition does not exist; it is dead-lettered."""
-
-
-def _peek_address(data: bytes | None) -> ReplyAddress | None:
-    """The reply address of a rejected request, also when it holds NaN or Infinity.
-
-    pydantic's JSON parser accepts those tokens (and then rejects the value, e.g. a NaN
-    weight), but orjson in ``peek_reply_address`` refuses the whole body, which would
-    turn an answerable request into a dead letter. The stdlib parser accepts them.
-    """
-    address = peek_reply_address(data, max_bytes=DEFAULT_MAX_RECORD_BYTES)
-    if address is not None or data is None or len(data) > DEFAULT_MAX_RECORD_BYTES:
-        return address
-    try:
-        body = json.loads(data)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(body, dict):
-        return None
-    fields = {k: body.get(k) for k in ("reply_topic", "reply_partition", "correlation_id")}
-    return peek_reply_address(json.dumps(fields).encode())
 
 
 class ReplyTargets:
@@ -790,7 +769,7 @@ class Selector:
         Never raises: the consumer loop does not guard this hook, so a failure here
         would end it. Anything that prevents the reply means a dead letter instead.
         """
-        address = _peek_address(raw.value)
+        address = peek_reply_address(raw.value)
         if address is None:
             return False
         try:

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mulambda.codec import decode, encode, peek_reply_address
+from mulambda.codec import ReplyAddress, decode, encode, peek_reply_address
 from mulambda.errors import DecodeError, OversizeError
 from mulambda.events import (
     ALL_MESSAGE_TYPES,
@@ -89,6 +89,8 @@ def test_peek_reply_address_reads_invalid_requests() -> None:
     assert address is not None
     assert (address.topic, address.partition, address.correlation_id) == ("r", 3, "c")
     assert peek_reply_address(b"not json") is None
+    with_nan = b'{"reply_topic": "r", "correlation_id": "c", "weights": {"latency": NaN}}'
+    assert peek_reply_address(with_nan) == ReplyAddress("r", None, "c")
     assert peek_reply_address(orjson.dumps({"reply_topic": "r"})) is None
     bad_partition = orjson.dumps({"reply_topic": "r", "correlation_id": "c", "reply_partition": -1})
     assert peek_reply_address(bad_partition) == peek_reply_address(
