@@ -263,6 +263,19 @@ class ConsumerStats:
     batches: int = 0
 
 
+async def _undelivered(
+    records: Sequence[ConsumerRecord], pending: Sequence[Awaitable[Any] | None]
+) -> list[tuple[ConsumerRecord, BaseException]]:
+    """Await every delivery; the records whose answer failed, with the error."""
+    waiting = [(raw, fut) for raw, fut in zip(records, pending, strict=True) if fut is not None]
+    results = await asyncio.gather(*(fut for _, fut in waiting), return_exceptions=True)
+    return [
+        (raw, result)
+        for (raw, _), result in zip(waiting, results, strict=True)
+        if isinstance(result, BaseException)
+    ]
+
+
 class DeadLetterer:
     """Writes records nobody could handle to the dead-letter topic, with the reason."""
 
@@ -410,6 +423,7 @@ class ConsumerLoop:
         return self._task
 
     async def _run(self, consumer: AIOKafkaConsumer) -> None:
+        redeliveries = 0
         while not self._stopping.is_set():
             try:
                 batches = await consumer.getmany(timeout_ms=200, max_records=self._max_batch)
@@ -420,24 +434,27 @@ class ConsumerLoop:
             if not batches:
                 continue
             offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
+            flat = [raw for records in batches.values() for raw in records]
             if self._concurrency == 1:
-                pending = [
-                    await self._handle_one(raw) for records in batches.values() for raw in records
-                ]
+                pending = [await self._handle_one(raw) for raw in flat]
             else:
-                pending = await self._handle_concurrently(
-                    [raw for records in batches.values() for raw in records]
-                )
-            try:
-                await asyncio.gather(*(p for p in pending if p is not None))
-            except (KafkaError, MulambdaError) as exc:
-                # Some answer was not delivered: read the batch again rather than commit it.
-                log.warning("delivery failed, re-reading the batch: %s", exc)
-                for tp, records in batches.items():
-                    if records:
-                        consumer.seek(tp, records[0].offset)
-                await asyncio.sleep(self._retry_backoff_s)
-                continue
+                pending = await self._handle_concurrently(flat)
+            failed = await _undelivered(flat, pending)
+            if failed:
+                redeliveries += 1
+                if redeliveries <= self._max_retries and not self._stopping.is_set():
+                    # Read the batch again rather than commit unanswered records.
+                    log.warning("delivery failed, re-reading the batch: %s", failed[0][1])
+                    for tp, records in batches.items():
+                        if records:
+                            consumer.seek(tp, records[0].offset)
+                    await asyncio.sleep(self._retry_backoff_s * 2 ** (redeliveries - 1))
+                    continue
+                # Persistently undeliverable answers: keep the requests, with the reason.
+                for raw, error in failed:
+                    await self._dead_letters.dead_letter(raw, error)
+                    self.stats.dead_lettered += 1
+            redeliveries = 0
             self.stats.batches += 1
             self.positions.update(offsets)
             if self._group_id is not None:

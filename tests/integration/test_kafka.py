@@ -234,3 +234,46 @@ async def test_replay_reads_compacted_topic_with_tombstones(infra: Infra, catalo
             update={"message_id": replay_b.message_id, "timestamp": replay_b.timestamp}
         )
     )
+
+
+async def test_undeliverable_answer_is_retried_then_dead_lettered(
+    infra: Infra, catalog: Catalog
+) -> None:
+    topic = catalog.name(Topic.EXECUTOR_REGISTRATIONS)
+    attempts: dict[str, int] = {}
+
+    async def handler(record: Record[Any]) -> asyncio.Future[None]:
+        assert isinstance(record.value, ExecutorRegistration)
+        executor_id = record.value.executor_id
+        attempts[executor_id] = attempts.get(executor_id, 0) + 1
+        delivery: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if executor_id == "undeliverable-1":
+            delivery.set_exception(MulambdaError("reply topic vanished", retriable=True))
+        else:
+            delivery.set_result(None)
+        return delivery
+
+    async with Producer(infra.kafka()) as producer:
+        loop = ConsumerLoop(
+            infra.kafka(),
+            {topic: ExecutorRegistration},
+            handler,
+            group_id=f"g-{uuid.uuid4().hex[:6]}",
+            dead_letters=DeadLetterer(producer, catalog.name(Topic.DEAD_LETTERS), "g"),
+            max_retries=2,
+            retry_backoff_s=0.01,
+        )
+        async with loop:
+            await producer.send_and_wait(topic, registration("undeliverable-1"), key="und-1")
+            deadline = time.monotonic() + 20
+            while attempts.get("undeliverable-1", 0) < 3 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            # Stopping lets the batch in hand finish: the third failure dead-letters it.
+    assert attempts["undeliverable-1"] == 3  # first try and two re-reads
+    deadline = time.monotonic() + 20
+    mine: list[DeadLetter] = []
+    while not mine and time.monotonic() < deadline:
+        letters = await _collect_dead_letters(infra, catalog, expect=1)
+        mine = [letter for letter in letters if letter.original_key == b"und-1"]
+    assert len(mine) == 1
+    assert mine[0].reason == "reply topic vanished"
