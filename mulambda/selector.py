@@ -477,6 +477,11 @@ class Selector:
                 }
             )
             view.apply_latency(measurement, seen)
+        for stored in snapshot.executors.values():
+            if stored.observed or stored.service_ms is not None:
+                view.restore_learned(
+                    stored.executor_id, stored.observed, stored.service_ms, stored.service_samples
+                )
         self.view = view
         self._stored_offsets = snapshot.offsets
         events: list[StoreEvent] = []

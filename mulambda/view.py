@@ -543,6 +543,28 @@ class ExecutorView:
         self._all_services.replace(old_service, service)
         return True
 
+    def restore_learned(
+        self,
+        executor_id: str,
+        observed_ms: Mapping[str, float],
+        service_ms: float | None,
+        service_samples: int,
+    ) -> bool:
+        """Put back what observed latencies taught (from the store, after a restart).
+
+        Returns False for an unknown executor. Values are taken as they are: they were
+        computed by this view's own EWMA before they were stored.
+        """
+        entry = self._entries.get(executor_id)
+        if entry is None:
+            return False
+        entry.observed_ms = {str(k): float(v) for k, v in observed_ms.items()} or None
+        if service_ms is not None:
+            self._all_services.replace(entry.service_ms, service_ms)
+            entry.service_ms = service_ms
+        entry.service_samples = service_samples
+        return True
+
     def fallback_latency_ms(self) -> float:
         """Network latency assumed for an executor with no probe at all (see module doc)."""
         median = self._all_probes.median()

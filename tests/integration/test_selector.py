@@ -27,6 +27,7 @@ from mulambda.events import (
     ExecutorRegistration,
     ExecutorStatus,
     LatencyMeasurement,
+    LatencySource,
     ModelState,
     SelectionReply,
     SelectionRequest,
@@ -354,6 +355,11 @@ async def _has(store: ViewStore, ids: set[str]) -> bool:
     return ids <= set(await store.executor_ids())
 
 
+async def _stored_service(store: ViewStore, executor_id: str, service: float | None) -> bool:
+    stored = (await store.load()).executors.get(executor_id)
+    return stored is not None and stored.service_ms == service
+
+
 async def _lacks(store: ViewStore, ids: set[str]) -> bool:
     return not ids & set(await store.executor_ids())
 
@@ -424,7 +430,30 @@ async def test_restart_recovers_from_store_and_honours_tombstones_sent_while_dow
             10,
             "the first selector's view",
         )
+        # What routers' observed latencies taught must survive the restart too.
+        await state.producer.send_and_wait(
+            catalog.name(Topic.LATENCY_MEASUREMENTS),
+            LatencyMeasurement(
+                executor_id=ids[0],
+                client_id="c",
+                latency_ms=42.0,
+                source=LatencySource.OBSERVED,
+                input_size=1,
+            ),
+            key=ids[0],
+        )
+        await _until(
+            lambda: (e := first.view.get(ids[0])) is not None and e.service_samples == 1,
+            10,
+            "the observed latency",
+        )
+        learned = first.view.get(ids[0])
+        assert learned is not None
+        learned_service, learned_observed = learned.service_ms, dict(learned.observed_ms or {})
         await _until_async(lambda: _has(store, set(ids)), 10, "the store")
+        await _until_async(
+            lambda: _stored_service(store, ids[0], learned_service), 10, "the learned service"
+        )
     assert not first.ready
 
     # While it is down: one executor deregisters, another reports LOADING, and the store
@@ -452,6 +481,11 @@ async def test_restart_recovers_from_store_and_honours_tombstones_sent_while_dow
         loading = second.view.get(ids[1])
         assert loading is not None
         assert loading.model_state is ModelState.LOADING  # sent while down: caught up
+        restored = second.view.get(ids[0])
+        assert restored is not None
+        assert restored.service_ms == learned_service
+        assert restored.service_samples == 1
+        assert restored.observed_ms == learned_observed
         async with _requester(infra, catalog) as requester:
             reply = await requester.request(_ask("c", traits))
         assert reply.status is SelectionStatus.OK

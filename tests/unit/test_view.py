@@ -502,3 +502,16 @@ def test_cached_candidates_equal_a_fresh_filter(
         assert got == expected
         cands = view.candidates(WINE, now)
         assert cands.max_accuracy == max([e.accuracy for e in cands], default=0.0)
+
+
+def test_restore_learned_puts_back_service_time_and_observed_latencies() -> None:
+    view = ExecutorView()
+    view.apply_registration(reg("a"), 0.0)
+    view.apply_registration(reg("b"), 0.0)
+    assert view.restore_learned("a", {"c": 30.0}, 12.5, 4)
+    assert not view.restore_learned("ghost", {}, 1.0, 1)
+    entry = view.get("a")
+    assert entry is not None
+    assert (entry.service_ms, entry.service_samples, entry.observed_ms) == (12.5, 4, {"c": 30.0})
+    # The learned value feeds the fallback other executors without samples get.
+    assert view.fallback_service_ms() == 12.5
