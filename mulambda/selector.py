@@ -91,6 +91,7 @@ from mulambda.store import (
     ClientRemoved,
     ExecutorRemoved,
     ObservedLatency,
+    RegistrationAsOf,
     Snapshot,
     StoreEvent,
     ViewStore,
@@ -253,12 +254,15 @@ class Selector:
         grace_s: float = 10.0,
         state: PolicyState | None = None,
         catch_up_timeout_s: float = 60.0,
+        max_pending_store_events: int = 100_000,
     ) -> None:
         """Build a selector; nothing connects before :meth:`start`.
 
         ``status_lookback_s``: how far back status and latency topics are read when the
         store has no offsets. ``catch_up_timeout_s``: bound on applying them up to their
         start-time ends before turning ready (then ready anyway, with a warning).
+        ``max_pending_store_events``: store writes kept while the store is down; past it
+        the backlog is dropped and the whole view is rewritten once the store is back.
         """
         if default_policy not in POLICIES:
             raise ConfigurationError(f"unknown default policy {default_policy!r}")
@@ -272,6 +276,8 @@ class Selector:
         self._lookback_s = status_lookback_s
         self._grace_s = grace_s
         self._catch_up_timeout_s = catch_up_timeout_s
+        self._max_pending_store = max_pending_store_events
+        self._store_resync = False
         self.registry = registry or CollectorRegistry()
         self.metrics = SelectorMetrics(self.registry)
         self.metrics.view_size.set_function(lambda: len(self.view))
@@ -495,6 +501,7 @@ class Selector:
         """What the store must learn after a replay: the final state of every id the
         topics hold, where it differs from the store, and removal of the ids the store
         has but the topics no longer do (compacted away as tombstones while down)."""
+        now = time.time()
         executors: dict[str, ExecutorRegistration | None] = {}
         clients: dict[str, ClientRegistration | None] = {}
         for event in replayed:
@@ -510,7 +517,10 @@ class Selector:
         for executor_id, registration in executors.items():
             stored = snapshot.executors.get(executor_id)
             if registration is not None and (stored is None or stored.registration != registration):
-                changes.append(registration)
+                # As of the view's last heartbeat: a replayed registration is old news.
+                entry = self.view.get(executor_id)
+                age = now - entry.last_seen if entry is not None else float("inf")
+                changes.append(RegistrationAsOf(registration, age))
         for executor_id in snapshot.executors:
             if executors.get(executor_id) is None:
                 self.view.remove_executor(executor_id)
@@ -708,17 +718,63 @@ class Selector:
         self.metrics.state_events.labels(record.topic).inc()
 
     async def _flush_store(self) -> None:
-        if not (self._pending_store or self._pending_offsets):
+        if not (self._pending_store or self._pending_offsets or self._store_resync):
             return
         events, offsets = self._pending_store, self._pending_offsets
         try:
+            if self._store_resync:
+                # The backlog was dropped while the store was down: rewrite everything.
+                await self._store.clear()
+                events = self._view_as_events()
+                offsets = {(tp.topic, tp.partition): o for tp, o in self._state_positions.items()}
             await self._store.apply_batch(events, offsets=offsets)
         except StoreUnavailable as exc:
-            # The in-memory view stays authoritative; keep the batch for the next flush.
+            # The in-memory view stays authoritative; keep the batch for the next flush,
+            # within a bound: past it, memory matters more than an incremental write.
             self.metrics.store_failures.inc()
             log.warning("store write failed, will retry: %s", exc.reason)
+            if len(self._pending_store) > self._max_pending_store:
+                self._pending_store, self._pending_offsets = [], {}
+                self._store_resync = True
             return
         self._pending_store, self._pending_offsets = [], {}
+        if self._store_resync:
+            log.info("store rewritten from the view", extra={"events": len(events)})
+            self._store_resync = False
+
+    @property
+    def store_resync_pending(self) -> bool:
+        """Whether the store lost writes and awaits a full rewrite from the view."""
+        return self._store_resync
+
+    def _view_as_events(self) -> list[StoreEvent]:
+        """The whole view as store events (a full rewrite after the store lost writes).
+
+        Executors the view holds as stale get no alive key (RegistrationAsOf, no status).
+        """
+        now = time.time()
+        events: list[StoreEvent] = list(self.view.clients())
+        for entry in self.view.entries():
+            events.append(RegistrationAsOf(entry.registration, now - entry.last_seen))
+            if entry.model_state is not None and entry.live(now):
+                events.append(
+                    ExecutorStatus(
+                        executor_id=entry.executor_id,
+                        model_state=entry.model_state,
+                        in_flight=entry.in_flight,
+                        errors=entry.errors,
+                        heartbeat_interval_s=entry.heartbeat_interval_s,
+                    )
+                )
+            events.extend(
+                LatencyMeasurement(executor_id=entry.executor_id, client_id=c, latency_ms=ms)
+                for c, ms in entry.probes.items()
+            )
+            events.extend(
+                ObservedLatency(entry.executor_id, c, ms, entry.service_ms, entry.service_samples)
+                for c, ms in (entry.observed_ms or {}).items()
+            )
+        return events
 
     # --- requests -------------------------------------------------------------------
 

@@ -139,8 +139,23 @@ class ObservedLatency:
     service_samples: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RegistrationAsOf:
+    """A registration whose last heartbeat is ``age_s`` old (replays and rewrites).
+
+    A plain registration is a fresh heartbeat. This one gives the alive key only the time
+    to live it has left, and none once that has run out, so a replayed or rewritten
+    registration never revives an executor that stopped heartbeating. An existing alive
+    key (a fresher heartbeat) is left as it is.
+    """
+
+    registration: ExecutorRegistration
+    age_s: float
+
+
 StoreEvent = (
     ExecutorRegistration
+    | RegistrationAsOf
     | ExecutorRemoved
     | ClientRegistration
     | ClientRemoved
@@ -445,6 +460,15 @@ class ViewStore:
             # no status yet), and refresh its TTL without dropping a status it holds.
             pipe.set(self.key_alive(eid), b"", nx=True, px=ttl)
             pipe.pexpire(self.key_alive(eid), ttl)
+            if executor_ids is not None:
+                executor_ids.add(eid)
+        elif isinstance(event, RegistrationAsOf):
+            eid = event.registration.executor_id
+            pipe.set(self.key_exec(eid), encode(event.registration))
+            pipe.sadd(self._k_execs, eid)
+            left = self.ttl_ms(event.registration.heartbeat_interval_s) - int(event.age_s * 1000)
+            if left > 0:
+                pipe.set(self.key_alive(eid), b"", nx=True, px=left)
             if executor_ids is not None:
                 executor_ids.add(eid)
         elif isinstance(event, ExecutorRemoved):

@@ -8,10 +8,14 @@ never become candidates), its own Redis key prefix and its own consumer group.
 from __future__ import annotations
 
 import asyncio
+import shutil
+import socket
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import timedelta
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -21,6 +25,7 @@ import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from mulambda.codec import decode, encode
+from mulambda.errors import MulambdaError
 from mulambda.events import (
     ClientRegistration,
     DeadLetter,
@@ -745,3 +750,81 @@ async def test_null_status_record_is_dead_lettered_not_taken_for_a_client_tombst
         assert entry is not None
         assert entry.probes[client] == 7.0
     await state.deregister(executor)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _private_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    # A second real Redis this test may kill: the session's must stay up for the others.
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    return subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def test_store_outage_is_bounded_then_the_view_is_rewritten(
+    infra: Infra, catalog: Catalog, producer: Producer, tmp_path: Path
+) -> None:
+    state = State(producer, catalog)
+    traits = _traits()
+    uid = _uid()
+    port = _free_port()
+    redis_proc = _private_redis(port, tmp_path)
+    url = f"redis://127.0.0.1:{port}/0"
+    sid = f"sel-{uid}"
+    selector = Selector(
+        infra.kafka(sid),
+        catalog,
+        ViewStore(url, key_prefix="outage:", connect_timeout_s=0.5, timeout_s=1.0),
+        selector_id=sid,
+        group_id=_group(),
+        grace_s=2.0,
+        max_pending_store_events=20,
+    )
+    try:
+        await _until_async(lambda: _redis_up(url), 10, "the private redis")
+        async with selector:
+            await state.register(registration(f"out-{uid}", traits=traits))
+            await state.status(f"out-{uid}")
+            async with ViewStore(url, key_prefix="outage:") as check:
+                await _until_async(lambda: _has(check, {f"out-{uid}"}), 10, "the store")
+
+            redis_proc.terminate()
+            redis_proc.wait(10)
+            for _ in range(40):  # more than the bound, while the store is down
+                await state.status(f"out-{uid}")
+            await _until(lambda: selector.store_resync_pending, 20, "the backlog bound")
+            # The in-memory view keeps serving while the store is down.
+            async with _requester(infra, catalog) as requester:
+                reply = await requester.request(_ask("c", traits))
+            assert reply.status is SelectionStatus.OK
+
+            redis_proc = _private_redis(port, tmp_path)  # empty: it kept nothing
+            await _until_async(lambda: _redis_up(url), 10, "the restarted redis")
+            await state.status(f"out-{uid}")  # any state record triggers a flush
+            await _until(lambda: not selector.store_resync_pending, 20, "the rewrite")
+            async with ViewStore(url, key_prefix="outage:") as check:
+                snapshot = await check.load()
+            rewritten = snapshot.executors[f"out-{uid}"]
+            assert rewritten.alive
+            assert rewritten.status is not None
+            assert rewritten.status.model_state is ModelState.AVAILABLE
+    finally:
+        redis_proc.kill()
+        redis_proc.wait(10)
+
+
+async def _redis_up(url: str) -> bool:
+    try:
+        async with ViewStore(url, key_prefix="probe:", connect_timeout_s=0.2) as store:
+            await store.ping()
+    except MulambdaError:
+        return False
+    return True

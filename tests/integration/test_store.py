@@ -23,6 +23,7 @@ from mulambda.store import (
     ClientRemoved,
     ExecutorRemoved,
     ObservedLatency,
+    RegistrationAsOf,
     StoreEvent,
     ViewStore,
 )
@@ -204,6 +205,24 @@ async def test_registration_refreshes_ttl_but_keeps_status(store: ViewStore, raw
     assert ex.status.in_flight == 3
     assert ex.ttl_remaining_s is not None
     assert ex.ttl_remaining_s > 5.0  # 3 x 2 s, not the 50 ms left before
+
+
+async def test_registration_as_of_an_age_gets_only_the_ttl_left(store: ViewStore) -> None:
+    # ttl = 3 x 2 s = 6 s: 1 s old leaves about 5 s; 10 s old leaves nothing.
+    await store.apply_batch(
+        [
+            RegistrationAsOf(registration("young", heartbeat_interval_s=2.0), age_s=1.0),
+            RegistrationAsOf(registration("old", heartbeat_interval_s=2.0), age_s=10.0),
+        ]
+    )
+    loaded = (await store.load()).executors
+    assert set(loaded) >= {"young", "old"}
+    young, old = loaded["young"], loaded["old"]
+    assert young.ttl_remaining_s is not None
+    assert 4.0 < young.ttl_remaining_s <= 5.0
+    assert old.ttl_remaining_s is None
+    assert not old.alive
+    assert old.registration.executor_id == "old"
 
 
 async def test_offsets_survive_a_restart(infra: Infra, store: ViewStore) -> None:
