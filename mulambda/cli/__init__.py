@@ -1,23 +1,50 @@
-"""The ``mulambda`` command: one module per command group, registered here."""
+"""The ``mulambda`` command: one module per command group, loaded when used.
+
+Groups are imported lazily: a worker's start-up (and so its restart-to-ready time)
+should not pay for importing every other command's dependencies (minio, TensorFlow
+glue, the Kubernetes client).
+"""
 
 from __future__ import annotations
+
+import importlib
 
 import click
 
 from mulambda import __version__
-from mulambda.cli.clients import clients
-from mulambda.cli.companion import companion
-from mulambda.cli.executor import executor
-from mulambda.cli.executors import executors
-from mulambda.cli.infer import infer
-from mulambda.cli.infra import infra
-from mulambda.cli.models import models
-from mulambda.cli.router import router
-from mulambda.cli.selector import selector
-from mulambda.cli.topics import topics
+
+COMMANDS: dict[str, str] = {
+    "clients": "mulambda.cli.clients:clients",
+    "companion": "mulambda.cli.companion:companion",
+    "executor": "mulambda.cli.executor:executor",
+    "executors": "mulambda.cli.executors:executors",
+    "infer": "mulambda.cli.infer:infer",
+    "infra": "mulambda.cli.infra:infra",
+    "models": "mulambda.cli.models:models",
+    "router": "mulambda.cli.router:router",
+    "selector": "mulambda.cli.selector:selector",
+    "topics": "mulambda.cli.topics:topics",
+}
+"""Command name → ``module:attribute`` of its click command."""
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in COMMANDS and cmd_name not in self.commands:
+            module_name, _, attribute = COMMANDS[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module_name), attribute)
+            if not isinstance(command, click.Command):
+                raise TypeError(f"{COMMANDS[cmd_name]} is not a click command")
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """MuLambda: trait-based model selection and inference routing over Kafka.
 
@@ -30,18 +57,6 @@ def cli() -> None:
 def version() -> None:
     """Print the MuLambda version."""
     click.echo(__version__)
-
-
-cli.add_command(clients)
-cli.add_command(companion)
-cli.add_command(executor)
-cli.add_command(executors)
-cli.add_command(infer)
-cli.add_command(infra)
-cli.add_command(models)
-cli.add_command(router)
-cli.add_command(selector)
-cli.add_command(topics)
 
 
 def main() -> None:

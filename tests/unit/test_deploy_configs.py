@@ -44,7 +44,8 @@ def test_worker_deployments_use_real_commands_and_health_paths(worker: str) -> N
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     command, option = container["args"][0], container["args"][1]
     assert isinstance(cli, click.Group)
-    registered = cli.commands[command]
+    registered = cli.get_command(click.Context(cli), command)
+    assert registered is not None, command
     assert option in {opt for param in registered.params for opt in param.opts}
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -54,3 +55,14 @@ def test_kustomization_lists_existing_files() -> None:
     kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
     for resource in kustomization["resources"]:
         assert (DEPLOY / "k8s" / resource).exists(), resource
+
+
+def test_every_lazy_command_loads() -> None:
+    from mulambda.cli import COMMANDS
+
+    assert isinstance(cli, click.Group)
+    context = click.Context(cli)
+    for name in COMMANDS:
+        command = cli.get_command(context, name)
+        assert isinstance(command, click.Command), name
+        assert command.name == name
