@@ -35,8 +35,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
 import aiohttp
 from aiokafka import TopicPartition
@@ -53,6 +52,7 @@ from mulambda.events import (
     ModelState,
 )
 from mulambda.kafka import ConsumerLoop, DeadLetterer, KafkaConfig, Producer, Record, replay
+from mulambda.lifecycle import Lifecycle
 from mulambda.observability import HealthServer
 from mulambda.probe import apply_client_record, measure_latency
 from mulambda.tfserving import ModelVersionStatus, TFServingClient, decode_json, model_path
@@ -243,7 +243,7 @@ class _StatsCollector:
             yield family
 
 
-class Companion:
+class Companion(Lifecycle):
     """Registers an executor, heartbeats its status, probes clients, deregisters on stop.
 
     See the module docstring for the behaviour. ``tfserving`` is the client of the TF
@@ -511,15 +511,6 @@ class Companion:
             raise MulambdaError(
                 f"following {self._catalog.name(Topic.CLIENT_REGISTRATIONS)} ended: {exc!r}"
             )
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     # --- status --------------------------------------------------------------------
 

@@ -34,8 +34,7 @@ import os
 import random
 import re
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 from urllib.parse import unquote
 
 import orjson
@@ -43,6 +42,7 @@ from aiohttp import web
 
 from mulambda.errors import ConfigurationError
 from mulambda.events import InferenceVerb, ModelState
+from mulambda.lifecycle import Lifecycle
 from mulambda.synthetic import SyntheticProfile
 from mulambda.tfserving import (
     BadRequest,
@@ -716,7 +716,7 @@ def _outputs_json(arrays: Mapping[str, Any], *, row: bool) -> Any:
 # --- server --------------------------------------------------------------------------
 
 
-class ExecutorServer:
+class ExecutorServer(Lifecycle):
     """An aiohttp server answering TF Serving's REST API for the given models.
 
     ``models`` maps a model name to one :class:`ServedModel` or several versions of it
@@ -878,18 +878,6 @@ class ExecutorServer:
         for versions in self._models.values():
             for model in versions:
                 await model.unload()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     @staticmethod
     async def _load(model: ServedModel) -> None:

@@ -14,8 +14,7 @@ import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
@@ -31,6 +30,7 @@ from mulambda.errors import (
     RequestTimeout,
 )
 from mulambda.events import DeadLetter, WireModel
+from mulambda.lifecycle import Lifecycle
 from mulambda.settings import Settings
 from mulambda.topics import Catalog
 
@@ -111,7 +111,7 @@ async def start_bounded(client: Any, what: str, timeout_s: float) -> None:
 # --- producer ------------------------------------------------------------------------
 
 
-class Producer:
+class Producer(Lifecycle):
     """Idempotent producer (acks=all) of MuLambda messages.
 
     ``send`` only enqueues and returns a future of the delivery; ``send_and_wait`` awaits
@@ -142,15 +142,6 @@ class Producer:
         producer, self._producer = self._producer, None
         if producer is not None:
             await producer.stop()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     @property
     def started(self) -> bool:
@@ -303,7 +294,7 @@ class DeadLetterer:
         await self._producer.send_and_wait(self._topic, letter, key=record.key)
 
 
-class ConsumerLoop:
+class ConsumerLoop(Lifecycle):
     """Consumes ``topics`` (name → message model) and hands each decoded record to a handler.
 
     At-least-once: offsets are committed after each batch is fully handled. Retriable
@@ -403,15 +394,6 @@ class ConsumerLoop:
             except Exception:
                 log.exception("consumer loop failed")
         await consumer.stop()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     def lag(self) -> int:
         """Records between what was handled and the partitions' high watermarks."""
@@ -681,7 +663,7 @@ class TopicChange:
     detail: str = ""
 
 
-class Admin:
+class Admin(Lifecycle):
     """Topic administration through aiokafka's admin client, bounded in time."""
 
     def __init__(self, config: KafkaConfig) -> None:
@@ -701,15 +683,6 @@ class Admin:
         admin, self._admin = self._admin, None
         if admin is not None:
             await admin.close()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     def _require(self) -> AIOKafkaAdminClient:
         if self._admin is None:

@@ -12,11 +12,12 @@ import logging
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from mulambda.lifecycle import Lifecycle
 
 correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "mulambda_correlation_id", default=None
@@ -59,7 +60,7 @@ def configure_logging(level: str = "INFO") -> None:
     logging.getLogger("aiokafka").setLevel(max(root.level, logging.WARNING))
 
 
-class HealthServer:
+class HealthServer(Lifecycle):
     """aiohttp server with /metrics, /healthz (alive) and /readyz (``ready()`` is true).
 
     Workers may add routes through ``app`` before ``start``.
@@ -109,15 +110,6 @@ class HealthServer:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def _metrics(self, _: web.Request) -> web.Response:
         body = generate_latest(self.registry)

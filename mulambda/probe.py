@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -21,6 +20,7 @@ from aiohttp import web
 from mulambda.errors import ConfigurationError, RequestTimeout, TransportError
 from mulambda.events import ClientRegistration
 from mulambda.kafka import KafkaConfig, Producer, Record, replay
+from mulambda.lifecycle import Lifecycle
 from mulambda.topics import Catalog, Topic
 
 __all__ = [
@@ -41,7 +41,7 @@ PROBE_PATH = "/probe"
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - recognised, not bound
 
 
-class ProbeServer:
+class ProbeServer(Lifecycle):
     """A tiny aiohttp server answering ``GET /probe`` at once with ``{"ok": true, ...}``.
 
     ``port`` 0 binds a free port (see :attr:`port` / :attr:`url` after ``start``).
@@ -122,15 +122,6 @@ class ProbeServer:
     async def wait(self) -> None:
         """Return once the server was stopped (it never ends on its own)."""
         await self._stopped.wait()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
 
 async def measure_latency(session: aiohttp.ClientSession, url: str, timeout_s: float) -> float:

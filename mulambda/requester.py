@@ -50,8 +50,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
@@ -66,6 +65,7 @@ from mulambda.errors import (
 )
 from mulambda.events import RequestModel, WireModel, utcnow
 from mulambda.kafka import KafkaConfig, Producer, partitions_of, start_bounded
+from mulambda.lifecycle import Lifecycle
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ async def send_reply(
     )
 
 
-class Requester(Generic[Req, Rep]):
+class Requester(Generic[Req, Rep], Lifecycle):
     """Sends requests to ``request_topic`` and awaits replies on one reply partition.
 
     ``reply_model`` is the message type replies decode into; it must have a
@@ -317,15 +317,6 @@ class Requester(Generic[Req, Rep]):
         await _close(consumer)
         if producer is not None and self._owns_producer:
             await producer.stop()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     def _fail_pending(self, reason: str) -> None:
         self._closed_reason = reason

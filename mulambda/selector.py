@@ -47,8 +47,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
@@ -85,6 +84,7 @@ from mulambda.kafka import (
     replay,
     start_bounded,
 )
+from mulambda.lifecycle import Lifecycle
 from mulambda.policies import POLICIES, PolicyState, select
 from mulambda.requester import reply_address, send_reply
 from mulambda.store import (
@@ -236,7 +236,7 @@ class Outstanding:
         return changed
 
 
-class Selector:
+class Selector(Lifecycle):
     """The selector worker; a runner Service (start/stop/wait, ``async with``)."""
 
     def __init__(
@@ -410,15 +410,6 @@ class Selector:
             done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     # --- rebuild --------------------------------------------------------------------
 

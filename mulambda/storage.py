@@ -49,8 +49,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from types import TracebackType
-from typing import BinaryIO, Final, Literal, ParamSpec, Self, TypeVar, cast
+from typing import BinaryIO, Final, Literal, ParamSpec, TypeVar, cast
 
 import certifi
 import urllib3
@@ -64,6 +63,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.util import Retry, Timeout
 
 from mulambda.errors import ConfigurationError, ModelStoreError, MulambdaError, ObjectStoreError
+from mulambda.lifecycle import Lifecycle
 
 __all__ = [
     "DEFAULT_PART_SIZE",
@@ -549,7 +549,7 @@ class _HashingReader:
 # --- the store ------------------------------------------------------------------------
 
 
-class ModelStore:
+class ModelStore(Lifecycle):
     """Upload, list, download and delete SavedModel versions in one MinIO/S3 bucket.
 
     See the module docstring for the layout and the visibility rule (a version exists
@@ -649,15 +649,6 @@ class ModelStore:
         http, self._http, self._client = self._http, None, None
         if http is not None:
             http.clear()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     @property
     def started(self) -> bool:

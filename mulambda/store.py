@@ -58,8 +58,7 @@ import math
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -78,6 +77,7 @@ from mulambda.events import (
     LatencyMeasurement,
     LatencySource,
 )
+from mulambda.lifecycle import Lifecycle
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ class StoreStats:
 # --- the store -----------------------------------------------------------------------
 
 
-class ViewStore:
+class ViewStore(Lifecycle):
     """Reads and writes the materialised view under ``key_prefix`` (see module doc).
 
     ``redis`` is a URL (the store owns and closes the client) or a ``redis.asyncio.Redis``
@@ -350,15 +350,6 @@ class ViewStore:
         client, self._client = self._client, None
         if client is not None and self._given is None:
             await client.aclose()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     def _require(self) -> Redis:
         if self._client is None:

@@ -36,8 +36,7 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, ClassVar, Final, Literal, Self
+from typing import Any, ClassVar, Final, Literal
 from urllib.parse import quote
 
 import aiohttp
@@ -46,6 +45,7 @@ from yarl import URL
 
 from mulambda.errors import ConfigurationError, ExecutorError
 from mulambda.events import InferenceVerb, ModelState
+from mulambda.lifecycle import Lifecycle
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -324,7 +324,7 @@ _RESPONSE_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
 }
 
 
-class TFServingClient:
+class TFServingClient(Lifecycle):
     """Pooled async client of one TF Serving REST endpoint.
 
     ``base_url`` is the REST root, e.g. ``http://10.0.0.5:8501`` (a path prefix is kept).
@@ -391,18 +391,6 @@ class TFServingClient:
         session, self._session = self._session, self._external_session
         if session is not None and session is not self._external_session:
             await session.close()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # inference
 
