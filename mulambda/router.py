@@ -6,19 +6,30 @@ request/reply, calls the best one's TF Serving REST API and fails over down the 
 when an executor answers with a retriable error. Every accepted request gets exactly one
 answer on its reply topic: a result, or an error result saying why. Each successful call
 is also published as an observed latency, which the selector learns service times from.
+
+Requests are consumed by :class:`_Intake`, which keeps up to ``concurrency`` requests in
+flight *across* fetches: a request is routed as soon as it is read, never held back until
+the requests fetched with it are done. Offsets are committed per partition up to the
+oldest request still in flight, so a crash redelivers unanswered requests (at least once).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from types import TracebackType
-from typing import Any, Self
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from mulambda.errors import ExecutorError, MulambdaError, RequestTimeout
+from mulambda.codec import DEFAULT_MAX_RECORD_BYTES, decode, peek_reply_address
+from mulambda.errors import DecodeError, ExecutorError, MulambdaError
 from mulambda.events import (
     InferenceRequest,
     InferenceResult,
@@ -31,7 +42,8 @@ from mulambda.events import (
     deadline_in,
     utcnow,
 )
-from mulambda.kafka import ConsumerLoop, DeadLetterer, KafkaConfig, Producer, Record
+from mulambda.kafka import DeadLetterer, KafkaConfig, Producer, Record, start_bounded
+from mulambda.lifecycle import Lifecycle
 from mulambda.observability import correlation_id
 from mulambda.requester import Requester
 from mulambda.tfserving import TFServingClient
@@ -62,7 +74,7 @@ class RouterMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
             "mulambda_router_requests",
-            "Inference requests by outcome",
+            "Inference requests by outcome (ok, error, invalid)",
             ["status"],
             registry=registry,
         )
@@ -78,9 +90,278 @@ class RouterMetrics:
         self.in_flight = Gauge(
             "mulambda_router_in_flight", "Requests being routed now", registry=registry
         )
+        self.dead_letters = Counter(
+            "mulambda_router_dead_letters", "Requests dead-lettered", registry=registry
+        )
 
 
-class Router:
+_RecordHandler = Callable[[Record[Any]], Awaitable[None]]
+_InvalidHandler = Callable[[ConsumerRecord, DecodeError], Awaitable[bool]]
+
+
+class _Intake(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    """Group consumer that routes each record as soon as it is read.
+
+    :class:`mulambda.kafka.ConsumerLoop` fetches the next batch only after every record
+    of the current one was handled, so a request fetched alongside a slow one waits for
+    it; for a router, whose requests take as long as the executors do, that doubles
+    round trips under steady load. Here up to ``concurrency`` records are in flight
+    regardless of how they were fetched.
+
+    At least once: per partition, the committed offset is the lowest offset still in
+    flight (or past the last fetched record when none is), so nothing is committed
+    before it was answered or dead-lettered. Retriable handler errors are retried with
+    backoff; then, or for other errors, the record is dead-lettered, except while
+    stopping, when a retriable failure is left uncommitted for the next owner. On a
+    rebalance the records of revoked partitions are finished (within ``grace_s``) and
+    committed first.
+    """
+
+    def __init__(
+        self,
+        config: KafkaConfig,
+        topic: str,
+        handler: _RecordHandler,
+        *,
+        group_id: str,
+        dead_letters: DeadLetterer,
+        on_invalid: _InvalidHandler | None,
+        on_dead_letter: Callable[[], None] | None = None,
+        concurrency: int,
+        grace_s: float,
+        max_retries: int = 3,
+        retry_backoff_s: float = 0.2,
+        commit_interval_s: float = 0.2,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    ) -> None:
+        self._config = config
+        self._topic = topic
+        self._handler = handler
+        self._group_id = group_id
+        self._letters = dead_letters
+        self._on_invalid = on_invalid
+        self._on_dead_letter = on_dead_letter
+        self._concurrency = max(1, concurrency)
+        self._grace_s = grace_s
+        self._max_retries = max_retries
+        self._retry_backoff_s = retry_backoff_s
+        self._commit_interval_s = commit_interval_s
+        self._max_record_bytes = max_record_bytes
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._freed = asyncio.Event()
+        self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
+        self._pending: dict[TopicPartition, set[int]] = {}
+        """Offsets being handled, or whose handling failed (never committed past)."""
+        self._fetched: dict[TopicPartition, int] = {}
+        """Offset after the last record taken into work, per partition."""
+        self._committed: dict[TopicPartition, int] = {}
+        self._last_commit = 0.0
+
+    @property
+    def done(self) -> asyncio.Task[None] | None:
+        """The fetch task; it ends only on stop or failure."""
+        return self._task
+
+    @property
+    def in_flight(self) -> int:
+        """Records being handled now."""
+        return len(self._tasks)
+
+    async def start(self) -> None:
+        """Connect, subscribe and begin fetching in a background task."""
+        if self._consumer is not None:
+            return
+        consumer = AIOKafkaConsumer(
+            **self._config.client_kwargs(),
+            group_id=self._group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=self._max_record_bytes + 65536,
+            fetch_max_wait_ms=100,
+        )
+        await start_bounded(consumer, "router consumer", self._config.request_timeout_s)
+        consumer.subscribe([self._topic], listener=self)
+        self._stopping.clear()
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._run(consumer), name="mulambda-router-intake")
+
+    async def stop(self) -> None:
+        """Stop fetching, let in-flight records finish within the grace, commit, close."""
+        consumer, task = self._consumer, self._task
+        self._consumer, self._task = None, None
+        if consumer is None:
+            return
+        self._stopping.set()
+        if task is not None:
+            # asyncio.wait, not await: it neither raises what ended the task nor, should
+            # stop() itself be cancelled, cancels the task. The loop ends within a fetch.
+            await asyncio.wait([task])
+            if not task.cancelled() and task.exception() is not None:
+                log.error("router intake failed", exc_info=task.exception())
+        if self._tasks:
+            _, late = await asyncio.wait(list(self._tasks), timeout=self._grace_s)
+            if late:
+                # Their offsets stay pending, hence uncommitted: the next owner redoes them.
+                log.warning("%d request(s) unfinished after %.1fs grace", len(late), self._grace_s)
+                for straggler in late:
+                    straggler.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
+        await self._commit(consumer, force=True)
+        with contextlib.suppress(KafkaError, OSError):
+            await consumer.stop()
+
+    # --- rebalance listener ---------------------------------------------------------
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        """Finish and commit the revoked partitions' records before the new owner starts."""
+        gone = set(revoked)
+        tasks = [t for t, tp in self._tasks.items() if tp in gone]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self._grace_s)
+        consumer = self._consumer
+        if consumer is not None:
+            await self._commit(consumer, force=True, only=gone)
+        for tp in gone:
+            self._pending.pop(tp, None)
+            self._fetched.pop(tp, None)
+            self._committed.pop(tp, None)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        """Nothing to load: positions come from the group's committed offsets."""
+
+    # --- fetching -------------------------------------------------------------------
+
+    async def _run(self, consumer: AIOKafkaConsumer) -> None:
+        while not self._stopping.is_set():
+            self._freed.clear()  # before counting, so no completion is missed
+            free = self._concurrency - len(self._tasks)
+            if free <= 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._freed.wait(), self._commit_interval_s)
+                await self._commit(consumer)
+                continue
+            try:
+                batches = await consumer.getmany(timeout_ms=200, max_records=free)
+            except KafkaError as exc:
+                log.warning("fetch failed, retrying: %s", exc)
+                await asyncio.sleep(self._retry_backoff_s)
+                continue
+            if self._stopping.is_set():
+                break  # not taken into work, so not committed: redelivered
+            for tp, records in batches.items():
+                for raw in records:
+                    self._spawn(tp, raw)
+            await self._commit(consumer)
+
+    def _spawn(self, tp: TopicPartition, raw: ConsumerRecord) -> None:
+        pending = self._pending.setdefault(tp, set())
+        pending.add(raw.offset)
+        self._fetched[tp] = raw.offset + 1
+        task = asyncio.create_task(self._process(pending, raw))
+        self._tasks[task] = tp
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
+        self._freed.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("router task failed", exc_info=task.exception())
+
+    async def _process(self, pending: set[int], raw: ConsumerRecord) -> None:
+        if await self._handle_raw(raw):
+            pending.discard(raw.offset)
+
+    async def _handle_raw(self, raw: ConsumerRecord) -> bool:
+        """Handle one record; True once it was answered or dead-lettered."""
+        try:
+            value = decode(InferenceRequest, raw.value, max_bytes=self._max_record_bytes)
+        except DecodeError as exc:
+            if self._on_invalid is not None:
+                try:
+                    if await self._on_invalid(raw, exc):
+                        return True
+                except Exception as reply_exc:  # why: an unusable reply address; dead-letter
+                    log.warning("error reply to an invalid request failed: %r", reply_exc)
+            return await self._dead_letter(raw, exc)
+        record: Record[Any] = Record(
+            topic=raw.topic,
+            partition=raw.partition,
+            offset=raw.offset,
+            key=raw.key,
+            value=value,
+            headers=dict(raw.headers or ()),
+            timestamp_ms=raw.timestamp,
+            raw=raw.value,
+        )
+        attempt = 0
+        while True:
+            try:
+                await self._handler(record)
+            except MulambdaError as exc:
+                if exc.retriable and self._stopping.is_set():
+                    log.warning("left for redelivery while stopping: %s", exc.reason)
+                    return False
+                if exc.retriable and attempt < self._max_retries:
+                    attempt += 1
+                    await asyncio.sleep(self._retry_backoff_s * 2 ** (attempt - 1))
+                    continue
+                return await self._dead_letter(raw, exc)
+            except Exception as exc:
+                # A bug in the handler must not stop the router or lose the record.
+                log.exception("handler crashed on %s[%d]@%d", raw.topic, raw.partition, raw.offset)
+                return await self._dead_letter(raw, exc)
+            return True
+
+    async def _dead_letter(self, raw: ConsumerRecord, error: BaseException) -> bool:
+        try:
+            await self._letters.dead_letter(raw, error)
+        except MulambdaError as exc:
+            log.error(
+                "could not dead-letter %s[%d]@%d (left uncommitted): %s",
+                raw.topic,
+                raw.partition,
+                raw.offset,
+                exc.reason,
+            )
+            return False
+        if self._on_dead_letter is not None:
+            self._on_dead_letter()
+        return True
+
+    async def _commit(
+        self,
+        consumer: AIOKafkaConsumer,
+        *,
+        force: bool = False,
+        only: set[TopicPartition] | None = None,
+    ) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_commit < self._commit_interval_s:
+            return
+        self._last_commit = now
+        assigned = consumer.assignment()
+        offsets: dict[TopicPartition, int] = {}
+        for tp, fetched in self._fetched.items():
+            if tp not in assigned or (only is not None and tp not in only):
+                continue
+            pending = self._pending.get(tp)
+            safe = min(pending) if pending else fetched
+            if safe > self._committed.get(tp, -1):
+                offsets[tp] = safe
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except KafkaError as exc:
+            # A rebalance took the partition; the new owner re-reads from the last commit.
+            log.warning("commit failed (records will be redelivered): %s", exc)
+            return
+        self._committed.update(offsets)
+
+
+class Router(Lifecycle):
     """Routes inference requests; a runner Service (start/stop/wait, ``async with``)."""
 
     def __init__(
@@ -111,50 +392,56 @@ class Router:
         self._producer = Producer(kafka)
         self._requester: Requester[SelectionRequest, SelectionReply] | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._loop: ConsumerLoop | None = None
+        self._intake: _Intake | None = None
 
     @property
     def ready(self) -> bool:
         """Consuming and able to ask for selections."""
-        return self._loop is not None and self._requester is not None
+        return self._intake is not None and self._requester is not None
 
     async def start(self) -> None:
         """Connect producer, requester, HTTP pool, then start consuming."""
-        if self._loop is not None:
+        if self._intake is not None:
             return
-        await self._producer.start()
-        self._requester = Requester(
-            self._kafka,
-            reply_model=SelectionReply,
-            request_topic=self._catalog.name(Topic.SELECTION_REQUESTS),
-            reply_topic=self._catalog.name(Topic.SELECTION_REPLIES),
-            instance_id=self.router_id,
-            producer=self._producer,
-        )
-        await self._requester.start()
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._concurrency * 2, keepalive_timeout=30)
-        )
-        letters = DeadLetterer(
-            self._producer, self._catalog.name(Topic.DEAD_LETTERS), self._group_id
-        )
-        self._loop = ConsumerLoop(
-            self._kafka,
-            {self._catalog.name(Topic.INFERENCE_REQUESTS): InferenceRequest},
-            self.handle,
-            group_id=self._group_id,
-            dead_letters=letters,
-            on_invalid=None,
-            concurrency=self._concurrency,
-            max_batch=self._concurrency * 4,
-        )
-        await self._loop.start()
+        try:
+            await self._producer.start()
+            self._requester = Requester(
+                self._kafka,
+                reply_model=SelectionReply,
+                request_topic=self._catalog.name(Topic.SELECTION_REQUESTS),
+                reply_topic=self._catalog.name(Topic.SELECTION_REPLIES),
+                instance_id=self.router_id,
+                producer=self._producer,
+            )
+            await self._requester.start()
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._concurrency * 2, keepalive_timeout=30)
+            )
+            letters = DeadLetterer(
+                self._producer, self._catalog.name(Topic.DEAD_LETTERS), self._group_id
+            )
+            intake = _Intake(
+                self._kafka,
+                self._catalog.name(Topic.INFERENCE_REQUESTS),
+                self.handle,
+                group_id=self._group_id,
+                dead_letters=letters,
+                on_invalid=self._answer_invalid,
+                on_dead_letter=self.metrics.dead_letters.inc,
+                concurrency=self._concurrency,
+                grace_s=self._grace_s,
+            )
+            await intake.start()
+            self._intake = intake
+        except BaseException:
+            await self.stop()
+            raise
 
     async def stop(self) -> None:
         """Stop consuming, finish in-flight requests within the grace period, close."""
-        loop, self._loop = self._loop, None
-        if loop is not None:
-            await loop.stop(grace_s=self._grace_s)
+        intake, self._intake = self._intake, None
+        if intake is not None:
+            await intake.stop()
         requester, self._requester = self._requester, None
         if requester is not None:
             await requester.stop()
@@ -164,18 +451,14 @@ class Router:
         await self._producer.stop()
 
     async def wait(self) -> None:
-        """Return when the consumer loop ends (it only does on failure)."""
-        if self._loop is not None and self._loop.done is not None:
-            await self._loop.done
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
+        """Return when the consumer ends (it only does on failure), raising why."""
+        done = self._intake.done if self._intake is not None else None
+        if done is not None:
+            # Not ``await done``: the runner cancels this waiter on SIGTERM, and that
+            # must not cancel the consumer, which stop() then drains.
+            await asyncio.wait([done])
+            if not done.cancelled():
+                done.result()
 
     # --- routing ------------------------------------------------------------------
 
@@ -183,7 +466,7 @@ class Router:
         """Route one request and publish exactly one result for it."""
         request = record.value
         if not isinstance(request, InferenceRequest):
-            raise MulambdaError("inference request without a body")
+            raise DecodeError("inference request without a body")
         token = correlation_id.set(request.correlation_id)
         started = time.perf_counter()
         self.metrics.in_flight.inc()
@@ -212,11 +495,18 @@ class Router:
         size = input_size_of(request)
         try:
             reply = await self._select(request, size, min(remaining, self._selection_timeout_s))
-        except RequestTimeout as exc:
+        except MulambdaError as exc:
+            # Timeout, an undecodable reply, Kafka down: the client hears why now rather
+            # than waiting out its deadline.
             return _error(request, f"selection failed: {exc.reason}")
+        if reply.status is SelectionStatus.NO_CANDIDATE:
+            return _error(
+                request,
+                f"no candidate (eliminated by {reply.eliminated_by or 'unknown'}): "
+                f"{reply.error or 'no executor passed the criteria'}",
+            )
         if reply.status is not SelectionStatus.OK or not reply.candidates:
-            why = reply.error or f"no candidate ({reply.eliminated_by})"
-            return _error(request, f"selection: {why}")
+            return _error(request, f"selection failed: {reply.error or 'no candidates returned'}")
         last: MulambdaError | None = None
         attempts = 0
         for candidate in reply.candidates:
@@ -286,7 +576,8 @@ class Router:
         self, request: InferenceRequest, executor_id: str, elapsed_ms: float, size: int
     ) -> None:
         # Fire and forget: the result matters more than the feedback, and the producer
-        # retries on its own; awaiting the ack would add a round trip per request.
+        # retries on its own; awaiting the ack would add a round trip per request. A
+        # failure here must not fail (and so re-route) a request that was answered.
         measurement = LatencyMeasurement(
             executor_id=executor_id,
             client_id=request.client_id,
@@ -294,9 +585,38 @@ class Router:
             source=LatencySource.OBSERVED,
             input_size=size,
         )
-        await self._producer.send(
-            self._catalog.name(Topic.LATENCY_MEASUREMENTS), measurement, key=executor_id
+        try:
+            delivery = await self._producer.send(
+                self._catalog.name(Topic.LATENCY_MEASUREMENTS), measurement, key=executor_id
+            )
+        except MulambdaError as exc:
+            log.warning("observed latency of %s not published: %s", executor_id, exc.reason)
+            return
+        delivery.add_done_callback(_log_failed_delivery)
+
+    async def _answer_invalid(self, raw: ConsumerRecord, exc: DecodeError) -> bool:
+        """Answer an invalid request with an error result when its reply address is
+        readable (the client is waiting for it); else it is dead-lettered."""
+        address = peek_reply_address(raw.value)
+        if address is None:
+            return False
+        result = InferenceResult(
+            correlation_id=address.correlation_id,
+            status=InferenceStatus.ERROR,
+            error=exc.reason,
+            attempts=0,
         )
+        await self._producer.send_and_wait(
+            address.topic, result, key=address.correlation_id, partition=address.partition
+        )
+        self.metrics.requests.labels("invalid").inc()
+        return True
+
+
+def _log_failed_delivery(delivery: asyncio.Future[Any]) -> None:
+    # Retrieve the exception so asyncio does not report it as never retrieved.
+    if not delivery.cancelled() and delivery.exception() is not None:
+        log.warning("observed latency not delivered: %s", delivery.exception())
 
 
 def _error(
