@@ -12,11 +12,13 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
@@ -252,6 +254,8 @@ class ConsumerStats:
     dead_lettered: int = 0
     retries: int = 0
     batches: int = 0
+    left: int = 0
+    """Records left uncommitted for redelivery (stopping, or dead-lettering failed)."""
 
 
 async def _undelivered(
@@ -294,12 +298,124 @@ class DeadLetterer:
         await self._producer.send_and_wait(self._topic, letter, key=record.key)
 
 
-class ConsumerLoop(Lifecycle):
-    """Consumes ``topics`` (name → message model) and hands each decoded record to a handler.
+Outcome = tuple[bool, "Awaitable[Any] | None"]
+"""What became of one record: (finished, delivery). Not finished means: do not commit
+past it, it will be read again. ``delivery`` is the answer's pending delivery, if any."""
 
-    At-least-once: offsets are committed after each batch is fully handled. Retriable
-    handler errors are retried with backoff up to ``max_retries``, then dead-lettered.
-    ``stop()`` stops fetching, lets the current batch finish, commits, and closes.
+
+class RecordProcessor:
+    """One record's fate: decode, handle with retries, else answer or dead-letter.
+
+    Shared by :class:`ConsumerLoop` and :class:`PipelinedConsumer`, so both treat bad
+    input the same way: an undecodable record goes to ``on_invalid`` (which may answer
+    it, e.g. with an error reply) or to the dead-letter topic; retriable handler errors
+    are retried with backoff up to ``max_retries``; other errors, and a handler crash,
+    dead-letter the record. While stopping, a retriable failure is left for the next
+    owner instead; so is a record whose dead letter could not be written.
+    """
+
+    def __init__(
+        self,
+        models: Mapping[str, type[WireModel]],
+        handler: Handler,
+        *,
+        dead_letters: DeadLetterer,
+        on_invalid: InvalidHandler | None,
+        max_record_bytes: int,
+        max_retries: int,
+        retry_backoff_s: float,
+        stopping: asyncio.Event,
+        stats: ConsumerStats,
+    ) -> None:
+        self._models = dict(models)
+        self._handler = handler
+        self._letters = dead_letters
+        self._on_invalid = on_invalid
+        self._max_record_bytes = max_record_bytes
+        self._max_retries = max_retries
+        self._retry_backoff_s = retry_backoff_s
+        self._stopping = stopping
+        self.stats = stats
+
+    async def process(self, raw: ConsumerRecord) -> Outcome:
+        """Handle ``raw``; see the class docstring for what happens on failure."""
+        model = self._models.get(raw.topic)
+        try:
+            if model is None:
+                raise DecodeError(f"no model registered for topic {raw.topic}")
+            value = (
+                None
+                if raw.value is None
+                else decode(model, raw.value, max_bytes=self._max_record_bytes)
+            )
+        except DecodeError as exc:
+            if self._on_invalid is not None:
+                try:
+                    if await self._on_invalid(raw, exc):
+                        self.stats.handled += 1
+                        return True, None
+                except Exception as reply_exc:  # an unusable reply address: dead-letter
+                    log.warning("error reply to an invalid record failed: %r", reply_exc)
+            return await self.dead_letter(raw, exc), None
+        record: Record[Any] = Record(
+            topic=raw.topic,
+            partition=raw.partition,
+            offset=raw.offset,
+            key=raw.key,
+            value=value,
+            headers=dict(raw.headers or ()),
+            timestamp_ms=raw.timestamp,
+            raw=raw.value,
+        )
+        attempt = 0
+        while True:
+            try:
+                delivery = await self._handler(record)
+            except MulambdaError as exc:
+                if exc.retriable and self._stopping.is_set():
+                    log.warning("left for redelivery while stopping: %s", exc.reason)
+                    self.stats.left += 1
+                    return False, None
+                if exc.retriable and attempt < self._max_retries:
+                    attempt += 1
+                    self.stats.retries += 1
+                    await asyncio.sleep(self._retry_backoff_s * 2 ** (attempt - 1))
+                    continue
+                return await self.dead_letter(raw, exc), None
+            except Exception as exc:
+                # A bug in a handler must not stop the loop or lose the record.
+                log.exception("handler crashed on %s[%d]@%d", raw.topic, raw.partition, raw.offset)
+                return await self.dead_letter(raw, exc), None
+            self.stats.handled += 1
+            return True, delivery
+
+    async def dead_letter(self, raw: ConsumerRecord, error: BaseException) -> bool:
+        """Dead-letter ``raw``; False (leave it uncommitted) if even that fails."""
+        try:
+            await self._letters.dead_letter(raw, error)
+        except MulambdaError as exc:
+            log.error(
+                "could not dead-letter %s[%d]@%d (left uncommitted): %s",
+                raw.topic,
+                raw.partition,
+                raw.offset,
+                exc.reason,
+            )
+            self.stats.left += 1
+            return False
+        self.stats.dead_lettered += 1
+        return True
+
+
+class ConsumerLoop(Lifecycle):
+    """Consumes ``topics`` (name → message model) a batch at a time, in order.
+
+    For consumers whose records must be applied in order (materialisation) or are quick
+    to answer (the selector); :class:`PipelinedConsumer` suits slow handlers. Records are
+    handled one after another; answers a handler returns as delivery futures are awaited
+    together before the batch's offsets are committed (at least once). A batch whose
+    answers failed is read again, up to ``max_retries`` times, then the records whose
+    answers could not be delivered are dead-lettered. Bad input: see RecordProcessor.
     """
 
     def __init__(
@@ -317,27 +433,32 @@ class ConsumerLoop(Lifecycle):
         auto_offset_reset: str = "earliest",
         max_batch: int = 500,
         partitions: Sequence[TopicPartition] | None = None,
-        concurrency: int = 1,
     ) -> None:
         self._config = config
-        self._models = dict(topics)
-        self._handler = handler
+        self._topics = list(topics)
+        # Given partitions are assigned (no group rebalancing), else the topics subscribed.
+        self._partitions = list(partitions) if partitions else None
         self._group_id = group_id
-        self._dead_letters = dead_letters
-        self._on_invalid = on_invalid
         self._max_record_bytes = max_record_bytes
         self._max_retries = max_retries
         self._retry_backoff_s = retry_backoff_s
         self._auto_offset_reset = auto_offset_reset
         self._max_batch = max_batch
-        self._partitions = list(partitions) if partitions else None
-        # >1 handles a batch's records concurrently (order within a partition is then not
-        # kept): right for routers waiting on executors, wrong for materialisation.
-        self._concurrency = max(1, concurrency)
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.stats = ConsumerStats()
+        self._processor = RecordProcessor(
+            topics,
+            handler,
+            dead_letters=dead_letters,
+            on_invalid=on_invalid,
+            max_record_bytes=max_record_bytes,
+            max_retries=max_retries,
+            retry_backoff_s=retry_backoff_s,
+            stopping=self._stopping,
+            stats=self.stats,
+        )
         self.positions: dict[TopicPartition, int] = {}
         """Next offset to handle per partition (for lag metrics)."""
 
@@ -347,7 +468,7 @@ class ConsumerLoop(Lifecycle):
         return self._consumer
 
     async def start(self) -> None:
-        """Connect, subscribe (or assign) and begin consuming in a background task."""
+        """Connect, subscribe and begin consuming in a background task."""
         if self._consumer is not None:
             return
         consumer = AIOKafkaConsumer(
@@ -362,7 +483,7 @@ class ConsumerLoop(Lifecycle):
         if self._partitions:
             consumer.assign(self._partitions)
         else:
-            consumer.subscribe(list(self._models))
+            consumer.subscribe(self._topics)
         self._consumer = consumer
         self._stopping.clear()
         self._task = asyncio.create_task(self._run(consumer), name="mulambda-consumer")
@@ -391,6 +512,9 @@ class ConsumerLoop(Lifecycle):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            except asyncio.CancelledError:
+                if not task.cancelled():
+                    raise  # we are being cancelled ourselves
             except Exception:
                 log.exception("consumer loop failed")
         await consumer.stop()
@@ -415,99 +539,252 @@ class ConsumerLoop(Lifecycle):
                 continue
             if not batches:
                 continue
-            offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
             flat = [raw for records in batches.values() for raw in records]
-            if self._concurrency == 1:
-                pending = [await self._handle_one(raw) for raw in flat]
-            else:
-                pending = await self._handle_concurrently(flat)
-            failed = await _undelivered(flat, pending)
-            if failed:
+            outcomes = [await self._processor.process(raw) for raw in flat]
+            failed = await _undelivered(flat, [delivery for _, delivery in outcomes])
+            unfinished = not all(finished for finished, _ in outcomes)
+            if unfinished or failed:
                 redeliveries += 1
-                if redeliveries <= self._max_retries and not self._stopping.is_set():
+                give_up = redeliveries > self._max_retries and not unfinished
+                if not give_up:
                     # Read the batch again rather than commit unanswered records.
-                    log.warning("delivery failed, re-reading the batch: %s", failed[0][1])
+                    why = failed[0][1] if failed else "records left unfinished"
+                    log.warning("re-reading the batch: %s", why)
                     for tp, records in batches.items():
                         if records:
                             consumer.seek(tp, records[0].offset)
-                    await asyncio.sleep(self._retry_backoff_s * 2 ** (redeliveries - 1))
+                    await asyncio.sleep(self._retry_backoff_s * 2 ** min(redeliveries - 1, 5))
                     continue
                 # Persistently undeliverable answers: keep the requests, with the reason.
                 for raw, error in failed:
-                    await self._dead_letters.dead_letter(raw, error)
-                    self.stats.dead_lettered += 1
+                    await self._processor.dead_letter(raw, error)
             redeliveries = 0
+            offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
             self.stats.batches += 1
             self.positions.update(offsets)
             if self._group_id is not None:
-                await self._commit(consumer, offsets)
+                await _commit(consumer, offsets)
 
-    async def _handle_concurrently(
-        self, records: list[ConsumerRecord]
-    ) -> list[Awaitable[Any] | None]:
-        gate = asyncio.Semaphore(self._concurrency)
 
-        async def one(raw: ConsumerRecord) -> Awaitable[Any] | None:
-            async with gate:
-                return await self._handle_one(raw)
+async def _commit(consumer: AIOKafkaConsumer, offsets: Mapping[TopicPartition, int]) -> bool:
+    try:
+        await consumer.commit(dict(offsets))
+    except KafkaError as exc:
+        # A rebalance took the partition; the new owner re-reads from the last commit.
+        log.warning("commit failed (records will be redelivered): %s", exc)
+        return False
+    return True
 
-        return list(await asyncio.gather(*(one(raw) for raw in records)))
 
-    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
-        try:
-            await consumer.commit(offsets)
-        except KafkaError as exc:
-            # A rebalance took the partition; the new owner re-reads from the last commit.
-            log.warning("commit failed (records will be redelivered): %s", exc)
+class PipelinedConsumer(ConsumerRebalanceListener, Lifecycle):  # type: ignore[misc]
+    """A group consumer that keeps up to ``concurrency`` records in flight, across fetches.
 
-    async def _handle_one(self, raw: ConsumerRecord) -> Awaitable[Any] | None:
-        model = self._models.get(raw.topic)
-        try:
-            value = (
-                None
-                if raw.value is None or model is None
-                else decode(model, raw.value, max_bytes=self._max_record_bytes)
-            )
-            if model is None:
-                raise DecodeError(f"no model registered for topic {raw.topic}")
-        except DecodeError as exc:
-            if self._on_invalid is not None and await self._on_invalid(raw, exc):
-                self.stats.handled += 1
-                return None
-            await self._dead_letters.dead_letter(raw, exc)
-            self.stats.dead_lettered += 1
-            return None
-        record: Record[Any] = Record(
-            topic=raw.topic,
-            partition=raw.partition,
-            offset=raw.offset,
-            key=raw.key,
-            value=value,
-            headers=dict(raw.headers or ()),
-            timestamp_ms=raw.timestamp,
-            raw=raw.value,
+    :class:`ConsumerLoop` fetches the next batch only once the current one is handled, so
+    a record fetched alongside a slow one waits for it. For a router, whose handling
+    takes as long as the executors do, that doubled round trips under steady load. Here a
+    record starts as soon as it is read; order within a partition is not kept.
+
+    At least once: per partition, the committed offset is the lowest offset still in
+    flight (or past the last fetched record when none is), so nothing is committed
+    before it was answered or dead-lettered. Bad input and retries: see RecordProcessor;
+    a delivery future a handler returns is awaited, and its failure dead-letters the
+    record. On a rebalance the records of revoked partitions are finished (within
+    ``grace_s``) and committed first.
+    """
+
+    def __init__(
+        self,
+        config: KafkaConfig,
+        topics: Mapping[str, type[WireModel]],
+        handler: Handler,
+        *,
+        group_id: str,
+        dead_letters: DeadLetterer,
+        on_invalid: InvalidHandler | None = None,
+        concurrency: int = 64,
+        grace_s: float = 10.0,
+        max_retries: int = 3,
+        retry_backoff_s: float = 0.2,
+        commit_interval_s: float = 0.2,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    ) -> None:
+        self._config = config
+        self._topics = list(topics)
+        self._group_id = group_id
+        self._concurrency = max(1, concurrency)
+        self._grace_s = grace_s
+        self._retry_backoff_s = retry_backoff_s
+        self._commit_interval_s = commit_interval_s
+        self._max_record_bytes = max_record_bytes
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._freed = asyncio.Event()
+        self.stats = ConsumerStats()
+        self._processor = RecordProcessor(
+            topics,
+            handler,
+            dead_letters=dead_letters,
+            on_invalid=on_invalid,
+            max_record_bytes=max_record_bytes,
+            max_retries=max_retries,
+            retry_backoff_s=retry_backoff_s,
+            stopping=self._stopping,
+            stats=self.stats,
         )
-        attempt = 0
-        while True:
+        self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
+        self._pending: dict[TopicPartition, set[int]] = {}
+        """Offsets being handled, or whose handling failed (never committed past)."""
+        self._fetched: dict[TopicPartition, int] = {}
+        """Offset after the last record taken into work, per partition."""
+        self._committed: dict[TopicPartition, int] = {}
+        self._last_commit = 0.0
+
+    @property
+    def done(self) -> asyncio.Task[None] | None:
+        """The fetch task; it ends only on stop or failure."""
+        return self._task
+
+    @property
+    def in_flight(self) -> int:
+        """Records being handled now."""
+        return len(self._tasks)
+
+    def lag(self) -> int:
+        """Records between what was taken into work and the high watermarks."""
+        return lag_of(self._consumer, self._fetched) if self._consumer is not None else 0
+
+    async def start(self) -> None:
+        """Connect, subscribe and begin fetching in a background task."""
+        if self._consumer is not None:
+            return
+        consumer = AIOKafkaConsumer(
+            **self._config.client_kwargs(),
+            group_id=self._group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=self._max_record_bytes + 65536,
+            fetch_max_wait_ms=100,
+        )
+        await start_bounded(consumer, "consumer", self._config.request_timeout_s)
+        consumer.subscribe(self._topics, listener=self)
+        self._stopping.clear()
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._run(consumer), name="mulambda-pipelined")
+
+    async def stop(self) -> None:
+        """Stop fetching, let in-flight records finish within the grace, commit, close."""
+        consumer, task = self._consumer, self._task
+        self._consumer, self._task = None, None
+        if consumer is None:
+            return
+        self._stopping.set()
+        if task is not None:
             try:
-                delivery = await self._handler(record)
-            except MulambdaError as exc:
-                if exc.retriable and attempt < self._max_retries and not self._stopping.is_set():
-                    attempt += 1
-                    self.stats.retries += 1
-                    await asyncio.sleep(self._retry_backoff_s * 2 ** (attempt - 1))
-                    continue
-                await self._dead_letters.dead_letter(raw, exc)
-                self.stats.dead_lettered += 1
-                return None
+                await task  # leaves its loop within one fetch timeout
+            except Exception:
+                log.exception("consumer loop failed")
+        if self._tasks:
+            _, late = await asyncio.wait(list(self._tasks), timeout=self._grace_s)
+            if late:
+                # Their offsets stay pending, hence uncommitted: the next owner redoes them.
+                log.warning("%d record(s) unfinished after %.1fs grace", len(late), self._grace_s)
+                for straggler in late:
+                    straggler.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
+        await self._commit(consumer, force=True)
+        with contextlib.suppress(KafkaError, OSError):
+            await consumer.stop()
+
+    # rebalance listener
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        """Finish and commit the revoked partitions' records before the new owner starts."""
+        gone = set(revoked)
+        tasks = [t for t, tp in self._tasks.items() if tp in gone]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self._grace_s)
+        consumer = self._consumer
+        if consumer is not None:
+            await self._commit(consumer, force=True, only=gone)
+        for tp in gone:
+            self._pending.pop(tp, None)
+            self._fetched.pop(tp, None)
+            self._committed.pop(tp, None)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        """Nothing to load: positions come from the group's committed offsets."""
+
+    # fetching
+
+    async def _run(self, consumer: AIOKafkaConsumer) -> None:
+        while not self._stopping.is_set():
+            self._freed.clear()  # before counting, so no completion is missed
+            free = self._concurrency - len(self._tasks)
+            if free <= 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._freed.wait(), self._commit_interval_s)
+                await self._commit(consumer)
+                continue
+            try:
+                batches = await consumer.getmany(timeout_ms=200, max_records=free)
+            except KafkaError as exc:
+                log.warning("fetch failed, retrying: %s", exc)
+                await asyncio.sleep(self._retry_backoff_s)
+                continue
+            if self._stopping.is_set():
+                break  # not taken into work, so not committed: redelivered
+            for tp, records in batches.items():
+                for raw in records:
+                    self._spawn(tp, raw)
+            await self._commit(consumer)
+
+    def _spawn(self, tp: TopicPartition, raw: ConsumerRecord) -> None:
+        pending = self._pending.setdefault(tp, set())
+        pending.add(raw.offset)
+        self._fetched[tp] = raw.offset + 1
+        task = asyncio.create_task(self._process(pending, raw))
+        self._tasks[task] = tp
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
+        self._freed.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("record task failed", exc_info=task.exception())
+
+    async def _process(self, pending: set[int], raw: ConsumerRecord) -> None:
+        finished, delivery = await self._processor.process(raw)
+        if delivery is not None:
+            try:
+                await delivery
             except Exception as exc:
-                # A bug in a handler must not stop the loop or lose the record.
-                log.exception("handler crashed on %s[%d]@%d", raw.topic, raw.partition, raw.offset)
-                await self._dead_letters.dead_letter(raw, exc)
-                self.stats.dead_lettered += 1
-                return None
-            self.stats.handled += 1
-            return delivery
+                finished = await self._processor.dead_letter(raw, exc)
+        if finished:
+            pending.discard(raw.offset)
+
+    async def _commit(
+        self,
+        consumer: AIOKafkaConsumer,
+        *,
+        force: bool = False,
+        only: set[TopicPartition] | None = None,
+    ) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_commit < self._commit_interval_s:
+            return
+        self._last_commit = now
+        assigned = consumer.assignment()
+        offsets: dict[TopicPartition, int] = {}
+        for tp, fetched in self._fetched.items():
+            if tp not in assigned or (only is not None and tp not in only):
+                continue
+            pending = self._pending.get(tp)
+            safe = min(pending) if pending else fetched
+            if safe > self._committed.get(tp, -1):
+                offsets[tp] = safe
+        if offsets and await _commit(consumer, offsets):
+            self._committed.update(offsets)
 
 
 def lag_of(consumer: AIOKafkaConsumer, positions: Mapping[TopicPartition, int]) -> int:
@@ -797,8 +1074,10 @@ __all__ = [
     "DeadLetterer",
     "KafkaConfig",
     "KeyWaiter",
+    "PipelinedConsumer",
     "Producer",
     "Record",
+    "RecordProcessor",
     "TopicChange",
     "lag_of",
     "partitions_of",

@@ -7,28 +7,25 @@ when an executor answers with a retriable error. Every accepted request gets exa
 answer on its reply topic: a result, or an error result saying why. Each successful call
 is also published as an observed latency, which the selector learns service times from.
 
-Requests are consumed by :class:`_Intake`, which keeps up to ``concurrency`` requests in
-flight *across* fetches: a request is routed as soon as it is read, never held back until
-the requests fetched with it are done. Offsets are committed per partition up to the
-oldest request still in flight, so a crash redelivers unanswered requests (at least once).
+Requests are consumed by a :class:`~mulambda.kafka.PipelinedConsumer`, which keeps up to
+``concurrency`` requests in flight *across* fetches: a request is routed as soon as it is
+read, never held back until the requests fetched with it are done. Offsets are committed
+per partition up to the oldest request still in flight, so a crash redelivers unanswered
+requests (at least once).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
+from aiokafka import ConsumerRecord
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from mulambda.codec import DEFAULT_MAX_RECORD_BYTES, decode, peek_reply_address
+from mulambda.codec import peek_reply_address
 from mulambda.errors import DecodeError, ExecutorError, MulambdaError
 from mulambda.events import (
     InferenceRequest,
@@ -42,7 +39,7 @@ from mulambda.events import (
     deadline_in,
     utcnow,
 )
-from mulambda.kafka import DeadLetterer, KafkaConfig, Producer, Record, start_bounded
+from mulambda.kafka import DeadLetterer, KafkaConfig, PipelinedConsumer, Producer, Record
 from mulambda.lifecycle import Lifecycle
 from mulambda.observability import correlation_id
 from mulambda.requester import Requester
@@ -90,275 +87,11 @@ class RouterMetrics:
         self.in_flight = Gauge(
             "mulambda_router_in_flight", "Requests being routed now", registry=registry
         )
-        self.dead_letters = Counter(
-            "mulambda_router_dead_letters", "Requests dead-lettered", registry=registry
+        self.dead_lettered = Gauge(
+            "mulambda_router_dead_lettered",
+            "Requests dead-lettered since start",
+            registry=registry,
         )
-
-
-_RecordHandler = Callable[[Record[Any]], Awaitable[None]]
-_InvalidHandler = Callable[[ConsumerRecord, DecodeError], Awaitable[bool]]
-
-
-class _Intake(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
-    """Group consumer that routes each record as soon as it is read.
-
-    :class:`mulambda.kafka.ConsumerLoop` fetches the next batch only after every record
-    of the current one was handled, so a request fetched alongside a slow one waits for
-    it; for a router, whose requests take as long as the executors do, that doubles
-    round trips under steady load. Here up to ``concurrency`` records are in flight
-    regardless of how they were fetched.
-
-    At least once: per partition, the committed offset is the lowest offset still in
-    flight (or past the last fetched record when none is), so nothing is committed
-    before it was answered or dead-lettered. Retriable handler errors are retried with
-    backoff; then, or for other errors, the record is dead-lettered, except while
-    stopping, when a retriable failure is left uncommitted for the next owner. On a
-    rebalance the records of revoked partitions are finished (within ``grace_s``) and
-    committed first.
-    """
-
-    def __init__(
-        self,
-        config: KafkaConfig,
-        topic: str,
-        handler: _RecordHandler,
-        *,
-        group_id: str,
-        dead_letters: DeadLetterer,
-        on_invalid: _InvalidHandler | None,
-        on_dead_letter: Callable[[], None] | None = None,
-        concurrency: int,
-        grace_s: float,
-        max_retries: int = 3,
-        retry_backoff_s: float = 0.2,
-        commit_interval_s: float = 0.2,
-        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
-    ) -> None:
-        self._config = config
-        self._topic = topic
-        self._handler = handler
-        self._group_id = group_id
-        self._letters = dead_letters
-        self._on_invalid = on_invalid
-        self._on_dead_letter = on_dead_letter
-        self._concurrency = max(1, concurrency)
-        self._grace_s = grace_s
-        self._max_retries = max_retries
-        self._retry_backoff_s = retry_backoff_s
-        self._commit_interval_s = commit_interval_s
-        self._max_record_bytes = max_record_bytes
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
-        self._freed = asyncio.Event()
-        self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
-        self._pending: dict[TopicPartition, set[int]] = {}
-        """Offsets being handled, or whose handling failed (never committed past)."""
-        self._fetched: dict[TopicPartition, int] = {}
-        """Offset after the last record taken into work, per partition."""
-        self._committed: dict[TopicPartition, int] = {}
-        self._last_commit = 0.0
-
-    @property
-    def done(self) -> asyncio.Task[None] | None:
-        """The fetch task; it ends only on stop or failure."""
-        return self._task
-
-    @property
-    def in_flight(self) -> int:
-        """Records being handled now."""
-        return len(self._tasks)
-
-    async def start(self) -> None:
-        """Connect, subscribe and begin fetching in a background task."""
-        if self._consumer is not None:
-            return
-        consumer = AIOKafkaConsumer(
-            **self._config.client_kwargs(),
-            group_id=self._group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=self._max_record_bytes + 65536,
-            fetch_max_wait_ms=100,
-        )
-        await start_bounded(consumer, "router consumer", self._config.request_timeout_s)
-        consumer.subscribe([self._topic], listener=self)
-        self._stopping.clear()
-        self._consumer = consumer
-        self._task = asyncio.create_task(self._run(consumer), name="mulambda-router-intake")
-
-    async def stop(self) -> None:
-        """Stop fetching, let in-flight records finish within the grace, commit, close."""
-        consumer, task = self._consumer, self._task
-        self._consumer, self._task = None, None
-        if consumer is None:
-            return
-        self._stopping.set()
-        if task is not None:
-            # asyncio.wait, not await: it neither raises what ended the task nor, should
-            # stop() itself be cancelled, cancels the task. The loop ends within a fetch.
-            await asyncio.wait([task])
-            if not task.cancelled() and task.exception() is not None:
-                log.error("router intake failed", exc_info=task.exception())
-        if self._tasks:
-            _, late = await asyncio.wait(list(self._tasks), timeout=self._grace_s)
-            if late:
-                # Their offsets stay pending, hence uncommitted: the next owner redoes them.
-                log.warning("%d request(s) unfinished after %.1fs grace", len(late), self._grace_s)
-                for straggler in late:
-                    straggler.cancel()
-                await asyncio.gather(*late, return_exceptions=True)
-        await self._commit(consumer, force=True)
-        with contextlib.suppress(KafkaError, OSError):
-            await consumer.stop()
-
-    # --- rebalance listener ---------------------------------------------------------
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        """Finish and commit the revoked partitions' records before the new owner starts."""
-        gone = set(revoked)
-        tasks = [t for t, tp in self._tasks.items() if tp in gone]
-        if tasks:
-            await asyncio.wait(tasks, timeout=self._grace_s)
-        consumer = self._consumer
-        if consumer is not None:
-            await self._commit(consumer, force=True, only=gone)
-        for tp in gone:
-            self._pending.pop(tp, None)
-            self._fetched.pop(tp, None)
-            self._committed.pop(tp, None)
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        """Nothing to load: positions come from the group's committed offsets."""
-
-    # --- fetching -------------------------------------------------------------------
-
-    async def _run(self, consumer: AIOKafkaConsumer) -> None:
-        while not self._stopping.is_set():
-            self._freed.clear()  # before counting, so no completion is missed
-            free = self._concurrency - len(self._tasks)
-            if free <= 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._freed.wait(), self._commit_interval_s)
-                await self._commit(consumer)
-                continue
-            try:
-                batches = await consumer.getmany(timeout_ms=200, max_records=free)
-            except KafkaError as exc:
-                log.warning("fetch failed, retrying: %s", exc)
-                await asyncio.sleep(self._retry_backoff_s)
-                continue
-            if self._stopping.is_set():
-                break  # not taken into work, so not committed: redelivered
-            for tp, records in batches.items():
-                for raw in records:
-                    self._spawn(tp, raw)
-            await self._commit(consumer)
-
-    def _spawn(self, tp: TopicPartition, raw: ConsumerRecord) -> None:
-        pending = self._pending.setdefault(tp, set())
-        pending.add(raw.offset)
-        self._fetched[tp] = raw.offset + 1
-        task = asyncio.create_task(self._process(pending, raw))
-        self._tasks[task] = tp
-        task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.pop(task, None)
-        self._freed.set()
-        if not task.cancelled() and task.exception() is not None:
-            log.error("router task failed", exc_info=task.exception())
-
-    async def _process(self, pending: set[int], raw: ConsumerRecord) -> None:
-        if await self._handle_raw(raw):
-            pending.discard(raw.offset)
-
-    async def _handle_raw(self, raw: ConsumerRecord) -> bool:
-        """Handle one record; True once it was answered or dead-lettered."""
-        try:
-            value = decode(InferenceRequest, raw.value, max_bytes=self._max_record_bytes)
-        except DecodeError as exc:
-            if self._on_invalid is not None:
-                try:
-                    if await self._on_invalid(raw, exc):
-                        return True
-                except Exception as reply_exc:  # why: an unusable reply address; dead-letter
-                    log.warning("error reply to an invalid request failed: %r", reply_exc)
-            return await self._dead_letter(raw, exc)
-        record: Record[Any] = Record(
-            topic=raw.topic,
-            partition=raw.partition,
-            offset=raw.offset,
-            key=raw.key,
-            value=value,
-            headers=dict(raw.headers or ()),
-            timestamp_ms=raw.timestamp,
-            raw=raw.value,
-        )
-        attempt = 0
-        while True:
-            try:
-                await self._handler(record)
-            except MulambdaError as exc:
-                if exc.retriable and self._stopping.is_set():
-                    log.warning("left for redelivery while stopping: %s", exc.reason)
-                    return False
-                if exc.retriable and attempt < self._max_retries:
-                    attempt += 1
-                    await asyncio.sleep(self._retry_backoff_s * 2 ** (attempt - 1))
-                    continue
-                return await self._dead_letter(raw, exc)
-            except Exception as exc:
-                # A bug in the handler must not stop the router or lose the record.
-                log.exception("handler crashed on %s[%d]@%d", raw.topic, raw.partition, raw.offset)
-                return await self._dead_letter(raw, exc)
-            return True
-
-    async def _dead_letter(self, raw: ConsumerRecord, error: BaseException) -> bool:
-        try:
-            await self._letters.dead_letter(raw, error)
-        except MulambdaError as exc:
-            log.error(
-                "could not dead-letter %s[%d]@%d (left uncommitted): %s",
-                raw.topic,
-                raw.partition,
-                raw.offset,
-                exc.reason,
-            )
-            return False
-        if self._on_dead_letter is not None:
-            self._on_dead_letter()
-        return True
-
-    async def _commit(
-        self,
-        consumer: AIOKafkaConsumer,
-        *,
-        force: bool = False,
-        only: set[TopicPartition] | None = None,
-    ) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_commit < self._commit_interval_s:
-            return
-        self._last_commit = now
-        assigned = consumer.assignment()
-        offsets: dict[TopicPartition, int] = {}
-        for tp, fetched in self._fetched.items():
-            if tp not in assigned or (only is not None and tp not in only):
-                continue
-            pending = self._pending.get(tp)
-            safe = min(pending) if pending else fetched
-            if safe > self._committed.get(tp, -1):
-                offsets[tp] = safe
-        if not offsets:
-            return
-        try:
-            await consumer.commit(offsets)
-        except KafkaError as exc:
-            # A rebalance took the partition; the new owner re-reads from the last commit.
-            log.warning("commit failed (records will be redelivered): %s", exc)
-            return
-        self._committed.update(offsets)
 
 
 class Router(Lifecycle):
@@ -392,7 +125,7 @@ class Router(Lifecycle):
         self._producer = Producer(kafka)
         self._requester: Requester[SelectionRequest, SelectionReply] | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._intake: _Intake | None = None
+        self._intake: PipelinedConsumer | None = None
 
     @property
     def ready(self) -> bool:
@@ -420,18 +153,18 @@ class Router(Lifecycle):
             letters = DeadLetterer(
                 self._producer, self._catalog.name(Topic.DEAD_LETTERS), self._group_id
             )
-            intake = _Intake(
+            intake = PipelinedConsumer(
                 self._kafka,
-                self._catalog.name(Topic.INFERENCE_REQUESTS),
+                {self._catalog.name(Topic.INFERENCE_REQUESTS): InferenceRequest},
                 self.handle,
                 group_id=self._group_id,
                 dead_letters=letters,
                 on_invalid=self._answer_invalid,
-                on_dead_letter=self.metrics.dead_letters.inc,
                 concurrency=self._concurrency,
                 grace_s=self._grace_s,
             )
             await intake.start()
+            self.metrics.dead_lettered.set_function(lambda: intake.stats.dead_lettered)
             self._intake = intake
         except BaseException:
             await self.stop()
