@@ -340,7 +340,12 @@ class Selector(Lifecycle):
     async def _start(self) -> None:
         self._stopping.clear()
         began = time.perf_counter()
-        await asyncio.gather(self._producer.start(), self._store.start())
+        # Both run to the end even if one fails, so stop() finds and closes the other.
+        for outcome in await asyncio.gather(
+            self._producer.start(), self._store.start(), return_exceptions=True
+        ):
+            if isinstance(outcome, BaseException):
+                raise outcome
         phases = {"connect_s": time.perf_counter() - began}
 
         def phase(name: str, since: float) -> float:
