@@ -34,6 +34,8 @@ _N_BUCKETS = len(LATENCY_BUCKETS_MS)
 _INF = float("inf")
 # Score of bucket i is 1 - i/9; index 9 (above the last bound) scores 0.
 _BUCKET_SCORES: tuple[float, ...] = tuple(1.0 - i / _N_BUCKETS for i in range(_N_BUCKETS + 1))
+# adaptive_latency_score beyond the last bound: (1/9) * 1020 / estimate.
+_TAIL = LATENCY_BUCKETS_MS[-1] / _N_BUCKETS
 
 
 class PolicyState:
@@ -78,6 +80,19 @@ def smooth_latency_score(estimate_ms: float) -> float:
     lo = bounds[i - 1]
     hi = bounds[i]
     return (_N_BUCKETS - i + (hi - estimate_ms) / (hi - lo)) / _N_BUCKETS
+
+
+def adaptive_latency_score(estimate_ms: float) -> float:
+    """The adaptive policy's latency score: :func:`smooth_latency_score` up to the last
+    bound (1020 ms), then ``(1/9) * 1020 / estimate``.
+
+    Continuous at 1020 ms and positive and strictly decreasing beyond it, so a saturated
+    executor still ranks by its estimate instead of every estimate above 1020 ms scoring
+    0 and the choice falling to accuracy alone.
+    """
+    if estimate_ms > LATENCY_BUCKETS_MS[-1]:
+        return _TAIL / estimate_ms
+    return smooth_latency_score(estimate_ms)
 
 
 # Validating a plain dict is the fastest *checked* way to build a model (faster than
@@ -267,15 +282,15 @@ def adaptive(
 ) -> list[Candidate]:
     """Weighted idea with live load, learned service time and SLOs.
 
-    Estimated latency = net + S * (1 + L): net is the probe latency (or fallback),
-    S = learned base service time (the view's fallback when unlearned) + registered
-    per-element delay * input_size, L = ``max(status in_flight, routers' outstanding)``.
-    ``1 + L`` is the M/M/1 sojourn factor 1 / (1 - rho) written through Little's law, so
-    a busy executor's estimate grows with its queue. Candidates below
+    Estimated latency (:func:`adaptive_estimate_ms`) = net + base + registered
+    per-element delay * input_size + slope * L: net is the probe latency (or fallback),
+    base and slope the executor's learned service time at no load and ms per unit of
+    load (the view's fallbacks while unlearned; see ``mulambda.view``), L the view's
+    load (status in_flight, outstanding and pending dispatches). Candidates below
     ``slo.min_accuracy`` and then those whose estimate exceeds ``slo.max_latency_ms``
     are removed (raising NoCandidate naming the filter that removed the last ones).
-    Latency score is :func:`smooth_latency_score`; accuracy score (relative to the best
-    accuracy among the candidates that passed the SLOs) and tie-break as in
+    Latency score is :func:`adaptive_latency_score`; accuracy score (relative to the
+    best accuracy among the candidates that passed the SLOs) and tie-break as in
     :func:`weighted`.
     """
     if not candidates:
@@ -294,6 +309,7 @@ def adaptive(
             min_accuracy = slo.min_accuracy
     fallback_net = view.fallback_latency_ms()
     fallback_service = view.fallback_service_ms()
+    fallback_slope = view.fallback_load_slope_ms()
     entries = candidates.entries
     if max_latency < _INF:
         # The accuracy normaliser is the best accuracy among the candidates that pass
@@ -306,7 +322,9 @@ def adaptive(
                 continue
             accurate_enough += 1
             if (
-                adaptive_estimate_ms(e, client_id, size, fallback_net, fallback_service)
+                adaptive_estimate_ms(
+                    e, client_id, size, fallback_net, fallback_service, fallback_slope
+                )
                 <= max_latency
             ):
                 survivors += 1
@@ -346,8 +364,10 @@ def adaptive(
                 net = fallback_net
         base = e.service_ms
         if base is None:
-            base = fallback_service
-        estimate = net + (base + e.delay_per_element_ms * size) * e.load_factor
+            estimate = net + fallback_service + e.delay_per_element_ms * size
+            estimate += fallback_slope * e.load
+        else:
+            estimate = net + base + e.delay_per_element_ms * size + e.load_slope_ms * e.load
         if estimate > max_latency:
             continue
         i = bisect_left(bounds, estimate)
@@ -360,6 +380,8 @@ def adaptive(
             lo = bounds[i - 1]
             hi = bounds[i]
             score += w_latency * ((_N_BUCKETS - i + (hi - estimate) / (hi - lo)) / _N_BUCKETS)
+        else:
+            score += w_latency * _TAIL / estimate
         if score < threshold:
             continue
         row = (score, -estimate, accuracy, -e.order, e)
@@ -385,17 +407,25 @@ def adaptive_estimate_ms(
     input_size: int,
     fallback_net_ms: float,
     fallback_service_ms: float,
+    fallback_slope_ms: float,
 ) -> float:
-    """The adaptive policy's latency estimate: net + (base + delay * size) * (1 + load)."""
+    """The adaptive policy's latency estimate: net + base + delay * size + slope * load.
+
+    ``base`` and ``slope`` are the executor's learned ones, or the fallbacks given (the
+    view's :meth:`~ExecutorView.fallback_service_ms` and
+    :meth:`~ExecutorView.fallback_load_slope_ms`) while it has no observations.
+    """
     net = entry.probes.get(client_id)
     if net is None:
         net = entry.median_probe_ms
         if net is None:
             net = fallback_net_ms
     base = entry.service_ms
+    slope = entry.load_slope_ms
     if base is None:
         base = fallback_service_ms
-    return net + (base + entry.delay_per_element_ms * input_size) * entry.load_factor
+        slope = fallback_slope_ms
+    return net + base + entry.delay_per_element_ms * input_size + slope * entry.load
 
 
 def _weighted_estimate(entry: ExecutorEntry, request: SelectionRequest, fallback: float) -> float:

@@ -30,23 +30,65 @@ Latency
     median of every probe latency in the view, else ``default_latency_ms``. Medians of an
     even count average the two middle values.
 
+Load
+    ``L = max(status in_flight, routers' outstanding, pending)``: requests in the system
+    as the view knows them. Heartbeats are seconds old and a selector's outstanding
+    counts expire on a guess (twice the estimate), so the view also counts *pending*
+    dispatches: every rise by one of a source's outstanding count (one selection, one
+    router dispatch) is remembered with its time (the latest ``now`` the view was given,
+    i.e. the selection's) and the load it was dispatched at, until the observed latency
+    of that executor comes back (oldest first: requests to one executor finish roughly
+    in order) or ``pending_timeout_s`` passes (a request that failed sends no
+    observation). Without that, a fast executor's short expiry made it look idle while a
+    herd of requests was still queued on it. Pending counts only this selector's own
+    dispatches; observations of other selectors' requests pop them early, so with several
+    selectors this degrades towards the outstanding counts, never below them.
+
 Service time
     ``observed`` measurements (a router's end-to-end inference time) are kept as an EWMA
-    per (executor, client) and also teach a per-executor service-time EWMA. The adaptive
-    policy estimates ``net + S * (1 + L)``, with ``S = base + delay_per_element * size``
-    (``L`` requests in the system; by Little's law ``1 + L = 1 / (1 - rho)``, the M/M/1
-    sojourn factor). Each observation is inverted through the same model:
-    ``base = (observed - net) / (1 + L) - delay_per_element * size``, clamped at 0, with
-    ``net`` the client's probe latency (or the fallback above) and ``L`` the load the view
-    knows when the measurement is applied. Only the part of service time the registered
-    per-element delay does not explain is learned, so the size term is not counted twice.
+    per (executor, client) and also teach each executor a linear model of its service
+    time under load. The adaptive policy estimates::
+
+        net + base + delay_per_element * size + slope * L
+
+    ``base`` is the service time at no load that the registered per-element delay does
+    not explain (so the size term is not counted twice) and ``slope`` the milliseconds
+    each further request in the system adds. The load penalty is additive and learned,
+    not assumed: an executor serving requests side by side (spare cores; the prototype's
+    synthetic models, whose delay is ``D + size * alpha + in_flight * beta``) pays a
+    little per request in flight, a serial one a whole service time. The M/M/1 estimate
+    ``S * (1 + L)`` used before assumed the latter and multiplied the size term by the
+    load, overestimating the former ~10x for large inputs.
+
+    Each observation is one sample ``y = observed - net - delay_per_element * size`` at
+    ``x`` = the load its dispatch was made at (the current load when no pending dispatch
+    is left), ``net`` the client's probe latency (or the fallback above): the same ``L``
+    the policy multiplies when it decides, so a biased load proxy is learned around.
+    ``(base, slope)`` is an exponentially weighted least-squares fit of
+    ``y = base + slope * x`` (forgetting factor ``1 - ewma_alpha``; sufficient statistics
+    in :class:`ServiceFit`, O(1) per sample) with a ridge prior: over the centred weighted
+    sums, ``slope = (Sxy + k * prior) / (Sxx + k)`` and ``base = mean(y) - slope *
+    mean(x)``, ``k`` = ``slope_prior_weight``. The prior is serial queueing on the base,
+    ``mean(y) / (1 + mean(x))``: each request in the system costs what one costs beyond
+    its size term (the old M/M/1 inversion without the size term). So an executor always
+    seen at the same load keeps a cautious slope while its line still passes through
+    the mean sample at the mean load, where it is used, and spread in load soon outweighs
+    the prior. Load never speeds an executor up: the slope is clamped at 0, and a
+    negative base is replaced by the line through the origin and the mean sample.
+
+    Executors without observations get the lowest learned base (optimistic: a base
+    learned without spread in load holds load, and one request corrects an optimistic
+    guess, while a pessimistic one may never be tested) and the median learned slope;
+    before any observation, ``default_service_ms`` and ``default_load_slope_ms`` (0: no
+    load penalty until one is measured, the prototype's assumption).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, insort
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, overload
+from typing import Any, NamedTuple, overload
 
 from pydantic import ValidationError
 
@@ -65,6 +107,26 @@ TraitsKey = tuple[str, str, str]
 """``Traits.key()``: (model_type, input_format, output_format)."""
 
 SNAPSHOT_VERSION = 1
+
+
+class ServiceFit(NamedTuple):
+    """Sufficient statistics of an executor's service-time fit (see the module doc).
+
+    Exponentially weighted: every sample multiplies the old sums by ``1 - ewma_alpha``
+    and adds itself with weight 1. This is what must be persisted for a restart to keep
+    the learned slope; :meth:`ExecutorView.restore_learned` takes it back.
+    """
+
+    weight: float
+    """Sum of the sample weights (at most ``1 / ewma_alpha``)."""
+    load_mean: float
+    """Weighted mean load ``x`` of the samples."""
+    service_mean: float
+    """Weighted mean sample ``y`` (ms)."""
+    load_m2: float
+    """Weighted sum of ``(x - load_mean) ** 2`` (``Sxx``)."""
+    cross_m2: float
+    """Weighted sum of ``(x - load_mean) * (y - service_mean)`` (``Sxy``)."""
 
 
 class _SortedFloats:
@@ -124,7 +186,7 @@ class ExecutorEntry:
         "key",
         "last_seen",
         "load",
-        "load_factor",
+        "load_slope_ms",
         "median_probe_ms",
         "model_name",
         "model_state",
@@ -133,8 +195,10 @@ class ExecutorEntry:
         "order",
         "outstanding",
         "outstanding_by_source",
+        "pending",
         "probes",
         "registration",
+        "service_fit",
         "service_ms",
         "service_samples",
         "ttl_s",
@@ -166,9 +230,7 @@ class ExecutorEntry:
         """Routers' outstanding requests to this executor (sum over sources)."""
         self.outstanding_by_source: dict[str, int] | None = None
         self.load: int = 0
-        """``max(in_flight, outstanding)``: requests in the system, for queueing."""
-        self.load_factor: float = 1.0
-        """``1 + load``, the adaptive policy's queueing factor (cached for its hot loop)."""
+        """``max(in_flight, outstanding, len(pending))``: requests in the system."""
         self.probes: dict[str, float] = {}
         """Latest probe latency (ms) per client id."""
         self._probe_sorted: _SortedFloats | None = None
@@ -177,9 +239,15 @@ class ExecutorEntry:
         self.observed_ms: dict[str, float] | None = None
         """EWMA of observed end-to-end latency (ms) per client id."""
         self.service_ms: float | None = None
-        """EWMA of learned base service time (ms), see the module docstring."""
+        """Learned base service time (ms) at no load; None until observed (module doc)."""
+        self.load_slope_ms: float = 0.0
+        """Learned ms per unit of load; meaningful once ``service_ms`` is not None."""
+        self.service_fit: ServiceFit | None = None
+        """The fit's sufficient statistics; None until observed."""
         self.service_samples: int = 0
         """Observed measurements that taught ``service_ms``."""
+        self.pending: deque[tuple[float, int]] | None = None
+        """(time, load) of each dispatch not observed yet, oldest first (module doc)."""
         self.order: int = 0
         """Position in its traits bucket's id order (the policies' last tie-break)."""
 
@@ -301,10 +369,24 @@ class _Bucket:
 
 
 _INF = float("inf")
+_MAX_PENDING = 64
+"""Pending dispatches kept per executor (bounds memory when observations never come)."""
 
 
 def _as_key(traits: Traits | TraitsKey) -> TraitsKey:
     return traits.key() if isinstance(traits, Traits) else traits
+
+
+def _as_fit(values: ServiceFit | Sequence[float]) -> ServiceFit:
+    """A stored fit back as a ServiceFit; DecodeError unless five finite numbers, weight
+    > 0 and non-negative ``load_m2``."""
+    try:
+        fit = ServiceFit(*(float(v) for v in values))
+    except (TypeError, ValueError) as exc:
+        raise DecodeError(f"malformed service fit {values!r}: {exc}") from exc
+    if not all(abs(v) < _INF for v in fit) or fit.weight <= 0 or fit.load_m2 < 0:
+        raise DecodeError(f"malformed service fit {values!r}")
+    return fit
 
 
 class ExecutorView:
@@ -322,14 +404,22 @@ class ExecutorView:
         ewma_alpha: float = 0.2,
         default_latency_ms: float = 100.0,
         default_service_ms: float = 10.0,
+        default_load_slope_ms: float = 0.0,
+        slope_prior_weight: float = 1.0,
+        pending_timeout_s: float = 30.0,
     ) -> None:
         """Create an empty view.
 
         ``missed_heartbeats``: heartbeat intervals without news before an executor
-        expires. ``ewma_alpha``: weight of a new observed latency in the EWMAs.
-        ``default_latency_ms``: network latency assumed when the view has no probe at
-        all. ``default_service_ms``: base service time assumed when no executor has
-        observations yet.
+        expires. ``ewma_alpha``: weight of a new observed latency in the EWMAs and the
+        service-time fit. ``default_latency_ms``: network latency assumed when the view
+        has no probe at all. ``default_service_ms``: base service time assumed when no
+        executor has observations yet. ``default_load_slope_ms``: ms per unit of load
+        assumed when no executor has observations yet (0: no load penalty until one is
+        measured, the prototype's assumption). ``slope_prior_weight``: weight of the
+        serial prior in each executor's slope fit, in (load units)² of sample spread.
+        ``pending_timeout_s``: age after which a dispatch whose observation never came
+        stops counting as load (longer than any request should take).
         """
         if not missed_heartbeats > 0:
             raise ConfigurationError(f"missed_heartbeats must be > 0, got {missed_heartbeats}")
@@ -339,15 +429,29 @@ class ExecutorView:
             raise ConfigurationError(f"default_latency_ms must be >= 0, got {default_latency_ms}")
         if not 0 <= default_service_ms < float("inf"):
             raise ConfigurationError(f"default_service_ms must be >= 0, got {default_service_ms}")
+        if not 0 <= default_load_slope_ms < float("inf"):
+            raise ConfigurationError(
+                f"default_load_slope_ms must be >= 0, got {default_load_slope_ms}"
+            )
+        if not 0 < slope_prior_weight < float("inf"):
+            raise ConfigurationError(f"slope_prior_weight must be > 0, got {slope_prior_weight}")
+        if not 0 < pending_timeout_s < float("inf"):
+            raise ConfigurationError(f"pending_timeout_s must be > 0, got {pending_timeout_s}")
         self.missed_heartbeats = float(missed_heartbeats)
         self.ewma_alpha = float(ewma_alpha)
         self.default_latency_ms = float(default_latency_ms)
         self.default_service_ms = float(default_service_ms)
+        self.default_load_slope_ms = float(default_load_slope_ms)
+        self.slope_prior_weight = float(slope_prior_weight)
+        self.pending_timeout_s = float(pending_timeout_s)
+        self._clock = -_INF
+        """The latest ``now`` seen: the time a dispatch (which comes without one) is at."""
         self._entries: dict[str, ExecutorEntry] = {}
         self._index: dict[TraitsKey, _Bucket] = {}
         self._clients: dict[str, ClientRegistration] = {}
         self._all_probes = _SortedFloats()
         self._all_services = _SortedFloats()
+        self._all_slopes = _SortedFloats()
         self._ignored = {"status": 0, "latency": 0, "outstanding": 0}
 
     # --- executors ---------------------------------------------------------------
@@ -358,6 +462,7 @@ class ExecutorView:
         A re-registration keeps what was learned (status, load, latencies) and moves the
         executor to another traits bucket if its traits changed.
         """
+        self._see(now)
         ttl = self.missed_heartbeats * registration.heartbeat_interval_s
         entry = self._entries.get(registration.executor_id)
         if entry is None:
@@ -393,6 +498,8 @@ class ExecutorView:
             self._all_probes.discard(value)
         if entry.service_ms is not None:
             self._all_services.discard(entry.service_ms)
+        if entry.service_ms is not None:
+            self._all_slopes.discard(entry.load_slope_ms)
         return True
 
     def apply_status(self, status: ExecutorStatus, now: float) -> bool:
@@ -410,8 +517,8 @@ class ExecutorView:
         entry.model_state = status.model_state
         entry.in_flight = status.in_flight
         entry.errors = status.errors
-        entry.load = max(status.in_flight, entry.outstanding)
-        entry.load_factor = 1.0 + entry.load
+        self._see(now)
+        self._update_load(entry)
         entry.heartbeat_interval_s = status.heartbeat_interval_s
         entry.ttl_s = self.missed_heartbeats * status.heartbeat_interval_s
         if was_available is not entry.available:
@@ -466,13 +573,34 @@ class ExecutorView:
         by_source = entry.outstanding_by_source
         if by_source is None:
             by_source = entry.outstanding_by_source = {}
+        if count == by_source.get(source, 0) + 1:
+            # One more request dispatched: remember when and at which load (what the
+            # policy saw) for the observation that will come back for it.
+            pending = entry.pending
+            if pending is None:
+                pending = entry.pending = deque(maxlen=_MAX_PENDING)
+            pending.append((self._clock, entry.load))
         if count > 0:
             by_source[source] = count
         else:
             by_source.pop(source, None)
         entry.outstanding = sum(by_source.values())
-        entry.load = max(entry.in_flight, entry.outstanding)
-        entry.load_factor = 1.0 + entry.load
+        self._update_load(entry)
+
+    def _update_load(self, entry: ExecutorEntry) -> None:
+        """Recompute ``load``, first dropping pending dispatches too old to be in flight."""
+        pending = entry.pending
+        n_pending = 0
+        if pending:
+            horizon = self._clock - self.pending_timeout_s
+            while pending and pending[0][0] < horizon:
+                pending.popleft()
+            n_pending = len(pending)
+        entry.load = max(entry.in_flight, entry.outstanding, n_pending)
+
+    def _see(self, now: float) -> None:
+        if now > self._clock:
+            self._clock = now
 
     def drop_source(self, source: str) -> int:
         """Forget every outstanding count a source (e.g. a dead router) reported.
@@ -511,14 +639,14 @@ class ExecutorView:
     def apply_latency(self, measurement: LatencyMeasurement, now: float) -> bool:
         """Record a probe or observed latency. Returns False for an unknown executor.
 
-        ``now`` is accepted for symmetry and future ageing; measurements do not count as
-        heartbeats (a router can observe a latency from a dying executor).
+        ``now`` (the measurement's time) ages pending dispatches; measurements do not
+        count as heartbeats (a router can observe a latency from a dying executor).
         """
-        del now
         entry = self._entries.get(measurement.executor_id)
         if entry is None:
             self._ignored["latency"] += 1
             return False
+        self._see(now)
         client_id = measurement.client_id
         latency = measurement.latency_ms
         if measurement.source is LatencySource.PROBE:
@@ -534,14 +662,65 @@ class ExecutorView:
         )
         size = measurement.input_size or 0
         net = self.network_latency_ms(entry, client_id)
-        sample = (latency - net) / entry.load_factor - entry.delay_per_element_ms * size
-        sample = max(sample, 0.0)
-        old_service = entry.service_ms
-        service = sample if old_service is None else old_service + alpha * (sample - old_service)
-        entry.service_ms = service
+        sample = latency - net - entry.delay_per_element_ms * size
+        pending = entry.pending
+        # The oldest dispatch is this observation's (requests to one executor finish
+        # roughly in order); without one (another selector's request, a failover), the
+        # current load stands in.
+        load = pending.popleft()[1] if pending else entry.load
+        self._update_load(entry)
+        self._learn(entry, float(load), sample)
         entry.service_samples += 1
-        self._all_services.replace(old_service, service)
         return True
+
+    def _learn(self, entry: ExecutorEntry, x: float, y: float) -> None:
+        """Add one (load, service sample) to the executor's exponentially weighted fit."""
+        fit = entry.service_fit
+        if fit is None:
+            entry.service_fit = ServiceFit(1.0, x, y, 0.0, 0.0)
+        else:
+            keep = 1.0 - self.ewma_alpha
+            weight = keep * fit.weight + 1.0
+            dx = x - fit.load_mean
+            load_mean = fit.load_mean + dx / weight
+            service_mean = fit.service_mean + (y - fit.service_mean) / weight
+            # West's weighted update: the new point's deviation from the old mean times
+            # its deviation from the new one.
+            entry.service_fit = ServiceFit(
+                weight,
+                load_mean,
+                service_mean,
+                keep * fit.load_m2 + dx * (x - load_mean),
+                keep * fit.cross_m2 + dx * (y - service_mean),
+            )
+        self._refit(entry)
+
+    def _refit(self, entry: ExecutorEntry) -> None:
+        """Base and slope from the executor's statistics (see the module doc)."""
+        fit = entry.service_fit
+        if fit is None:
+            return
+        k = self.slope_prior_weight
+        # The serial prior: each request in the system costs a whole base service time
+        # (the old multiplicative estimate, inverted, without the size term). Each
+        # executor's own: slopes of the synthetic profiles differ 7x, so pooling them
+        # lets a slow executor borrow a fast one's slope and attract a herd.
+        prior = max(fit.service_mean, 0.0) / (1.0 + max(fit.load_mean, 0.0))
+        slope = max(0.0, (fit.cross_m2 + k * prior) / (fit.load_m2 + k))
+        base = fit.service_mean - slope * fit.load_mean
+        if base < 0.0:
+            # Keep the prediction at the mean load, where the executor is used.
+            base = 0.0
+            if fit.load_mean > 0.0:
+                slope = max(fit.service_mean, 0.0) / fit.load_mean
+        if entry.service_ms is None:
+            self._all_services.add(base)
+            self._all_slopes.add(slope)
+        else:
+            self._all_services.replace(entry.service_ms, base)
+            self._all_slopes.replace(entry.load_slope_ms, slope)
+        entry.service_ms = base
+        entry.load_slope_ms = slope
 
     def restore_learned(
         self,
@@ -549,21 +728,35 @@ class ExecutorView:
         observed_ms: Mapping[str, float],
         service_ms: float | None,
         service_samples: int,
+        service_fit: ServiceFit | Sequence[float] | None = None,
     ) -> bool:
         """Put back what observed latencies taught (from the store, after a restart).
 
-        Returns False for an unknown executor. Values are taken as they are: they were
-        computed by this view's own EWMA before they were stored.
+        Returns False for an unknown executor. ``service_fit`` (the executor's
+        :attr:`ExecutorEntry.service_fit`, or its five numbers in that order) restores
+        base and slope exactly as they are refitted from it; without it (a store written
+        before slopes were learned) ``service_ms`` becomes the mean sample at load 0 with
+        weight ``service_samples`` (at most ``1 / ewma_alpha``), so base and slope are
+        both ``service_ms`` (the serial prior: what the multiplicative model that stored
+        it assumed) until new samples arrive. Raises DecodeError for a fit that is not
+        five finite numbers with a positive weight and a non-negative ``load_m2``.
         """
         entry = self._entries.get(executor_id)
         if entry is None:
             return False
         entry.observed_ms = {str(k): float(v) for k, v in observed_ms.items()} or None
-        if service_ms is not None:
-            self._all_services.replace(entry.service_ms, service_ms)
-            entry.service_ms = service_ms
         entry.service_samples = service_samples
+        if service_fit is not None:
+            entry.service_fit = _as_fit(service_fit)
+        elif service_ms is not None:
+            entry.service_fit = self._legacy_fit(float(service_ms), service_samples)
+        self._refit(entry)
         return True
+
+    def _legacy_fit(self, service_ms: float, samples: int) -> ServiceFit:
+        """A service time stored without a fit, as a fit: its mean at load 0."""
+        weight = min(max(float(samples), 1.0), 1.0 / self.ewma_alpha)
+        return ServiceFit(weight, 0.0, service_ms, 0.0, 0.0)
 
     def fallback_latency_ms(self) -> float:
         """Network latency assumed for an executor with no probe at all (see module doc)."""
@@ -579,10 +772,22 @@ class ExecutorView:
         return self.fallback_latency_ms() if median is None else median
 
     def fallback_service_ms(self) -> float:
-        """Base service time assumed for an executor without observations: the median of
-        the executors' learned service times, else ``default_service_ms``."""
-        median = self._all_services.median()
-        return self.default_service_ms if median is None else median
+        """Base service time assumed for an executor without observations: the lowest
+        learned base, else ``default_service_ms``.
+
+        Optimistic on purpose: an executor always seen under the same load cannot tell
+        its base from its load penalty, so learned bases run high, and a pessimistic guess
+        would keep an unobserved executor from ever being tried; one request corrects an
+        optimistic one.
+        """
+        values = self._all_services.values
+        return values[0] if values else self.default_service_ms
+
+    def fallback_load_slope_ms(self) -> float:
+        """Slope (ms per unit of load) assumed for an executor without observations: the
+        median learned slope, else ``default_load_slope_ms``."""
+        median = self._all_slopes.median()
+        return self.default_load_slope_ms if median is None else median
 
     # --- selection -----------------------------------------------------------------
 
@@ -603,8 +808,11 @@ class ExecutorView:
 
         Only the traits key's bucket is looked at, and its result is cached until an
         event or the earliest member expiry can change it (see ``_Bucket``). The result
-        is shared: do not mutate it or its entries.
+        is shared: do not mutate it or its entries. ``now`` is also the time of the
+        dispatches recorded right after (see the module doc).
         """
+        if now > self._clock:
+            self._clock = now
         key = _as_key(traits)
         bucket = self._index.get(key)
         if bucket is None:
@@ -647,6 +855,7 @@ class ExecutorView:
             "clients": len(self._clients),
             "probes": len(self._all_probes),
             "learned_services": len(self._all_services),
+            "learned_slopes": len(self._all_slopes),
             "outstanding": sum(e.outstanding for e in self._entries.values()),
             "ignored_status": self._ignored["status"],
             "ignored_latency": self._ignored["latency"],
@@ -679,6 +888,7 @@ class ExecutorView:
                 "observed_ms": dict(e.observed_ms or {}),
                 "service_ms": e.service_ms,
                 "service_samples": e.service_samples,
+                "service_fit": None if e.service_fit is None else list(e.service_fit),
             }
             for e in self._entries.values()
         ]
@@ -698,13 +908,21 @@ class ExecutorView:
         ewma_alpha: float = 0.2,
         default_latency_ms: float = 100.0,
         default_service_ms: float = 10.0,
+        default_load_slope_ms: float = 0.0,
+        slope_prior_weight: float = 1.0,
     ) -> ExecutorView:
-        """Rebuild a view from :meth:`snapshot` output; raises DecodeError if malformed."""
+        """Rebuild a view from :meth:`snapshot` output; raises DecodeError if malformed.
+
+        Snapshots without ``service_fit`` (written before slopes were learned) restore
+        ``service_ms`` as in :meth:`restore_learned`.
+        """
         view = cls(
             missed_heartbeats=missed_heartbeats,
             ewma_alpha=ewma_alpha,
             default_latency_ms=default_latency_ms,
             default_service_ms=default_service_ms,
+            default_load_slope_ms=default_load_slope_ms,
+            slope_prior_weight=slope_prior_weight,
         )
         try:
             if snapshot["version"] != SNAPSHOT_VERSION:
@@ -725,7 +943,6 @@ class ExecutorView:
                 entry.model_state = None if state is None else ModelState(state)
                 view._index[entry.key].cache = None
                 entry.in_flight = entry.load = int(item["in_flight"])
-                entry.load_factor = 1.0 + entry.load
                 entry.errors = int(item["errors"])
                 for client_id, latency in item["probes"].items():
                     latency = float(latency)
@@ -734,11 +951,14 @@ class ExecutorView:
                     view._set_probe(entry, str(client_id), latency)
                 observed = {str(k): float(v) for k, v in item["observed_ms"].items()}
                 entry.observed_ms = observed or None
-                service = item["service_ms"]
-                if service is not None:
-                    entry.service_ms = float(service)
-                    view._all_services.add(entry.service_ms)
                 entry.service_samples = int(item["service_samples"])
+                fit = item.get("service_fit")
+                service = item["service_ms"]
+                if fit is not None:
+                    entry.service_fit = _as_fit(fit)
+                elif service is not None:
+                    entry.service_fit = view._legacy_fit(float(service), entry.service_samples)
+                view._refit(entry)
         except DecodeError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError, ValidationError) as exc:

@@ -31,6 +31,7 @@ from mulambda.policies import (
     LATENCY_BUCKETS_MS,
     POLICIES,
     PolicyState,
+    adaptive_latency_score,
     bucket_latency_score,
     select,
     smooth_latency_score,
@@ -162,6 +163,24 @@ def test_smooth_score_agrees_with_buckets_at_bounds_and_lies_between(estimate: f
     if estimate in LATENCY_BUCKETS_MS or estimate <= 10:
         assert smooth == pytest.approx(bucket_latency_score(estimate))
     assert smooth_latency_score(estimate + 1.0) <= smooth
+
+
+@given(st.floats(min_value=0, max_value=1e7, allow_nan=False))
+def test_adaptive_score_is_smooth_then_positive_and_strictly_decreasing(estimate: float) -> None:
+    score = adaptive_latency_score(estimate)
+    if estimate <= 1020:
+        assert score == smooth_latency_score(estimate)
+    else:
+        # (1/9) * 1020 / estimate: never 0, so saturated executors still rank by it.
+        assert score == pytest.approx(1020 / 9 / estimate)
+        assert 0 < score < 1 / 9
+        assert adaptive_latency_score(estimate * 1.01) < score
+
+
+def test_adaptive_score_is_continuous_at_the_last_bound() -> None:
+    assert adaptive_latency_score(1020.0) == pytest.approx(1 / 9)
+    assert adaptive_latency_score(1020.0 + 1e-9) == pytest.approx(1 / 9)
+    assert adaptive_latency_score(2040.0) == pytest.approx(1 / 18)
 
 
 # --- weighted, hand-computed -------------------------------------------------------------
@@ -452,14 +471,15 @@ def learned_pair() -> ExecutorView:
 
 
 def smooth(estimate: float) -> float:
-    """Hand version of the piecewise-linear latency score for the tests below."""
+    """Hand version of the adaptive latency score for the tests below: piecewise linear
+    through the bucket bounds, then 1/9 * 1020 / estimate."""
     points = [(10.0, 1.0)] + [(b, 1 - (i + 1) / 9) for i, b in enumerate(LATENCY_BUCKETS_MS[1:])]
     if estimate <= 10:
         return 1.0
     for (x0, y0), (x1, y1) in itertools.pairwise(points):
         if estimate <= x1:
             return y0 + (y1 - y0) * (estimate - x0) / (x1 - x0)
-    return 0.0
+    return 1020 / 9 / estimate
 
 
 def test_adaptive_idle_fast_executor_wins() -> None:
@@ -475,7 +495,8 @@ def test_adaptive_loaded_fast_executor_loses_to_idle_slower_one() -> None:
         ExecutorStatus(executor_id="fast", model_state=ModelState.AVAILABLE, in_flight=3), NOW
     )
     reply = run(view, request(latency=1.0, accuracy=0.0), policy="adaptive")
-    # fast: 5 + 20 * (1 + 3) = 85 ms; slow: 5 + 30 = 35 ms.
+    # One sample at load 0 each: base = slope = the sample (serial prior), so
+    # fast: 5 + 20 + 20 * 3 = 85 ms; slow: 5 + 30 = 35 ms.
     assert ranked(reply) == ["slow", "fast"]
     assert [c.estimated_latency_ms for c in reply.candidates] == [35.0, 85.0]
     assert [c.score for c in reply.candidates] == pytest.approx([smooth(35.0), smooth(85.0)])
@@ -492,13 +513,74 @@ def test_adaptive_counts_routers_outstanding_requests() -> None:
     assert reply.candidates[1].estimated_latency_ms == 45.0
 
 
-def test_adaptive_unlearned_executor_uses_median_service_time() -> None:
+def test_adaptive_unlearned_executor_uses_lowest_base_and_median_slope() -> None:
     view = learned_pair()
     add(view, "new", accuracy=0.9, probe_ms=5.0, delay=1.0)
     reply = run(view, request(latency=1.0, accuracy=0.0, size=4), policy="adaptive")
     estimates = {c.executor_id: c.estimated_latency_ms for c in reply.candidates}
-    # Median of learned 20 and 30 is 25, plus 1 ms * 4 elements, plus 5 ms network.
-    assert estimates == {"fast": 25.0, "slow": 35.0, "new": 34.0}
+    # Lowest learned base (20), plus 1 ms * 4 elements, plus 5 ms network.
+    assert estimates == {"fast": 25.0, "slow": 35.0, "new": 29.0}
+    # Loaded, it pays the median learned slope (of 20 and 30) per request.
+    view.apply_status(
+        ExecutorStatus(executor_id="new", model_state=ModelState.AVAILABLE, in_flight=2), NOW
+    )
+    reply = run(view, request(latency=1.0, accuracy=0.0, size=4), policy="adaptive")
+    estimates = {c.executor_id: c.estimated_latency_ms for c in reply.candidates}
+    assert estimates["new"] == 29.0 + 2 * 25.0
+
+
+def test_adaptive_cold_view_uses_the_defaults() -> None:
+    view = ExecutorView(default_service_ms=4.0, default_load_slope_ms=3.0)
+    add(view, "a", probe_ms=10.0, delay=2.0)
+    view.set_outstanding("a", 5, source="router")
+    reply = run(view, request(size=10), policy="adaptive")
+    # 10 ms network + 4 ms base + 2 ms * 10 elements + 3 ms * 5 in the system.
+    assert reply.candidates[0].estimated_latency_ms == 49.0
+
+
+def test_adaptive_load_penalty_is_additive_not_scaled_by_input_size() -> None:
+    # The prototype's SlowGood and FastBad at a hundredth of the time, 1000 elements:
+    # 800 resp. 10 ms of size term, 7 resp. 1 ms per request in flight (their beta).
+    view = ExecutorView()
+    add(view, "slow", accuracy=1.0, delay=0.8, probe_ms=0.0)
+    add(view, "fast", accuracy=0.5, delay=0.01, probe_ms=0.0)
+    for executor_id, base, slope in (("slow", 2.0, 7.0), ("fast", 0.1, 1.0)):
+        # Learned from earlier samples (as the store keeps them): base + slope * load.
+        assert view.restore_learned(
+            executor_id, {}, None, 10, (5.0, 1.0, base + slope, 1e8, 1e8 * slope)
+        )
+    view.set_outstanding("fast", 9, source="router")
+    view.set_outstanding("slow", 2, source="router")
+    reply = run(view, request(latency=1.0, accuracy=0.0, size=1000), policy="adaptive")
+    estimates = {c.executor_id: c.estimated_latency_ms for c in reply.candidates}
+    # fast: 0.1 + 10 + 1 * 9 = 19.1 (not (0.1 + 10) * 10 = 101); slow: 2 + 800 + 14.
+    assert estimates == pytest.approx({"fast": 19.1, "slow": 816.0})
+    assert ranked(reply) == ["fast", "slow"]
+
+
+def test_adaptive_saturation_keeps_latency_in_the_score() -> None:
+    view = ExecutorView()
+    add(view, "busy", accuracy=0.9, probe_ms=1100.0)
+    add(view, "busier", accuracy=0.95, probe_ms=5000.0)
+    add(view, "near", accuracy=0.5, probe_ms=1.0)
+    view.restore_learned("near", {}, 0.0, 1)  # base 0 for everyone
+    reply = run(view, request(latency=0.5, accuracy=0.5), policy="adaptive")
+    # Above 1020 ms the score is 1/9 * 1020 / estimate, not 0: 1.1 s beats 5 s although
+    # the 5 s one is more accurate (0 for both would have ranked "busier" first).
+    assert ranked(reply) == ["near", "busy", "busier"]
+    assert [c.score for c in reply.candidates] == pytest.approx(
+        [
+            0.5 * 1.0 + 0.5 * 0.5 / 0.95,
+            0.5 * 1020 / 9 / 1100 + 0.5 * 0.9 / 0.95,
+            0.5 * 1020 / 9 / 5000 + 0.5,
+        ]
+    )
+    # Latency only, all saturated: strictly by estimate.
+    view.remove_executor("near")
+    add(view, "far", accuracy=0.1, probe_ms=3000.0)
+    reply = run(view, request(latency=1.0, accuracy=0.0), policy="adaptive")
+    assert ranked(reply) == ["busy", "far", "busier"]
+    assert all(c.score > 0 for c in reply.candidates)
 
 
 def test_adaptive_learning_changes_the_choice() -> None:
@@ -520,11 +602,11 @@ def test_adaptive_learning_changes_the_choice() -> None:
 
 def test_adaptive_slo_filters() -> None:
     view = learned_pair()
-    add(view, "accurate", accuracy=0.99, probe_ms=5.0)  # unlearned: 5 + 25
+    add(view, "accurate", accuracy=0.99, probe_ms=5.0)  # unlearned: 5 + lowest base 20
     view.apply_status(
         ExecutorStatus(executor_id="fast", model_state=ModelState.AVAILABLE, in_flight=3), NOW
     )
-    # fast 85 ms, slow 35 ms, accurate 30 ms.
+    # fast 85 ms, slow 35 ms, accurate 25 ms.
 
     reply = run(view, request(slo=Slo(max_latency_ms=50.0), top_k=5), policy="adaptive")
     assert sorted(ranked(reply)) == ["accurate", "slow"]
@@ -538,11 +620,19 @@ def test_adaptive_slo_filters() -> None:
         "slo.min_accuracy",
     )
 
-    reply = run(view, request(slo=Slo(max_latency_ms=29.0)), policy="adaptive")
+    reply = run(view, request(slo=Slo(max_latency_ms=24.0)), policy="adaptive")
     assert reply.eliminated_by == "slo.max_latency_ms"
 
-    # Accuracy passes for "accurate" only, whose 30 ms then breaks the latency SLO.
-    both = Slo(min_accuracy=0.95, max_latency_ms=29.0)
+    # Load counts against the SLO: "slow" passes 40 ms idle, not with 2 in flight
+    # (35 + 30 * 2 = 95).
+    reply = run(view, request(slo=Slo(max_latency_ms=40.0), top_k=5), policy="adaptive")
+    assert sorted(ranked(reply)) == ["accurate", "slow"]
+    view.set_outstanding("slow", 2, source="router")
+    reply = run(view, request(slo=Slo(max_latency_ms=40.0), top_k=5), policy="adaptive")
+    assert ranked(reply) == ["accurate"]
+
+    # Accuracy passes for "accurate" only, whose 25 ms then breaks the latency SLO.
+    both = Slo(min_accuracy=0.95, max_latency_ms=24.0)
     reply = run(view, request(slo=both), policy="adaptive")
     assert reply.eliminated_by == "slo.max_latency_ms"
 
@@ -639,8 +729,10 @@ weights = st.tuples(
 )
 
 
-def build(specs: list[tuple[float, float, float | None, bool, int]]) -> ExecutorView:
-    view = ExecutorView()
+def build(
+    specs: list[tuple[float, float, float | None, bool, int]], view: ExecutorView | None = None
+) -> ExecutorView:
+    view = view if view is not None else ExecutorView()
     for n, (accuracy, delay, probe_ms, wine, load) in enumerate(specs):
         add(
             view,
@@ -702,18 +794,31 @@ def test_adaptive_equals_naive_estimate_filters_and_score(
     max_latency: float | None,
     min_accuracy: float | None,
 ) -> None:
-    view = build(specs)
+    view = build(specs, ExecutorView(default_service_ms=3.0, default_load_slope_ms=7.0))
+    # Some executors learned (base, slope) from one sample at load 0: both 10n + 5.
+    for n in range(0, len(specs), 3):
+        view.restore_learned(f"e{n:02d}", {}, 10.0 * n + 5.0, 1)
     slo = Slo(max_latency_ms=max_latency, min_accuracy=min_accuracy)
     req = request(latency=w[0], accuracy=w[1], size=size, top_k=top_k, slo=slo)
     reply = run(view, req, policy="adaptive")
 
     pool = [e for e in view.entries() if e.key == WINE.key()]
-    service = view.fallback_service_ms()  # nothing observed: the default for everyone
+    learned = [10.0 * n + 5.0 for n in range(0, len(specs), 3)]
+    # Unlearned executors: the lowest learned base and the median learned slope.
     rows = []
-    for e in pool:
-        estimate = naive_net(view, e.executor_id, "me") + (
-            service + e.delay_per_element_ms * size
-        ) * (1 + e.load)
+    for n, e in enumerate(view.entries()):
+        if e.key != WINE.key():
+            continue
+        if n % 3 == 0:
+            base = slope = 10.0 * n + 5.0
+        else:
+            base, slope = min(learned), statistics.median(learned)
+        estimate = (
+            naive_net(view, e.executor_id, "me")
+            + base
+            + e.delay_per_element_ms * size
+            + slope * e.load
+        )
         if min_accuracy is not None and e.accuracy < min_accuracy:
             continue
         if max_latency is not None and estimate > max_latency:

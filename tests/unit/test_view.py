@@ -19,7 +19,7 @@ from mulambda.events import (
     ModelState,
     Traits,
 )
-from mulambda.view import ExecutorView, TraitsKey
+from mulambda.view import ExecutorView, ServiceFit, TraitsKey
 
 pytestmark = pytest.mark.unit
 
@@ -282,40 +282,105 @@ def test_latency_fallback_chain() -> None:
     assert view.fallback_latency_ms() == 25.0  # 10, 20, 30, 50
 
 
-def test_observed_latency_teaches_service_time_net_of_network_load_and_size() -> None:
+def test_observed_latency_teaches_service_time_net_of_network_and_size() -> None:
     view = ExecutorView(ewma_alpha=0.5)
     view.apply_registration(reg("a", delay=2.0), now=0.0)
     view.apply_latency(probe("a", "c", 10.0), now=0.0)
     entry = view.get("a")
     assert entry is not None
 
-    # 70 ms observed, 10 ms network, 5 elements * 2 ms/element: base 50 ms.
+    # 70 ms observed, 10 ms network, 5 elements * 2 ms/element: a 50 ms sample at load
+    # 0. One sample has no spread in load: the slope is the serial prior, the mean
+    # sample per request in the system, 50 / (1 + 0).
     view.apply_latency(observed("a", "c", 70.0, size=5), now=1.0)
-    assert entry.service_ms == 50.0
+    assert (entry.service_ms, entry.load_slope_ms) == (50.0, 50.0)
+    assert entry.service_fit == ServiceFit(1.0, 0.0, 50.0, 0.0, 0.0)
     assert entry.observed_ms == {"c": 70.0}
 
-    # Under load 1 the same request queues behind one other: (130 - 10) / 2 - 10 = 50.
+    # A 110 ms sample at load 1. Weights 1/2 and 1: weight 1.5, mean load 2/3, mean
+    # sample 90, Sxx = 1 * (1 - 2/3) = 1/3, Sxy = 1 * (110 - 90) = 20; prior
+    # 90 / (1 + 2/3) = 54; slope (20 + 54) / (1/3 + 1) = 55.5; base 90 - 55.5 * 2/3 = 53.
     view.apply_status(status("a", in_flight=1), now=1.0)
     view.apply_latency(observed("a", "c", 130.0, size=5), now=2.0)
-    assert entry.service_ms == 50.0
+    assert entry.service_fit is not None
+    assert entry.service_fit == pytest.approx((1.5, 2 / 3, 90.0, 1 / 3, 20.0))
+    assert entry.load_slope_ms == pytest.approx(55.5)
+    assert entry.service_ms == pytest.approx(53.0)
+    assert entry.service_samples == 2
     assert entry.observed_ms == {"c": 100.0}  # 70 + 0.5 * (130 - 70)
 
-    # EWMA: a 90 ms base sample moves it half way.
-    view.apply_status(status("a"), now=2.0)
-    view.apply_latency(observed("a", "c", 110.0, size=5), now=3.0)
-    assert entry.service_ms == 70.0
-    assert entry.service_samples == 3
-    assert view.fallback_service_ms() == 70.0
+
+def test_service_fit_recovers_an_additive_load_penalty_exactly() -> None:
+    # Noiseless samples of 5 + 3 * load, as an executor serving requests side by side:
+    # least squares is exact on a line whatever the weights (prior weight ~0).
+    view = ExecutorView(ewma_alpha=0.3, slope_prior_weight=1e-12)
+    view.apply_registration(reg("a", delay=0.5), now=0.0)
+    view.apply_latency(probe("a", "c", 10.0), now=0.0)
+    entry = view.get("a")
+    assert entry is not None
+    for n, load in enumerate([0, 2, 1, 4, 3, 7, 5]):
+        view.apply_status(status("a", in_flight=load), now=float(n))
+        # 10 ms network + 0.5 ms * 100 elements + 5 ms + 3 ms per request in the system.
+        view.apply_latency(observed("a", "c", 10.0 + 50.0 + 5.0 + 3.0 * load, size=100), n)
+    assert entry.service_ms == pytest.approx(5.0)
+    assert entry.load_slope_ms == pytest.approx(3.0)
 
 
-def test_observed_latency_below_network_clamps_service_time_at_zero() -> None:
+def test_service_fit_without_spread_keeps_the_mean_at_the_mean_load() -> None:
+    view = ExecutorView(ewma_alpha=0.5)
+    view.apply_registration(reg("a"), now=0.0)
+    view.apply_latency(probe("a", "c", 0.0), now=0.0)
+    view.apply_status(status("a", in_flight=4), now=0.0)
+    entry = view.get("a")
+    assert entry is not None
+    for n in range(20):
+        view.apply_latency(observed("a", "c", 100.0), now=float(n))
+    # Always at load 4: slope = prior = 100 / (1 + 4) = 20, base = 100 - 20 * 4 = 20, so
+    # the estimate at load 4 is the 100 ms seen there.
+    assert entry.load_slope_ms == pytest.approx(20.0)
+    assert entry.service_ms is not None
+    assert entry.service_ms == pytest.approx(20.0)
+    assert entry.service_ms + 4 * entry.load_slope_ms == pytest.approx(100.0)
+
+
+def test_service_fit_never_has_a_negative_slope_or_base() -> None:
+    view = ExecutorView(ewma_alpha=0.5, slope_prior_weight=1e-12)
+    view.apply_registration(reg("a"), now=0.0)
+    view.apply_latency(probe("a", "c", 0.0), now=0.0)
+    entry = view.get("a")
+    assert entry is not None
+    # Faster under load (noise, or load that was not there): slope 0, base the mean.
+    for n, (load, ms) in enumerate([(0, 40.0), (4, 20.0)]):
+        view.apply_status(status("a", in_flight=load), now=float(n))
+        view.apply_latency(observed("a", "c", ms), now=float(n))
+    assert entry.load_slope_ms == 0.0
+    fit = entry.service_fit
+    assert fit is not None
+    assert entry.service_ms == pytest.approx(fit.service_mean)
+
+    # A steep line through a negative intercept: the base is clamped at 0 and the line
+    # goes through the origin and the mean sample instead.
+    view.apply_registration(reg("b"), now=0.0)
+    view.apply_latency(probe("b", "c", 0.0), now=0.0)
+    b = view.get("b")
+    assert b is not None
+    for n, (load, ms) in enumerate([(2, 10.0), (4, 50.0)]):
+        view.apply_status(status("b", in_flight=load), now=float(n))
+        view.apply_latency(observed("b", "c", ms), now=float(n))
+    fit = b.service_fit
+    assert fit is not None
+    assert b.service_ms == 0.0
+    assert b.load_slope_ms == pytest.approx(fit.service_mean / fit.load_mean)
+
+
+def test_observed_latency_below_network_gives_zero_service_time() -> None:
     view = ExecutorView()
     view.apply_registration(reg("a"), now=0.0)
     view.apply_latency(probe("a", "c", 30.0), now=0.0)
     view.apply_latency(observed("a", "c", 20.0), now=0.0)
     entry = view.get("a")
     assert entry is not None
-    assert entry.service_ms == 0.0
+    assert (entry.service_ms, entry.load_slope_ms) == (0.0, 0.0)
 
 
 def test_observed_latency_without_probe_uses_fallback_network() -> None:
@@ -326,6 +391,22 @@ def test_observed_latency_without_probe_uses_fallback_network() -> None:
     entry = view.get("a")
     assert entry is not None
     assert entry.service_ms == 25.0
+
+
+def test_fallbacks_are_the_lowest_base_and_the_median_slope() -> None:
+    view = ExecutorView(default_service_ms=7.0, default_load_slope_ms=1.5)
+    assert (view.fallback_service_ms(), view.fallback_load_slope_ms()) == (7.0, 1.5)
+    for executor_id, ms in (("a", 30.0), ("b", 12.0), ("c", 50.0)):
+        view.apply_registration(reg(executor_id), now=0.0)
+        view.apply_latency(probe(executor_id, "c", 0.0), now=0.0)
+        view.apply_latency(observed(executor_id, "c", ms), now=0.0)
+    # Single samples at load 0: base = slope = the sample.
+    assert view.fallback_service_ms() == 12.0
+    assert view.fallback_load_slope_ms() == 30.0
+    assert view.stats()["learned_slopes"] == 3
+    view.remove_executor("b")
+    assert view.fallback_service_ms() == 30.0
+    assert view.fallback_load_slope_ms() == 40.0
 
 
 def test_remove_client_forgets_its_latencies() -> None:
@@ -351,7 +432,7 @@ def test_remove_client_forgets_its_latencies() -> None:
 # --- load ------------------------------------------------------------------------------
 
 
-def test_outstanding_counts_per_source_and_load_is_max_with_in_flight() -> None:
+def test_outstanding_counts_per_source_and_load_is_max_with_in_flight_and_pending() -> None:
     view = ExecutorView()
     view.apply_registration(reg("a"), now=0.0)
     entry = view.get("a")
@@ -359,8 +440,8 @@ def test_outstanding_counts_per_source_and_load_is_max_with_in_flight() -> None:
 
     view.observe_outstanding("a", +1, source="r1")
     view.observe_outstanding("a", +1, source="r1")
-    view.set_outstanding("a", 3, source="r2")
-    assert (entry.outstanding, entry.load, entry.load_factor) == (5, 5, 6.0)
+    view.set_outstanding("a", 3, source="r2")  # a jump is a resync, not a dispatch
+    assert (entry.outstanding, entry.load) == (5, 5)
 
     view.apply_status(status("a", in_flight=7), now=1.0)
     assert entry.load == 7
@@ -370,8 +451,62 @@ def test_outstanding_counts_per_source_and_load_is_max_with_in_flight() -> None:
     assert (entry.outstanding, entry.load) == (3, 3)
 
     assert view.drop_source("r2") == 1
-    assert (entry.outstanding, entry.load, entry.load_factor) == (0, 0, 1.0)
+    assert entry.outstanding == 0
     assert view.stats()["outstanding"] == 0
+    # r1's two dispatches were never observed: they still count.
+    assert entry.load == 2
+    view.apply_latency(observed("a", "c", 5.0), now=3.0)
+    view.apply_latency(observed("a", "c", 5.0), now=3.0)
+    assert entry.load == 0
+
+
+def test_pending_dispatches_count_until_observed_and_teach_their_dispatch_load() -> None:
+    view = ExecutorView(ewma_alpha=0.5, slope_prior_weight=1e-12)
+    view.apply_registration(reg("a"), now=0.0)
+    view.apply_latency(probe("a", "c", 0.0), now=0.0)
+    entry = view.get("a")
+    assert entry is not None
+
+    view.candidates(WINE, 1.0)  # the selection's time
+    view.set_outstanding("a", 1, source="sel")  # dispatched at load 0
+    view.set_outstanding("a", 2, source="sel")  # dispatched at load 1
+    assert entry.load == 2
+    # The selector's guess expires before the requests are done: they still count.
+    view.set_outstanding("a", 0, source="sel")
+    assert entry.load == 2
+
+    # Observations pair with dispatches oldest first: 10 ms at load 0, 16 at load 1 -
+    # even though the view's load is 2 and then 1 when they arrive.
+    view.apply_latency(observed("a", "c", 10.0), now=1.1)
+    assert entry.load == 1
+    view.apply_latency(observed("a", "c", 16.0), now=1.2)
+    assert entry.load == 0
+    assert entry.load_slope_ms == pytest.approx(6.0)
+    assert entry.service_ms == pytest.approx(10.0)
+
+    # Without a pending dispatch the current load stands in.
+    view.apply_status(status("a", in_flight=2), now=1.3)
+    view.apply_latency(observed("a", "c", 22.0), now=1.4)
+    assert entry.load_slope_ms == pytest.approx(6.0)
+
+
+def test_pending_dispatches_expire_when_no_observation_comes() -> None:
+    view = ExecutorView(pending_timeout_s=5.0)
+    view.apply_registration(reg("a"), now=0.0)
+    entry = view.get("a")
+    assert entry is not None
+    view.candidates(WINE, 10.0)
+    view.set_outstanding("a", 1, source="sel")
+    view.set_outstanding("a", 0, source="sel")
+    view.apply_status(status("a"), now=14.0)
+    assert entry.load == 1
+    view.apply_status(status("a"), now=15.5)
+    assert entry.load == 0
+    # A later observation finds no dispatch to pair with: it is learned at the current load.
+    view.apply_latency(observed("a", "c", 30.0), now=16.0)
+    fit = entry.service_fit
+    assert fit is not None
+    assert fit.load_mean == 0.0
 
 
 # --- snapshot --------------------------------------------------------------------------
@@ -406,9 +541,38 @@ def test_snapshot_restores_on_another_clock() -> None:
         original.service_ms,
         original.load,
     )
+    assert (copy.service_fit, copy.load_slope_ms) == (original.service_fit, original.load_slope_ms)
+    assert original.service_fit is not None
     assert restored.fallback_latency_ms() == view.fallback_latency_ms()
     assert restored.fallback_service_ms() == view.fallback_service_ms()
     assert [c.client_id for c in restored.clients()] == ["c"]
+
+
+_EXECUTOR = {
+    "registration": reg("a").model_dump(mode="json"),
+    "age_s": 0.0,
+    "heartbeat_interval_s": 5.0,
+    "model_state": None,
+    "in_flight": 0,
+    "errors": 0,
+    "probes": {},
+    "observed_ms": {},
+    "service_ms": 5.0,
+    "service_samples": 1,
+}
+"""A well-formed snapshot executor written before slopes were learned (no service_fit)."""
+
+
+def test_snapshot_without_a_fit_restores_the_old_service_time() -> None:
+    view = ExecutorView.restore(
+        {"version": 1, "executors": [dict(_EXECUTOR, service_samples=3)], "clients": []},
+        now=0.0,
+    )
+    entry = view.get("a")
+    assert entry is not None
+    # The old service time was per request in the system: the serial prior keeps that.
+    assert (entry.service_ms, entry.load_slope_ms) == (5.0, 5.0)
+    assert entry.service_fit == ServiceFit(3.0, 0.0, 5.0, 0.0, 0.0)
 
 
 @pytest.mark.parametrize(
@@ -418,6 +582,13 @@ def test_snapshot_restores_on_another_clock() -> None:
         {"version": 99, "executors": [], "clients": []},
         {"version": 1, "executors": [{"registration": {"executor_id": "a"}}], "clients": []},
         {"version": 1, "executors": [], "clients": [{"client_id": "bad id"}]},
+        {"version": 1, "executors": [dict(_EXECUTOR, service_fit=[1.0, 0.0])], "clients": []},
+        {"version": 1, "executors": [dict(_EXECUTOR, service_fit=[0, 0, 5, 0, 0])], "clients": []},
+        {
+            "version": 1,
+            "executors": [dict(_EXECUTOR, service_fit=["x", 0, 5, 0, 0])],
+            "clients": [],
+        },
     ],
 )
 def test_malformed_snapshot_raises_decode_error(snapshot: dict[str, object]) -> None:
@@ -436,6 +607,9 @@ def test_malformed_snapshot_raises_decode_error(snapshot: dict[str, object]) -> 
         {"ewma_alpha": 1.5},
         {"default_latency_ms": -1.0},
         {"default_service_ms": float("nan")},
+        {"default_load_slope_ms": -1.0},
+        {"slope_prior_weight": 0.0},
+        {"pending_timeout_s": 0.0},
     ],
 )
 def test_bad_configuration_is_refused(kwargs: dict[str, float]) -> None:
@@ -513,5 +687,38 @@ def test_restore_learned_puts_back_service_time_and_observed_latencies() -> None
     entry = view.get("a")
     assert entry is not None
     assert (entry.service_ms, entry.service_samples, entry.observed_ms) == (12.5, 4, {"c": 30.0})
+    # Stored before slopes were learned: the serial prior, 12.5 ms per request in the
+    # system, as the multiplicative model that stored it assumed (weight = samples, at
+    # most 1 / ewma_alpha = 5).
+    assert entry.load_slope_ms == 12.5
+    assert entry.service_fit == ServiceFit(4.0, 0.0, 12.5, 0.0, 0.0)
     # The learned value feeds the fallback other executors without samples get.
     assert view.fallback_service_ms() == 12.5
+
+
+def test_restore_learned_with_a_fit_restores_base_and_slope() -> None:
+    learned = ExecutorView()
+    learned.apply_registration(reg("a"), 0.0)
+    learned.apply_latency(probe("a", "c", 0.0), 0.0)
+    for n, load in enumerate([0, 3, 1, 5]):
+        learned.apply_status(status("a", in_flight=load), float(n))
+        learned.apply_latency(observed("a", "c", 8.0 + 4.0 * load), float(n))
+    source = learned.get("a")
+    assert source is not None
+    assert source.service_fit is not None
+
+    view = ExecutorView()
+    view.apply_registration(reg("a"), 0.0)
+    # As a store would keep it: five plain numbers.
+    numbers = [float(v) for v in source.service_fit]
+    assert view.restore_learned("a", {}, None, source.service_samples, numbers)
+    entry = view.get("a")
+    assert entry is not None
+    assert entry.service_fit == source.service_fit
+    assert (entry.service_ms, entry.load_slope_ms) == (source.service_ms, source.load_slope_ms)
+    assert entry.service_samples == 4
+
+    with pytest.raises(DecodeError):
+        view.restore_learned("a", {}, None, 1, [1.0, 2.0])
+    with pytest.raises(DecodeError):
+        view.restore_learned("a", {}, None, 1, [1.0, 0.0, float("nan"), 0.0, 0.0])
