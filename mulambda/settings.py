@@ -74,9 +74,10 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     """How long a stopping worker lets in-flight work finish before closing."""
 
-    selector_default_policy: str = "weighted"
-    """Policy for requests that name none: weighted, adaptive, round-robin, random,
-    plain-net-latency."""
+    selector_default_policy: str = "adaptive"
+    """Policy for requests that name none: adaptive, weighted, round-robin, random,
+    plain-net-latency. Adaptive won the prototype matrix where load matters and ties
+    weighted where per-element compute dominates (benchmarks/README.md)."""
 
     selector_missed_heartbeats: float = Field(default=3.0, gt=0)
     """An executor is excluded after this many heartbeat intervals without one."""
