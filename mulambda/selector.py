@@ -480,10 +480,23 @@ class Selector(Lifecycle):
             )
             view.apply_latency(measurement, seen)
         for stored in snapshot.executors.values():
-            if stored.observed or stored.service_ms is not None:
-                view.restore_learned(
-                    stored.executor_id, stored.observed, stored.service_ms, stored.service_samples
-                )
+            if stored.observed or stored.service_ms is not None or stored.service_fit:
+                try:
+                    view.restore_learned(
+                        stored.executor_id,
+                        stored.observed,
+                        stored.service_ms,
+                        stored.service_samples,
+                        stored.service_fit,
+                    )
+                except DecodeError as exc:  # a malformed fit: keep the rest
+                    log.warning("stored fit of %s unusable: %s", stored.executor_id, exc.reason)
+                    view.restore_learned(
+                        stored.executor_id,
+                        stored.observed,
+                        stored.service_ms,
+                        stored.service_samples,
+                    )
         self.view = view
         self._stored_offsets = snapshot.offsets
         events: list[StoreEvent] = []
@@ -709,6 +722,7 @@ class Selector(Lifecycle):
                             entry.observed_ms[value.client_id],
                             entry.service_ms,
                             entry.service_samples,
+                            _fit(entry.service_fit),
                         )
                     )
         self.metrics.state_events.labels(record.topic).inc()
@@ -767,7 +781,14 @@ class Selector(Lifecycle):
                 for c, ms in entry.probes.items()
             )
             events.extend(
-                ObservedLatency(entry.executor_id, c, ms, entry.service_ms, entry.service_samples)
+                ObservedLatency(
+                    entry.executor_id,
+                    c,
+                    ms,
+                    entry.service_ms,
+                    entry.service_samples,
+                    _fit(entry.service_fit),
+                )
                 for c, ms in (entry.observed_ms or {}).items()
             )
         return events
@@ -861,3 +882,8 @@ class Selector(Lifecycle):
             self.metrics.lag.labels("state").set(lag_of(consumer, self._state_positions))
         if self._requests is not None:
             self.metrics.lag.labels("requests").set(self._requests.lag())
+
+
+def _fit(fit: Any) -> tuple[float, ...] | None:
+    """The view's ServiceFit as plain numbers for the store (None before any sample)."""
+    return None if fit is None else tuple(float(v) for v in fit)

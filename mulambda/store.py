@@ -28,7 +28,8 @@ Keys (``{p}`` is the deployment's ``key_prefix``; ids are executor or client ids
     ``{p}lat:{executor_id}``
         HASH of latencies involving this executor: ``p:{client_id}`` → latest probe
         latency (ms), ``o:{client_id}`` → EWMA of observed end-to-end latency (ms),
-        ``service_ms`` and ``service_samples`` → the learned base service time and the
+        ``service_ms``, ``service_samples`` and ``service_fit`` → the learned base service
+        time, the fit's statistics (five comma-separated numbers) and the
         observations that taught it. No TTL; deleted by a tombstone, and a client's
         fields are deleted by the client's tombstone.
     ``{p}clients``
@@ -137,6 +138,8 @@ class ObservedLatency:
     ewma_ms: float
     service_ms: float | None = None
     service_samples: int | None = None
+    service_fit: tuple[float, ...] | None = None
+    """The view's ServiceFit statistics (five numbers), so a restart keeps the load slope."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +204,8 @@ class ExecutorSnapshot:
     """Learned base service time (ms), if any."""
     service_samples: int = 0
     """Observations that taught ``service_ms``."""
+    service_fit: tuple[float, ...] | None = None
+    """The view's service-time fit statistics, when stored."""
 
     @property
     def executor_id(self) -> str:
@@ -441,6 +446,8 @@ class ViewStore(Lifecycle):
                 mapping["service_ms"] = repr(float(event.service_ms))
             if event.service_samples is not None:
                 mapping["service_samples"] = str(int(event.service_samples))
+            if event.service_fit is not None:
+                mapping["service_fit"] = ",".join(repr(float(v)) for v in event.service_fit)
             pipe.hset(self.key_latency(event.executor_id), mapping=mapping)
         elif isinstance(event, ExecutorRegistration):
             eid = event.executor_id
@@ -600,8 +607,20 @@ class ViewStore(Lifecycle):
         observed: dict[str, float] = {}
         service_ms: float | None = None
         service_samples = 0
+        service_fit: tuple[float, ...] | None = None
         for name_b, value_b in zip(lat_raw[::2], lat_raw[1::2], strict=True):
             name = name_b.decode(errors="replace")
+            if name == "service_fit":
+                # Five finite numbers (a covariance may be negative); else skipped.
+                try:
+                    fit = tuple(float(v) for v in value_b.split(b","))
+                except ValueError:
+                    fit = ()
+                if len(fit) == 5 and all(math.isfinite(v) for v in fit):
+                    service_fit = fit
+                else:
+                    invalid[f"{self.key_latency(eid)}#{name}"] = f"not a fit: {value_b!r}"
+                continue
             try:
                 value = float(value_b)
                 if not math.isfinite(value) or value < 0:
@@ -626,6 +645,7 @@ class ViewStore(Lifecycle):
             observed=observed,
             service_ms=service_ms,
             service_samples=service_samples,
+            service_fit=service_fit,
         )
 
     # --- maintenance -----------------------------------------------------------------

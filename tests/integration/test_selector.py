@@ -455,6 +455,8 @@ async def test_restart_recovers_from_store_and_honours_tombstones_sent_while_dow
         learned = first.view.get(ids[0])
         assert learned is not None
         learned_service, learned_observed = learned.service_ms, dict(learned.observed_ms or {})
+        learned_fit, learned_slope = learned.service_fit, learned.load_slope_ms
+        assert learned_fit is not None
         await _until_async(lambda: _has(store, set(ids)), 10, "the store")
         await _until_async(
             lambda: _stored_service(store, ids[0], learned_service), 10, "the learned service"
@@ -491,6 +493,8 @@ async def test_restart_recovers_from_store_and_honours_tombstones_sent_while_dow
         assert restored.service_ms == learned_service
         assert restored.service_samples == 1
         assert restored.observed_ms == learned_observed
+        assert restored.service_fit == learned_fit
+        assert restored.load_slope_ms == learned_slope
         async with _requester(infra, catalog) as requester:
             reply = await requester.request(_ask("c", traits))
         assert reply.status is SelectionStatus.OK

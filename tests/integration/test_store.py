@@ -225,6 +225,22 @@ async def test_registration_as_of_an_age_gets_only_the_ttl_left(store: ViewStore
     assert old.registration.executor_id == "old"
 
 
+async def test_service_fit_round_trips_and_a_garbled_one_is_reported(
+    store: ViewStore, raw: Redis
+) -> None:
+    fit = (4.0, 1.5, 20.0, 3.25, -0.75)  # a covariance may be negative
+    await store.apply_batch(
+        [registration("fit"), ObservedLatency("fit", "c", 30.0, 12.0, 4, service_fit=fit)]
+    )
+    loaded = (await store.load()).executors["fit"]
+    assert loaded.service_fit == fit
+    assert (loaded.service_ms, loaded.service_samples) == (12.0, 4)
+    await raw.hset(store.key_latency("fit"), "service_fit", "1,2,nan")  # type: ignore[misc]
+    snapshot = await store.load()
+    assert snapshot.executors["fit"].service_fit is None
+    assert any("service_fit" in key for key in snapshot.invalid)
+
+
 async def test_offsets_survive_a_restart(infra: Infra, store: ViewStore) -> None:
     await store.apply_batch([], offsets={("a.topic", 0): 10, ("a.topic", 1): 20})
     await store.apply_batch([registration("o-1")], offsets={("a.topic", 1): 25, ("b", 0): 1})
