@@ -965,6 +965,17 @@ class ExecutorView:
             raise DecodeError(f"malformed view snapshot: {exc}") from exc
         return view
 
+    def restore_probe(self, executor_id: str, client_id: str, latency_ms: float) -> bool:
+        """Put back a stored probe latency (a restart): what ``apply_latency`` does for a
+        probe, without building a message per value. False for an unknown executor."""
+        entry = self._entries.get(executor_id)
+        if entry is None:
+            return False
+        if not 0.0 <= latency_ms < _INF:
+            raise ConfigurationError(f"probe latency must be finite and >= 0: {latency_ms!r}")
+        self._set_probe(entry, client_id, latency_ms)
+        return True
+
     def _set_probe(self, entry: ExecutorEntry, client_id: str, latency: float) -> None:
         old = entry.probes.get(client_id)
         entry.probes[client_id] = latency

@@ -722,3 +722,21 @@ def test_restore_learned_with_a_fit_restores_base_and_slope() -> None:
         view.restore_learned("a", {}, None, 1, [1.0, 2.0])
     with pytest.raises(DecodeError):
         view.restore_learned("a", {}, None, 1, [1.0, 0.0, float("nan"), 0.0, 0.0])
+
+
+def test_restore_probe_equals_applying_a_probe_measurement() -> None:
+    restored, applied = ExecutorView(), ExecutorView()
+    for view in (restored, applied):
+        view.apply_registration(reg("a"), 0.0)
+    assert restored.restore_probe("a", "c1", 12.0)
+    assert restored.restore_probe("a", "c2", 30.0)
+    applied.apply_latency(LatencyMeasurement(executor_id="a", client_id="c1", latency_ms=12.0), 0)
+    applied.apply_latency(LatencyMeasurement(executor_id="a", client_id="c2", latency_ms=30.0), 0)
+    a, b = restored.get("a"), applied.get("a")
+    assert a is not None
+    assert b is not None
+    assert (a.probes, a.median_probe_ms) == (b.probes, b.median_probe_ms)
+    assert restored.fallback_latency_ms() == applied.fallback_latency_ms()
+    assert not restored.restore_probe("ghost", "c1", 1.0)
+    with pytest.raises(ConfigurationError):
+        restored.restore_probe("a", "c1", float("nan"))
