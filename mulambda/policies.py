@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 from bisect import bisect_left
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from heapq import heappush, heapreplace
 
 from mulambda.errors import MulambdaError, NoCandidate
@@ -454,12 +454,7 @@ def round_robin(
     state.rr_counters[key] = counter + 1
     start = counter % n
     k = min(request.top_k, n)
-    fallback = view.fallback_latency_ms()
-    picked = [candidates[(start + j) % n] for j in range(k)]
-    return [
-        _candidate(e, float(k - rank), _weighted_estimate(e, request, fallback))
-        for rank, e in enumerate(picked)
-    ]
+    return _rank_in_order([candidates[(start + j) % n] for j in range(k)], request, view)
 
 
 def random_choice(
@@ -473,7 +468,15 @@ def random_choice(
     if not candidates:
         return []
     k = min(request.top_k, len(candidates))
-    picked = state.rng.sample(candidates.entries, k)
+    return _rank_in_order(state.rng.sample(candidates.entries, k), request, view)
+
+
+def _rank_in_order(
+    picked: Sequence[ExecutorEntry], request: SelectionRequest, view: ExecutorView
+) -> list[Candidate]:
+    """Candidates in the order given, scored by rank (k, k-1, ...), with the weighted
+    policy's estimates: the baselines' reply."""
+    k = len(picked)
     fallback = view.fallback_latency_ms()
     return [
         _candidate(e, float(k - rank), _weighted_estimate(e, request, fallback))
