@@ -67,9 +67,18 @@ from typing import Any
 import yaml
 from aiokafka import AIOKafkaConsumer
 
-from mulambda.codec import decode
+from mulambda.emulator.profiles import PROTOTYPE_PROFILES, SyntheticProfile, parse_profiles
+from mulambda.emulator.server import ExecutorServer, SyntheticModel
 from mulambda.errors import DecodeError
-from mulambda.events import (
+from mulambda.kafka import Admin, KafkaConfig, Producer, partitions_of, start_bounded
+from mulambda.routing.router import Router
+from mulambda.runtime.settings import Settings
+from mulambda.selection.policies import PolicyState, smooth_latency_score
+from mulambda.selection.selector import Selector
+from mulambda.selection.store import ViewStore
+from mulambda.wire.catalog import Catalog, Topic, load_catalog
+from mulambda.wire.codec import decode
+from mulambda.wire.events import (
     ExecutorRegistration,
     ExecutorStatus,
     InferenceRequest,
@@ -82,15 +91,6 @@ from mulambda.events import (
     Traits,
     deadline_in,
 )
-from mulambda.executor import ExecutorServer, SyntheticModel
-from mulambda.kafka import Admin, KafkaConfig, Producer, partitions_of, start_bounded
-from mulambda.policies import PolicyState, smooth_latency_score
-from mulambda.router import Router
-from mulambda.selector import Selector
-from mulambda.settings import Settings
-from mulambda.store import ViewStore
-from mulambda.synthetic import PROTOTYPE_PROFILES, SyntheticProfile, parse_profiles
-from mulambda.topics import Catalog, Topic, load_catalog
 
 CLIENT = "bench-client"
 

@@ -7,7 +7,7 @@ Prints p50/p99 microseconds of one selection for every policy in two setups:
 (b) 10,000 registered executors in 10 traits keys, 1,000 matching.
 Weights are the prototype's use cases (psa 0.5/0.5, scp 1/0, mda 0/1), input size 10
 unless marked; "size=0" removes the size term, the worst case for latency-heavy pruning.
-"select" is the whole :func:`mulambda.policies.select` call (candidate filtering, the
+"select" is the whole :func:`mulambda.selection.policies.select` call (candidate filtering, the
 policy, the Candidate objects and the SelectionReply); "policy" excludes the reply. Then
 prints the traced memory of a 10,000-executor view with ``--clients`` probe latencies per
 executor. Targets: weighted p50 <= 20 us in (a) and <= 200 us in (b).
@@ -24,7 +24,9 @@ import tracemalloc
 from collections.abc import Callable
 from datetime import timedelta
 
-from mulambda.events import (
+from mulambda.selection.policies import POLICIES, Policy, PolicyState, select
+from mulambda.selection.view import ExecutorView
+from mulambda.wire.events import (
     ExecutorRegistration,
     ExecutorStatus,
     LatencyMeasurement,
@@ -35,8 +37,6 @@ from mulambda.events import (
     Traits,
     utcnow,
 )
-from mulambda.policies import POLICIES, Policy, PolicyState, select
-from mulambda.view import ExecutorView
 
 NOW = 1_000.0
 

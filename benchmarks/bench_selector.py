@@ -61,9 +61,14 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
 
-from mulambda.codec import encode
 from mulambda.errors import MulambdaError
-from mulambda.events import (
+from mulambda.kafka import Admin, KafkaConfig, Producer, partitions_of, start_bounded
+from mulambda.routing.requester import Requester
+from mulambda.runtime.settings import Settings
+from mulambda.selection.store import ViewStore
+from mulambda.wire.catalog import Catalog, Topic, load_catalog
+from mulambda.wire.codec import encode
+from mulambda.wire.events import (
     ExecutorRegistration,
     ExecutorStatus,
     LatencyMeasurement,
@@ -75,11 +80,6 @@ from mulambda.events import (
     Traits,
     utcnow,
 )
-from mulambda.kafka import Admin, KafkaConfig, Producer, partitions_of, start_bounded
-from mulambda.requester import Requester
-from mulambda.settings import Settings
-from mulambda.store import ViewStore
-from mulambda.topics import Catalog, Topic, load_catalog
 
 PARTS = ("latency", "throughput", "materialise", "restart", "memory")
 REQUEST_TRAITS = Traits(model_type="bench-0", input_format="tensor", output_format="probs")

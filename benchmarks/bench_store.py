@@ -21,14 +21,14 @@ import time
 import uuid
 from collections.abc import Sequence
 
-from mulambda.events import (
+from mulambda.selection.store import StoreEvent, ViewStore
+from mulambda.wire.events import (
     ExecutorRegistration,
     ExecutorStatus,
     LatencyMeasurement,
     ModelState,
     Traits,
 )
-from mulambda.store import StoreEvent, ViewStore
 
 
 def _events(n: int, clients: int) -> tuple[list[StoreEvent], list[StoreEvent]]:

@@ -15,7 +15,7 @@ The hierarchy::
     │   ├── InvalidSelectionRequest   weights, sizes or policy out of range
     │   └── NoCandidate               nothing passes the hard criteria or SLO
     ├── ExecutorError                 a TF Serving endpoint answered with an error
-    │   (subclasses per HTTP status live in ``mulambda.tfserving``)
+    │   (subclasses per HTTP status live in ``mulambda.executors.tfserving``)
     └── ModelStoreError               model upload/download refused (layout, exists)
 
 Errors from aiokafka, redis and aiohttp are translated at the module that talks to

@@ -22,9 +22,10 @@ import pytest
 import pytest_asyncio
 
 from mulambda.kafka import Admin, KafkaConfig
-from mulambda.topics import Catalog, load_catalog
+from mulambda.wire.catalog import Catalog, load_catalog
 
-REPO = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
 INFRA = REPO / "deploy" / "local" / "infra.sh"
 
 
@@ -34,10 +35,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if pytest_asyncio.is_async_test(item):
             item.add_marker(marker, append=False)
-        if "integration" in str(item.path) and not item.get_closest_marker("integration"):
-            item.add_marker(pytest.mark.integration)
-        if "unit" in str(item.path) and not item.get_closest_marker("unit"):
-            item.add_marker(pytest.mark.unit)
+        kind = suite_of(item.path)
+        if kind is not None and not item.get_closest_marker(kind):
+            item.add_marker(getattr(pytest.mark, kind))
+
+
+SUITES = ("unit", "integration", "faults", "fuzz")
+"""Top-level folders of ``tests/``, each also the marker of the tests under it."""
+
+
+def suite_of(path: Path) -> str | None:
+    """The suite a test file belongs to: its first folder below ``tests/``.
+
+    Read from the path relative to this directory, so a checkout under ``/home/unit/`` or
+    ``/srv/integration/`` does not mark every test as both.
+    """
+    try:
+        first = path.resolve().relative_to(TESTS).parts[0]
+    except (ValueError, IndexError):
+        return None
+    return first if first in SUITES else None
 
 
 @dataclass(frozen=True)

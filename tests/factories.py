@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mulambda.events import Candidate as CandidateModel
-from mulambda.events import (
+from mulambda.wire.events import Candidate as CandidateModel
+from mulambda.wire.events import (
     ClientRegistration,
     DeadLetter,
     ExecutorRegistration,

@@ -35,7 +35,7 @@ PROFILES=$("$VENV/bin/python" - "$TIME_SCALE" "${SYNTHETIC_MODELS[@]}" <<'EOF'
 import sys
 
 from mulambda.errors import MulambdaError
-from mulambda.synthetic import profile_by_name
+from mulambda.emulator.profiles import profile_by_name
 
 try:
     scale = float(sys.argv[1])

@@ -49,7 +49,7 @@ def cli() -> None:
     """MuLambda: trait-based model selection and inference routing over Kafka.
 
     Connection settings come from MULAMBDA_* environment variables (see
-    mulambda/settings.py); `deploy/local/infra.sh start` prints the local ones.
+    mulambda/runtime/settings.py); `deploy/local/infra.sh start` prints the local ones.
     """
 
 

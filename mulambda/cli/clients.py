@@ -11,13 +11,13 @@ from pydantic import ValidationError
 from mulambda.cli.common import load_settings, run_async
 from mulambda.cli.executors import BadArguments, describe_invalid
 from mulambda.errors import ConfigurationError, MulambdaError
-from mulambda.events import ClientRegistration
+from mulambda.executors.probe import ProbeServer, deregister_client, read_clients, register_client
 from mulambda.kafka import KafkaConfig, Producer
-from mulambda.observability import configure_logging
-from mulambda.probe import ProbeServer, deregister_client, read_clients, register_client
-from mulambda.runner import Service, run
-from mulambda.settings import Settings
-from mulambda.topics import Catalog, Topic, load_catalog
+from mulambda.runtime.observability import configure_logging
+from mulambda.runtime.runner import Service, run
+from mulambda.runtime.settings import Settings
+from mulambda.wire.catalog import Catalog, Topic, load_catalog
+from mulambda.wire.events import ClientRegistration
 
 
 def _client_registration(client_id: str, probe_url: str, zone: str) -> ClientRegistration:

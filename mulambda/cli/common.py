@@ -11,7 +11,7 @@ import click
 from pydantic import ValidationError
 
 from mulambda.errors import MulambdaError
-from mulambda.settings import Settings
+from mulambda.runtime.settings import Settings
 
 T = TypeVar("T")
 

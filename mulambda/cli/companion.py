@@ -1,7 +1,9 @@
-"""``mulambda companion``: the sidecar beside one TF Serving instance (see mulambda.companion).
+"""``mulambda companion``: the sidecar beside one TF Serving instance.
+
+See :mod:`mulambda.executors.companion`.
 
 Arguments are validated before any Kafka traffic (one line, exit 2). The companion runs
-under :func:`mulambda.runner.run`, so SIGTERM publishes the deregistration and a final
+under :func:`mulambda.runtime.runner.run`, so SIGTERM publishes the deregistration and a final
 END status, flushes, and exits 0.
 """
 
@@ -19,13 +21,13 @@ from mulambda.cli.executors import (
     check_endpoint,
     registration_options,
 )
-from mulambda.companion import Companion
-from mulambda.events import ExecutorRegistration
+from mulambda.executors.companion import Companion
+from mulambda.executors.tfserving import TFServingClient
 from mulambda.kafka import KafkaConfig
-from mulambda.observability import configure_logging
-from mulambda.runner import Service, run
-from mulambda.tfserving import TFServingClient
-from mulambda.topics import load_catalog
+from mulambda.runtime.observability import configure_logging
+from mulambda.runtime.runner import Service, run
+from mulambda.wire.catalog import load_catalog
+from mulambda.wire.events import ExecutorRegistration
 
 _REGISTRATION_ONLY = (
     "model_name",

@@ -9,18 +9,18 @@ from pathlib import Path
 import click
 
 from mulambda.cli.common import load_settings
-from mulambda.errors import MulambdaError
-from mulambda.executor import (
+from mulambda.emulator.profiles import PROTOTYPE_PROFILES, SyntheticProfile, load_profiles
+from mulambda.emulator.server import (
     ExecutorServer,
     SavedModelModel,
     ServedModel,
     saved_model_versions,
     synthetic_models,
 )
-from mulambda.observability import configure_logging
-from mulambda.runner import UntilStopped, serve
-from mulambda.storage import ModelStore
-from mulambda.synthetic import PROTOTYPE_PROFILES, SyntheticProfile, load_profiles
+from mulambda.errors import MulambdaError
+from mulambda.models.object_store import ModelStore
+from mulambda.runtime.observability import configure_logging
+from mulambda.runtime.runner import UntilStopped, serve
 
 
 @click.group()

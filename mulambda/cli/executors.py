@@ -15,12 +15,12 @@ import click
 from pydantic import TypeAdapter, ValidationError
 
 from mulambda.cli.common import load_settings, run_async
-from mulambda.companion import deregister_executor, read_executors, register_executor
 from mulambda.errors import ConfigurationError
-from mulambda.events import ExecutorRegistration, Traits
+from mulambda.executors.companion import deregister_executor, read_executors, register_executor
+from mulambda.executors.tfserving import model_path
 from mulambda.kafka import KafkaConfig, Producer
-from mulambda.tfserving import model_path
-from mulambda.topics import Topic, load_catalog
+from mulambda.wire.catalog import Topic, load_catalog
+from mulambda.wire.events import ExecutorRegistration, Traits
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -297,7 +297,7 @@ def launch(
     """Run an executor on Kubernetes: TF Serving fed from MinIO, plus its companion."""
     import yaml
 
-    from mulambda.launcher import LaunchOptions, apply_deployment, executor_deployment
+    from mulambda.executors.launcher import LaunchOptions, apply_deployment, executor_deployment
 
     # The endpoint is the pod's own IP, known only at run time; the companion fills it in.
     registration = build_registration(

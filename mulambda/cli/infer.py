@@ -10,7 +10,9 @@ import orjson
 from pydantic import ValidationError
 
 from mulambda.cli.common import load_settings, run_async
-from mulambda.events import (
+from mulambda.kafka import KafkaConfig, Producer, read_until_key
+from mulambda.wire.catalog import Topic, load_catalog
+from mulambda.wire.events import (
     InferenceRequest,
     InferenceResult,
     InferenceStatus,
@@ -19,8 +21,6 @@ from mulambda.events import (
     Traits,
     deadline_in,
 )
-from mulambda.kafka import KafkaConfig, Producer, read_until_key
-from mulambda.topics import Topic, load_catalog
 
 
 @click.command()

@@ -10,10 +10,10 @@ import click
 
 from mulambda.cli.common import load_settings
 from mulambda.kafka import KafkaConfig
-from mulambda.observability import HealthServer, configure_logging
-from mulambda.router import Router
-from mulambda.runner import serve
-from mulambda.topics import load_catalog
+from mulambda.routing.router import Router
+from mulambda.runtime.observability import HealthServer, configure_logging
+from mulambda.runtime.runner import serve
+from mulambda.wire.catalog import load_catalog
 
 
 class _RouterService:

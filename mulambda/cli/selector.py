@@ -11,11 +11,11 @@ import click
 from mulambda.cli.common import load_settings
 from mulambda.errors import MulambdaError
 from mulambda.kafka import KafkaConfig
-from mulambda.observability import HealthServer, configure_logging
-from mulambda.runner import serve
-from mulambda.selector import Selector
-from mulambda.store import ViewStore
-from mulambda.topics import load_catalog
+from mulambda.runtime.observability import HealthServer, configure_logging
+from mulambda.runtime.runner import serve
+from mulambda.selection.selector import Selector
+from mulambda.selection.store import ViewStore
+from mulambda.wire.catalog import load_catalog
 
 
 class _SelectorService:

@@ -6,7 +6,7 @@ import click
 
 from mulambda.cli.common import load_settings, run_async
 from mulambda.kafka import Admin, KafkaConfig
-from mulambda.topics import CATALOG_DIR, load_catalog, write_generated
+from mulambda.wire.catalog import CATALOG_DIR, load_catalog, write_generated
 
 
 @click.group()
@@ -62,7 +62,7 @@ def generate(check: bool) -> None:
     """Write topics/schemas/*.json and topics/asyncapi.yaml from the models."""
     catalog = load_catalog()
     if check:
-        from mulambda.topics import generated_files
+        from mulambda.wire.catalog import generated_files
 
         stale = [
             rel

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from mulambda.cli import cli
-from mulambda.settings import Settings
+from mulambda.runtime.settings import Settings
 
 pytestmark = pytest.mark.unit
 

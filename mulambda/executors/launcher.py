@@ -1,0 +1,184 @@
+"""Launching model executors on Kubernetes: a TF Serving pod with a companion sidecar.
+
+The manifest is built by a pure function (``executor_deployment``) so it can be reviewed
+(``mulambda executors launch --dry-run``) and tested without a cluster. The pod:
+
+* an init container runs ``mulambda models download`` to copy ``models/{name}/{version}``
+  from MinIO into an ``emptyDir`` — TF Serving 2.7+ cannot read ``s3://`` paths itself;
+* the ``tensorflow/serving`` container serves it (``--rest_api_port=8501``), with a
+  readiness probe on the model status URL;
+* the companion registers the executor with the pod IP as endpoint, heartbeats, probes
+  clients, and deregisters when the pod terminates.
+
+Connection settings reach the pod as ``MULAMBDA_*`` variables from a ConfigMap and a
+Secret (names configurable), never inline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mulambda.errors import ConfigurationError, TransportError
+from mulambda.wire.events import ExecutorRegistration
+
+TF_SERVING_REST_PORT = 8501
+"""TF Serving's conventional REST port (it serves REST only when given one)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchOptions:
+    """Where and how to run an executor pod."""
+
+    namespace: str = "mulambda"
+    serving_image: str = "tensorflow/serving:2.18.0"
+    mulambda_image: str = "ghcr.io/mulambda/mulambda:0.1.0"
+    config_map: str = "mulambda-config"
+    secret_name: str = "mulambda-secrets"  # noqa: S105 - the name of a Secret, not a secret
+    replicas: int = 1
+    cpu: str | None = None
+    memory: str | None = None
+
+
+def _name(executor_id: str) -> str:
+    # Kubernetes names are DNS labels: lowercase alphanumerics and '-', at most 63.
+    # Executor ids start with an alphanumeric (events.Identifier), so this is never empty.
+    cleaned = "".join(c if c.isalnum() else "-" for c in executor_id.lower()).strip("-")
+    return f"mulambda-executor-{cleaned}"[:63].rstrip("-")
+
+
+def _companion_args(reg: ExecutorRegistration) -> list[str]:
+    args = [
+        "companion",
+        "--executor-id", reg.executor_id,
+        "--endpoint", f"http://$(POD_IP):{TF_SERVING_REST_PORT}",
+        "--status-endpoint", f"http://127.0.0.1:{TF_SERVING_REST_PORT}",
+        "--model-name", reg.model_name,
+        "--model-type", reg.traits.model_type,
+        "--input-format", reg.traits.input_format,
+        "--output-format", reg.traits.output_format,
+        "--accuracy", repr(reg.accuracy),
+        "--model-data-delay-ms-per-element", repr(reg.model_data_delay_ms_per_element),
+        "--zone", reg.zone,
+        "--node", "$(NODE_NAME)",
+        "--heartbeat-interval", repr(reg.heartbeat_interval_s),
+    ]  # fmt: skip
+    if reg.model_version is not None:
+        args += ["--model-version", str(reg.model_version)]
+    return args
+
+
+def executor_deployment(
+    reg: ExecutorRegistration, options: LaunchOptions | None = None
+) -> dict[str, Any]:
+    """The apps/v1 Deployment running ``reg``'s model with its companion."""
+    options = options or LaunchOptions()
+    name = _name(reg.executor_id)
+    labels = {"app.kubernetes.io/name": "mulambda-executor", "mulambda.dev/executor": name}
+    env_from = [
+        {"configMapRef": {"name": options.config_map}},
+        {"secretRef": {"name": options.secret_name}},
+    ]
+    # TF Serving wants a numeric version folder; an unpinned model (the latest in MinIO)
+    # is served as version 1.
+    folder = str(reg.model_version) if reg.model_version is not None else "1"
+    fetch_args = ["models", "download", reg.model_name, f"/models/{reg.model_name}/{folder}"]
+    if reg.model_version is not None:
+        fetch_args += ["--version", folder]
+    resources: dict[str, Any] = {}
+    requests = {k: v for k, v in (("cpu", options.cpu), ("memory", options.memory)) if v}
+    if requests:
+        resources = {"requests": requests}
+    downward = [
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+    ]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": options.namespace, "labels": labels},
+        "spec": {
+            "replicas": options.replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    # The companion's deregistration needs a moment after SIGTERM.
+                    "terminationGracePeriodSeconds": 30,
+                    "volumes": [{"name": "models", "emptyDir": {}}],
+                    "initContainers": [
+                        {
+                            "name": "fetch-model",
+                            "image": options.mulambda_image,
+                            "args": fetch_args,
+                            "envFrom": env_from,
+                            "volumeMounts": [{"name": "models", "mountPath": "/models"}],
+                        }
+                    ],
+                    "containers": [
+                        {
+                            "name": "tfserving",
+                            "image": options.serving_image,
+                            "args": [
+                                f"--rest_api_port={TF_SERVING_REST_PORT}",
+                                f"--model_name={reg.model_name}",
+                                f"--model_base_path=/models/{reg.model_name}",
+                            ],
+                            "ports": [{"name": "rest", "containerPort": TF_SERVING_REST_PORT}],
+                            "readinessProbe": {
+                                "httpGet": {
+                                    "path": f"/v1/models/{reg.model_name}",
+                                    "port": TF_SERVING_REST_PORT,
+                                },
+                                "periodSeconds": 5,
+                            },
+                            "resources": resources,
+                            "volumeMounts": [
+                                {"name": "models", "mountPath": "/models", "readOnly": True}
+                            ],
+                        },
+                        {
+                            "name": "companion",
+                            "image": options.mulambda_image,
+                            "args": _companion_args(reg),
+                            "env": downward,
+                            "envFrom": env_from,
+                        },
+                    ],
+                },
+            },
+        },
+    }
+
+
+async def apply_deployment(manifest: dict[str, Any], *, kubeconfig: str | None = None) -> str:
+    """Create the Deployment, or replace it when it exists; returns ``created``/``updated``."""
+    from kubernetes_asyncio import client, config
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    try:
+        if kubeconfig is None:
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                await config.load_kube_config()
+        else:
+            await config.load_kube_config(config_file=kubeconfig)
+    except (config.ConfigException, OSError) as exc:
+        raise ConfigurationError(f"no Kubernetes configuration: {exc}") from exc
+    meta = manifest["metadata"]
+    async with client.ApiClient() as api:
+        apps = client.AppsV1Api(api)
+        try:
+            await apps.create_namespaced_deployment(meta["namespace"], manifest)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise TransportError(
+                    f"Kubernetes refused the deployment: {exc.status} {exc.reason}",
+                    retriable=exc.status is not None and exc.status >= 500,
+                ) from exc
+            await apps.replace_namespaced_deployment(meta["name"], meta["namespace"], manifest)
+            return "updated"
+        except OSError as exc:
+            raise TransportError(f"Kubernetes API unreachable: {exc}") from exc
+    return "created"

@@ -1,0 +1,561 @@
+"""Request/reply over Kafka: send a request, await the reply matched by correlation id.
+
+Routers, the SDK and benchmarks use :class:`Requester` for selection requests (and any
+other :class:`~mulambda.wire.events.RequestModel` whose answer carries ``correlation_id``).
+
+Design: one shared reply topic, one partition per requester
+    All requesters share one reply topic (``Topic.SELECTION_REPLIES``, 12 partitions in
+    ``topics/catalog.yaml``) instead of a topic per instance, so nothing has to be created
+    or cleaned up per process. Each requester reads exactly one partition of it, assigned
+    manually: there is no consumer group, so no rebalance can ever move the partition
+    away while requests are in flight. The partition is the caller's choice
+    (``reply_partition``) or derived deterministically from ``instance_id`` (CRC-32 modulo
+    the partition count), so a restarted instance keeps its partition.
+
+    Two instances may land on the same partition (more instances than partitions, or a
+    hash collision). That costs bandwidth, never correctness: each reply is matched by its
+    correlation id against this instance's pending requests; replies that match none are
+    dropped and counted as ``stats.foreign``, or as ``stats.late`` when they answer one of
+    this instance's requests that already timed out.
+
+No reply is lost to the start-up race
+    ``start()`` assigns the partition, seeks to its end and *awaits* the resulting position
+    before returning. Kafka consumers otherwise resolve "end" lazily at their first fetch,
+    so a reply written between the first send and that fetch would be skipped. Every
+    request is sent after ``start()`` returned, so its reply lies at or after the fixed
+    position.
+
+Addressing
+    Every request carries ``reply_topic``, ``reply_partition``, ``correlation_id`` and
+    ``deadline`` (now + timeout) in its body, and the first three also as the headers
+    :data:`HEADER_REPLY_TOPIC`, :data:`HEADER_REPLY_PARTITION` and
+    :data:`HEADER_CORRELATION_ID`. Responders answer with :func:`send_reply`, which
+    writes the reply to that topic and partition, keyed by correlation id, with the
+    correlation id header; the requester then skips foreign replies without decoding them.
+
+Concurrency
+    One reader task dispatches replies to futures through a dict lookup, so thousands of
+    requests can be in flight at once; each caller awaits only its own future.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+import zlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Generic, TypeVar
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
+
+from mulambda.errors import (
+    ConfigurationError,
+    DecodeError,
+    KafkaUnavailable,
+    MulambdaError,
+    RequestTimeout,
+)
+from mulambda.kafka import KafkaConfig, Producer, partitions_of, start_bounded
+from mulambda.runtime.lifecycle import Lifecycle
+from mulambda.wire.codec import DEFAULT_MAX_RECORD_BYTES, ReplyAddress, decode
+from mulambda.wire.events import RequestModel, WireModel, utcnow
+
+log = logging.getLogger(__name__)
+
+HEADER_REPLY_TOPIC = "mulambda-reply-topic"
+"""Header naming the full topic the reply goes to."""
+HEADER_REPLY_PARTITION = "mulambda-reply-partition"
+"""Header naming the reply partition (decimal ASCII)."""
+HEADER_CORRELATION_ID = "mulambda-correlation-id"
+"""Header with the correlation id, on requests and on replies."""
+
+Req = TypeVar("Req", bound=RequestModel)
+Rep = TypeVar("Rep", bound=WireModel)
+
+_LATE_MEMORY = 100_000
+"""Timed-out correlation ids remembered to tell late replies from foreign ones."""
+
+
+class RequesterClosed(MulambdaError):
+    """The requester stopped (or its reader failed) while the request was pending."""
+
+    retriable = True
+
+
+@dataclass(slots=True)
+class RequesterStats:
+    """Counters a requester exposes (e.g. on /metrics)."""
+
+    sent: int = 0
+    """Requests handed to the producer."""
+    replied: int = 0
+    """Replies delivered to a waiting caller."""
+    timeouts: int = 0
+    """Requests that raised RequestTimeout."""
+    foreign: int = 0
+    """Replies on our partition that answer another instance's requests (dropped)."""
+    late: int = 0
+    """Replies to our requests that arrived after their timeout (dropped)."""
+    invalid: int = 0
+    """Reply records that could not be decoded (dropped, logged)."""
+
+
+def partition_for(instance_id: str, partitions: int) -> int:
+    """The reply partition of ``instance_id``: CRC-32 of its UTF-8 bytes modulo ``partitions``.
+
+    Stable across processes and Python versions (unlike ``hash()``).
+    """
+    if partitions <= 0:
+        raise ConfigurationError(f"partition count must be positive, got {partitions}")
+    return zlib.crc32(instance_id.encode()) % partitions
+
+
+def request_headers(address: ReplyAddress) -> list[tuple[str, bytes]]:
+    """The Kafka headers a request carries besides its body's reply fields."""
+    headers = [
+        (HEADER_REPLY_TOPIC, address.topic.encode()),
+        (HEADER_CORRELATION_ID, address.correlation_id.encode()),
+    ]
+    if address.partition is not None:
+        headers.append((HEADER_REPLY_PARTITION, str(address.partition).encode()))
+    return headers
+
+
+def reply_address(request: RequestModel) -> ReplyAddress:
+    """Where the answer to a decoded ``request`` goes."""
+    return ReplyAddress(request.reply_topic, request.reply_partition, request.correlation_id)
+
+
+async def send_reply(
+    producer: Producer, address: ReplyAddress, reply: WireModel | bytes
+) -> asyncio.Future[Any]:
+    """Send ``reply`` (a message, or pre-encoded bytes) to the requester at ``address``.
+
+    Keyed by correlation id (the reply topic's catalog key), to ``address.partition``
+    when the request named one, with the correlation id header so requesters can skip
+    replies that are not theirs without decoding. Returns the delivery future.
+    """
+    headers = [(HEADER_CORRELATION_ID, address.correlation_id.encode())]
+    if isinstance(reply, bytes):
+        return await producer.send_raw(
+            address.topic,
+            reply,
+            key=address.correlation_id,
+            partition=address.partition,
+            headers=headers,
+        )
+    return await producer.send(
+        address.topic,
+        reply,
+        key=address.correlation_id,
+        partition=address.partition,
+        headers=headers,
+    )
+
+
+class Requester(Generic[Req, Rep], Lifecycle):
+    """Sends requests to ``request_topic`` and awaits replies on one reply partition.
+
+    ``reply_model`` is the message type replies decode into; it must have a
+    ``correlation_id`` field (e.g. ``Requester[SelectionRequest, SelectionReply]`` with
+    ``reply_model=SelectionReply``). ``reply_partition`` pins the partition; otherwise
+    it is :func:`partition_for` of ``instance_id`` (a random id when None). ``producer``
+    is shared and left running on stop; without one the requester owns a producer.
+    """
+
+    def __init__(
+        self,
+        config: KafkaConfig,
+        *,
+        request_topic: str,
+        reply_topic: str,
+        reply_model: type[Rep],
+        reply_partition: int | None = None,
+        producer: Producer | None = None,
+        instance_id: str | None = None,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    ) -> None:
+        if reply_partition is not None and reply_partition < 0:
+            raise ConfigurationError(f"reply partition must be >= 0, got {reply_partition}")
+        if "correlation_id" not in reply_model.model_fields:
+            raise ConfigurationError(f"{reply_model.__name__} has no correlation_id field")
+        self._config = config
+        self.request_topic = request_topic
+        """Full name of the topic requests go to."""
+        self.reply_topic = reply_topic
+        """Full name of the shared reply topic."""
+        self._reply_model = reply_model
+        self._requested_partition = reply_partition
+        self.instance_id = instance_id or f"{config.client_id}-{uuid.uuid4().hex[:12]}"
+        """Identity of this requester; decides the reply partition when none is given."""
+        self._shared_producer = producer
+        self._producer: Producer | None = None
+        self._owns_producer = producer is None
+        self._max_record_bytes = max_record_bytes
+        self._consumer: AIOKafkaConsumer | None = None
+        self._partition: int | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._sender: asyncio.Task[None] | None = None
+        self._outbox: asyncio.Queue[_Outgoing] = asyncio.Queue()
+        self._pending: dict[str, asyncio.Future[Rep]] = {}
+        self._expired: OrderedDict[str, None] = OrderedDict()
+        self._closed_reason: str | None = None
+        self.stats = RequesterStats()
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    @property
+    def reply_partition(self) -> int:
+        """The partition this requester reads; known once started."""
+        if self._partition is None:
+            raise MulambdaError("requester is not started")
+        return self._partition
+
+    @property
+    def started(self) -> bool:
+        """Whether ``start`` succeeded and ``stop`` was not called since."""
+        return self._consumer is not None
+
+    @property
+    def in_flight(self) -> int:
+        """Requests awaiting their reply now."""
+        return len(self._pending)
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer | None:
+        """The reply consumer (for lag metrics and tests), once started."""
+        return self._consumer
+
+    async def start(self) -> None:
+        """Start the producer, assign the reply partition and fix its starting offset.
+
+        Raises KafkaUnavailable when Kafka is unreachable within the config's timeout,
+        ConfigurationError when the reply topic does not exist or has no such partition.
+        """
+        if self._consumer is not None:
+            return
+        producer = self._shared_producer or Producer(self._config)
+        if self._owns_producer:
+            await producer.start()
+        elif not producer.started:
+            raise ConfigurationError("the shared producer must be started before the requester")
+        consumer = AIOKafkaConsumer(
+            **self._config.client_kwargs(),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="latest",
+            max_partition_fetch_bytes=self._max_record_bytes + 65536,
+            fetch_max_wait_ms=100,
+        )
+        try:
+            await start_bounded(consumer, "requester", self._config.request_timeout_s)
+            try:
+                partition = await self._assign(consumer)
+            except BaseException:
+                await _close(consumer)
+                raise
+        except BaseException:
+            if self._owns_producer:
+                await producer.stop()
+            raise
+        self._producer, self._consumer, self._partition = producer, consumer, partition
+        self._closed_reason = None
+        self._reader = asyncio.create_task(self._read(consumer, partition), name="mulambda-replies")
+        self._sender = asyncio.create_task(self._send(producer), name="mulambda-requests")
+        log.info("requester %s reads %s[%d]", self.instance_id, self.reply_topic, partition)
+
+    async def _assign(self, consumer: AIOKafkaConsumer) -> int:
+        timeout = self._config.request_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                parts = {tp.partition for tp in await partitions_of(consumer, self.reply_topic)}
+                count = len(parts)
+                partition = self._requested_partition
+                if partition is None:
+                    partition = partition_for(self.instance_id, count)
+                elif partition not in parts:
+                    raise ConfigurationError(
+                        f"reply topic {self.reply_topic} has {count} partitions; "
+                        f"no partition {partition}"
+                    )
+                tp = TopicPartition(self.reply_topic, partition)
+                consumer.assign([tp])
+                await consumer.seek_to_end(tp)
+                # Resolve "end" now: every reply to a request sent after this lies beyond.
+                await consumer.position(tp)
+        except (TimeoutError, KafkaError) as exc:
+            raise KafkaUnavailable(
+                f"requester: cannot assign {self.reply_topic} within {timeout:g}s "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+        return partition
+
+    async def stop(self) -> None:
+        """Stop reading, fail pending requests with RequesterClosed, close; idempotent."""
+        consumer, reader, producer = self._consumer, self._reader, self._producer
+        sender = self._sender
+        self._consumer, self._reader, self._producer, self._sender = None, None, None, None
+        if consumer is None:
+            return
+        self._fail_pending("requester stopped")
+        for task in (sender, reader):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        while not self._outbox.empty():
+            handoff = self._outbox.get_nowait().handoff
+            if not handoff.done():
+                handoff.set_exception(RequesterClosed("requester stopped before sending"))
+        await _close(consumer)
+        if producer is not None and self._owns_producer:
+            await producer.stop()
+
+    def _fail_pending(self, reason: str) -> None:
+        self._closed_reason = reason
+        pending, self._pending = self._pending, {}
+        for correlation_id, future in pending.items():
+            if not future.done():
+                future.set_exception(RequesterClosed(f"{reason} (request {correlation_id})"))
+
+    # --- requests --------------------------------------------------------------------
+
+    def reply_fields(self, timeout_s: float) -> dict[str, Any]:
+        """``reply_topic``, ``reply_partition`` and ``deadline`` for building a request.
+
+        :meth:`request` overwrites these fields anyway; this only saves inventing
+        placeholders for the required ones: ``SelectionRequest(**r.reply_fields(5), ...)``.
+        """
+        return {
+            "reply_topic": self.reply_topic,
+            "reply_partition": self._partition,
+            "deadline": utcnow() + timedelta(seconds=timeout_s),
+        }
+
+    async def request(
+        self,
+        message: Req,
+        *,
+        key: str | bytes | None = None,
+        timeout_s: float = 5.0,
+    ) -> Rep:
+        """Send ``message`` and return its reply.
+
+        The message is sent with this requester's reply topic and partition and
+        ``deadline = now + timeout_s``; its ``correlation_id`` is kept (a fresh one by
+        default). ``key`` defaults to the message's ``client_id`` when it has one (the
+        catalog keys selection and inference requests by client id).
+
+        Raises RequestTimeout when no reply arrives within ``timeout_s`` (delivery
+        included), RequesterClosed when the requester stops meanwhile, DecodeError when
+        the reply for this request is undecodable, KafkaUnavailable when the request
+        cannot be delivered, and MulambdaError when not started or the correlation id
+        is already in flight.
+        """
+        producer, partition = self._producer, self._partition
+        if producer is None or partition is None or self._consumer is None:
+            raise MulambdaError(self._closed_reason or "requester is not started")
+        if self._reader is not None and self._reader.done():
+            raise RequesterClosed(self._closed_reason or "reply reader stopped")
+        if not timeout_s > 0:
+            raise ConfigurationError(f"timeout must be positive, got {timeout_s}")
+        correlation_id = message.correlation_id
+        if correlation_id in self._pending:
+            raise MulambdaError(f"correlation id {correlation_id} is already in flight")
+        outgoing = message.model_copy(
+            update={
+                "reply_topic": self.reply_topic,
+                "reply_partition": partition,
+                "deadline": utcnow() + timedelta(seconds=timeout_s),
+            }
+        )
+        if key is None:
+            client_id = getattr(message, "client_id", None)
+            key = client_id if isinstance(client_id, str) else None
+        address = ReplyAddress(self.reply_topic, partition, correlation_id)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Rep] = loop.create_future()
+        handoff: asyncio.Future[asyncio.Future[Any]] = loop.create_future()
+        # Registered before sending: the reply may be read before the send returns.
+        self._pending[correlation_id] = future
+        self._outbox.put_nowait(_Outgoing(outgoing, key, request_headers(address), handoff))
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout_s):
+                delivery = await handoff
+                try:
+                    await delivery
+                except KafkaError as exc:
+                    raise KafkaUnavailable(
+                        f"request to {self.request_topic} not delivered: {exc}"
+                    ) from exc
+                return await future
+        except TimeoutError:
+            self.stats.timeouts += 1
+            self._remember_expired(correlation_id)
+            raise RequestTimeout(
+                f"no reply to {correlation_id} on {self.reply_topic}[{partition}] "
+                f"within {timeout_s:g}s (waited {time.monotonic() - started:.3f}s)"
+            ) from None
+        finally:
+            if self._pending.get(correlation_id) is future:
+                del self._pending[correlation_id]
+            for pending in (future, handoff):
+                if not pending.done():
+                    pending.cancel()
+                elif not pending.cancelled():
+                    pending.exception()  # failed by stop() while we were elsewhere: seen here
+
+    async def _send(self, producer: Producer) -> None:
+        # One task enqueues every request: with thousands of callers each awaiting
+        # producer.send, aiokafka wakes all of them whenever a partition's full batch
+        # drains (a thundering herd, ~10x slower on a hot key than sending in turn).
+        while True:
+            item = await self._outbox.get()
+            if item.handoff.done():
+                continue  # the caller gave up while queued
+            try:
+                delivery = await producer.send(
+                    self.request_topic, item.message, key=item.key, headers=item.headers
+                )
+            except asyncio.CancelledError:
+                if not item.handoff.done():
+                    item.handoff.set_exception(RequesterClosed("requester stopped while sending"))
+                raise
+            except Exception as exc:
+                if not item.handoff.done():
+                    item.handoff.set_exception(exc)
+                continue
+            self.stats.sent += 1
+            delivery.add_done_callback(_observe)
+            if not item.handoff.done():
+                item.handoff.set_result(delivery)
+
+    def _remember_expired(self, correlation_id: str) -> None:
+        self._expired[correlation_id] = None
+        if len(self._expired) > _LATE_MEMORY:
+            self._expired.popitem(last=False)
+
+    # --- reader ----------------------------------------------------------------------
+
+    async def _read(self, consumer: AIOKafkaConsumer, partition: int) -> None:
+        tp = TopicPartition(self.reply_topic, partition)
+        try:
+            while True:
+                try:
+                    batches = await consumer.getmany(tp, timeout_ms=500, max_records=2000)
+                except KafkaError as exc:
+                    log.warning("reply fetch failed, retrying: %s", exc)
+                    await asyncio.sleep(0.2)
+                    continue
+                for records in batches.values():
+                    for record in records:
+                        self._dispatch(record)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug here must not leave callers hanging until their timeouts.
+            log.exception("reply reader of %s failed", self.instance_id)
+            self._fail_pending("reply reader failed")
+
+    def _dispatch(self, record: ConsumerRecord) -> None:
+        correlation_id = _header(record, HEADER_CORRELATION_ID)
+        if correlation_id is not None and correlation_id not in self._pending:
+            self._count_unmatched(correlation_id)
+            return
+        try:
+            reply = decode(self._reply_model, record.value, max_bytes=self._max_record_bytes)
+        except DecodeError as exc:
+            self.stats.invalid += 1
+            log.warning(
+                "undecodable reply %s[%d]@%d dropped: %s",
+                record.topic,
+                record.partition,
+                record.offset,
+                exc.reason,
+            )
+            future = self._pending.pop(correlation_id, None) if correlation_id else None
+            if future is not None and not future.done():
+                future.set_exception(DecodeError(f"undecodable reply: {exc.reason}"))
+            return
+        reply_id = getattr(reply, "correlation_id", None)
+        if correlation_id is not None and reply_id != correlation_id:
+            log.warning(
+                "reply %s[%d]@%d: header correlation id %s differs from body's %s; using body",
+                record.topic,
+                record.partition,
+                record.offset,
+                correlation_id,
+                reply_id,
+            )
+        future = self._pending.pop(reply_id, None) if isinstance(reply_id, str) else None
+        if future is None:
+            self._count_unmatched(reply_id if isinstance(reply_id, str) else "")
+            return
+        if not future.done():
+            future.set_result(reply)
+            self.stats.replied += 1
+
+    def _count_unmatched(self, correlation_id: str) -> None:
+        if correlation_id in self._expired:
+            del self._expired[correlation_id]
+            self.stats.late += 1
+        else:
+            self.stats.foreign += 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Outgoing:
+    """A request waiting for the sender task; ``handoff`` receives the delivery future."""
+
+    message: WireModel
+    key: str | bytes | None
+    headers: list[tuple[str, bytes]]
+    handoff: asyncio.Future[asyncio.Future[Any]]
+
+
+def _observe(delivery: asyncio.Future[Any]) -> None:
+    # The caller may be gone (timed out) when a delivery fails; mark it seen so asyncio
+    # does not log "exception was never retrieved". Callers still awaiting it get it.
+    if not delivery.cancelled():
+        delivery.exception()
+
+
+async def _close(consumer: AIOKafkaConsumer) -> None:
+    # aiokafka awaits a helper task on close that raises CancelledError if it never ran;
+    # one turn of the loop lets it start (it has not when start fails without awaiting).
+    await asyncio.sleep(0)
+    with contextlib.suppress(KafkaError, OSError):
+        await consumer.stop()
+
+
+def _header(record: ConsumerRecord, name: str) -> str | None:
+    headers: Sequence[tuple[str, bytes]] = record.headers or ()
+    for key, value in headers:
+        if key == name:
+            try:
+                return bytes(value).decode()
+            except UnicodeDecodeError:
+                return None
+    return None
+
+
+__all__ = [
+    "HEADER_CORRELATION_ID",
+    "HEADER_REPLY_PARTITION",
+    "HEADER_REPLY_TOPIC",
+    "Requester",
+    "RequesterClosed",
+    "RequesterStats",
+    "partition_for",
+    "reply_address",
+    "request_headers",
+    "send_reply",
+]

@@ -1,0 +1,364 @@
+"""The router: inference request → selection → TF Serving call → result.
+
+Consumes ``inference-requests`` as a consumer group (scale out by adding routers; Kafka
+spreads the partitions), asks the selector for a ranked list of executors over Kafka
+request/reply, calls the best one's TF Serving REST API and fails over down the list
+when an executor answers with a retriable error. Every accepted request gets exactly one
+answer on its reply topic: a result, or an error result saying why. Each successful call
+is also published as an observed latency, which the selector learns service times from.
+
+Requests are consumed by a :class:`~mulambda.kafka.PipelinedConsumer`, which keeps up to
+``concurrency`` requests in flight *across* fetches: a request is routed as soon as it is
+read, never held back until the requests fetched with it are done. Offsets are committed
+per partition up to the oldest request still in flight, so a crash redelivers unanswered
+requests (at least once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import aiohttp
+from aiokafka import ConsumerRecord
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from mulambda.errors import DecodeError, ExecutorError, MulambdaError
+from mulambda.executors.tfserving import TFServingClient
+from mulambda.kafka import DeadLetterer, KafkaConfig, PipelinedConsumer, Producer, Record
+from mulambda.routing.requester import Requester
+from mulambda.runtime.lifecycle import Lifecycle
+from mulambda.runtime.observability import correlation_id
+from mulambda.wire.catalog import Catalog, Topic
+from mulambda.wire.codec import peek_reply_address
+from mulambda.wire.events import (
+    InferenceRequest,
+    InferenceResult,
+    InferenceStatus,
+    LatencyMeasurement,
+    LatencySource,
+    SelectionReply,
+    SelectionRequest,
+    SelectionStatus,
+    deadline_in,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+
+def input_size_of(request: InferenceRequest) -> int:
+    """Elements in the request's input: the explicit size, else rows in the body."""
+    if request.input_size is not None:
+        return request.input_size
+    body = request.body
+    for key in ("instances", "examples"):
+        rows = body.get(key)
+        if isinstance(rows, list):
+            return len(rows)
+    inputs = body.get("inputs")
+    if isinstance(inputs, dict):
+        first = next(iter(inputs.values()), None)
+        return len(first) if isinstance(first, list) else 1
+    return len(inputs) if isinstance(inputs, list) else 1
+
+
+class RouterMetrics:
+    """The router's Prometheus metrics, in the worker's own registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "mulambda_router_requests",
+            "Inference requests by outcome (ok, error, invalid)",
+            ["status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "mulambda_router_latency_seconds",
+            "Receipt to result",
+            registry=registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.failovers = Counter(
+            "mulambda_router_failovers", "Calls retried on the next candidate", registry=registry
+        )
+        self.in_flight = Gauge(
+            "mulambda_router_in_flight", "Requests being routed now", registry=registry
+        )
+        self.dead_lettered = Gauge(
+            "mulambda_router_dead_lettered",
+            "Requests dead-lettered since start",
+            registry=registry,
+        )
+
+
+class Router(Lifecycle):
+    """Routes inference requests; a runner Service (start/stop/wait, ``async with``)."""
+
+    def __init__(
+        self,
+        kafka: KafkaConfig,
+        catalog: Catalog,
+        *,
+        router_id: str,
+        group_id: str = "mulambda-router",
+        concurrency: int = 64,
+        selection_timeout_s: float = 2.0,
+        call_timeout_s: float = 30.0,
+        top_k: int = 3,
+        registry: CollectorRegistry | None = None,
+        grace_s: float = 10.0,
+    ) -> None:
+        self._kafka = kafka
+        self._catalog = catalog
+        self.router_id = router_id
+        self._group_id = group_id
+        self._concurrency = concurrency
+        self._selection_timeout_s = selection_timeout_s
+        self._call_timeout_s = call_timeout_s
+        self._top_k = top_k
+        self._grace_s = grace_s
+        self.registry = registry or CollectorRegistry()
+        self.metrics = RouterMetrics(self.registry)
+        self._producer = Producer(kafka)
+        self._requester: Requester[SelectionRequest, SelectionReply] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._intake: PipelinedConsumer | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Consuming and able to ask for selections."""
+        return self._intake is not None and self._requester is not None
+
+    async def start(self) -> None:
+        """Connect producer, requester, HTTP pool, then start consuming."""
+        if self._intake is not None:
+            return
+        try:
+            await self._producer.start()
+            self._requester = Requester(
+                self._kafka,
+                reply_model=SelectionReply,
+                request_topic=self._catalog.name(Topic.SELECTION_REQUESTS),
+                reply_topic=self._catalog.name(Topic.SELECTION_REPLIES),
+                instance_id=self.router_id,
+                producer=self._producer,
+            )
+            await self._requester.start()
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._concurrency * 2, keepalive_timeout=30)
+            )
+            letters = DeadLetterer(
+                self._producer, self._catalog.name(Topic.DEAD_LETTERS), self._group_id
+            )
+            intake = PipelinedConsumer(
+                self._kafka,
+                {self._catalog.name(Topic.INFERENCE_REQUESTS): InferenceRequest},
+                self.handle,
+                group_id=self._group_id,
+                dead_letters=letters,
+                on_invalid=self._answer_invalid,
+                concurrency=self._concurrency,
+                grace_s=self._grace_s,
+            )
+            await intake.start()
+            self.metrics.dead_lettered.set_function(lambda: intake.stats.dead_lettered)
+            self._intake = intake
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Stop consuming, finish in-flight requests within the grace period, close."""
+        intake, self._intake = self._intake, None
+        if intake is not None:
+            await intake.stop()
+        requester, self._requester = self._requester, None
+        if requester is not None:
+            await requester.stop()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+        await self._producer.stop()
+
+    async def wait(self) -> None:
+        """Return when the consumer ends (it only does on failure), raising why."""
+        done = self._intake.done if self._intake is not None else None
+        if done is not None:
+            # Not ``await done``: the runner cancels this waiter on SIGTERM, and that
+            # must not cancel the consumer, which stop() then drains.
+            await asyncio.wait([done])
+            if not done.cancelled():
+                done.result()
+
+    # --- routing ------------------------------------------------------------------
+
+    async def handle(self, record: Record[Any]) -> None:
+        """Route one request and publish exactly one result for it."""
+        request = record.value
+        if not isinstance(request, InferenceRequest):
+            raise DecodeError("inference request without a body")
+        token = correlation_id.set(request.correlation_id)
+        started = time.perf_counter()
+        self.metrics.in_flight.inc()
+        try:
+            result = await self.route(request)
+            result = result.model_copy(
+                update={"latency_ms": (time.perf_counter() - started) * 1000}
+            )
+            await self._producer.send_and_wait(
+                request.reply_topic,
+                result,
+                key=request.correlation_id,
+                partition=request.reply_partition,
+            )
+            self.metrics.requests.labels(result.status.value).inc()
+            self.metrics.latency.observe(time.perf_counter() - started)
+        finally:
+            self.metrics.in_flight.dec()
+            correlation_id.reset(token)
+
+    async def route(self, request: InferenceRequest) -> InferenceResult:
+        """Select and call; never raises for request-level problems, returns an error."""
+        if request.expired():
+            return _error(request, "deadline passed before the request was routed")
+        remaining = (request.deadline - utcnow()).total_seconds()
+        size = input_size_of(request)
+        try:
+            reply = await self._select(request, size, min(remaining, self._selection_timeout_s))
+        except MulambdaError as exc:
+            # Timeout, an undecodable reply, Kafka down: the client hears why now rather
+            # than waiting out its deadline.
+            return _error(request, f"selection failed: {exc.reason}")
+        if reply.status is SelectionStatus.NO_CANDIDATE:
+            return _error(
+                request,
+                f"no candidate (eliminated by {reply.eliminated_by or 'unknown'}): "
+                f"{reply.error or 'no executor passed the criteria'}",
+            )
+        if reply.status is not SelectionStatus.OK or not reply.candidates:
+            return _error(request, f"selection failed: {reply.error or 'no candidates returned'}")
+        last: MulambdaError | None = None
+        attempts = 0
+        for candidate in reply.candidates:
+            remaining = (request.deadline - utcnow()).total_seconds()
+            if remaining <= 0:
+                break
+            attempts += 1
+            client = TFServingClient(candidate.endpoint, session=self._session)
+            called = time.perf_counter()
+            try:
+                output = await client.infer(
+                    request.verb,
+                    candidate.model_name,
+                    request.body,
+                    version=candidate.model_version,
+                    timeout_s=min(remaining, self._call_timeout_s),
+                )
+            except MulambdaError as exc:
+                # ExecutorError says whether another executor may succeed; anything
+                # else (a registration TF Serving cannot address) is not retriable.
+                last = exc
+                log.info("executor %s failed: %s", candidate.executor_id, exc.reason)
+                if not exc.retriable:
+                    break
+                self.metrics.failovers.inc()
+                continue
+            elapsed_ms = (time.perf_counter() - called) * 1000
+            await self._observe(request, candidate.executor_id, elapsed_ms, size)
+            return InferenceResult(
+                correlation_id=request.correlation_id,
+                status=InferenceStatus.OK,
+                executor_id=candidate.executor_id,
+                model_name=candidate.model_name,
+                output=output,
+                attempts=attempts,
+            )
+        reason = last.reason if last is not None else "deadline passed during failover"
+        return _error(
+            request,
+            f"all {attempts} candidate(s) failed; last: {reason}",
+            code=last.status if isinstance(last, ExecutorError) else None,
+            attempts=attempts,
+        )
+
+    async def _select(
+        self, request: InferenceRequest, size: int, timeout_s: float
+    ) -> SelectionReply:
+        requester = self._requester
+        if requester is None:
+            raise MulambdaError("router is not started")
+        selection = SelectionRequest(
+            correlation_id=request.correlation_id,
+            reply_topic=requester.reply_topic,
+            reply_partition=requester.reply_partition,
+            deadline=deadline_in(timeout_s),
+            client_id=request.client_id,
+            traits=request.traits,
+            weights=request.weights,
+            input_size=size,
+            slo=request.slo,
+            policy=request.policy,
+            top_k=self._top_k,
+        )
+        return await requester.request(selection, key=request.client_id, timeout_s=timeout_s)
+
+    async def _observe(
+        self, request: InferenceRequest, executor_id: str, elapsed_ms: float, size: int
+    ) -> None:
+        # Fire and forget: the result matters more than the feedback, and the producer
+        # retries on its own; awaiting the ack would add a round trip per request. A
+        # failure here must not fail (and so re-route) a request that was answered.
+        measurement = LatencyMeasurement(
+            executor_id=executor_id,
+            client_id=request.client_id,
+            latency_ms=elapsed_ms,
+            source=LatencySource.OBSERVED,
+            input_size=size,
+        )
+        try:
+            delivery = await self._producer.send(
+                self._catalog.name(Topic.LATENCY_MEASUREMENTS), measurement, key=executor_id
+            )
+        except MulambdaError as exc:
+            log.warning("observed latency of %s not published: %s", executor_id, exc.reason)
+            return
+        delivery.add_done_callback(_log_failed_delivery)
+
+    async def _answer_invalid(self, raw: ConsumerRecord, exc: DecodeError) -> bool:
+        """Answer an invalid request with an error result when its reply address is
+        readable (the client is waiting for it); else it is dead-lettered."""
+        address = peek_reply_address(raw.value)
+        if address is None:
+            return False
+        result = InferenceResult(
+            correlation_id=address.correlation_id,
+            status=InferenceStatus.ERROR,
+            error=exc.reason,
+            attempts=0,
+        )
+        await self._producer.send_and_wait(
+            address.topic, result, key=address.correlation_id, partition=address.partition
+        )
+        self.metrics.requests.labels("invalid").inc()
+        return True
+
+
+def _log_failed_delivery(delivery: asyncio.Future[Any]) -> None:
+    # Retrieve the exception so asyncio does not report it as never retrieved.
+    if not delivery.cancelled() and delivery.exception() is not None:
+        log.warning("observed latency not delivered: %s", delivery.exception())
+
+
+def _error(
+    request: InferenceRequest, reason: str, *, code: int | None = None, attempts: int = 0
+) -> InferenceResult:
+    return InferenceResult(
+        correlation_id=request.correlation_id,
+        status=InferenceStatus.ERROR,
+        error=reason,
+        error_code=code,
+        attempts=attempts,
+    )

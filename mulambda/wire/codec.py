@@ -1,0 +1,100 @@
+"""Bytes ↔ messages: JSON via orjson and pydantic, validated against the event models.
+
+Pure: no Kafka here. Decoding failures raise :class:`~mulambda.errors.DecodeError` whose
+message is the dead-letter reason.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import ValidationError
+
+from mulambda.errors import DecodeError, OversizeError
+from mulambda.wire.events import WireModel
+
+M = TypeVar("M", bound=WireModel)
+
+DEFAULT_MAX_RECORD_BYTES = 1_048_576
+"""Kafka's default ``max.message.bytes``; larger bodies are refused before parsing."""
+
+
+def encode(message: WireModel) -> bytes:
+    """Serialise a message to compact JSON bytes."""
+    return message.__pydantic_serializer__.to_json(message)
+
+
+def encode_key(key: str | bytes | None) -> bytes | None:
+    """Record keys travel as UTF-8."""
+    if key is None or isinstance(key, bytes):
+        return key
+    return key.encode()
+
+
+def decode(model: type[M], data: bytes | None, *, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> M:
+    """Parse and validate ``data`` as ``model``; raise DecodeError with a readable reason."""
+    if data is None:
+        raise DecodeError(f"empty record: expected a {model.type_name}")
+    if len(data) > max_bytes:
+        raise OversizeError(f"record of {len(data)} bytes exceeds the {max_bytes}-byte bound")
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as exc:
+        raise DecodeError(describe_validation_error(model, exc)) from exc
+
+
+def describe_validation_error(model: type[WireModel], exc: ValidationError) -> str:
+    """One line naming every failing field, or saying the bytes are not JSON at all."""
+    errors = exc.errors(include_url=False, include_input=False)
+    if any(e["type"] == "json_invalid" for e in errors):
+        return f"not valid JSON: {errors[0]['msg']}"
+    if any(e["type"] == "model_type" and not e["loc"] for e in errors):
+        return f"not a JSON object: expected a {model.type_name}"
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in errors]
+    return f"invalid {model.type_name}: " + "; ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyAddress:
+    """Where the answer to a request goes, read from a body that may be invalid."""
+
+    topic: str
+    partition: int | None
+    correlation_id: str
+
+
+def peek_reply_address(
+    data: bytes | None, *, max_bytes: int = DEFAULT_MAX_RECORD_BYTES
+) -> ReplyAddress | None:
+    """Best-effort read of reply_topic/partition/correlation_id from a rejected request.
+
+    An invalid request still gets an error reply when these three can be read; otherwise
+    the caller dead-letters it.
+    """
+    if data is None or len(data) > max_bytes:
+        return None
+    try:
+        body: Any = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        # pydantic accepts NaN/Infinity tokens (then rejects the value, e.g. a NaN
+        # weight); orjson refuses them. Such a request is still answerable.
+        try:
+            body = json.loads(data)
+        except (ValueError, RecursionError):
+            return None
+    if not isinstance(body, dict):
+        return None
+    topic, corr, part = (
+        body.get("reply_topic"),
+        body.get("correlation_id"),
+        body.get("reply_partition"),
+    )
+    if not (isinstance(topic, str) and topic and isinstance(corr, str) and corr):
+        return None
+    if len(topic) > 249 or len(corr) > 64:
+        return None
+    partition = part if isinstance(part, int) and not isinstance(part, bool) and part >= 0 else None
+    return ReplyAddress(topic, partition, corr)

@@ -1,0 +1,742 @@
+"""The selector's in-memory view: index, liveness, model state, latencies, load, snapshots."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mulambda.errors import ConfigurationError, DecodeError
+from mulambda.selection.view import ExecutorView, ServiceFit, TraitsKey
+from mulambda.wire.events import (
+    ClientRegistration,
+    ExecutorRegistration,
+    ExecutorStatus,
+    LatencyMeasurement,
+    LatencySource,
+    ModelState,
+    Traits,
+)
+
+pytestmark = pytest.mark.unit
+
+WINE = Traits(model_type="classification", input_format="wine-13", output_format="probs-3")
+TEXT = Traits(model_type="sentiment", input_format="text", output_format="label")
+
+
+def reg(
+    executor_id: str,
+    *,
+    traits: Traits = WINE,
+    accuracy: float = 0.9,
+    delay: float = 0.0,
+    interval: float = 5.0,
+) -> ExecutorRegistration:
+    return ExecutorRegistration(
+        executor_id=executor_id,
+        model_name="m",
+        traits=traits,
+        accuracy=accuracy,
+        endpoint=f"http://{executor_id}:8501",
+        model_data_delay_ms_per_element=delay,
+        heartbeat_interval_s=interval,
+    )
+
+
+def status(
+    executor_id: str,
+    state: ModelState = ModelState.AVAILABLE,
+    *,
+    in_flight: int = 0,
+    interval: float = 5.0,
+) -> ExecutorStatus:
+    return ExecutorStatus(
+        executor_id=executor_id,
+        model_state=state,
+        in_flight=in_flight,
+        heartbeat_interval_s=interval,
+    )
+
+
+def probe(executor_id: str, client_id: str, ms: float) -> LatencyMeasurement:
+    return LatencyMeasurement(executor_id=executor_id, client_id=client_id, latency_ms=ms)
+
+
+def observed(
+    executor_id: str, client_id: str, ms: float, size: int | None = None
+) -> LatencyMeasurement:
+    return LatencyMeasurement(
+        executor_id=executor_id,
+        client_id=client_id,
+        latency_ms=ms,
+        source=LatencySource.OBSERVED,
+        input_size=size,
+    )
+
+
+def ids(view: ExecutorView, traits: Traits | TraitsKey, now: float) -> list[str]:
+    return [e.executor_id for e in view.candidates(traits, now)]
+
+
+# --- index ---------------------------------------------------------------------------
+
+
+def test_candidates_come_only_from_the_requested_traits_sorted_by_id() -> None:
+    view = ExecutorView()
+    for executor_id in ("c", "a", "b"):
+        view.apply_registration(reg(executor_id), now=0.0)
+    view.apply_registration(reg("t1", traits=TEXT), now=0.0)
+
+    assert ids(view, WINE, 1.0) == ["a", "b", "c"]
+    assert ids(view, TEXT.key(), 1.0) == ["t1"]
+    assert view.size == len(view) == 4
+    assert sorted(view.traits_keys()) == sorted([WINE.key(), TEXT.key()])
+    other = Traits(model_type="classification", input_format="wine-13", output_format="label")
+    assert ids(view, other, 1.0) == []
+    assert view.eliminated_by(other, 1.0) == "traits"
+
+
+def test_reregistration_with_new_traits_moves_the_executor() -> None:
+    view = ExecutorView()
+    assert view.apply_registration(reg("a"), now=0.0) is True
+    assert ids(view, WINE, 0.0) == ["a"]
+
+    assert view.apply_registration(reg("a", traits=TEXT, accuracy=0.7), now=1.0) is False
+
+    assert ids(view, WINE, 1.0) == []
+    assert view.eliminated_by(WINE, 1.0) == "traits"
+    assert ids(view, TEXT, 1.0) == ["a"]
+    assert view.candidates(TEXT, 1.0).max_accuracy == 0.7
+
+
+def test_reregistration_updates_cached_accuracy() -> None:
+    view = ExecutorView()
+    view.apply_registration(reg("a", accuracy=0.6), now=0.0)
+    view.apply_registration(reg("b", accuracy=0.8), now=0.0)
+    assert view.candidates(WINE, 0.0).max_accuracy == 0.8
+
+    view.apply_registration(reg("a", accuracy=0.95), now=0.5)
+
+    cands = view.candidates(WINE, 1.0)
+    assert cands.max_accuracy == 0.95
+    assert [e.executor_id for e in cands.by_accuracy] == ["a", "b"]
+    assert cands.ratios == (1.0, 0.8 / 0.95)
+
+
+def test_tombstone_removes_executor_and_its_latencies() -> None:
+    view = ExecutorView(default_latency_ms=77.0)
+    view.apply_registration(reg("a"), now=0.0)
+    view.apply_registration(reg("b"), now=0.0)
+    view.apply_latency(probe("a", "c1", 40.0), now=0.0)
+    assert view.fallback_latency_ms() == 40.0
+
+    assert view.remove_executor("a") is True
+    assert view.remove_executor("a") is False
+
+    assert ids(view, WINE, 1.0) == ["b"]
+    assert view.get("a") is None
+    # The removed executor's probe no longer feeds the view-wide median.
+    assert view.fallback_latency_ms() == 77.0
+    # Records arriving after the tombstone are ignored, not resurrecting it.
+    assert view.apply_status(status("a"), now=2.0) is False
+    assert ids(view, WINE, 2.0) == ["b"]
+
+
+# --- liveness ------------------------------------------------------------------------
+
+
+def test_registration_counts_as_heartbeat_and_expiry_is_inclusive_of_ttl() -> None:
+    view = ExecutorView(missed_heartbeats=3)
+    view.apply_registration(reg("a", interval=2.0), now=100.0)
+
+    assert ids(view, WINE, 106.0) == ["a"]  # exactly 3 * 2 s: still live
+    assert ids(view, WINE, 106.001) == []
+    assert view.eliminated_by(WINE, 106.001) == "liveness"
+
+
+def test_expired_executor_returns_when_heartbeats_resume() -> None:
+    view = ExecutorView(missed_heartbeats=3)
+    view.apply_registration(reg("a"), now=0.0)
+    view.apply_registration(reg("b"), now=0.0)
+    view.apply_status(status("b"), now=10.0)
+    # The set is cached here, with "a" (last seen 0, ttl 15) still in it ...
+    assert ids(view, WINE, 14.0) == ["a", "b"]
+    # ... and the cache must not outlive a member's expiry.
+    assert ids(view, WINE, 16.0) == ["b"]
+    assert ids(view, WINE, 26.0) == []
+
+    view.apply_status(status("a"), now=30.0)
+
+    assert ids(view, WINE, 30.0) == ["a"]
+    assert ids(view, WINE, 44.0) == ["a"]
+    assert ids(view, WINE, 46.0) == []
+
+
+def test_status_interval_changes_ttl_even_for_a_cached_set() -> None:
+    view = ExecutorView(missed_heartbeats=2)
+    view.apply_registration(reg("a", interval=10.0), now=0.0)
+    assert ids(view, WINE, 1.0) == ["a"]  # cached until 20
+
+    view.apply_status(status("a", interval=1.0), now=2.0)  # now expires at 4
+
+    assert ids(view, WINE, 3.9) == ["a"]
+    assert ids(view, WINE, 4.1) == []
+
+
+def test_a_replayed_old_record_does_not_move_last_seen_backwards() -> None:
+    view = ExecutorView()
+    view.apply_registration(reg("a"), now=100.0)
+    view.apply_status(status("a"), now=50.0)
+    entry = view.get("a")
+    assert entry is not None
+    assert entry.last_seen == 100.0
+    assert entry.live(114.0)
+    assert not entry.live(116.0)
+
+
+def test_missed_heartbeats_is_configurable() -> None:
+    view = ExecutorView(missed_heartbeats=1.5)
+    view.apply_registration(reg("a", interval=4.0), now=0.0)
+    assert ids(view, WINE, 6.0) == ["a"]
+    assert ids(view, WINE, 6.5) == []
+
+
+# --- model state -----------------------------------------------------------------------
+
+
+def test_model_state_filters_and_fresh_registration_counts_as_available() -> None:
+    view = ExecutorView()
+    view.apply_registration(reg("a"), now=0.0)
+    view.apply_registration(reg("b"), now=0.0)
+    assert ids(view, WINE, 1.0) == ["a", "b"]  # no status yet: available
+
+    view.apply_status(status("a", ModelState.LOADING), now=1.0)
+    view.apply_status(status("b", ModelState.UNKNOWN), now=1.0)
+    assert ids(view, WINE, 2.0) == []
+    assert view.eliminated_by(WINE, 2.0) == "model_state"
+
+    view.apply_status(status("b", ModelState.AVAILABLE), now=3.0)
+    assert ids(view, WINE, 3.0) == ["b"]
+    assert view.eliminated_by(WINE, 3.0) is None
+
+
+def test_liveness_is_named_before_model_state_only_when_nothing_is_live() -> None:
+    view = ExecutorView()
+    view.apply_registration(reg("a"), now=0.0)
+    view.apply_registration(reg("b"), now=0.0)
+    view.apply_status(status("a", ModelState.END), now=10.0)
+
+    # "b" is stale, "a" is live but unloaded: the last filter to bite is model_state.
+    assert view.eliminated_by(WINE, 20.0) == "model_state"
+    # Both stale.
+    assert view.eliminated_by(WINE, 30.0) == "liveness"
+
+
+def test_records_of_unknown_executors_are_ignored_and_counted() -> None:
+    view = ExecutorView()
+    assert view.apply_status(status("ghost"), now=0.0) is False
+    assert view.apply_latency(probe("ghost", "c", 1.0), now=0.0) is False
+    assert view.observe_outstanding("ghost", 1) is False
+    stats = view.stats()
+    assert (stats["ignored_status"], stats["ignored_latency"], stats["ignored_outstanding"]) == (
+        1,
+        1,
+        1,
+    )
+    assert view.size == 0
+
+
+# --- latencies -------------------------------------------------------------------------
+
+
+def test_latency_fallback_chain() -> None:
+    view = ExecutorView(default_latency_ms=123.0)
+    view.apply_registration(reg("a"), now=0.0)
+    view.apply_registration(reg("b"), now=0.0)
+    a, b = view.get("a"), view.get("b")
+    assert a is not None
+    assert b is not None
+
+    # Nothing measured anywhere: the constant.
+    assert view.network_latency_ms(a, "me") == 123.0
+
+    view.apply_latency(probe("a", "x", 10.0), now=0.0)
+    view.apply_latency(probe("a", "y", 30.0), now=0.0)
+    view.apply_latency(probe("a", "z", 80.0), now=0.0)
+    # Known client: its own probe.
+    assert view.network_latency_ms(a, "y") == 30.0
+    # Unknown client of a probed executor: that executor's median (odd count).
+    assert view.network_latency_ms(a, "me") == 30.0
+    # Executor without any probe: the view-wide median.
+    assert view.network_latency_ms(b, "me") == 30.0
+
+    view.apply_latency(probe("b", "x", 50.0), now=0.0)
+    # Even count view-wide: mean of the middle two of 10, 30, 50, 80.
+    assert view.fallback_latency_ms() == 40.0
+    # A newer probe replaces the older one (latest wins), medians follow.
+    view.apply_latency(probe("a", "z", 20.0), now=0.0)
+    assert view.network_latency_ms(a, "me") == 20.0  # median of 10, 20, 30
+    assert view.fallback_latency_ms() == 25.0  # 10, 20, 30, 50
+
+
+def test_observed_latency_teaches_service_time_net_of_network_and_size() -> None:
+    view = ExecutorView(ewma_alpha=0.5)
+    view.apply_registration(reg("a", delay=2.0), now=0.0)
+    view.apply_latency(probe("a", "c", 10.0), now=0.0)
+    entry = view.get("a")
+    assert entry is not None
+
+    # 70 ms observed, 10 ms network, 5 elements * 2 ms/element: a 50 ms sample at load
+    # 0. One sample has no spread in load: the slope is the serial prior, the mean
+    # sample per request in the system, 50 / (1 + 0).
+    view.apply_latency(observed("a", "c", 70.0, size=5), now=1.0)
+    assert (entry.service_ms, entry.load_slope_ms) == (50.0, 50.0)
+    assert entry.service_fit == ServiceFit(1.0, 0.0, 50.0, 0.0, 0.0)
+    assert entry.observed_ms == {"c": 70.0}
+
+    # A 110 ms sample at load 1. Weights 1/2 and 1: weight 1.5, mean load 2/3, mean
+    # sample 90, Sxx = 1 * (1 - 2/3) = 1/3, Sxy = 1 * (110 - 90) = 20; prior
+    # 90 / (1 + 2/3) = 54; slope (20 + 54) / (1/3 + 1) = 55.5; base 90 - 55.5 * 2/3 = 53.
+    view.apply_status(status("a", in_flight=1), now=1.0)
+    view.apply_latency(observed("a", "c", 130.0, size=5), now=2.0)
+    assert entry.service_fit is not None
+    assert entry.service_fit == pytest.approx((1.5, 2 / 3, 90.0, 1 / 3, 20.0))
+    assert entry.load_slope_ms == pytest.approx(55.5)
+    assert entry.service_ms == pytest.approx(53.0)
+    assert entry.service_samples == 2
+    assert entry.observed_ms == {"c": 100.0}  # 70 + 0.5 * (130 - 70)
+
+
+def test_service_fit_recovers_an_additive_load_penalty_exactly() -> None:
+    # Noiseless samples of 5 + 3 * load, as an executor serving requests side by side:
+    # least squares is exact on a line whatever the weights (prior weight ~0).
+    view = ExecutorView(ewma_alpha=0.3, slope_prior_weight=1e-12)
+    view.apply_registration(reg("a", delay=0.5), now=0.0)
+    view.apply_latency(probe("a", "c", 10.0), now=0.0)
+    entry = view.get("a")
+    assert entry is not None
+    for n, load in enumerate([0, 2, 1, 4, 3, 7, 5]):
+        view.apply_status(status("a", in_flight=load), now=float(n))
+        # 10 ms network + 0.5 ms * 100 elements + 5 ms + 3 ms per request in the system.
+        view.apply_latency(observed("a", "c", 10.0 + 50.0 + 5.0 + 3.0 * load, size=100), n)
+    assert entry.service_ms == pytest.approx(5.0)
+    assert entry.load_slope_ms == pytest.approx(3.0)
+
+
+def test_service_fit_without_spread_keeps_the_mean_at_the_mean_load() -> None:
+    view = ExecutorView(ewma_alpha=0.5)
+    view.apply_registration(reg("a"), now=0.0)
+    view.apply_latency(probe("a", "c", 0.0), now=0.0)
+    view.apply_status(status("a", in_flight=4), now=0.0)
+    entry = view.get("a")
+    assert entry is not None
+    for n in range(20):
+        view.apply_latency(observed("a", "c", 100.0), now=float(n))
+    # Always at load 4: slope = prior = 100 / (1 + 4) = 20, base = 100 - 20 * 4 = 20, so
+    # the estimate at load 4 is the 100 ms seen there.
+    assert entry.load_slope_ms == pytest.approx(20.0)
+    assert entry.service_ms is not None
+    assert entry.service_ms == pytest.approx(20.0)
+    assert entry.service_ms + 4 * entry.load_slope_ms == pytest.approx(100.0)
+
+
+def test_service_fit_never_has_a_negative_slope_or_base() -> None:
+    view = ExecutorView(ewma_alpha=0.5, slope_prior_weight=1e-12)
+    view.apply_registration(reg("a"), now=0.0)
+    view.apply_latency(probe("a", "c", 0.0), now=0.0)
+    entry = view.get("a")
+    assert entry is not None
+    # Faster under load (noise, or load that was not there): slope 0, base the mean.
+    for n, (load, ms) in enumerate([(0, 40.0), (4, 20.0)]):
+        view.apply_status(status("a", in_flight=load), now=float(n))
+        view.apply_latency(observed("a", "c", ms), now=float(n))
+    assert entry.load_slope_ms == 0.0
+    fit = entry.service_fit
+    assert fit is not None
+    assert entry.service_ms == pytest.approx(fit.service_mean)
+
+    # A steep line through a negative intercept: the base is clamped at 0 and the line
+    # goes through the origin and the mean sample instead.
+    view.apply_registration(reg("b"), now=0.0)
+    view.apply_latency(probe("b", "c", 0.0), now=0.0)
+    b = view.get("b")
+    assert b is not None
+    for n, (load, ms) in enumerate([(2, 10.0), (4, 50.0)]):
+        view.apply_status(status("b", in_flight=load), now=float(n))
+        view.apply_latency(observed("b", "c", ms), now=float(n))
+    fit = b.service_fit
+    assert fit is not None
+    assert b.service_ms == 0.0
+    assert b.load_slope_ms == pytest.approx(fit.service_mean / fit.load_mean)
+
+
+def test_observed_latency_below_network_gives_zero_service_time() -> None:
+    view = ExecutorView()
+    view.apply_registration(reg("a"), now=0.0)
+    view.apply_latency(probe("a", "c", 30.0), now=0.0)
+    view.apply_latency(observed("a", "c", 20.0), now=0.0)
+    entry = view.get("a")
+    assert entry is not None
+    assert (entry.service_ms, entry.load_slope_ms) == (0.0, 0.0)
+
+
+def test_observed_latency_without_probe_uses_fallback_network() -> None:
+    view = ExecutorView(default_latency_ms=15.0, default_service_ms=3.0)
+    view.apply_registration(reg("a"), now=0.0)
+    assert view.fallback_service_ms() == 3.0
+    view.apply_latency(observed("a", "c", 40.0), now=0.0)
+    entry = view.get("a")
+    assert entry is not None
+    assert entry.service_ms == 25.0
+
+
+def test_fallbacks_are_the_lowest_base_and_the_median_slope() -> None:
+    view = ExecutorView(default_service_ms=7.0, default_load_slope_ms=1.5)
+    assert (view.fallback_service_ms(), view.fallback_load_slope_ms()) == (7.0, 1.5)
+    for executor_id, ms in (("a", 30.0), ("b", 12.0), ("c", 50.0)):
+        view.apply_registration(reg(executor_id), now=0.0)
+        view.apply_latency(probe(executor_id, "c", 0.0), now=0.0)
+        view.apply_latency(observed(executor_id, "c", ms), now=0.0)
+    # Single samples at load 0: base = slope = the sample.
+    assert view.fallback_service_ms() == 12.0
+    assert view.fallback_load_slope_ms() == 30.0
+    assert view.stats()["learned_slopes"] == 3
+    view.remove_executor("b")
+    assert view.fallback_service_ms() == 30.0
+    assert view.fallback_load_slope_ms() == 40.0
+
+
+def test_remove_client_forgets_its_latencies() -> None:
+    view = ExecutorView(default_latency_ms=99.0)
+    view.apply_client(ClientRegistration(client_id="c", probe_url="http://c:1/probe"))
+    view.apply_registration(reg("a"), now=0.0)
+    view.apply_latency(probe("a", "c", 5.0), now=0.0)
+    view.apply_latency(observed("a", "c", 9.0), now=0.0)
+    assert [c.client_id for c in view.clients()] == ["c"]
+
+    assert view.remove_client("c") is True
+
+    entry = view.get("a")
+    assert entry is not None
+    assert entry.probes == {}
+    assert entry.median_probe_ms is None
+    assert entry.observed_ms == {}
+    assert view.fallback_latency_ms() == 99.0
+    assert list(view.clients()) == []
+    assert view.remove_client("c") is False
+
+
+# --- load ------------------------------------------------------------------------------
+
+
+def test_outstanding_counts_per_source_and_load_is_max_with_in_flight_and_pending() -> None:
+    view = ExecutorView()
+    view.apply_registration(reg("a"), now=0.0)
+    entry = view.get("a")
+    assert entry is not None
+
+    view.observe_outstanding("a", +1, source="r1")
+    view.observe_outstanding("a", +1, source="r1")
+    view.set_outstanding("a", 3, source="r2")  # a jump is a resync, not a dispatch
+    assert (entry.outstanding, entry.load) == (5, 5)
+
+    view.apply_status(status("a", in_flight=7), now=1.0)
+    assert entry.load == 7
+
+    view.observe_outstanding("a", -5, source="r1")  # clamped at 0
+    view.apply_status(status("a", in_flight=0), now=2.0)
+    assert (entry.outstanding, entry.load) == (3, 3)
+
+    assert view.drop_source("r2") == 1
+    assert entry.outstanding == 0
+    assert view.stats()["outstanding"] == 0
+    # r1's two dispatches were never observed: they still count.
+    assert entry.load == 2
+    view.apply_latency(observed("a", "c", 5.0), now=3.0)
+    view.apply_latency(observed("a", "c", 5.0), now=3.0)
+    assert entry.load == 0
+
+
+def test_pending_dispatches_count_until_observed_and_teach_their_dispatch_load() -> None:
+    view = ExecutorView(ewma_alpha=0.5, slope_prior_weight=1e-12)
+    view.apply_registration(reg("a"), now=0.0)
+    view.apply_latency(probe("a", "c", 0.0), now=0.0)
+    entry = view.get("a")
+    assert entry is not None
+
+    view.candidates(WINE, 1.0)  # the selection's time
+    view.set_outstanding("a", 1, source="sel")  # dispatched at load 0
+    view.set_outstanding("a", 2, source="sel")  # dispatched at load 1
+    assert entry.load == 2
+    # The selector's guess expires before the requests are done: they still count.
+    view.set_outstanding("a", 0, source="sel")
+    assert entry.load == 2
+
+    # Observations pair with dispatches oldest first: 10 ms at load 0, 16 at load 1 -
+    # even though the view's load is 2 and then 1 when they arrive.
+    view.apply_latency(observed("a", "c", 10.0), now=1.1)
+    assert entry.load == 1
+    view.apply_latency(observed("a", "c", 16.0), now=1.2)
+    assert entry.load == 0
+    assert entry.load_slope_ms == pytest.approx(6.0)
+    assert entry.service_ms == pytest.approx(10.0)
+
+    # Without a pending dispatch the current load stands in.
+    view.apply_status(status("a", in_flight=2), now=1.3)
+    view.apply_latency(observed("a", "c", 22.0), now=1.4)
+    assert entry.load_slope_ms == pytest.approx(6.0)
+
+
+def test_pending_dispatches_expire_when_no_observation_comes() -> None:
+    view = ExecutorView(pending_timeout_s=5.0)
+    view.apply_registration(reg("a"), now=0.0)
+    entry = view.get("a")
+    assert entry is not None
+    view.candidates(WINE, 10.0)
+    view.set_outstanding("a", 1, source="sel")
+    view.set_outstanding("a", 0, source="sel")
+    view.apply_status(status("a"), now=14.0)
+    assert entry.load == 1
+    view.apply_status(status("a"), now=15.5)
+    assert entry.load == 0
+    # A later observation finds no dispatch to pair with: it is learned at the current load.
+    view.apply_latency(observed("a", "c", 30.0), now=16.0)
+    fit = entry.service_fit
+    assert fit is not None
+    assert fit.load_mean == 0.0
+
+
+# --- snapshot --------------------------------------------------------------------------
+
+
+def test_snapshot_restores_on_another_clock() -> None:
+    view = ExecutorView()
+    view.apply_client(ClientRegistration(client_id="c", probe_url="http://c:1/probe"))
+    view.apply_registration(reg("a", accuracy=0.7, delay=1.5), now=1000.0)
+    view.apply_registration(reg("b"), now=990.0)
+    view.apply_registration(reg("t", traits=TEXT), now=1000.0)
+    view.apply_status(status("a", in_flight=2, interval=2.0), now=1001.0)
+    view.apply_status(status("t", ModelState.LOADING), now=1001.0)
+    view.apply_latency(probe("a", "c", 12.0), now=1001.0)
+    view.apply_latency(observed("a", "c", 50.0, size=2), now=1001.0)
+
+    snap = json.loads(json.dumps(view.snapshot(now=1002.0)))
+    restored = ExecutorView.restore(snap, now=5.0)  # a new monotonic clock
+
+    # "b" was 12 s old (ttl 15, expires at 8 on the new clock), "a" 1 s old (ttl 6, 10).
+    assert ids(restored, WINE, 8.5) == ["a"]
+    assert ids(restored, WINE, 10.5) == []
+    assert ids(restored, WINE, 7.0) == ["a", "b"]
+    assert restored.eliminated_by(TEXT, 5.0) == "model_state"
+    original, copy = view.get("a"), restored.get("a")
+    assert original is not None
+    assert copy is not None
+    assert copy.registration == original.registration
+    assert (copy.probes, copy.observed_ms, copy.service_ms, copy.load) == (
+        original.probes,
+        original.observed_ms,
+        original.service_ms,
+        original.load,
+    )
+    assert (copy.service_fit, copy.load_slope_ms) == (original.service_fit, original.load_slope_ms)
+    assert original.service_fit is not None
+    assert restored.fallback_latency_ms() == view.fallback_latency_ms()
+    assert restored.fallback_service_ms() == view.fallback_service_ms()
+    assert [c.client_id for c in restored.clients()] == ["c"]
+
+
+_EXECUTOR = {
+    "registration": reg("a").model_dump(mode="json"),
+    "age_s": 0.0,
+    "heartbeat_interval_s": 5.0,
+    "model_state": None,
+    "in_flight": 0,
+    "errors": 0,
+    "probes": {},
+    "observed_ms": {},
+    "service_ms": 5.0,
+    "service_samples": 1,
+}
+"""A well-formed snapshot executor written before slopes were learned (no service_fit)."""
+
+
+def test_snapshot_without_a_fit_restores_the_old_service_time() -> None:
+    view = ExecutorView.restore(
+        {"version": 1, "executors": [dict(_EXECUTOR, service_samples=3)], "clients": []},
+        now=0.0,
+    )
+    entry = view.get("a")
+    assert entry is not None
+    # The old service time was per request in the system: the serial prior keeps that.
+    assert (entry.service_ms, entry.load_slope_ms) == (5.0, 5.0)
+    assert entry.service_fit == ServiceFit(3.0, 0.0, 5.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    "snapshot",
+    [
+        {},
+        {"version": 99, "executors": [], "clients": []},
+        {"version": 1, "executors": [{"registration": {"executor_id": "a"}}], "clients": []},
+        {"version": 1, "executors": [], "clients": [{"client_id": "bad id"}]},
+        {"version": 1, "executors": [dict(_EXECUTOR, service_fit=[1.0, 0.0])], "clients": []},
+        {"version": 1, "executors": [dict(_EXECUTOR, service_fit=[0, 0, 5, 0, 0])], "clients": []},
+        {
+            "version": 1,
+            "executors": [dict(_EXECUTOR, service_fit=["x", 0, 5, 0, 0])],
+            "clients": [],
+        },
+    ],
+)
+def test_malformed_snapshot_raises_decode_error(snapshot: dict[str, object]) -> None:
+    with pytest.raises(DecodeError):
+        ExecutorView.restore(snapshot, now=0.0)
+
+
+# --- configuration and stats -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"missed_heartbeats": 0},
+        {"ewma_alpha": 0.0},
+        {"ewma_alpha": 1.5},
+        {"default_latency_ms": -1.0},
+        {"default_service_ms": float("nan")},
+        {"default_load_slope_ms": -1.0},
+        {"slope_prior_weight": 0.0},
+        {"pending_timeout_s": 0.0},
+    ],
+)
+def test_bad_configuration_is_refused(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ConfigurationError):
+        ExecutorView(**kwargs)
+
+
+def test_stats_count_liveness_when_given_now() -> None:
+    view = ExecutorView()
+    view.apply_registration(reg("a"), now=0.0)
+    view.apply_registration(reg("b"), now=10.0)
+    view.apply_registration(reg("c", traits=TEXT), now=10.0)
+    view.apply_status(status("c", ModelState.LOADING), now=10.0)
+    view.apply_latency(probe("a", "x", 1.0), now=0.0)
+
+    stats = view.stats(now=20.0)
+
+    assert stats["executors"] == 3
+    assert stats["traits_keys"] == 2
+    assert stats["probes"] == 1
+    assert (stats["live"], stats["stale"], stats["selectable"]) == (2, 1, 1)
+    assert "live" not in view.stats()
+
+
+# --- the cached candidate set matches a from-scratch filter ------------------------------
+
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["register", "status", "remove", "select"]),
+        st.sampled_from(["a", "b", "c", "d"]),
+        st.sampled_from([ModelState.AVAILABLE, ModelState.LOADING]),
+        st.sampled_from([1.0, 2.0, 5.0]),
+        st.floats(min_value=0.0, max_value=8.0),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=_OPS)
+def test_cached_candidates_equal_a_fresh_filter(
+    ops: list[tuple[str, str, ModelState, float, float]],
+) -> None:
+    view = ExecutorView(missed_heartbeats=2)
+    now = 0.0
+    rng = random.Random(0)
+    for op, executor_id, state, interval, step in ops:
+        now += step
+        if op == "register":
+            traits = WINE if rng.random() < 0.8 else TEXT
+            view.apply_registration(reg(executor_id, traits=traits, interval=interval), now)
+        elif op == "status":
+            view.apply_status(status(executor_id, state, interval=interval), now)
+        elif op == "remove":
+            view.remove_executor(executor_id)
+        got = ids(view, WINE, now)
+        expected = sorted(
+            e.executor_id
+            for e in view.entries()
+            if e.key == WINE.key()
+            and now - e.last_seen <= 2 * e.heartbeat_interval_s
+            and e.model_state in (None, ModelState.AVAILABLE)
+        )
+        assert got == expected
+        cands = view.candidates(WINE, now)
+        assert cands.max_accuracy == max([e.accuracy for e in cands], default=0.0)
+
+
+def test_restore_learned_puts_back_service_time_and_observed_latencies() -> None:
+    view = ExecutorView()
+    view.apply_registration(reg("a"), 0.0)
+    view.apply_registration(reg("b"), 0.0)
+    assert view.restore_learned("a", {"c": 30.0}, 12.5, 4)
+    assert not view.restore_learned("ghost", {}, 1.0, 1)
+    entry = view.get("a")
+    assert entry is not None
+    assert (entry.service_ms, entry.service_samples, entry.observed_ms) == (12.5, 4, {"c": 30.0})
+    # Stored before slopes were learned: the serial prior, 12.5 ms per request in the
+    # system, as the multiplicative model that stored it assumed (weight = samples, at
+    # most 1 / ewma_alpha = 5).
+    assert entry.load_slope_ms == 12.5
+    assert entry.service_fit == ServiceFit(4.0, 0.0, 12.5, 0.0, 0.0)
+    # The learned value feeds the fallback other executors without samples get.
+    assert view.fallback_service_ms() == 12.5
+
+
+def test_restore_learned_with_a_fit_restores_base_and_slope() -> None:
+    learned = ExecutorView()
+    learned.apply_registration(reg("a"), 0.0)
+    learned.apply_latency(probe("a", "c", 0.0), 0.0)
+    for n, load in enumerate([0, 3, 1, 5]):
+        learned.apply_status(status("a", in_flight=load), float(n))
+        learned.apply_latency(observed("a", "c", 8.0 + 4.0 * load), float(n))
+    source = learned.get("a")
+    assert source is not None
+    assert source.service_fit is not None
+
+    view = ExecutorView()
+    view.apply_registration(reg("a"), 0.0)
+    # As a store would keep it: five plain numbers.
+    numbers = [float(v) for v in source.service_fit]
+    assert view.restore_learned("a", {}, None, source.service_samples, numbers)
+    entry = view.get("a")
+    assert entry is not None
+    assert entry.service_fit == source.service_fit
+    assert (entry.service_ms, entry.load_slope_ms) == (source.service_ms, source.load_slope_ms)
+    assert entry.service_samples == 4
+
+    with pytest.raises(DecodeError):
+        view.restore_learned("a", {}, None, 1, [1.0, 2.0])
+    with pytest.raises(DecodeError):
+        view.restore_learned("a", {}, None, 1, [1.0, 0.0, float("nan"), 0.0, 0.0])
+
+
+def test_restore_probe_equals_applying_a_probe_measurement() -> None:
+    restored, applied = ExecutorView(), ExecutorView()
+    for view in (restored, applied):
+        view.apply_registration(reg("a"), 0.0)
+    assert restored.restore_probe("a", "c1", 12.0)
+    assert restored.restore_probe("a", "c2", 30.0)
+    applied.apply_latency(LatencyMeasurement(executor_id="a", client_id="c1", latency_ms=12.0), 0)
+    applied.apply_latency(LatencyMeasurement(executor_id="a", client_id="c2", latency_ms=30.0), 0)
+    a, b = restored.get("a"), applied.get("a")
+    assert a is not None
+    assert b is not None
+    assert (a.probes, a.median_probe_ms) == (b.probes, b.median_probe_ms)
+    assert restored.fallback_latency_ms() == applied.fallback_latency_ms()
+    assert not restored.restore_probe("ghost", "c1", 1.0)
+    with pytest.raises(ConfigurationError):
+        restored.restore_probe("a", "c1", float("nan"))

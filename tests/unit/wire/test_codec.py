@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mulambda.errors import DecodeError, OversizeError
+from mulambda.wire.codec import ReplyAddress, decode, encode, peek_reply_address
+from mulambda.wire.events import (
+    ALL_MESSAGE_TYPES,
+    DeadLetter,
+    ExecutorRegistration,
+    SelectionRequest,
+    SoftWeights,
+    WireModel,
+)
+from tests.factories import one_of_each, registration
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize("message", one_of_each(), ids=lambda m: type(m).__name__)
+def test_round_trip_every_type(message: WireModel) -> None:
+    data = encode(message)
+    assert decode(type(message), data) == message
+
+
+def test_factories_cover_every_message_type() -> None:
+    assert {type(m) for m in one_of_each()} == set(ALL_MESSAGE_TYPES)
+
+
+def test_envelope_fields_are_present_on_the_wire() -> None:
+    body = orjson.loads(encode(registration()))
+    assert body["schema_version"] == 1
+    assert len(body["message_id"]) == 32
+    assert body["timestamp"].endswith("Z")
+
+
+def test_dead_letter_keeps_arbitrary_bytes() -> None:
+    raw = bytes(range(256))
+    letter = DeadLetter(topic="t", partition=1, offset=2, original_value=raw, reason="r")
+    assert decode(DeadLetter, encode(letter)).original_value == raw
+
+
+def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
+    body = orjson.loads(encode(registration()))
+    body["added_in_v2"] = {"anything": True}
+    assert decode(ExecutorRegistration, orjson.dumps(body)).executor_id == "ex-1"
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (b"\xff\xfe not json", "not valid JSON"),
+        (b"[1, 2, 3]", "not a JSON object"),
+        (b'{"executor_id": "x"}', "invalid executor-registration: model_name"),
+        (None, "empty record"),
+    ],
+)
+def test_decode_errors_say_why(data: bytes | None, fragment: str) -> None:
+    with pytest.raises(DecodeError, match=fragment):
+        decode(ExecutorRegistration, data)
+
+
+def test_oversize_is_refused_before_parsing() -> None:
+    with pytest.raises(OversizeError, match="exceeds the 100-byte bound"):
+        decode(ExecutorRegistration, b"{" + b" " * 200 + b"}", max_bytes=100)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -0.1, 1.5])
+def test_weights_outside_unit_interval_or_nan_are_invalid(bad: float) -> None:
+    body = orjson.loads(encode(one_of_each()[4]))
+    body["weights"]["latency"] = bad if bad == bad else "NaN"  # orjson cannot emit NaN
+    with pytest.raises(DecodeError, match=r"weights\.latency"):
+        decode(SelectionRequest, orjson.dumps(body))
+
+
+def test_registration_refuses_bad_endpoint_url() -> None:
+    with pytest.raises(ValueError, match="endpoint"):
+        registration(endpoint="ftp://nowhere")
+
+
+def test_peek_reply_address_reads_invalid_requests() -> None:
+    data = orjson.dumps(
+        {"reply_topic": "r", "reply_partition": 3, "correlation_id": "c", "weights": "bogus"}
+    )
+    address = peek_reply_address(data)
+    assert address is not None
+    assert (address.topic, address.partition, address.correlation_id) == ("r", 3, "c")
+    assert peek_reply_address(b"not json") is None
+    with_nan = b'{"reply_topic": "r", "correlation_id": "c", "weights": {"latency": NaN}}'
+    assert peek_reply_address(with_nan) == ReplyAddress("r", None, "c")
+    assert peek_reply_address(orjson.dumps({"reply_topic": "r"})) is None
+    bad_partition = orjson.dumps({"reply_topic": "r", "correlation_id": "c", "reply_partition": -1})
+    assert peek_reply_address(bad_partition) == peek_reply_address(
+        orjson.dumps({"reply_topic": "r", "correlation_id": "c"})
+    )
+
+
+@given(
+    latency=st.floats(min_value=0, max_value=1),
+    accuracy=st.floats(min_value=0, max_value=1),
+    size=st.integers(min_value=0, max_value=10**9),
+)
+def test_selection_request_round_trip_property(latency: float, accuracy: float, size: int) -> None:
+    base = one_of_each()[4]
+    assert isinstance(base, SelectionRequest)
+    request = base.model_copy(
+        update={"weights": SoftWeights(latency=latency, accuracy=accuracy), "input_size": size}
+    )
+    assert decode(SelectionRequest, encode(request)) == request
