@@ -6,6 +6,8 @@ request/reply, calls the best one's TF Serving REST API and fails over down the 
 when an executor answers with a retriable error. Every accepted request gets exactly one
 answer on its reply topic: a result, or an error result saying why. Each successful call
 is also published as an observed latency, which the selector learns service times from.
+What to do at each step (timeouts, failover, the result) is decided by
+:class:`~mulambda.routing.route.Route`; this worker only sends and receives.
 
 Requests are consumed by a :class:`~mulambda.kafka.PipelinedConsumer`, which keeps up to
 ``concurrency`` requests in flight *across* fetches: a request is routed as soon as it is
@@ -25,10 +27,11 @@ import aiohttp
 from aiokafka import ConsumerRecord
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from mulambda.errors import DecodeError, ExecutorError, MulambdaError
+from mulambda.errors import DecodeError, MulambdaError
 from mulambda.executors.tfserving import TFServingClient
 from mulambda.kafka import DeadLetterer, KafkaConfig, PipelinedConsumer, Producer, Record
 from mulambda.routing.requester import Requester
+from mulambda.routing.route import Call, Finished, Route, Select
 from mulambda.runtime.lifecycle import Lifecycle
 from mulambda.runtime.observability import correlation_id
 from mulambda.wire.catalog import Catalog, Topic
@@ -41,28 +44,10 @@ from mulambda.wire.events import (
     LatencySource,
     SelectionReply,
     SelectionRequest,
-    SelectionStatus,
     deadline_in,
-    utcnow,
 )
 
 log = logging.getLogger(__name__)
-
-
-def input_size_of(request: InferenceRequest) -> int:
-    """Elements in the request's input: the explicit size, else rows in the body."""
-    if request.input_size is not None:
-        return request.input_size
-    body = request.body
-    for key in ("instances", "examples"):
-        rows = body.get(key)
-        if isinstance(rows, list):
-            return len(rows)
-    inputs = body.get("inputs")
-    if isinstance(inputs, dict):
-        first = next(iter(inputs.values()), None)
-        return len(first) if isinstance(first, list) else 1
-    return len(inputs) if isinstance(inputs, list) else 1
 
 
 class RouterMetrics:
@@ -222,67 +207,46 @@ class Router(Lifecycle):
 
     async def route(self, request: InferenceRequest) -> InferenceResult:
         """Select and call; never raises for request-level problems, returns an error."""
-        if request.expired():
-            return _error(request, "deadline passed before the request was routed")
-        remaining = (request.deadline - utcnow()).total_seconds()
-        size = input_size_of(request)
-        try:
-            reply = await self._select(request, size, min(remaining, self._selection_timeout_s))
-        except MulambdaError as exc:
-            # Timeout, an undecodable reply, Kafka down: the client hears why now rather
-            # than waiting out its deadline.
-            return _error(request, f"selection failed: {exc.reason}")
-        if reply.status is SelectionStatus.NO_CANDIDATE:
-            return _error(
-                request,
-                f"no candidate (eliminated by {reply.eliminated_by or 'unknown'}): "
-                f"{reply.error or 'no executor passed the criteria'}",
-            )
-        if reply.status is not SelectionStatus.OK or not reply.candidates:
-            return _error(request, f"selection failed: {reply.error or 'no candidates returned'}")
-        last: MulambdaError | None = None
-        attempts = 0
-        for candidate in reply.candidates:
-            remaining = (request.deadline - utcnow()).total_seconds()
-            if remaining <= 0:
-                break
-            attempts += 1
-            client = TFServingClient(candidate.endpoint, session=self._session)
-            called = time.perf_counter()
-            try:
-                output = await client.infer(
-                    request.verb,
-                    candidate.model_name,
-                    request.body,
-                    version=candidate.model_version,
-                    timeout_s=min(remaining, self._call_timeout_s),
-                )
-            except MulambdaError as exc:
-                # ExecutorError says whether another executor may succeed; anything
-                # else (a registration TF Serving cannot address) is not retriable.
-                last = exc
-                log.info("executor %s failed: %s", candidate.executor_id, exc.reason)
-                if not exc.retriable:
-                    break
-                self.metrics.failovers.inc()
-                continue
-            elapsed_ms = (time.perf_counter() - called) * 1000
-            await self._observe(request, candidate.executor_id, elapsed_ms, size)
-            return InferenceResult(
-                correlation_id=request.correlation_id,
-                status=InferenceStatus.OK,
-                executor_id=candidate.executor_id,
-                model_name=candidate.model_name,
-                output=output,
-                attempts=attempts,
-            )
-        reason = last.reason if last is not None else "deadline passed during failover"
-        return _error(
+        route = Route(
             request,
-            f"all {attempts} candidate(s) failed; last: {reason}",
-            code=last.status if isinstance(last, ExecutorError) else None,
-            attempts=attempts,
+            selection_timeout_s=self._selection_timeout_s,
+            call_timeout_s=self._call_timeout_s,
         )
+        while True:
+            step = route.step
+            if isinstance(step, Finished):
+                return step.result
+            if isinstance(step, Select):
+                try:
+                    reply = await self._select(request, step.input_size, step.timeout_s)
+                except MulambdaError as exc:
+                    route.selection_failed(exc)
+                else:
+                    route.selected(reply)
+            else:
+                await self._call(route, step)
+
+    async def _call(self, route: Route, call: Call) -> None:
+        """Make ``call`` and report its outcome to ``route``."""
+        request, candidate = route.request, call.candidate
+        client = TFServingClient(candidate.endpoint, session=self._session)
+        called = time.perf_counter()
+        try:
+            output = await client.infer(
+                request.verb,
+                candidate.model_name,
+                request.body,
+                version=candidate.model_version,
+                timeout_s=call.timeout_s,
+            )
+        except MulambdaError as exc:
+            log.info("executor %s failed: %s", candidate.executor_id, exc.reason)
+            if route.call_failed(exc):
+                self.metrics.failovers.inc()
+            return
+        elapsed_ms = (time.perf_counter() - called) * 1000
+        await self._observe(request, candidate.executor_id, elapsed_ms, route.input_size)
+        route.call_succeeded(output)
 
     async def _select(
         self, request: InferenceRequest, size: int, timeout_s: float
@@ -350,15 +314,3 @@ def _log_failed_delivery(delivery: asyncio.Future[Any]) -> None:
     # Retrieve the exception so asyncio does not report it as never retrieved.
     if not delivery.cancelled() and delivery.exception() is not None:
         log.warning("observed latency not delivered: %s", delivery.exception())
-
-
-def _error(
-    request: InferenceRequest, reason: str, *, code: int | None = None, attempts: int = 0
-) -> InferenceResult:
-    return InferenceResult(
-        correlation_id=request.correlation_id,
-        status=InferenceStatus.ERROR,
-        error=reason,
-        error_code=code,
-        attempts=attempts,
-    )
