@@ -34,8 +34,9 @@ Addressing
     correlation id header; the requester then skips foreign replies without decoding them.
 
 Concurrency
-    One reader task dispatches replies to futures through a dict lookup, so thousands of
-    requests can be in flight at once; each caller awaits only its own future.
+    One reader task dispatches replies to futures through a dict lookup (the
+    :class:`~mulambda.routing.correlation.CorrelationTable`), so thousands of requests
+    can be in flight at once; each caller awaits only its own future.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ import logging
 import time
 import uuid
 import zlib
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -63,6 +63,7 @@ from mulambda.errors import (
     RequestTimeout,
 )
 from mulambda.kafka import KafkaConfig, Producer, partitions_of, start_bounded
+from mulambda.routing.correlation import CorrelationTable, RequesterStats
 from mulambda.runtime.lifecycle import Lifecycle
 from mulambda.wire.codec import DEFAULT_MAX_RECORD_BYTES, ReplyAddress, decode
 from mulambda.wire.events import RequestModel, WireModel, utcnow
@@ -79,32 +80,11 @@ HEADER_CORRELATION_ID = "mulambda-correlation-id"
 Req = TypeVar("Req", bound=RequestModel)
 Rep = TypeVar("Rep", bound=WireModel)
 
-_LATE_MEMORY = 100_000
-"""Timed-out correlation ids remembered to tell late replies from foreign ones."""
-
 
 class RequesterClosed(MulambdaError):
     """The requester stopped (or its reader failed) while the request was pending."""
 
     retriable = True
-
-
-@dataclass(slots=True)
-class RequesterStats:
-    """Counters a requester exposes (e.g. on /metrics)."""
-
-    sent: int = 0
-    """Requests handed to the producer."""
-    replied: int = 0
-    """Replies delivered to a waiting caller."""
-    timeouts: int = 0
-    """Requests that raised RequestTimeout."""
-    foreign: int = 0
-    """Replies on our partition that answer another instance's requests (dropped)."""
-    late: int = 0
-    """Replies to our requests that arrived after their timeout (dropped)."""
-    invalid: int = 0
-    """Reply records that could not be decoded (dropped, logged)."""
 
 
 def partition_for(instance_id: str, partitions: int) -> int:
@@ -204,10 +184,10 @@ class Requester(Generic[Req, Rep], Lifecycle):
         self._reader: asyncio.Task[None] | None = None
         self._sender: asyncio.Task[None] | None = None
         self._outbox: asyncio.Queue[_Outgoing] = asyncio.Queue()
-        self._pending: dict[str, asyncio.Future[Rep]] = {}
-        self._expired: OrderedDict[str, None] = OrderedDict()
+        self._pending: CorrelationTable[Rep] = CorrelationTable()
         self._closed_reason: str | None = None
-        self.stats = RequesterStats()
+        self.stats: RequesterStats = self._pending.stats
+        """Counts of requests and replies (the same object for the requester's life)."""
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -320,10 +300,7 @@ class Requester(Generic[Req, Rep], Lifecycle):
 
     def _fail_pending(self, reason: str) -> None:
         self._closed_reason = reason
-        pending, self._pending = self._pending, {}
-        for correlation_id, future in pending.items():
-            if not future.done():
-                future.set_exception(RequesterClosed(f"{reason} (request {correlation_id})"))
+        self._pending.fail_all(lambda request: RequesterClosed(f"{reason} (request {request})"))
 
     # --- requests --------------------------------------------------------------------
 
@@ -367,8 +344,6 @@ class Requester(Generic[Req, Rep], Lifecycle):
         if not timeout_s > 0:
             raise ConfigurationError(f"timeout must be positive, got {timeout_s}")
         correlation_id = message.correlation_id
-        if correlation_id in self._pending:
-            raise MulambdaError(f"correlation id {correlation_id} is already in flight")
         outgoing = message.model_copy(
             update={
                 "reply_topic": self.reply_topic,
@@ -380,11 +355,10 @@ class Requester(Generic[Req, Rep], Lifecycle):
             client_id = getattr(message, "client_id", None)
             key = client_id if isinstance(client_id, str) else None
         address = ReplyAddress(self.reply_topic, partition, correlation_id)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Rep] = loop.create_future()
-        handoff: asyncio.Future[asyncio.Future[Any]] = loop.create_future()
+        handoff: asyncio.Future[asyncio.Future[Any]] = asyncio.get_running_loop().create_future()
         # Registered before sending: the reply may be read before the send returns.
-        self._pending[correlation_id] = future
+        # Refused (MulambdaError) while a request with this id is in flight.
+        future = self._pending.register(correlation_id)
         self._outbox.put_nowait(_Outgoing(outgoing, key, request_headers(address), handoff))
         started = time.monotonic()
         try:
@@ -398,20 +372,17 @@ class Requester(Generic[Req, Rep], Lifecycle):
                     ) from exc
                 return await future
         except TimeoutError:
-            self.stats.timeouts += 1
-            self._remember_expired(correlation_id)
+            self._pending.timed_out(correlation_id)
             raise RequestTimeout(
                 f"no reply to {correlation_id} on {self.reply_topic}[{partition}] "
                 f"within {timeout_s:g}s (waited {time.monotonic() - started:.3f}s)"
             ) from None
         finally:
-            if self._pending.get(correlation_id) is future:
-                del self._pending[correlation_id]
-            for pending in (future, handoff):
-                if not pending.done():
-                    pending.cancel()
-                elif not pending.cancelled():
-                    pending.exception()  # failed by stop() while we were elsewhere: seen here
+            self._pending.release(correlation_id, future)
+            if not handoff.done():
+                handoff.cancel()
+            elif not handoff.cancelled():
+                handoff.exception()  # failed by stop() while we were elsewhere: seen here
 
     async def _send(self, producer: Producer) -> None:
         # One task enqueues every request: with thousands of callers each awaiting
@@ -438,11 +409,6 @@ class Requester(Generic[Req, Rep], Lifecycle):
             if not item.handoff.done():
                 item.handoff.set_result(delivery)
 
-    def _remember_expired(self, correlation_id: str) -> None:
-        self._expired[correlation_id] = None
-        if len(self._expired) > _LATE_MEMORY:
-            self._expired.popitem(last=False)
-
     # --- reader ----------------------------------------------------------------------
 
     async def _read(self, consumer: AIOKafkaConsumer, partition: int) -> None:
@@ -468,12 +434,11 @@ class Requester(Generic[Req, Rep], Lifecycle):
     def _dispatch(self, record: ConsumerRecord) -> None:
         correlation_id = _header(record, HEADER_CORRELATION_ID)
         if correlation_id is not None and correlation_id not in self._pending:
-            self._count_unmatched(correlation_id)
+            self._pending.count_unmatched(correlation_id)
             return
         try:
             reply = decode(self._reply_model, record.value, max_bytes=self._max_record_bytes)
         except DecodeError as exc:
-            self.stats.invalid += 1
             log.warning(
                 "undecodable reply %s[%d]@%d dropped: %s",
                 record.topic,
@@ -481,9 +446,7 @@ class Requester(Generic[Req, Rep], Lifecycle):
                 record.offset,
                 exc.reason,
             )
-            future = self._pending.pop(correlation_id, None) if correlation_id else None
-            if future is not None and not future.done():
-                future.set_exception(DecodeError(f"undecodable reply: {exc.reason}"))
+            self._pending.reject(correlation_id, DecodeError(f"undecodable reply: {exc.reason}"))
             return
         reply_id = getattr(reply, "correlation_id", None)
         if correlation_id is not None and reply_id != correlation_id:
@@ -495,20 +458,8 @@ class Requester(Generic[Req, Rep], Lifecycle):
                 correlation_id,
                 reply_id,
             )
-        future = self._pending.pop(reply_id, None) if isinstance(reply_id, str) else None
-        if future is None:
-            self._count_unmatched(reply_id if isinstance(reply_id, str) else "")
-            return
-        if not future.done():
-            future.set_result(reply)
-            self.stats.replied += 1
-
-    def _count_unmatched(self, correlation_id: str) -> None:
-        if correlation_id in self._expired:
-            del self._expired[correlation_id]
-            self.stats.late += 1
-        else:
-            self.stats.foreign += 1
+        # A body without a string id matches no request: counted as foreign.
+        self._pending.resolve(reply_id if isinstance(reply_id, str) else "", reply)
 
 
 @dataclass(frozen=True, slots=True)
