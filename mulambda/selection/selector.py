@@ -341,7 +341,7 @@ class Selector(Lifecycle):
     async def _start(self) -> None:
         self._stopping.clear()
         began = time.perf_counter()
-        # Both run to the end even if one fails, so stop() finds and closes the other.
+        # All run to the end even if one fails, so stop() finds and closes the others.
         for outcome in await asyncio.gather(
             self._producer.start(), self._admin.start(), self._store.start(), return_exceptions=True
         ):
