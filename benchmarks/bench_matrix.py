@@ -65,12 +65,20 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from aiokafka import AIOKafkaConsumer
 
 from mulambda.emulator.profiles import PROTOTYPE_PROFILES, SyntheticProfile, parse_profiles
 from mulambda.emulator.server import ExecutorServer, SyntheticModel
 from mulambda.errors import DecodeError
-from mulambda.kafka import Admin, KafkaConfig, Producer, partitions_of, start_bounded
+from mulambda.kafka import (
+    Admin,
+    KafkaConfig,
+    KafkaConsumer,
+    Producer,
+    assign_at_end,
+    fetch,
+    partitions_of,
+    start_consumer,
+)
 from mulambda.routing.router import Router
 from mulambda.runtime.settings import Settings
 from mulambda.selection.policies import PolicyState, smooth_latency_score
@@ -217,23 +225,14 @@ class ResultReader:
     def __init__(self, kafka: KafkaConfig, topic: str) -> None:
         self._kafka = kafka
         self._topic = topic
-        self._consumer: AIOKafkaConsumer | None = None
+        self._consumer: KafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._waiting: dict[str, asyncio.Future[tuple[float, InferenceResult]]] = {}
 
     async def start(self) -> None:
-        consumer = AIOKafkaConsumer(
-            **self._kafka.client_kwargs(),
-            group_id=None,
-            enable_auto_commit=False,
-            fetch_max_wait_ms=50,
-        )
-        await start_bounded(consumer, "results reader", self._kafka.request_timeout_s)
-        partitions = await partitions_of(consumer, self._topic)
-        consumer.assign(partitions)
-        await consumer.seek_to_end(*partitions)
-        for tp in partitions:  # fix the start now: results of later requests lie beyond
-            await consumer.position(tp)
+        consumer = await start_consumer(self._kafka, "results reader", fetch_max_wait_ms=50)
+        # Fix the start now: results of later requests lie beyond.
+        await assign_at_end(consumer, await partitions_of(self._kafka, self._topic))
         self._consumer = consumer
         self._task = asyncio.create_task(self._read(consumer))
 
@@ -258,9 +257,9 @@ class ResultReader:
     def forget(self, correlation_id: str) -> None:
         self._waiting.pop(correlation_id, None)
 
-    async def _read(self, consumer: AIOKafkaConsumer) -> None:
+    async def _read(self, consumer: KafkaConsumer) -> None:
         while True:
-            batches = await consumer.getmany(timeout_ms=200)
+            batches = await fetch(consumer, timeout_ms=200, what="results read")
             now = time.perf_counter()
             for records in batches.values():
                 for raw in records:

@@ -58,11 +58,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiokafka import AIOKafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
 
 from mulambda.errors import MulambdaError
-from mulambda.kafka import Admin, KafkaConfig, Producer, partitions_of, start_bounded
+from mulambda.kafka import Admin, KafkaConfig, Producer, partitions_of, start_consumer
 from mulambda.routing.requester import Requester
 from mulambda.runtime.settings import Settings
 from mulambda.selection.store import ViewStore
@@ -250,14 +249,15 @@ class Bench:
         Not the compacted topics: the selector replays those at every start and stores
         no offsets for them until a new record arrives.
         """
-        consumer = AIOKafkaConsumer(**self.kafka.client_kwargs(), group_id=None)
-        await start_bounded(consumer, "bench", self.kafka.request_timeout_s)
+        consumer = await start_consumer(self.kafka, "bench")
         try:
-            tps = [
-                tp
-                for t in (Topic.EXECUTOR_STATUS, Topic.LATENCY_MEASUREMENTS)
-                for tp in await partitions_of(consumer, self.catalog.name(t))
-            ]
+            tps = await partitions_of(
+                self.kafka,
+                *(
+                    self.catalog.name(t)
+                    for t in (Topic.EXECUTOR_STATUS, Topic.LATENCY_MEASUREMENTS)
+                ),
+            )
             ends = await consumer.end_offsets(tps)
         finally:
             await consumer.stop()

@@ -38,7 +38,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 import aiohttp
-from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -50,7 +49,15 @@ from mulambda.executors.tfserving import (
     decode_json,
     model_path,
 )
-from mulambda.kafka import ConsumerLoop, DeadLetterer, KafkaConfig, Producer, Record, replay
+from mulambda.kafka import (
+    ConsumerLoop,
+    DeadLetterer,
+    KafkaConfig,
+    Producer,
+    Record,
+    TopicPartition,
+    replay,
+)
 from mulambda.runtime.lifecycle import Lifecycle
 from mulambda.runtime.observability import HealthServer
 from mulambda.wire.catalog import Catalog, Topic

@@ -52,9 +52,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
-
 from mulambda.errors import (
     ConfigurationError,
     DecodeError,
@@ -62,7 +59,19 @@ from mulambda.errors import (
     MulambdaError,
     RequestTimeout,
 )
-from mulambda.kafka import KafkaConfig, Producer, partitions_of, start_bounded
+from mulambda.kafka import (
+    KafkaConfig,
+    KafkaConsumer,
+    Producer,
+    RawRecord,
+    TopicPartition,
+    assign_at_end,
+    await_delivery,
+    close_consumer,
+    fetch_retrying,
+    partitions_of,
+    start_consumer,
+)
 from mulambda.routing.correlation import CorrelationTable, RequesterStats
 from mulambda.runtime.lifecycle import Lifecycle
 from mulambda.wire.codec import DEFAULT_MAX_RECORD_BYTES, ReplyAddress, decode
@@ -179,7 +188,7 @@ class Requester(Generic[Req, Rep], Lifecycle):
         self._producer: Producer | None = None
         self._owns_producer = producer is None
         self._max_record_bytes = max_record_bytes
-        self._consumer: AIOKafkaConsumer | None = None
+        self._consumer: KafkaConsumer | None = None
         self._partition: int | None = None
         self._reader: asyncio.Task[None] | None = None
         self._sender: asyncio.Task[None] | None = None
@@ -209,7 +218,7 @@ class Requester(Generic[Req, Rep], Lifecycle):
         return len(self._pending)
 
     @property
-    def consumer(self) -> AIOKafkaConsumer | None:
+    def consumer(self) -> KafkaConsumer | None:
         """The reply consumer (for lag metrics and tests), once started."""
         return self._consumer
 
@@ -226,20 +235,14 @@ class Requester(Generic[Req, Rep], Lifecycle):
             await producer.start()
         elif not producer.started:
             raise ConfigurationError("the shared producer must be started before the requester")
-        consumer = AIOKafkaConsumer(
-            **self._config.client_kwargs(),
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="latest",
-            max_partition_fetch_bytes=self._max_record_bytes + 65536,
-            fetch_max_wait_ms=100,
-        )
         try:
-            await start_bounded(consumer, "requester", self._config.request_timeout_s)
+            consumer = await start_consumer(
+                self._config, "requester", max_record_bytes=self._max_record_bytes
+            )
             try:
                 partition = await self._assign(consumer)
             except BaseException:
-                await _close(consumer)
+                await close_consumer(consumer)
                 raise
         except BaseException:
             if self._owns_producer:
@@ -251,11 +254,11 @@ class Requester(Generic[Req, Rep], Lifecycle):
         self._sender = asyncio.create_task(self._send(producer), name="mulambda-requests")
         log.info("requester %s reads %s[%d]", self.instance_id, self.reply_topic, partition)
 
-    async def _assign(self, consumer: AIOKafkaConsumer) -> int:
+    async def _assign(self, consumer: KafkaConsumer) -> int:
         timeout = self._config.request_timeout_s
         try:
             async with asyncio.timeout(timeout):
-                parts = {tp.partition for tp in await partitions_of(consumer, self.reply_topic)}
+                parts = {tp.partition for tp in await partitions_of(self._config, self.reply_topic)}
                 count = len(parts)
                 partition = self._requested_partition
                 if partition is None:
@@ -265,12 +268,9 @@ class Requester(Generic[Req, Rep], Lifecycle):
                         f"reply topic {self.reply_topic} has {count} partitions; "
                         f"no partition {partition}"
                     )
-                tp = TopicPartition(self.reply_topic, partition)
-                consumer.assign([tp])
-                await consumer.seek_to_end(tp)
                 # Resolve "end" now: every reply to a request sent after this lies beyond.
-                await consumer.position(tp)
-        except (TimeoutError, KafkaError) as exc:
+                await assign_at_end(consumer, [TopicPartition(self.reply_topic, partition)])
+        except (TimeoutError, KafkaUnavailable) as exc:
             raise KafkaUnavailable(
                 f"requester: cannot assign {self.reply_topic} within {timeout:g}s "
                 f"({type(exc).__name__}: {exc})"
@@ -294,7 +294,7 @@ class Requester(Generic[Req, Rep], Lifecycle):
             handoff = self._outbox.get_nowait().handoff
             if not handoff.done():
                 handoff.set_exception(RequesterClosed("requester stopped before sending"))
-        await _close(consumer)
+        await close_consumer(consumer)
         if producer is not None and self._owns_producer:
             await producer.stop()
 
@@ -364,12 +364,7 @@ class Requester(Generic[Req, Rep], Lifecycle):
         try:
             async with asyncio.timeout(timeout_s):
                 delivery = await handoff
-                try:
-                    await delivery
-                except KafkaError as exc:
-                    raise KafkaUnavailable(
-                        f"request to {self.request_topic} not delivered: {exc}"
-                    ) from exc
+                await await_delivery(delivery, f"request to {self.request_topic} not delivered")
                 return await future
         except TimeoutError:
             self._pending.timed_out(correlation_id)
@@ -411,16 +406,18 @@ class Requester(Generic[Req, Rep], Lifecycle):
 
     # --- reader ----------------------------------------------------------------------
 
-    async def _read(self, consumer: AIOKafkaConsumer, partition: int) -> None:
+    async def _read(self, consumer: KafkaConsumer, partition: int) -> None:
         tp = TopicPartition(self.reply_topic, partition)
         try:
             while True:
-                try:
-                    batches = await consumer.getmany(tp, timeout_ms=500, max_records=2000)
-                except KafkaError as exc:
-                    log.warning("reply fetch failed, retrying: %s", exc)
-                    await asyncio.sleep(0.2)
-                    continue
+                batches = await fetch_retrying(
+                    consumer,
+                    tp,
+                    timeout_ms=500,
+                    max_records=2000,
+                    retry_backoff_s=0.2,
+                    what="reply fetch",
+                )
                 for records in batches.values():
                     for record in records:
                         self._dispatch(record)
@@ -431,7 +428,7 @@ class Requester(Generic[Req, Rep], Lifecycle):
             log.exception("reply reader of %s failed", self.instance_id)
             self._fail_pending("reply reader failed")
 
-    def _dispatch(self, record: ConsumerRecord) -> None:
+    def _dispatch(self, record: RawRecord) -> None:
         correlation_id = _header(record, HEADER_CORRELATION_ID)
         if correlation_id is not None and correlation_id not in self._pending:
             self._pending.count_unmatched(correlation_id)
@@ -479,15 +476,7 @@ def _observe(delivery: asyncio.Future[Any]) -> None:
         delivery.exception()
 
 
-async def _close(consumer: AIOKafkaConsumer) -> None:
-    # aiokafka awaits a helper task on close that raises CancelledError if it never ran;
-    # one turn of the loop lets it start (it has not when start fails without awaiting).
-    await asyncio.sleep(0)
-    with contextlib.suppress(KafkaError, OSError):
-        await consumer.stop()
-
-
-def _header(record: ConsumerRecord, name: str) -> str | None:
+def _header(record: RawRecord, name: str) -> str | None:
     headers: Sequence[tuple[str, bytes]] = record.headers or ()
     for key, value in headers:
         if key == name:

@@ -24,18 +24,24 @@ import time
 from typing import Any
 
 import aiohttp
-from aiokafka import ConsumerRecord
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from mulambda.errors import DecodeError, MulambdaError
 from mulambda.executors.tfserving import TFServingClient
-from mulambda.kafka import DeadLetterer, KafkaConfig, PipelinedConsumer, Producer, Record
+from mulambda.kafka import (
+    DeadLetterer,
+    KafkaConfig,
+    PipelinedConsumer,
+    Producer,
+    Record,
+    answer_invalid_requests,
+)
 from mulambda.routing.requester import Requester
 from mulambda.routing.route import Call, Finished, Route, Select
 from mulambda.runtime.lifecycle import Lifecycle
 from mulambda.runtime.observability import correlation_id
 from mulambda.wire.catalog import Catalog, Topic
-from mulambda.wire.codec import peek_reply_address
+from mulambda.wire.codec import ReplyAddress
 from mulambda.wire.events import (
     InferenceRequest,
     InferenceResult,
@@ -144,7 +150,11 @@ class Router(Lifecycle):
                 self.handle,
                 group_id=self._group_id,
                 dead_letters=letters,
-                on_invalid=self._answer_invalid,
+                on_invalid=answer_invalid_requests(
+                    self._producer,
+                    _invalid_result,
+                    on_answered=self.metrics.requests.labels("invalid").inc,
+                ),
                 concurrency=self._concurrency,
                 grace_s=self._grace_s,
             )
@@ -291,23 +301,16 @@ class Router(Lifecycle):
             return
         delivery.add_done_callback(_log_failed_delivery)
 
-    async def _answer_invalid(self, raw: ConsumerRecord, exc: DecodeError) -> bool:
-        """Answer an invalid request with an error result when its reply address is
-        readable (the client is waiting for it); else it is dead-lettered."""
-        address = peek_reply_address(raw.value)
-        if address is None:
-            return False
-        result = InferenceResult(
-            correlation_id=address.correlation_id,
-            status=InferenceStatus.ERROR,
-            error=exc.reason,
-            attempts=0,
-        )
-        await self._producer.send_and_wait(
-            address.topic, result, key=address.correlation_id, partition=address.partition
-        )
-        self.metrics.requests.labels("invalid").inc()
-        return True
+
+def _invalid_result(address: ReplyAddress, exc: DecodeError) -> InferenceResult:
+    """The answer to an invalid request whose reply address is readable: the client is
+    waiting for it (a request without one is dead-lettered)."""
+    return InferenceResult(
+        correlation_id=address.correlation_id,
+        status=InferenceStatus.ERROR,
+        error=exc.reason,
+        attempts=0,
+    )
 
 
 def _log_failed_delivery(delivery: asyncio.Future[Any]) -> None:

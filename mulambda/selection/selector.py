@@ -48,8 +48,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from mulambda.errors import (
@@ -61,17 +59,23 @@ from mulambda.errors import (
     StoreUnavailable,
 )
 from mulambda.kafka import (
+    Admin,
     ConsumerLoop,
     DeadLetterer,
     KafkaConfig,
+    KafkaConsumer,
     Producer,
+    RawRecord,
     Record,
+    TopicPartition,
+    answer_invalid_requests,
+    commit_unset_positions,
+    fetch_retrying,
     lag_of,
-    partitions_of,
     replay,
-    start_bounded,
+    start_consumer,
 )
-from mulambda.routing.requester import reply_address, send_reply
+from mulambda.routing.requester import HEADER_CORRELATION_ID, reply_address, send_reply
 from mulambda.runtime.lifecycle import Lifecycle
 from mulambda.selection.policies import POLICIES, PolicyState, select
 from mulambda.selection.store import (
@@ -85,7 +89,7 @@ from mulambda.selection.store import (
 )
 from mulambda.selection.view import ExecutorView
 from mulambda.wire.catalog import Catalog, Topic
-from mulambda.wire.codec import DEFAULT_MAX_RECORD_BYTES, ReplyAddress, decode, peek_reply_address
+from mulambda.wire.codec import ReplyAddress, decode
 from mulambda.wire.events import (
     ClientRegistration,
     ExecutorRegistration,
@@ -287,8 +291,10 @@ class Selector(Lifecycle):
         self._letters = DeadLetterer(
             self._producer, catalog.name(Topic.DEAD_LETTERS), f"{group_id}/{selector_id}"
         )
+        # Cluster metadata: the partitions to follow, and reply addresses to vet.
+        self._admin = Admin(kafka)
         self._requests: ConsumerLoop | None = None
-        self._state_consumer: AIOKafkaConsumer | None = None
+        self._state_consumer: KafkaConsumer | None = None
         self._follower: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._pending_store: list[StoreEvent] = []
@@ -335,9 +341,9 @@ class Selector(Lifecycle):
     async def _start(self) -> None:
         self._stopping.clear()
         began = time.perf_counter()
-        # Both run to the end even if one fails, so stop() finds and closes the other.
+        # All run to the end even if one fails, so stop() finds and closes the others.
         for outcome in await asyncio.gather(
-            self._producer.start(), self._store.start(), return_exceptions=True
+            self._producer.start(), self._admin.start(), self._store.start(), return_exceptions=True
         ):
             if isinstance(outcome, BaseException):
                 raise outcome
@@ -361,7 +367,13 @@ class Selector(Lifecycle):
             self._answer,
             group_id=self._group_id,
             dead_letters=self._letters,
-            on_invalid=self._answer_invalid,
+            on_invalid=answer_invalid_requests(
+                self._producer,
+                self._invalid_reply,
+                correlation_header=HEADER_CORRELATION_ID,
+                vet_address=self._reply_targets.problem,
+                on_answered=self.metrics.selections.labels("-", SelectionStatus.ERROR.value).inc,
+            ),
             max_record_bytes=MAX_REQUEST_BYTES,
             auto_offset_reset="latest",
             max_batch=2000,
@@ -398,6 +410,7 @@ class Selector(Lifecycle):
         if consumer is not None:
             await self._flush_store()
             await consumer.stop()
+        await self._admin.stop()
         await self._producer.stop()
         await self._store.stop()
 
@@ -530,17 +543,8 @@ class Selector(Lifecycle):
         return changes
 
     async def _follow_state_from(self, compacted_ends: dict[TopicPartition, int]) -> None:
-        consumer = AIOKafkaConsumer(
-            **self._kafka.client_kwargs(),
-            group_id=None,
-            enable_auto_commit=False,
-            fetch_max_wait_ms=50,
-            max_partition_fetch_bytes=DEFAULT_MAX_RECORD_BYTES + 65536,
-        )
-        await start_bounded(consumer, "state consumer", self._kafka.request_timeout_s)
-        partitions = [
-            tp for name in self._state_models for tp in await partitions_of(consumer, name)
-        ]
+        consumer = await start_consumer(self._kafka, "state consumer", fetch_max_wait_ms=50)
+        partitions = await self._admin.partitions(*self._state_models)
         consumer.assign(partitions)
         lookback_ms = int((time.time() - self._lookback_s) * 1000)
         stream = [tp for tp in partitions if tp not in compacted_ends]
@@ -605,39 +609,26 @@ class Selector(Lifecycle):
         if consumer is None:
             return
         try:
-            unset = {}
-            for tp in consumer.assignment():
-                position = await consumer.position(tp)
-                if await consumer.committed(tp) is None:
-                    unset[tp] = position
-            if unset:
-                await consumer.commit(unset)
-        except KafkaError as exc:
+            await commit_unset_positions(consumer)
+        except KafkaUnavailable as exc:
             # A rebalance meanwhile; the new owner settles what it receives.
-            log.warning("could not commit start positions of request partitions: %s", exc)
+            log.warning("request partitions: %s", exc.reason)
 
     async def _topic_partition_counts(self) -> dict[str, int]:
-        consumer = self._state_consumer
-        if consumer is None:
-            raise MulambdaError("selector is not started")
-        try:
-            async with asyncio.timeout(self._kafka.request_timeout_s):
-                # aiokafka has no public call returning partition counts of all topics.
-                cluster = await consumer._client.fetch_all_metadata()
-        except (TimeoutError, KafkaError) as exc:
-            raise KafkaUnavailable(f"cluster metadata unavailable: {exc!r}") from exc
-        return {t: len(cluster.partitions_for_topic(t) or ()) for t in cluster.topics()}
+        return await self._admin.partition_counts()
 
     # --- state ----------------------------------------------------------------------
 
-    async def _follow_state(self, consumer: AIOKafkaConsumer) -> None:
+    async def _follow_state(self, consumer: KafkaConsumer) -> None:
         while not self._stopping.is_set():
-            try:
-                batches = await consumer.getmany(timeout_ms=100, max_records=5000)
-            except KafkaError as exc:
-                log.warning("state fetch failed, retrying: %s", exc)
-                await asyncio.sleep(0.5)
-                continue
+            batches = await fetch_retrying(
+                consumer,
+                timeout_ms=100,
+                max_records=5000,
+                retry_backoff_s=0.5,
+                what="state fetch",
+                stopping=self._stopping,
+            )
             for tp, records in batches.items():
                 for raw in records:
                     await self._apply_raw(raw)
@@ -649,7 +640,7 @@ class Selector(Lifecycle):
             if self._catch_up:
                 await self._check_caught_up(consumer)
 
-    async def _check_caught_up(self, consumer: AIOKafkaConsumer) -> None:
+    async def _check_caught_up(self, consumer: KafkaConsumer) -> None:
         for tp, end in list(self._catch_up.items()):
             # position(), not the last offset seen: retention may have removed the tail.
             if await consumer.position(tp) >= end:
@@ -657,7 +648,7 @@ class Selector(Lifecycle):
         if not self._catch_up:
             self._caught_up.set()
 
-    async def _apply_raw(self, raw: ConsumerRecord) -> None:
+    async def _apply_raw(self, raw: RawRecord) -> None:
         model = self._state_models[raw.topic]
         try:
             # A null value is a tombstone only on the compacted topics; elsewhere it is junk.
@@ -827,33 +818,15 @@ class Selector(Lifecycle):
         count = self._outstanding.add(top.executor_id, until)
         self.view.set_outstanding(top.executor_id, count, source=self.selector_id)
 
-    async def _answer_invalid(self, raw: ConsumerRecord, exc: DecodeError) -> bool:
-        """Reply with the reason when the reply address is usable; else dead-letter.
-
-        Never raises: the consumer loop does not guard this hook, so a failure here
-        would end it. Anything that prevents the reply means a dead letter instead.
-        """
-        address = peek_reply_address(raw.value)
-        if address is None:
-            return False
-        try:
-            problem = await self._reply_targets.problem(address)
-            if problem is not None:
-                log.warning("invalid request with an unusable reply address: %s", problem)
-                return False
-            reply = SelectionReply(
-                correlation_id=address.correlation_id,
-                status=SelectionStatus.ERROR,
-                error=exc.reason,
-                selector_id=self.selector_id,
-            )
-            delivery = await send_reply(self._producer, address, reply)
-            await delivery
-        except (MulambdaError, KafkaError) as failure:
-            log.warning("error reply to an invalid request failed: %s", failure)
-            return False
-        self.metrics.selections.labels("-", SelectionStatus.ERROR.value).inc()
-        return True
+    def _invalid_reply(self, address: ReplyAddress, exc: DecodeError) -> SelectionReply:
+        """The reason, to an invalid request whose reply address is usable (else it is
+        dead-lettered)."""
+        return SelectionReply(
+            correlation_id=address.correlation_id,
+            status=SelectionStatus.ERROR,
+            error=exc.reason,
+            selector_id=self.selector_id,
+        )
 
     async def _sweep_outstanding(self) -> None:
         while True:

@@ -1,4 +1,4 @@
-"""Kafka plumbing against the real broker: topics apply, consumer loop, dead letters, replay."""
+"""Kafka plumbing against the real broker: topics, consumers, dead letters, replay, metadata."""
 
 from __future__ import annotations
 
@@ -13,8 +13,19 @@ from typing import Any
 import orjson
 import pytest
 
-from mulambda.errors import MulambdaError
-from mulambda.kafka import Admin, ConsumerLoop, DeadLetterer, Producer, Record, replay
+from mulambda.errors import ConfigurationError, MulambdaError, RequestTimeout
+from mulambda.kafka import (
+    Admin,
+    ConsumerLoop,
+    DeadLetterer,
+    PipelinedConsumer,
+    Producer,
+    Record,
+    TopicPartition,
+    partitions_of,
+    read_until_key,
+    replay,
+)
 from mulambda.wire.catalog import Catalog, Topic, load_catalog
 from mulambda.wire.codec import decode, encode
 from mulambda.wire.events import DeadLetter, ExecutorRegistration
@@ -277,3 +288,110 @@ async def test_undeliverable_answer_is_retried_then_dead_lettered(
         mine = [letter for letter in letters if letter.original_key == b"und-1"]
     assert len(mine) == 1
     assert mine[0].reason == "reply topic vanished"
+
+
+async def test_partitions_of_lists_every_partition_and_refuses_a_missing_topic(
+    infra: Infra, catalog: Catalog
+) -> None:
+    requests = catalog.name(Topic.INFERENCE_REQUESTS)
+    letters = catalog.name(Topic.DEAD_LETTERS)
+    partitions = await partitions_of(infra.kafka(), requests, letters)
+    want = catalog.spec(Topic.INFERENCE_REQUESTS).partitions
+    assert partitions == [TopicPartition(requests, p) for p in range(want)] + [
+        TopicPartition(letters, p) for p in range(catalog.spec(Topic.DEAD_LETTERS).partitions)
+    ]
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        await partitions_of(infra.kafka(), requests, f"missing-{uuid.uuid4().hex[:6]}")
+    async with Admin(infra.kafka()) as admin:
+        counts = await admin.partition_counts()
+    assert {catalog.name(t): catalog.spec(t).partitions for t in Topic}.items() <= counts.items()
+    assert "__consumer_offsets" not in counts  # internal: nothing may be produced there
+
+
+async def test_read_until_key_sees_only_what_was_published_after_it(
+    infra: Infra, catalog: Catalog
+) -> None:
+    topic = catalog.name(Topic.EXECUTOR_REGISTRATIONS)
+    async with Producer(infra.kafka()) as producer:
+        await producer.send_and_wait(topic, registration("before"), key="wanted")
+        async with read_until_key(infra.kafka(), topic, "wanted", ExecutorRegistration) as waiter:
+            await producer.send_and_wait(topic, registration("other"), key="unwanted")
+            await producer.send_and_wait(topic, registration("after"), key="wanted")
+            got = await waiter.result(timeout_s=15)
+        assert got.executor_id == "after"
+        async with read_until_key(infra.kafka(), topic, "wanted", ExecutorRegistration) as waiter:
+            with pytest.raises(RequestTimeout):
+                await waiter.result(timeout_s=0.5)
+
+
+async def test_pipelined_consumer_commits_below_the_oldest_record_in_flight(
+    infra: Infra, catalog: Catalog
+) -> None:
+    """Records finished after a stuck one are read again by the next owner; none is lost."""
+    # One partition, so offsets are in order; earlier tests' records come first.
+    topic = catalog.name(Topic.CLIENT_REGISTRATIONS)
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    from tests.factories import one_of_each
+
+    client = one_of_each()[1]
+    model = type(client)
+    done: list[int] = []
+    stuck_at: list[int] = []
+
+    async def first_sticks(record: Record[Any]) -> None:
+        if record.key == b"c-0":
+            stuck_at.append(record.offset)
+            await asyncio.Event().wait()  # never finishes: cancelled after the grace
+        done.append(record.offset)
+
+    async with Producer(infra.kafka()) as producer:
+        sent = [
+            (await producer.send_and_wait(topic, client, key=f"c-{i}")).offset for i in range(3)
+        ]
+        letters = DeadLetterer(producer, catalog.name(Topic.DEAD_LETTERS), group)
+        consumer = PipelinedConsumer(
+            infra.kafka(),
+            {topic: model},
+            first_sticks,
+            group_id=group,
+            dead_letters=letters,
+            grace_s=0.2,
+        )
+        await consumer.start()
+        deadline = time.monotonic() + 20
+        while not set(sent[1:]) <= set(done) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert consumer.in_flight == 1
+        await consumer.stop()
+        assert stuck_at == [sent[0]]
+        assert set(sent[1:]) <= set(done)
+
+        again: list[int] = []
+
+        async def record_it(record: Record[Any]) -> None:
+            again.append(record.offset)
+
+        async with PipelinedConsumer(
+            infra.kafka(), {topic: model}, record_it, group_id=group, dead_letters=letters
+        ):
+            deadline = time.monotonic() + 20
+            while not set(sent) <= set(again) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        # The stuck record held the commit point, so the two after it come again too.
+        assert set(sent) <= set(again)
+
+        later: list[int] = []
+
+        async def record_later(record: Record[Any]) -> None:
+            later.append(record.offset)
+
+        async with PipelinedConsumer(
+            infra.kafka(), {topic: model}, record_later, group_id=group, dead_letters=letters
+        ) as third:
+            marker = (await producer.send_and_wait(topic, client, key="marker")).offset
+            deadline = time.monotonic() + 20
+            while marker not in later and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert third.lag() == 0
+        # Everything was finished and committed by the second owner: only the new record.
+        assert later == [marker]

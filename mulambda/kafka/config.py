@@ -1,0 +1,132 @@
+"""How to reach the cluster, and the one way to start and close an aiokafka client.
+
+:class:`KafkaConfig` turns settings into client arguments; :func:`start_bounded` starts
+any aiokafka client within a timeout; :func:`start_consumer` is the only place a
+consumer is built, so every reader gets the same commit and fetch-size settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+
+from mulambda.errors import ConfigurationError, KafkaUnavailable
+from mulambda.runtime.settings import Settings
+from mulambda.wire.codec import DEFAULT_MAX_RECORD_BYTES
+
+KafkaConsumer: TypeAlias = AIOKafkaConsumer
+"""The consumer client :func:`start_consumer` returns (workers need not import aiokafka)."""
+
+FRAMING_HEADROOM_BYTES = 65536
+"""Room above the largest record allowed for the batch framing around it (fetch and produce)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaConfig:
+    """How to reach the cluster; built from Settings by runners, explicit everywhere else."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    request_timeout_s: float = 10.0
+    client_id: str = "mulambda"
+
+    @classmethod
+    def from_settings(cls, settings: Settings, client_id: str = "mulambda") -> KafkaConfig:
+        """Read the Kafka fields of the process settings."""
+        pwd = settings.kafka_sasl_password
+        return cls(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            security_protocol=settings.kafka_security_protocol,
+            sasl_mechanism=settings.kafka_sasl_mechanism,
+            sasl_username=settings.kafka_sasl_username,
+            sasl_password=pwd.get_secret_value() if pwd else None,
+            ssl_cafile=settings.kafka_ssl_cafile,
+            ssl_certfile=settings.kafka_ssl_certfile,
+            ssl_keyfile=settings.kafka_ssl_keyfile,
+            request_timeout_s=settings.kafka_request_timeout_s,
+            client_id=client_id,
+        )
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments common to aiokafka producers, consumers and admin clients."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+            "client_id": self.client_id,
+            "request_timeout_ms": int(self.request_timeout_s * 1000),
+        }
+        if self.security_protocol.startswith("SASL"):
+            if not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
+                raise ConfigurationError("SASL needs mechanism, username and password")
+            kwargs |= {
+                "sasl_mechanism": self.sasl_mechanism,
+                "sasl_plain_username": self.sasl_username,
+                "sasl_plain_password": self.sasl_password,
+            }
+        if self.security_protocol.endswith("SSL"):
+            context = ssl.create_default_context(cafile=self.ssl_cafile)
+            if self.ssl_certfile:
+                context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+            kwargs["ssl_context"] = context
+        return kwargs
+
+
+async def start_bounded(client: Any, what: str, timeout_s: float) -> None:
+    """Start an aiokafka client, failing within ``timeout_s`` with a one-line reason."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await client.start()
+    except (TimeoutError, KafkaError, OSError) as exc:
+        with contextlib.suppress(Exception):
+            await client.close() if hasattr(client, "close") else await client.stop()
+        raise KafkaUnavailable(
+            f"{what}: Kafka unreachable within {timeout_s:g}s ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+async def start_consumer(
+    config: KafkaConfig,
+    what: str,
+    *,
+    group_id: str | None = None,
+    auto_offset_reset: str = "latest",
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    fetch_max_wait_ms: int = 100,
+) -> KafkaConsumer:
+    """A started consumer; KafkaUnavailable (naming ``what``) within the config's timeout.
+
+    Offsets are never auto-committed: group consumers commit what they finished. A
+    partition fetch holds at least one record of ``max_record_bytes``. Assigning or
+    subscribing is the caller's: the consumer reads nothing until then.
+    """
+    consumer = AIOKafkaConsumer(
+        **config.client_kwargs(),
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset=auto_offset_reset,
+        max_partition_fetch_bytes=max_record_bytes + FRAMING_HEADROOM_BYTES,
+        fetch_max_wait_ms=fetch_max_wait_ms,
+    )
+    await start_bounded(consumer, what, config.request_timeout_s)
+    return consumer
+
+
+async def close_consumer(consumer: KafkaConsumer) -> None:
+    """Close ``consumer``, ignoring a connection that already broke."""
+    # aiokafka awaits a helper task on close that raises CancelledError if it never ran;
+    # one turn of the loop lets it start (it has not when start fails without awaiting).
+    await asyncio.sleep(0)
+    with contextlib.suppress(KafkaError, OSError):
+        await consumer.stop()

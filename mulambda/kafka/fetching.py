@@ -1,0 +1,128 @@
+"""Reading through a started consumer: position it, fetch batches, commit, measure lag.
+
+Every worker fetches through :func:`fetch` (one ``getmany``, aiokafka's errors
+translated) or :func:`fetch_retrying` (a reader that rides out a broker hiccup). The
+consumer itself comes from :func:`~mulambda.kafka.config.start_consumer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from typing import TypeAlias
+
+from aiokafka.errors import KafkaError
+
+from mulambda.errors import KafkaUnavailable
+from mulambda.kafka.config import KafkaConsumer
+from mulambda.kafka.records import RawRecord, TopicPartition
+
+log = logging.getLogger(__name__)
+
+Batches: TypeAlias = dict[TopicPartition, list[RawRecord]]
+"""Fetched records by partition, in offset order within each."""
+
+
+async def fetch(
+    consumer: KafkaConsumer,
+    *partitions: TopicPartition,
+    timeout_ms: int,
+    max_records: int | None = None,
+    what: str = "fetch",
+) -> Batches:
+    """Records of ``partitions`` (all assigned when none), waiting up to ``timeout_ms``.
+
+    Raises KafkaUnavailable ("``what`` failed: ...") when the fetch fails.
+    """
+    try:
+        batches: Batches = await consumer.getmany(
+            *partitions, timeout_ms=timeout_ms, max_records=max_records
+        )
+    except KafkaError as exc:
+        raise KafkaUnavailable(f"{what} failed: {exc}") from exc
+    return batches
+
+
+async def fetch_retrying(
+    consumer: KafkaConsumer,
+    *partitions: TopicPartition,
+    timeout_ms: int,
+    retry_backoff_s: float,
+    max_records: int | None = None,
+    what: str = "fetch",
+    stopping: asyncio.Event | None = None,
+) -> Batches:
+    """:func:`fetch`, retried every ``retry_backoff_s`` until it succeeds.
+
+    A failed fetch is logged, not raised: the broker or a partition leader is usually
+    back within seconds, and the reader must still be there then. Returns no records
+    once ``stopping`` is set after a failure, so a stopping loop is not held up.
+    """
+    while True:
+        try:
+            return await fetch(
+                consumer, *partitions, timeout_ms=timeout_ms, max_records=max_records, what=what
+            )
+        except KafkaUnavailable as exc:
+            log.warning("%s, retrying", exc.reason)
+            await asyncio.sleep(retry_backoff_s)
+            if stopping is not None and stopping.is_set():
+                return {}
+
+
+async def assign_at_end(consumer: KafkaConsumer, partitions: Sequence[TopicPartition]) -> None:
+    """Assign ``partitions`` and fix their positions at the current ends, now.
+
+    Kafka consumers otherwise resolve "end" lazily at their first fetch, so a record
+    written between this call and that fetch would be skipped. KafkaUnavailable on failure.
+    """
+    try:
+        consumer.assign(list(partitions))
+        await consumer.seek_to_end(*partitions)
+        for tp in partitions:
+            await consumer.position(tp)
+    except KafkaError as exc:
+        raise KafkaUnavailable(
+            f"cannot position at the end of {len(partitions)} partition(s): {exc}"
+        ) from exc
+
+
+async def commit_offsets(consumer: KafkaConsumer, offsets: Mapping[TopicPartition, int]) -> bool:
+    """Commit ``offsets`` for the group; False (logged) when the commit failed."""
+    try:
+        await consumer.commit(dict(offsets))
+    except KafkaError as exc:
+        # A rebalance took the partition; the new owner re-reads from the last commit.
+        log.warning("commit failed (records will be redelivered): %s", exc)
+        return False
+    return True
+
+
+async def commit_unset_positions(consumer: KafkaConsumer) -> None:
+    """Commit the position of every assigned partition the group never committed.
+
+    Without it a new group's ``latest`` reset would skip what arrives before the first
+    fetch, and so would the next owner of a partition after a rebalance.
+    KafkaUnavailable when the broker cannot say or store the positions.
+    """
+    try:
+        unset = {}
+        for tp in consumer.assignment():
+            position = await consumer.position(tp)
+            if await consumer.committed(tp) is None:
+                unset[tp] = position
+        if unset:
+            await consumer.commit(unset)
+    except KafkaError as exc:
+        raise KafkaUnavailable(f"start positions not committed: {exc}") from exc
+
+
+def lag_of(consumer: KafkaConsumer, positions: Mapping[TopicPartition, int]) -> int:
+    """Sum over assigned partitions of high watermark minus the caller's position."""
+    total = 0
+    for tp in consumer.assignment():
+        high = consumer.highwater(tp)
+        if high is not None and tp in positions:
+            total += max(0, high - positions[tp])
+    return total
