@@ -67,8 +67,8 @@ from typing import Any
 import yaml
 from aiokafka import AIOKafkaConsumer
 
+from mulambda.emulator import ExecutorServer, SyntheticModel
 from mulambda.emulator.profiles import PROTOTYPE_PROFILES, SyntheticProfile, parse_profiles
-from mulambda.emulator.server import ExecutorServer, SyntheticModel
 from mulambda.errors import DecodeError
 from mulambda.kafka import Admin, KafkaConfig, Producer, partitions_of, start_bounded
 from mulambda.routing.router import Router
