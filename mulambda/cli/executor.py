@@ -18,7 +18,7 @@ from mulambda.emulator import (
 )
 from mulambda.emulator.profiles import PROTOTYPE_PROFILES, SyntheticProfile, load_profiles
 from mulambda.errors import MulambdaError
-from mulambda.models.object_store import ModelStore
+from mulambda.models.store import ModelStore
 from mulambda.runtime.observability import configure_logging
 from mulambda.runtime.runner import UntilStopped, serve
 
