@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import sys
 
 import pytest
@@ -85,7 +86,7 @@ async def test_apply_without_the_kubernetes_extra_says_how_to_install_it(
         await apply_deployment(manifest)
 
 
-def test_launch_without_the_kubernetes_extra_is_a_one_line_error(
+async def test_launch_without_the_kubernetes_extra_is_a_one_line_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from click.testing import CliRunner
@@ -93,7 +94,9 @@ def test_launch_without_the_kubernetes_extra_is_a_one_line_error(
     from mulambda.cli.executors import executors
 
     monkeypatch.setitem(sys.modules, "kubernetes_asyncio", None)
-    result = CliRunner().invoke(
+    # In a worker thread: the command's asyncio.run would unset the session's event loop.
+    result = await asyncio.to_thread(
+        CliRunner().invoke,
         executors,
         [
             "launch", "--executor-id", "wine-1", "--model-name", "wine",
