@@ -66,8 +66,8 @@ from typing import Any
 
 import yaml
 
+from mulambda.emulator import ExecutorServer, SyntheticModel
 from mulambda.emulator.profiles import PROTOTYPE_PROFILES, SyntheticProfile, parse_profiles
-from mulambda.emulator.server import ExecutorServer, SyntheticModel
 from mulambda.errors import DecodeError
 from mulambda.kafka import (
     Admin,

@@ -4,14 +4,12 @@ Where the servers come from, in order:
 1. ``MULAMBDA_KAFKA_BOOTSTRAP_SERVERS`` (and the Redis/MinIO variables) already set: use them.
 2. ``deploy/local/infra.sh``: reuse what it already runs, else start it (and stop it at the
    end of the session, since we started it).
-3. testcontainers, when a Docker engine answers (never on the CI machines here).
 Every test run gets its own topic prefix, so runs can share a broker.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -111,13 +109,6 @@ def _infra_home() -> Path:
     return Path(os.environ.get("MULAMBDA_HOME", REPO / ".mulambda"))
 
 
-def _docker_available() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    probe = subprocess.run(["docker", "info"], capture_output=True, check=False, timeout=10)
-    return probe.returncode == 0
-
-
 @pytest.fixture(scope="session")
 def infra() -> Iterator[Infra]:
     """The session's Kafka, Redis and MinIO (see the module docstring)."""
@@ -125,7 +116,7 @@ def infra() -> Iterator[Infra]:
     if found is not None:
         yield found
         return
-    if INFRA.exists() and (shutil.which("java") or not _docker_available()):
+    if INFRA.exists():
         running = (
             subprocess.run(
                 ["bash", str(INFRA), "status"], capture_output=True, check=False
@@ -147,28 +138,10 @@ def infra() -> Iterator[Infra]:
             if not running:
                 subprocess.run(["bash", str(INFRA), "stop"], check=False, timeout=120)
         return
-    yield from _testcontainers_infra()
-
-
-def _testcontainers_infra() -> Iterator[Infra]:
-    # Only where a Docker engine exists; the machines this project runs CI on have none.
-    from testcontainers.kafka import KafkaContainer
-    from testcontainers.minio import MinioContainer
-    from testcontainers.redis import RedisContainer
-
-    with (
-        KafkaContainer("apache/kafka:3.9.1").with_kraft() as kafka,
-        RedisContainer("redis:7") as redis,
-        MinioContainer() as minio,
-    ):
-        minio_cfg = minio.get_config()
-        yield Infra(
-            kafka_bootstrap=kafka.get_bootstrap_server(),
-            redis_url=f"redis://{redis.get_container_host_ip()}:{redis.get_exposed_port(6379)}/0",
-            minio_endpoint=minio_cfg["endpoint"],
-            minio_access_key=minio_cfg["access_key"],
-            minio_secret_key=minio_cfg["secret_key"],
-        )
+    pytest.fail(
+        "no servers: set MULAMBDA_KAFKA_BOOTSTRAP_SERVERS (and the Redis/MinIO variables)"
+        f" or run from a checkout with {INFRA.relative_to(REPO)}"
+    )
 
 
 @pytest.fixture(scope="session")

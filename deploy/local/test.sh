@@ -6,9 +6,10 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$REPO"
 
-extras="dev"
+# kubernetes: the launcher (`mulambda executors launch`) is tested with its optional extra.
+extras="dev,kubernetes"
 # TensorFlow backs the real-SavedModel tests; skip it with MULAMBDA_TEST_TENSORFLOW=0.
-if [ "${MULAMBDA_TEST_TENSORFLOW:-1}" = "1" ]; then extras="dev,tensorflow"; fi
+if [ "${MULAMBDA_TEST_TENSORFLOW:-1}" = "1" ]; then extras="dev,kubernetes,tensorflow"; fi
 ensure_venv "$extras"
 
 log "ruff"

@@ -9,16 +9,16 @@ from pathlib import Path
 import click
 
 from mulambda.cli.common import load_settings
-from mulambda.emulator.profiles import PROTOTYPE_PROFILES, SyntheticProfile, load_profiles
-from mulambda.emulator.server import (
+from mulambda.emulator import (
     ExecutorServer,
     SavedModelModel,
     ServedModel,
     saved_model_versions,
     synthetic_models,
 )
+from mulambda.emulator.profiles import PROTOTYPE_PROFILES, SyntheticProfile, load_profiles
 from mulambda.errors import MulambdaError
-from mulambda.models.object_store import ModelStore
+from mulambda.models.store import ModelStore
 from mulambda.runtime.observability import configure_logging
 from mulambda.runtime.runner import UntilStopped, serve
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from mulambda.cli.common import load_settings, run_async
-from mulambda.models.object_store import MAX_VERSION, ModelStore
+from mulambda.models.layout import MAX_VERSION
+from mulambda.models.store import ModelStore
 from mulambda.runtime.settings import Settings
 
 VERSION = click.IntRange(min=1, max=MAX_VERSION)

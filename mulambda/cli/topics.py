@@ -6,12 +6,12 @@ import click
 
 from mulambda.cli.common import load_settings, run_async
 from mulambda.kafka import Admin, KafkaConfig
-from mulambda.wire.catalog import CATALOG_DIR, load_catalog, write_generated
+from mulambda.wire.catalog import catalog_copies, load_catalog
 
 
 @click.group()
 def topics() -> None:
-    """The topic catalog in topics/catalog.yaml."""
+    """The topic catalog (mulambda/wire/topics/catalog.yaml)."""
 
 
 @topics.command()
@@ -57,21 +57,23 @@ def list_(show_all: bool) -> None:
 
 
 @topics.command()
-@click.option("--check", is_flag=True, help="Exit 1 if the files differ, write nothing.")
+@click.option("--check", is_flag=True, help="Exit 1 if a file is out of date, write nothing.")
 def generate(check: bool) -> None:
-    """Write topics/schemas/*.json and topics/asyncapi.yaml from the models."""
-    catalog = load_catalog()
-    if check:
-        from mulambda.wire.catalog import generated_files
+    """Write schemas/*.json and asyncapi.yaml from the models.
 
-        stale = [
-            rel
-            for rel, text in generated_files(catalog).items()
-            if not (CATALOG_DIR / rel).exists() or (CATALOG_DIR / rel).read_text() != text
-        ]
+    Into the package's mulambda/wire/topics/ and, in a source checkout, the published
+    topics/ copy (which also gets catalog.yaml).
+    """
+    copies = catalog_copies(load_catalog())
+    if check:
+        stale = [f"{copy.label}: {rel}" for copy in copies for rel in copy.stale()]
         if stale:
-            raise click.ClickException("out of date: " + ", ".join(stale))
-        click.echo("generated files are up to date")
+            raise click.ClickException(
+                "out of date (run `mulambda topics generate`): " + ", ".join(stale)
+            )
+        for copy in copies:
+            click.echo(f"{copy.label} copy is up to date: {copy.directory}")
         return
-    for path in write_generated(catalog):
-        click.echo(f"wrote {path}")
+    for copy in copies:
+        for path in copy.write():
+            click.echo(f"wrote {path}")

@@ -11,7 +11,7 @@ registers with accuracy ``confidences[0]``.
 
 The nine profiles of the prototype's evaluation are built in (:data:`PROTOTYPE_PROFILES`)
 and can also be read from ``prototype_evaluation.yaml`` (:func:`load_profiles`). Nothing
-here sleeps: :mod:`mulambda.emulator.server` serves these profiles.
+here sleeps: :class:`~mulambda.emulator.synthetic.SyntheticModel` serves these profiles.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Launching model executors on Kubernetes: a TF Serving pod with a companion sidecar.
 
 The manifest is built by a pure function (``executor_deployment``) so it can be reviewed
-(``mulambda executors launch --dry-run``) and tested without a cluster. The pod:
+(``mulambda executors launch --dry-run``) and tested without a cluster; only applying it
+(``apply_deployment``) needs the ``kubernetes`` extra (``kubernetes-asyncio``). The pod:
 
 * an init container runs ``mulambda models download`` to copy ``models/{name}/{version}``
   from MinIO into an ``emptyDir`` — TF Serving 2.7+ cannot read ``s3://`` paths itself;
@@ -152,9 +153,18 @@ def executor_deployment(
 
 
 async def apply_deployment(manifest: dict[str, Any], *, kubeconfig: str | None = None) -> str:
-    """Create the Deployment, or replace it when it exists; returns ``created``/``updated``."""
-    from kubernetes_asyncio import client, config
-    from kubernetes_asyncio.client.exceptions import ApiException
+    """Create the Deployment, or replace it when it exists; returns ``created``/``updated``.
+
+    Needs the ``kubernetes`` extra; without it, a ConfigurationError says how to install it.
+    """
+    try:
+        from kubernetes_asyncio import client, config
+        from kubernetes_asyncio.client.exceptions import ApiException
+    except ImportError as exc:
+        raise ConfigurationError(
+            "launching executors on Kubernetes needs the kubernetes extra:"
+            " pip install 'mulambda[kubernetes]'"
+        ) from exc
 
     try:
         if kubeconfig is None:

@@ -1,26 +1,50 @@
-"""The topic catalog (``topics/catalog.yaml``) and the documents generated from it.
+"""The topic catalog (``catalog.yaml``) and the documents generated from it.
 
 Pure: reading YAML and building JSON Schema / AsyncAPI needs no broker. Applying the
 catalog to Kafka lives in ``mulambda.kafka``.
+
+The catalog travels with the package: ``mulambda/wire/topics/`` holds ``catalog.yaml``
+(the source, edited by hand), ``schemas/*.json`` and ``asyncapi.yaml`` (generated), read
+through :mod:`importlib.resources`, so an installed wheel needs no checkout. A source
+checkout also has the top-level ``topics/``: the published copy of the same files, which
+``mulambda topics generate`` writes too (:func:`catalog_copies`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import yaml
 
 from mulambda.errors import ConfigurationError
 from mulambda.wire.events import MESSAGE_TYPES, WireModel
 
-CATALOG_DIR = Path(os.environ.get("MULAMBDA_TOPICS_DIR", Path(__file__).parents[2] / "topics"))
-"""Where ``catalog.yaml``, ``schemas/`` and ``asyncapi.yaml`` live."""
+CATALOG_FILE: Final = "catalog.yaml"
+"""Name of the catalog source in either copy."""
+
+PUBLISHED_HEADER: Final = (
+    "# Published copy of mulambda/wire/topics/catalog.yaml, written by `mulambda topics\n"
+    "# generate`: edit that file, not this one.\n#\n"
+)
+"""First lines of the published ``topics/catalog.yaml``, so nobody edits the copy."""
+
+
+def packaged_dir() -> Traversable:
+    """``mulambda/wire/topics/`` as installed: catalog source and generated documents."""
+    return resources.files("mulambda.wire") / "topics"
+
+
+def checkout_dir() -> Path | None:
+    """The top-level ``topics/`` when this package runs from a source checkout, else None."""
+    root = Path(__file__).resolve().parents[2]
+    return root / "topics" if (root / "pyproject.toml").is_file() else None
 
 
 class Topic(StrEnum):
@@ -82,16 +106,25 @@ class Catalog:
         return Catalog(self.specs, prefix)
 
 
-def load_catalog(prefix: str = "", path: Path | None = None) -> Catalog:
-    """Read ``catalog.yaml``; raise ConfigurationError on a malformed entry."""
-    path = path or CATALOG_DIR / "catalog.yaml"
+def catalog_source() -> str:
+    """Text of the packaged ``catalog.yaml``."""
+    path = packaged_dir() / CATALOG_FILE
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
         raise ConfigurationError(f"cannot read topic catalog {path}: {exc}") from exc
+
+
+def load_catalog(prefix: str = "", path: Path | None = None) -> Catalog:
+    """Read ``catalog.yaml`` (default: the packaged one); ConfigurationError when malformed."""
+    source = path if path is not None else packaged_dir() / CATALOG_FILE
+    try:
+        raw = yaml.safe_load(source.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigurationError(f"cannot read topic catalog {source}: {exc}") from exc
     entries = raw.get("topics") if isinstance(raw, dict) else None
     if not isinstance(entries, dict):
-        raise ConfigurationError(f"{path}: expected a 'topics' mapping")
+        raise ConfigurationError(f"{source}: expected a 'topics' mapping")
     specs: dict[Topic, TopicSpec] = {}
     for key, entry in entries.items():
         try:
@@ -107,10 +140,10 @@ def load_catalog(prefix: str = "", path: Path | None = None) -> Catalog:
                 description=str(entry.get("description", "")).strip(),
             )
         except (KeyError, ValueError, TypeError) as exc:
-            raise ConfigurationError(f"{path}: bad entry {key!r}: {exc!r}") from exc
+            raise ConfigurationError(f"{source}: bad entry {key!r}: {exc!r}") from exc
     missing = set(Topic) - specs.keys()
     if missing:
-        raise ConfigurationError(f"{path}: missing topics {sorted(missing)}")
+        raise ConfigurationError(f"{source}: missing topics {sorted(missing)}")
     return Catalog(specs, prefix)
 
 
@@ -164,7 +197,8 @@ def asyncapi_document(catalog: Catalog) -> dict[str, Any]:
             "title": "MuLambda",
             "version": "1",
             "description": "Trait-based model selection and inference routing over Kafka. "
-            "Generated from topics/catalog.yaml and mulambda/wire/events.py; do not edit.",
+            "Generated from mulambda/wire/topics/catalog.yaml and mulambda/wire/events.py; "
+            "do not edit.",
         },
         "defaultContentType": "application/json",
         "channels": channels,
@@ -185,7 +219,7 @@ def _asyncapi_topic_config(config: Mapping[str, str]) -> dict[str, Any]:
 
 
 def generated_files(catalog: Catalog) -> dict[str, str]:
-    """Relative path under ``topics/`` → text, for every generated file."""
+    """Relative path → text of every generated file (schemas and the AsyncAPI document)."""
     files = {
         f"schemas/{model.type_name}.json": json.dumps(message_schema(model), indent=2) + "\n"
         for model in MESSAGE_TYPES.values()
@@ -197,14 +231,46 @@ def generated_files(catalog: Catalog) -> dict[str, str]:
     return files
 
 
-def write_generated(catalog: Catalog, directory: Path | None = None) -> list[Path]:
-    """Write every generated file; return the paths whose content changed."""
-    directory = directory or CATALOG_DIR
-    changed = []
-    for rel, text in generated_files(catalog).items():
-        target = directory / rel
-        if not target.exists() or target.read_text() != text:
+@dataclass(frozen=True, slots=True)
+class CatalogCopy:
+    """One place the catalog files live, with the text each file there must have."""
+
+    label: str
+    """``package`` (``mulambda/wire/topics/``) or ``published`` (the checkout's ``topics/``)."""
+    directory: Traversable
+    files: Mapping[str, str]
+    """Relative path → expected text."""
+
+    def stale(self) -> list[str]:
+        """Relative paths whose file is missing or differs from the expected text."""
+        stale = []
+        for rel, text in self.files.items():
+            target = self.directory.joinpath(*rel.split("/"))
+            if not target.is_file() or target.read_text(encoding="utf-8") != text:
+                stale.append(rel)
+        return stale
+
+    def write(self) -> list[Path]:
+        """Write every stale file; return the paths written."""
+        if not isinstance(self.directory, Path):
+            raise ConfigurationError(f"{self.directory} is not a writable directory")
+        written = []
+        for rel in self.stale():
+            target = self.directory / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text)
-            changed.append(target)
-    return changed
+            target.write_text(self.files[rel], encoding="utf-8")
+            written.append(target)
+        return written
+
+
+def catalog_copies(catalog: Catalog) -> list[CatalogCopy]:
+    """The packaged copy (generated files next to the source) and, in a source checkout,
+    the published ``topics/`` (the source with :data:`PUBLISHED_HEADER`, and the same
+    generated files)."""
+    generated = generated_files(catalog)
+    copies = [CatalogCopy("package", packaged_dir(), generated)]
+    published = checkout_dir()
+    if published is not None:
+        files = {CATALOG_FILE: PUBLISHED_HEADER + catalog_source(), **generated}
+        copies.append(CatalogCopy("published", published, files))
+    return copies

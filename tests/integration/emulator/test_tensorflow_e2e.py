@@ -2,7 +2,7 @@
 
 The model is a small classifier of scikit-learn's bundled wine data set, trained at test
 time (seeded), exported as a SavedModel in TF Serving's ``base/1/`` layout and uploaded with
-:class:`~mulambda.models.object_store.ModelStore` into a bucket of its own.
+:class:`~mulambda.models.store.ModelStore` into a bucket of its own.
 ``mulambda executor serve --model wine`` then runs as a subprocess, pulls the model from
 MinIO and answers the TF Serving REST API, which must give the same numbers as Keras in
 this process.
@@ -34,7 +34,8 @@ from minio.deleteobjects import DeleteObject
 
 from mulambda.errors import ExecutorError
 from mulambda.executors.tfserving import BadRequest, TFServingClient
-from mulambda.models.object_store import MANIFEST_NAME, ModelStore
+from mulambda.models.layout import MANIFEST_NAME
+from mulambda.models.store import ModelStore
 from mulambda.wire.events import ModelState
 from tests.conftest import Infra
 

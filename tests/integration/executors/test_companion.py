@@ -18,8 +18,8 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from mulambda.emulator import ExecutorServer, SyntheticModel
 from mulambda.emulator.profiles import SyntheticProfile, profile_by_name
-from mulambda.emulator.server import ExecutorServer, SyntheticModel
 from mulambda.errors import ConfigurationError
 from mulambda.executors.companion import (
     Companion,

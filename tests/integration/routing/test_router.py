@@ -22,8 +22,8 @@ import orjson
 import pytest
 import pytest_asyncio
 
+from mulambda.emulator import ExecutorServer, SyntheticModel
 from mulambda.emulator.profiles import SyntheticProfile, profile_by_name
-from mulambda.emulator.server import ExecutorServer, SyntheticModel
 from mulambda.executors.tfserving import ExecutorInternalError, ExecutorUnavailable, TFServingError
 from mulambda.kafka import Admin, Producer, read_until_key
 from mulambda.routing.router import Router

@@ -22,8 +22,7 @@ import pytest
 import pytest_asyncio
 from yarl import URL
 
-from mulambda.emulator.profiles import PROTOTYPE_PROFILES, SyntheticProfile, profile_by_name
-from mulambda.emulator.server import (
+from mulambda.emulator import (
     STATS_PATH,
     ExecutorServer,
     SavedModelModel,
@@ -32,6 +31,7 @@ from mulambda.emulator.server import (
     saved_model_versions,
     synthetic_models,
 )
+from mulambda.emulator.profiles import PROTOTYPE_PROFILES, SyntheticProfile, profile_by_name
 from mulambda.errors import ConfigurationError
 from mulambda.executors.tfserving import decode_json
 from mulambda.wire.events import ModelState
@@ -658,39 +658,6 @@ async def test_stop_while_loading_cancels_the_load() -> None:
 def test_invalid_server_configuration(models: Any, labels: Any) -> None:
     with pytest.raises(ConfigurationError):
         ExecutorServer("127.0.0.1", 0, models, labels=labels)
-
-
-def test_synthetic_model_rejects_unknown_verbs_and_bad_scale() -> None:
-    with pytest.raises(ConfigurationError):
-        SyntheticModel(FAST_BAD, verbs=("predict", "explain"))
-    with pytest.raises(ConfigurationError):
-        SyntheticModel(FAST_BAD, time_scale=-1)
-    with pytest.raises(ConfigurationError):
-        SyntheticModel(FAST_BAD, version=-1)
-
-
-async def test_synthetic_models_seeded_runs_repeat() -> None:
-    first = synthetic_models(PROTOTYPE_PROFILES[:2], seed=42)
-    second = synthetic_models(PROTOTYPE_PROFILES[:2], seed=42)
-    for name in first:
-        a, b = first[name], second[name]
-        assert isinstance(a, SyntheticModel)
-        assert isinstance(b, SyntheticModel)
-        assert [a.rng.random() for _ in range(3)] == [b.rng.random() for _ in range(3)]
-
-
-def test_saved_model_versions_follow_the_base_path_layout(tmp_path: Path) -> None:
-    for name in ("1", "3", "12", "x7", "latest"):
-        (tmp_path / name).mkdir()
-    (tmp_path / "20").write_text("a file, not a version folder")
-    latest = saved_model_versions(tmp_path)
-    assert [(m.version, m.path) for m in latest] == [(12, str(tmp_path / "12"))]
-    assert [m.version for m in saved_model_versions(tmp_path, latest_only=False)] == [12, 3, 1]
-    assert all(m.state is ModelState.START for m in latest)  # nothing loaded yet
-    with pytest.raises(ConfigurationError, match="no numeric version"):
-        saved_model_versions(tmp_path / "x7")
-    with pytest.raises(ConfigurationError, match="cannot list"):
-        saved_model_versions(tmp_path / "missing")
 
 
 # --- a real SavedModel ---------------------------------------------------------------

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import asyncio
+import sys
+
 import pytest
 
-from mulambda.executors.launcher import LaunchOptions, executor_deployment
+from mulambda.errors import ConfigurationError
+from mulambda.executors.launcher import LaunchOptions, apply_deployment, executor_deployment
 from tests.factories import registration
 
 pytestmark = pytest.mark.unit
@@ -71,3 +75,34 @@ def test_launch_without_traits_is_refused_before_anything_else() -> None:
     result = CliRunner().invoke(executors, ["launch", "--executor-id", "x", "--dry-run"])
     assert result.exit_code == 2
     assert "missing --model-name" in result.output
+
+
+async def test_apply_without_the_kubernetes_extra_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "kubernetes_asyncio", None)  # import fails: not installed
+    manifest = executor_deployment(registration("wine-1"))
+    with pytest.raises(ConfigurationError, match=r"pip install 'mulambda\[kubernetes\]'"):
+        await apply_deployment(manifest)
+
+
+async def test_launch_without_the_kubernetes_extra_is_a_one_line_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from click.testing import CliRunner
+
+    from mulambda.cli.executors import executors
+
+    monkeypatch.setitem(sys.modules, "kubernetes_asyncio", None)
+    # In a worker thread: the command's asyncio.run would unset the session's event loop.
+    result = await asyncio.to_thread(
+        CliRunner().invoke,
+        executors,
+        [
+            "launch", "--executor-id", "wine-1", "--model-name", "wine",
+            "--model-type", "classification", "--input-format", "wine-13",
+            "--output-format", "probs-3", "--accuracy", "0.93",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "needs the kubernetes extra: pip install 'mulambda[kubernetes]'" in result.output

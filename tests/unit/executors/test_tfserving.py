@@ -16,8 +16,8 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from mulambda.emulator import ExecutorServer, ServedModel, SyntheticModel
 from mulambda.emulator.profiles import profile_by_name
-from mulambda.emulator.server import ExecutorServer, ServedModel, SyntheticModel
 from mulambda.errors import ConfigurationError, ExecutorError, MulambdaError
 from mulambda.executors.tfserving import (
     BadRequest,

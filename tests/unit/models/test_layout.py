@@ -1,26 +1,21 @@
-"""The pure parts of model storage: names, keys, versions, layout checks, manifests."""
+"""The layout rules of model storage: names, keys, versions, part sizes, SavedModel scans."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from mulambda.errors import ConfigurationError, ModelStoreError
-from mulambda.models.object_store import (
+from mulambda.errors import ModelStoreError
+from mulambda.models.layout import (
     MANIFEST_NAME,
     MAX_OBJECT_SIZE,
     MAX_PARTS,
     MAX_VERSION,
     MIN_PART_SIZE,
     LocalFile,
-    ManifestFile,
-    ModelStore,
-    build_manifest,
     check_layout,
     check_model_name,
     check_version,
@@ -29,7 +24,6 @@ from mulambda.models.object_store import (
     next_version,
     object_key,
     parse_key,
-    parse_manifest,
     safe_relpath,
     scan_saved_model,
     stale_keys,
@@ -39,12 +33,6 @@ from mulambda.models.object_store import (
 )
 
 pytestmark = pytest.mark.unit
-
-NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
-
-
-def _entry(path: str, data: bytes) -> ManifestFile:
-    return ManifestFile(path=path, size=len(data), sha256=hashlib.sha256(data).hexdigest())
 
 
 def _saved_model(root: Path) -> Path:
@@ -245,56 +233,3 @@ def test_saved_model_file_goes_up_last() -> None:
         "variables/variables.index",
         "saved_model.pb",
     ]
-
-
-# --- manifest ---
-
-
-def test_manifest_round_trip() -> None:
-    entries = [_entry("variables/variables.index", b"idx"), _entry("saved_model.pb", b"graph")]
-    manifest = build_manifest(
-        "wine", 3, entries, directories=["variables", "assets"], uploaded_at=NOW
-    )
-    assert [f.path for f in manifest.files] == ["saved_model.pb", "variables/variables.index"]
-    assert manifest.directories == ("assets", "variables")
-    assert manifest.total_size == 8
-    parsed = parse_manifest(manifest.to_json(), name="wine", version=3)
-    assert parsed == manifest
-    assert parsed.files[0].sha256 == hashlib.sha256(b"graph").hexdigest()
-
-
-def test_manifest_refuses_bad_contents() -> None:
-    good = [_entry("saved_model.pb", b"g")]
-    with pytest.raises(ModelStoreError, match="no saved_model"):
-        build_manifest("wine", 1, [_entry("variables/x", b"x")], uploaded_at=NOW)
-    with pytest.raises(ModelStoreError, match="duplicate"):
-        build_manifest("wine", 1, good + good, uploaded_at=NOW)
-    with pytest.raises(ModelStoreError, match="version"):
-        build_manifest("wine", 0, good, uploaded_at=NOW)
-    with pytest.raises(ModelStoreError, match="name"):
-        build_manifest("a/b", 1, good, uploaded_at=NOW)
-    with pytest.raises(ModelStoreError, match="unsafe"):
-        build_manifest("wine", 1, good, directories=["../up"], uploaded_at=NOW)
-
-
-def test_parse_manifest_refuses_tampering() -> None:
-    manifest = build_manifest("wine", 2, [_entry("saved_model.pb", b"g")], uploaded_at=NOW)
-    text = manifest.to_json()
-    with pytest.raises(ModelStoreError, match="describes wine version 2"):
-        parse_manifest(text, name="wine", version=5)
-    with pytest.raises(ModelStoreError, match="invalid"):
-        parse_manifest(text.replace(b"saved_model.pb", b"../../etc/passwd"), name="wine", version=2)
-    with pytest.raises(ModelStoreError, match="invalid"):
-        parse_manifest(b"{not json", name="wine", version=2)
-    with pytest.raises(ModelStoreError, match="invalid"):
-        parse_manifest(text.replace(b'"format": 1', b'"format": 9'), name="wine", version=2)
-
-
-# --- configuration ---
-
-
-def test_store_refuses_bad_configuration() -> None:
-    with pytest.raises(ConfigurationError, match="part_size"):
-        ModelStore("h:1", "a", "b", bucket="models", part_size=MIN_PART_SIZE - 1)
-    with pytest.raises(ConfigurationError, match="bucket"):
-        ModelStore("h:1", "a", "b", bucket="Bad_Bucket")

@@ -23,7 +23,8 @@ from urllib3.exceptions import ProtocolError
 
 from mulambda.cli.models import models
 from mulambda.errors import ModelStoreError, ObjectStoreError
-from mulambda.models.object_store import MANIFEST_NAME, MIN_PART_SIZE, ModelStore, manifest_key
+from mulambda.models.layout import MANIFEST_NAME, MIN_PART_SIZE, manifest_key
+from mulambda.models.store import ModelStore
 from tests.conftest import Infra
 
 pytestmark = pytest.mark.integration
