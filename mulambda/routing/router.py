@@ -201,7 +201,10 @@ class Router(Lifecycle):
         try:
             result = await self.route(request)
             result = result.model_copy(
-                update={"latency_ms": (time.perf_counter() - started) * 1000}
+                update={
+                    "latency_ms": (time.perf_counter() - started) * 1000,
+                    "request_id": request.message_id,
+                }
             )
             await self._producer.send_and_wait(
                 request.reply_topic,
@@ -307,6 +310,7 @@ def _invalid_result(address: ReplyAddress, exc: DecodeError) -> InferenceResult:
     waiting for it (a request without one is dead-lettered)."""
     return InferenceResult(
         correlation_id=address.correlation_id,
+        request_id=address.message_id,
         status=InferenceStatus.ERROR,
         error=exc.reason,
         attempts=0,

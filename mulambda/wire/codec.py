@@ -64,6 +64,8 @@ class ReplyAddress:
     topic: str
     partition: int | None
     correlation_id: str
+    message_id: str | None = None
+    """The request's own id, when readable (echoed as the answer's ``request_id``)."""
 
 
 def peek_reply_address(
@@ -97,4 +99,7 @@ def peek_reply_address(
     if len(topic) > 249 or len(corr) > 64:
         return None
     partition = part if isinstance(part, int) and not isinstance(part, bool) and part >= 0 else None
-    return ReplyAddress(topic, partition, corr)
+    message_id = body.get("message_id")
+    if not (isinstance(message_id, str) and 0 < len(message_id) <= 64):
+        message_id = None
+    return ReplyAddress(topic, partition, corr, message_id)

@@ -19,6 +19,10 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SCHEMA_VERSION = 1
+"""The schema version this build writes."""
+
+SUPPORTED_SCHEMA_VERSIONS = range(1, SCHEMA_VERSION + 1)
+"""Versions this build reads; a message of any other version is refused, never guessed at."""
 
 Identifier = Annotated[
     str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/-]*$")
@@ -58,6 +62,16 @@ class WireModel(BaseModel):
 
     type_name: ClassVar[str] = "message"
 
+    @field_validator("schema_version")
+    @classmethod
+    def _known_schema_version(cls, version: int) -> int:
+        if version not in SUPPORTED_SCHEMA_VERSIONS:
+            first, last = SUPPORTED_SCHEMA_VERSIONS[0], SUPPORTED_SCHEMA_VERSIONS[-1]
+            raise ValueError(
+                f"unsupported schema_version {version}; this build reads {first} to {last}"
+            )
+        return version
+
 
 class RequestModel(WireModel):
     """A message that expects an answer on ``reply_topic``."""
@@ -69,7 +83,15 @@ class RequestModel(WireModel):
     reply_partition: int | None = Field(default=None, ge=0)
     """Partition of ``reply_topic`` the requester listens on; None lets the key decide."""
     deadline: datetime
-    """Absolute UTC time after which the answer is useless and may be dropped."""
+    """Absolute time after which the answer is useless and may be dropped: RFC 3339 with a
+    UTC offset (``2026-01-01T12:00:00Z`` or ``...+01:00``); a time without one is refused."""
+
+    @field_validator("deadline")
+    @classmethod
+    def _deadline_has_offset(cls, deadline: datetime) -> datetime:
+        if deadline.tzinfo is None or deadline.utcoffset() is None:
+            raise ValueError("deadline needs a UTC offset (RFC 3339, e.g. 2026-01-01T12:00:00Z)")
+        return deadline
 
     def expired(self, now: datetime | None = None) -> bool:
         """Whether the deadline has passed."""
@@ -366,6 +388,10 @@ class InferenceResult(WireModel):
 
     correlation_id: str = Field(min_length=1, max_length=64)
     """Echo of the request's correlation id."""
+    request_id: str | None = Field(default=None, max_length=64)
+    """The ``message_id`` of the request this answers: unique per request, the same on a
+    redelivery, so a reader that sees two results with one ``request_id`` may drop the second
+    (see the delivery guarantee in the README). None only from builds before it existed."""
     status: InferenceStatus
     """ok or error."""
     executor_id: str | None = None
@@ -382,6 +408,10 @@ class InferenceResult(WireModel):
     """Time from the router's receipt to the result."""
     attempts: int = Field(default=1, ge=0)
     """Executors tried."""
+    selection: Literal["fresh", "cached"] | None = None
+    """Whether the executors tried came from a selection made for this request (fresh) or
+    from the router's recent ranking for the same client, traits and weights (cached, used
+    when the selector did not answer in time); None when no selection was needed."""
 
 
 # --- dead letters --------------------------------------------------------------------

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import orjson
 import pytest
 from hypothesis import given
@@ -96,6 +98,32 @@ def test_peek_reply_address_reads_invalid_requests() -> None:
     assert peek_reply_address(bad_partition) == peek_reply_address(
         orjson.dumps({"reply_topic": "r", "correlation_id": "c"})
     )
+
+    with_id = orjson.dumps({"reply_topic": "r", "correlation_id": "c", "message_id": "m1"})
+    assert peek_reply_address(with_id) == ReplyAddress("r", None, "c", "m1")
+
+
+def _request_body(**changes: object) -> bytes:
+    request = next(m for m in one_of_each() if isinstance(m, SelectionRequest))
+    body = orjson.loads(encode(request))
+    body.update(changes)
+    return orjson.dumps(body)
+
+
+def test_unknown_schema_versions_are_refused_naming_the_supported_range() -> None:
+    assert decode(SelectionRequest, _request_body(schema_version=1)).schema_version == 1
+    for version in (0, 2, 99):
+        with pytest.raises(
+            DecodeError, match=rf"unsupported schema_version {version}; this build reads 1 to 1"
+        ):
+            decode(SelectionRequest, _request_body(schema_version=version))
+
+
+def test_deadlines_without_a_utc_offset_are_refused() -> None:
+    with pytest.raises(DecodeError, match="deadline needs a UTC offset"):
+        decode(SelectionRequest, _request_body(deadline="2030-01-01T12:00:00"))
+    aware = decode(SelectionRequest, _request_body(deadline="2030-01-01T13:00:00+01:00"))
+    assert aware.deadline == datetime(2030, 1, 1, 12, tzinfo=UTC)
 
 
 @given(
