@@ -34,7 +34,7 @@ _N_BUCKETS = len(LATENCY_BUCKETS_MS)
 _INF = float("inf")
 # Score of bucket i is 1 - i/9; index 9 (above the last bound) scores 0.
 _BUCKET_SCORES: tuple[float, ...] = tuple(1.0 - i / _N_BUCKETS for i in range(_N_BUCKETS + 1))
-# adaptive_latency_score beyond the last bound: (1/9) * 1020 / estimate.
+# The adaptive latency score beyond the last bound is (1/9) * 1020 / estimate.
 _TAIL = LATENCY_BUCKETS_MS[-1] / _N_BUCKETS
 
 
@@ -58,13 +58,8 @@ Policy = Callable[
 """``(request, candidates, view, now, state) -> ranked candidates``; see module doc."""
 
 
-def bucket_latency_score(estimate_ms: float) -> float:
-    """The prototype's score: first bucket i with bound >= estimate gives 1 - i/9, else 0."""
-    return _BUCKET_SCORES[bisect_left(LATENCY_BUCKETS_MS, estimate_ms)]
-
-
 def smooth_latency_score(estimate_ms: float) -> float:
-    """A continuous version of :func:`bucket_latency_score`.
+    """A continuous version of the prototype's bucket score (see :func:`weighted`).
 
     Equal to the bucket score at every bound and linear in between (1 up to 10 ms, 0
     above 1020 ms). The buckets make e.g. 11 ms and 29 ms equal, which hides exactly the
@@ -80,19 +75,6 @@ def smooth_latency_score(estimate_ms: float) -> float:
     lo = bounds[i - 1]
     hi = bounds[i]
     return (_N_BUCKETS - i + (hi - estimate_ms) / (hi - lo)) / _N_BUCKETS
-
-
-def adaptive_latency_score(estimate_ms: float) -> float:
-    """The adaptive policy's latency score: :func:`smooth_latency_score` up to the last
-    bound (1020 ms), then ``(1/9) * 1020 / estimate``.
-
-    Continuous at 1020 ms and positive and strictly decreasing beyond it, so a saturated
-    executor still ranks by its estimate instead of every estimate above 1020 ms scoring
-    0 and the choice falling to accuracy alone.
-    """
-    if estimate_ms > LATENCY_BUCKETS_MS[-1]:
-        return _TAIL / estimate_ms
-    return smooth_latency_score(estimate_ms)
 
 
 # Validating a plain dict is the fastest *checked* way to build a model (faster than
@@ -158,9 +140,10 @@ def weighted(
 
     Estimated latency = client-executor probe latency (or the view's fallback) +
     ``model_data_delay_ms_per_element * input_size``; latency score from the buckets
-    (:func:`bucket_latency_score`); accuracy score = accuracy / highest accuracy among
-    the candidates (0 for all when that is 0); score = w_latency * latency score +
-    w_accuracy * accuracy score.
+    (the first bucket ``i`` whose bound is >= the estimate scores ``1 - i/9``, above the
+    last bound 0; bounds in :data:`LATENCY_BUCKETS_MS`); accuracy score = accuracy /
+    highest accuracy among the candidates (0 for all when that is 0); score = w_latency
+    * latency score + w_accuracy * accuracy score.
     """
     if not candidates:
         return []
@@ -289,9 +272,12 @@ def adaptive(
     load (status in_flight, outstanding and pending dispatches). Candidates below
     ``slo.min_accuracy`` and then those whose estimate exceeds ``slo.max_latency_ms``
     are removed (raising NoCandidate naming the filter that removed the last ones).
-    Latency score is :func:`adaptive_latency_score`; accuracy score (relative to the
-    best accuracy among the candidates that passed the SLOs) and tie-break as in
-    :func:`weighted`.
+    Latency score is :func:`smooth_latency_score` up to the last bound (1020 ms), then
+    ``(1/9) * 1020 / estimate``: continuous at 1020 ms and positive and strictly
+    decreasing beyond it, so a saturated executor still ranks by its estimate instead of
+    every estimate above 1020 ms scoring 0 and the choice falling to accuracy alone.
+    Accuracy score (relative to the best accuracy among the candidates that passed the
+    SLOs) and tie-break as in :func:`weighted`.
     """
     if not candidates:
         return []

@@ -1,13 +1,19 @@
 """The selector worker: materialises executor state and answers selection requests.
 
+The worker moves bytes between Kafka, the pure cores and Redis; the decisions are the
+cores': :mod:`~mulambda.selection.state` (what a state record does to the view and the
+store), :mod:`~mulambda.selection.answers` (the reply to a request, its address, the
+load it adds) and :mod:`~mulambda.selection.store_sync` (what to write to the store and
+when to rewrite it, the view from the store after a restart).
+
 Two streams, two ways of consuming:
 
 * **State** (executor registrations, client registrations, executor status, latency
   measurements): every selector instance needs all of it, so each reads every partition
   without a consumer group. Each batch is applied to the in-memory
-  :class:`~mulambda.selection.view.ExecutorView` (which selections read; the store is never read per
-  request) and written to the :class:`~mulambda.selection.store.ViewStore` in one pipeline, with
-  the offsets reached.
+  :class:`~mulambda.selection.view.ExecutorView` (which selections read; the store is
+  never read per request) and written to the :class:`~mulambda.selection.store.ViewStore`
+  in one pipeline, with the offsets reached.
 * **Requests** (selection requests): shared by a consumer group, so selectors scale out
   over the request partitions (keyed by client id). Replies go to the partition the
   requester named; offsets are committed only after the replies were acknowledged.
@@ -23,16 +29,10 @@ Without that commit a new group's ``latest`` reset would skip requests sent betw
 would skip the requests its old owner had not yet read.
 
 Reply addresses: a request whose reply topic or partition does not exist is
-dead-lettered with that reason (checked against cached cluster metadata), instead of
-stalling the request loop for Kafka's metadata timeout or failing inside aiokafka.
+dead-lettered with that reason (checked against cached cluster metadata).
 
 Clock: the view runs on wall-clock seconds; a record counts as of its Kafka timestamp
 (never later than now), so replayed heartbeats are as old as they really are.
-
-Load: each selection counts as outstanding on the executor it ranked first until its
-estimated latency has passed twice over (bounded by the request's deadline). Several
-selectors each count their own (``source`` = selector id); the view takes
-``max(in_flight from heartbeats, sum of outstanding)``.
 
 Invalid state records are dead-lettered by every selector instance that reads them
 (each reads everything); the letters are identical but for ``consumer_group``.
@@ -44,18 +44,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from mulambda.errors import (
-    ConfigurationError,
     DecodeError,
     KafkaUnavailable,
     MulambdaError,
-    SelectionError,
     StoreUnavailable,
 )
 from mulambda.kafka import (
@@ -77,25 +73,21 @@ from mulambda.kafka import (
 )
 from mulambda.routing.requester import HEADER_CORRELATION_ID, reply_address, send_reply
 from mulambda.runtime.lifecycle import Lifecycle
-from mulambda.selection.policies import POLICIES, PolicyState, select
-from mulambda.selection.store import (
-    ClientRemoved,
-    ExecutorRemoved,
-    ObservedLatency,
-    RegistrationAsOf,
-    Snapshot,
-    StoreEvent,
-    ViewStore,
+from mulambda.selection.answers import Answerer, ReplyTargets, UndeliverableReply
+from mulambda.selection.policies import PolicyState
+from mulambda.selection.state import StateApplier, record_time
+from mulambda.selection.store import Snapshot, StoreEvent, ViewStore
+from mulambda.selection.store_sync import (
+    StoreSync,
+    changes_after_replay,
+    restore_view,
 )
 from mulambda.selection.view import ExecutorView
 from mulambda.wire.catalog import Catalog, Topic
-from mulambda.wire.codec import ReplyAddress, decode
+from mulambda.wire.codec import ReplyAddress
 from mulambda.wire.events import (
     ClientRegistration,
     ExecutorRegistration,
-    ExecutorStatus,
-    LatencyMeasurement,
-    LatencySource,
     SelectionReply,
     SelectionRequest,
     SelectionStatus,
@@ -106,60 +98,6 @@ log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 64 * 1024
 """Selection requests are small; anything larger is refused with an error reply."""
-
-
-class UndeliverableReply(SelectionError):
-    """A request whose reply topic or partition does not exist; it is dead-lettered."""
-
-
-class ReplyTargets:
-    """Partition counts of every topic, to vet reply addresses without blocking.
-
-    aiokafka's producer waits up to its request timeout for metadata of a topic it does
-    not know, so one request naming a missing reply topic would stall the request loop
-    for seconds, and it asserts on a partition out of range. ``fetch`` returns every
-    topic's partition count in one metadata round trip; a miss refreshes at most every
-    ``min_refresh_s`` (a flood of made-up topic names costs a few fetches a second).
-    """
-
-    def __init__(
-        self, fetch: Callable[[], Awaitable[Mapping[str, int]]], *, min_refresh_s: float = 0.5
-    ) -> None:
-        self._fetch = fetch
-        self._min_refresh_s = min_refresh_s
-        self._counts: dict[str, int] = {}
-        self._fetched_at = -float("inf")
-        self._refreshing: asyncio.Future[None] | None = None
-
-    async def refresh(self) -> None:
-        """Fetch the partition counts now (concurrent callers share one fetch)."""
-        if self._refreshing is not None:
-            await asyncio.shield(self._refreshing)
-            return
-        self._refreshing = asyncio.get_running_loop().create_future()
-        try:
-            self._counts = dict(await self._fetch())
-            self._fetched_at = time.monotonic()
-        finally:
-            self._refreshing.set_result(None)
-            self._refreshing = None
-
-    async def problem(self, address: ReplyAddress) -> str | None:
-        """Why a reply cannot go to ``address``, or None when it can."""
-        count = self._counts.get(address.topic)
-        stale = time.monotonic() - self._fetched_at >= self._min_refresh_s
-        fits = count is not None and (address.partition is None or address.partition < count)
-        if not fits and stale:
-            await self.refresh()
-            count = self._counts.get(address.topic)
-        if count is None:
-            return f"reply topic {address.topic!r} does not exist"
-        if address.partition is not None and address.partition >= count:
-            return (
-                f"reply partition {address.partition} does not exist "
-                f"({address.topic} has {count} partitions)"
-            )
-        return None
 
 
 class SelectorMetrics:
@@ -207,34 +145,6 @@ class SelectorMetrics:
         )
 
 
-class Outstanding:
-    """Selections not yet expected to be done, per executor (expiry times)."""
-
-    def __init__(self) -> None:
-        self._pending: dict[str, deque[float]] = {}
-
-    def add(self, executor_id: str, until: float) -> int:
-        """Count one more until ``until``; return the executor's current count."""
-        queue = self._pending.setdefault(executor_id, deque())
-        queue.append(until)
-        return len(queue)
-
-    def sweep(self, now: float) -> dict[str, int]:
-        """Drop expired entries; return the new count of every executor that changed."""
-        changed: dict[str, int] = {}
-        for executor_id, queue in list(self._pending.items()):
-            before = len(queue)
-            # Expiry times are appended in roughly increasing order; a rare late short
-            # one only lingers until the longer ones before it expire.
-            while queue and queue[0] <= now:
-                queue.popleft()
-            if len(queue) != before:
-                changed[executor_id] = len(queue)
-            if not queue:
-                del self._pending[executor_id]
-        return changed
-
-
 class Selector(Lifecycle):
     """The selector worker; a runner Service (start/stop/wait, ``async with``)."""
 
@@ -263,26 +173,23 @@ class Selector(Lifecycle):
         ``max_pending_store_events``: store writes kept while the store is down; past it
         the backlog is dropped and the whole view is rewritten once the store is back.
         """
-        if default_policy not in POLICIES:
-            raise ConfigurationError(f"unknown default policy {default_policy!r}")
+        self._answers = Answerer(
+            selector_id=selector_id, default_policy=default_policy, state=state
+        )
         self._kafka = kafka
         self._catalog = catalog
         self._store = store
         self.selector_id = selector_id
         self._group_id = group_id
-        self.default_policy = default_policy
         self._missed = missed_heartbeats
         self._lookback_s = status_lookback_s
         self._grace_s = grace_s
         self._catch_up_timeout_s = catch_up_timeout_s
-        self._max_pending_store = max_pending_store_events
-        self._store_resync = False
+        self._store_sync = StoreSync(max_pending_store_events)
         self.registry = registry or CollectorRegistry()
         self.metrics = SelectorMetrics(self.registry)
         self.metrics.view_size.set_function(lambda: len(self.view))
         self.view = ExecutorView(missed_heartbeats=missed_heartbeats)
-        self._state = state or PolicyState()
-        self._outstanding = Outstanding()
         # No linger: the request loop awaits its replies' acks before it commits and
         # fetches again, so a 2 ms linger added to every request's latency (p50 3.7 vs
         # 5.5 ms at 500/s) and halved closed-loop throughput. Under load, replies still
@@ -297,8 +204,6 @@ class Selector(Lifecycle):
         self._state_consumer: KafkaConsumer | None = None
         self._follower: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._pending_store: list[StoreEvent] = []
-        self._pending_offsets: dict[tuple[str, int], int] = {}
         self._stored_offsets: dict[tuple[str, int], int] = {}
         self._state_positions: dict[TopicPartition, int] = {}
         self._catch_up: dict[TopicPartition, int] = {}
@@ -306,16 +211,20 @@ class Selector(Lifecycle):
         self._reply_targets = ReplyTargets(self._topic_partition_counts)
         self._ready = False
         self._stopping = asyncio.Event()
-        self._state_models: dict[str, type[WireModel]] = {
-            catalog.name(Topic.EXECUTOR_REGISTRATIONS): ExecutorRegistration,
-            catalog.name(Topic.CLIENT_REGISTRATIONS): ClientRegistration,
-            catalog.name(Topic.EXECUTOR_STATUS): ExecutorStatus,
-            catalog.name(Topic.LATENCY_MEASUREMENTS): LatencyMeasurement,
-        }
-        self._compacted = {
-            catalog.name(Topic.EXECUTOR_REGISTRATIONS),
-            catalog.name(Topic.CLIENT_REGISTRATIONS),
-        }
+        self._applier = StateApplier(catalog)
+        self._state_models = self._applier.models
+
+    # The state loop (_follow_state) queues and records offsets through these two.
+
+    @property
+    def _pending_store(self) -> list[StoreEvent]:
+        """Store events the state loop applied but has not written yet."""
+        return self._store_sync.pending
+
+    @property
+    def _pending_offsets(self) -> dict[tuple[str, int], int]:
+        """Where the state loop records the offsets its pending events reached."""
+        return self._store_sync.offsets
 
     @property
     def ready(self) -> bool:
@@ -462,85 +371,19 @@ class Selector(Lifecycle):
         for key, reason in snapshot.invalid.items():
             log.warning("skipped invalid stored value %s: %s", key, reason)
         view = ExecutorView(missed_heartbeats=self._missed)
-        for client in snapshot.clients.values():
-            view.apply_client(client)
-        probes: list[tuple[float, str, str, float]] = []
-        for stored in snapshot.executors.values():
-            seen = stored.last_seen(now)
-            view.apply_registration(stored.registration, seen)
-            if stored.status is not None:
-                view.apply_status(stored.status, seen)
-            probes.extend((ms, stored.executor_id, c, seen) for c, ms in stored.probes.items())
-        # Ascending order makes every insertion into the view's sorted latency lists an
-        # append; in store order they cost O(n) each, O(n^2) for a restart.
-        probes.sort()
-        for ms, executor_id, client_id, _ in probes:
-            # Stored values were validated on load; a message per value (100k at 10k
-            # executors x 10 clients) cost a quarter of a restart.
-            view.restore_probe(executor_id, client_id, ms)
-        for stored in snapshot.executors.values():
-            if stored.observed or stored.service_ms is not None or stored.service_fit:
-                try:
-                    view.restore_learned(
-                        stored.executor_id,
-                        stored.observed,
-                        stored.service_ms,
-                        stored.service_samples,
-                        stored.service_fit,
-                    )
-                except DecodeError as exc:  # a malformed fit: keep the rest
-                    log.warning("stored fit of %s unusable: %s", stored.executor_id, exc.reason)
-                    view.restore_learned(
-                        stored.executor_id,
-                        stored.observed,
-                        stored.service_ms,
-                        stored.service_samples,
-                    )
+        unusable = restore_view(view, snapshot, now)
+        for executor_id, reason in unusable.items():
+            log.warning("stored fit of %s unusable: %s", executor_id, reason)
         self.view = view
         self._stored_offsets = snapshot.offsets
         events: list[StoreEvent] = []
         for record in replayed:
-            self._apply_state(record, events)
-        self._pending_store.extend(self._store_changes(snapshot, events))
+            changes = self._apply_state(record.topic, record.key, record.value, record.timestamp_ms)
+            if changes:
+                events.extend(changes)
+        self._store_sync.queue(changes_after_replay(view, snapshot, events, time.time()))
         await self._flush_store()
         return ends
-
-    def _store_changes(self, snapshot: Snapshot, replayed: list[StoreEvent]) -> list[StoreEvent]:
-        """What the store must learn after a replay: the final state of every id the
-        topics hold, where it differs from the store, and removal of the ids the store
-        has but the topics no longer do (compacted away as tombstones while down)."""
-        now = time.time()
-        executors: dict[str, ExecutorRegistration | None] = {}
-        clients: dict[str, ClientRegistration | None] = {}
-        for event in replayed:
-            if isinstance(event, ExecutorRegistration):
-                executors[event.executor_id] = event
-            elif isinstance(event, ExecutorRemoved):
-                executors[event.executor_id] = None
-            elif isinstance(event, ClientRegistration):
-                clients[event.client_id] = event
-            elif isinstance(event, ClientRemoved):
-                clients[event.client_id] = None
-        changes: list[StoreEvent] = []
-        for executor_id, registration in executors.items():
-            stored = snapshot.executors.get(executor_id)
-            if registration is not None and (stored is None or stored.registration != registration):
-                # As of the view's last heartbeat: a replayed registration is old news.
-                entry = self.view.get(executor_id)
-                age = now - entry.last_seen if entry is not None else float("inf")
-                changes.append(RegistrationAsOf(registration, age))
-        for executor_id in snapshot.executors:
-            if executors.get(executor_id) is None:
-                self.view.remove_executor(executor_id)
-                changes.append(ExecutorRemoved(executor_id))
-        for client_id, client in clients.items():
-            if client is not None and snapshot.clients.get(client_id) != client:
-                changes.append(client)
-        for client_id in snapshot.clients:
-            if clients.get(client_id) is None:
-                self.view.remove_client(client_id)
-                changes.append(ClientRemoved(client_id))
-        return changes
 
     async def _follow_state_from(self, compacted_ends: dict[TopicPartition, int]) -> None:
         consumer = await start_consumer(self._kafka, "state consumer", fetch_max_wait_ms=50)
@@ -649,126 +492,48 @@ class Selector(Lifecycle):
             self._caught_up.set()
 
     async def _apply_raw(self, raw: RawRecord) -> None:
-        model = self._state_models[raw.topic]
         try:
-            # A null value is a tombstone only on the compacted topics; elsewhere it is junk.
-            tombstone = raw.value is None and raw.topic in self._compacted
-            value = None if tombstone else decode(model, raw.value)
+            value = self._applier.decode(raw.topic, raw.value)
         except DecodeError as exc:
             await self._letters.dead_letter(raw, exc)
             return
-        record: Record[Any] = Record(
-            raw.topic, raw.partition, raw.offset, raw.key, value, {}, raw.timestamp, raw.value
-        )
-        self._apply_state(record, self._pending_store)
+        changes = self._apply_state(raw.topic, raw.key, value, raw.timestamp)
+        if changes:
+            self._store_sync.queue(changes)
 
-    def _apply_state(self, record: Record[Any], out: list[StoreEvent]) -> None:
-        """Apply one decoded state record to the view; queue what the store must learn."""
-        at = min(time.time(), record.timestamp_ms / 1000) if record.timestamp_ms else time.time()
-        value = record.value
-        view = self.view
-        if value is None:  # tombstone on a compacted topic
-            key = record.key_str
-            if key is None:
-                return
-            if record.topic == self._catalog.name(Topic.EXECUTOR_REGISTRATIONS):
-                view.remove_executor(key)
-                out.append(ExecutorRemoved(key))
-            elif record.topic == self._catalog.name(Topic.CLIENT_REGISTRATIONS):
-                view.remove_client(key)
-                out.append(ClientRemoved(key))
-        elif isinstance(value, ExecutorRegistration):
-            view.apply_registration(value, at)
-            out.append(value)
-        elif isinstance(value, ClientRegistration):
-            view.apply_client(value)
-            out.append(value)
-        elif isinstance(value, ExecutorStatus):
-            if view.apply_status(value, at):
-                out.append(value)
-        elif isinstance(value, LatencyMeasurement) and view.apply_latency(value, at):
-            if value.source is LatencySource.PROBE:
-                out.append(value)
-            else:
-                entry = view.get(value.executor_id)
-                if entry is not None and entry.observed_ms:
-                    out.append(
-                        ObservedLatency(
-                            value.executor_id,
-                            value.client_id,
-                            entry.observed_ms[value.client_id],
-                            entry.service_ms,
-                            entry.service_samples,
-                            _fit(entry.service_fit),
-                        )
-                    )
-        self.metrics.state_events.labels(record.topic).inc()
+    def _apply_state(
+        self, topic: str, key: bytes | None, value: WireModel | None, timestamp_ms: int | None
+    ) -> list[StoreEvent] | None:
+        """Apply one decoded state record to the view; return what the store must learn."""
+        at = record_time(timestamp_ms, time.time())
+        changes = self._applier.apply(self.view, topic, key, value, at)
+        if changes is not None:
+            self.metrics.state_events.labels(topic).inc()
+        return changes
 
     async def _flush_store(self) -> None:
-        if not (self._pending_store or self._pending_offsets or self._store_resync):
+        write = self._store_sync.next_write(self.view, self._state_positions, time.time())
+        if write is None:
             return
-        events, offsets = self._pending_store, self._pending_offsets
         try:
-            if self._store_resync:
+            if write.rewrite:
                 # The backlog was dropped while the store was down: rewrite everything.
                 await self._store.clear()
-                events = self._view_as_events()
-                offsets = {(tp.topic, tp.partition): o for tp, o in self._state_positions.items()}
-            await self._store.apply_batch(events, offsets=offsets)
+            await self._store.apply_batch(write.events, offsets=write.offsets)
         except StoreUnavailable as exc:
-            # The in-memory view stays authoritative; keep the batch for the next flush,
-            # within a bound: past it, memory matters more than an incremental write.
+            # The in-memory view stays authoritative; the batch waits for the next flush.
             self.metrics.store_failures.inc()
             log.warning("store write failed, will retry: %s", exc.reason)
-            if len(self._pending_store) > self._max_pending_store:
-                self._pending_store, self._pending_offsets = [], {}
-                self._store_resync = True
+            self._store_sync.failed()
             return
-        self._pending_store, self._pending_offsets = [], {}
-        if self._store_resync:
-            log.info("store rewritten from the view", extra={"events": len(events)})
-            self._store_resync = False
+        self._store_sync.written()
+        if write.rewrite:
+            log.info("store rewritten from the view", extra={"events": len(write.events)})
 
     @property
     def store_resync_pending(self) -> bool:
         """Whether the store lost writes and awaits a full rewrite from the view."""
-        return self._store_resync
-
-    def _view_as_events(self) -> list[StoreEvent]:
-        """The whole view as store events (a full rewrite after the store lost writes).
-
-        Executors the view holds as stale get no alive key (RegistrationAsOf, no status).
-        """
-        now = time.time()
-        events: list[StoreEvent] = list(self.view.clients())
-        for entry in self.view.entries():
-            events.append(RegistrationAsOf(entry.registration, now - entry.last_seen))
-            if entry.model_state is not None and entry.live(now):
-                events.append(
-                    ExecutorStatus(
-                        executor_id=entry.executor_id,
-                        model_state=entry.model_state,
-                        in_flight=entry.in_flight,
-                        errors=entry.errors,
-                        heartbeat_interval_s=entry.heartbeat_interval_s,
-                    )
-                )
-            events.extend(
-                LatencyMeasurement(executor_id=entry.executor_id, client_id=c, latency_ms=ms)
-                for c, ms in entry.probes.items()
-            )
-            events.extend(
-                ObservedLatency(
-                    entry.executor_id,
-                    c,
-                    ms,
-                    entry.service_ms,
-                    entry.service_samples,
-                    _fit(entry.service_fit),
-                )
-                for c, ms in (entry.observed_ms or {}).items()
-            )
-        return events
+        return self._store_sync.resync_pending
 
     # --- requests -------------------------------------------------------------------
 
@@ -780,43 +545,16 @@ class Selector(Lifecycle):
         problem = await self._reply_targets.problem(address)
         if problem is not None:
             raise UndeliverableReply(problem)  # dead-lettered with the reason
-        now = time.time()
-        if request.expired():
-            reply = SelectionReply(
-                correlation_id=request.correlation_id,
-                status=SelectionStatus.ERROR,
-                error="deadline passed before the selector read the request",
-                selector_id=self.selector_id,
-            )
-        else:
-            started = time.perf_counter()
-            reply = select(
-                self.view,
-                request,
-                now,
-                self.default_policy,
-                state=self._state,
-                selector_id=self.selector_id,
-            )
-            self.metrics.compute.observe(time.perf_counter() - started)
-            self._count_outstanding(request, reply, now)
+        answer = self._answers.answer(self.view, request, time.time())
+        reply = answer.reply
+        if answer.compute_s is not None:
+            self.metrics.compute.observe(answer.compute_s)
         self.metrics.selections.labels(reply.policy or "-", reply.status.value).inc()
         if reply.status is SelectionStatus.NO_CANDIDATE:
             self.metrics.no_candidate.inc()
-        elif reply.status is SelectionStatus.OK:
-            self.metrics.candidates.observe(len(self.view.candidates(request.traits, now)))
+        elif answer.candidates is not None:
+            self.metrics.candidates.observe(answer.candidates)
         return await send_reply(self._producer, address, reply)
-
-    def _count_outstanding(
-        self, request: SelectionRequest, reply: SelectionReply, now: float
-    ) -> None:
-        if not reply.candidates:
-            return
-        top = reply.candidates[0]
-        expected_s = 2 * (top.estimated_latency_ms or 1000.0) / 1000
-        until = min(now + expected_s, request.deadline.timestamp())
-        count = self._outstanding.add(top.executor_id, until)
-        self.view.set_outstanding(top.executor_id, count, source=self.selector_id)
 
     def _invalid_reply(self, address: ReplyAddress, exc: DecodeError) -> SelectionReply:
         """The reason, to an invalid request whose reply address is usable (else it is
@@ -831,8 +569,7 @@ class Selector(Lifecycle):
     async def _sweep_outstanding(self) -> None:
         while True:
             await asyncio.sleep(0.05)
-            for executor_id, count in self._outstanding.sweep(time.time()).items():
-                self.view.set_outstanding(executor_id, count, source=self.selector_id)
+            self._answers.sweep(self.view, time.time())
             self._update_lag()
 
     def _update_lag(self) -> None:
@@ -841,8 +578,3 @@ class Selector(Lifecycle):
             self.metrics.lag.labels("state").set(lag_of(consumer, self._state_positions))
         if self._requests is not None:
             self.metrics.lag.labels("requests").set(self._requests.lag())
-
-
-def _fit(fit: Any) -> tuple[float, ...] | None:
-    """The view's ServiceFit as plain numbers for the store (None before any sample)."""
-    return None if fit is None else tuple(float(v) for v in fit)

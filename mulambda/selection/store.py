@@ -42,9 +42,12 @@ Keys (``{p}`` is the deployment's ``key_prefix``; ids are executor or client ids
 Writers
     Every value is the latest one written (last writer wins). Write only what the view
     accepted (the view drops statuses and latencies of unknown executors), so no
-    ``lat:`` hash outlives its executor; :meth:`ViewStore.prune` removes any that did.
+    ``lat:`` hash outlives its executor.
     Several selectors may share a prefix: they all write the same facts; offsets are
     per writer's progress and a regressed offset only causes records to be re-applied.
+
+What a batch may contain and what a load returns are the plain data of
+``mulambda.selection.store_data`` (importable from here too).
 
 Errors from redis are translated to :class:`~mulambda.errors.StoreUnavailable`:
 retriable for connection problems and timeouts, not retriable when the server refuses a
@@ -56,9 +59,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
@@ -71,6 +73,16 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mulambda.errors import ConfigurationError, DecodeError, MulambdaError, StoreUnavailable
 from mulambda.runtime.lifecycle import Lifecycle
+from mulambda.selection.store_data import (
+    ClientRemoved,
+    ExecutorRemoved,
+    ExecutorSnapshot,
+    ObservedLatency,
+    Offsets,
+    RegistrationAsOf,
+    Snapshot,
+    StoreEvent,
+)
 from mulambda.wire.codec import decode, encode
 from mulambda.wire.events import (
     ClientRegistration,
@@ -107,153 +119,6 @@ turns a key holding another type into an error entry for that key instead of fai
 whole load."""
 
 
-# --- what a batch may contain ----------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ExecutorRemoved:
-    """A registration tombstone: forget the executor and everything about it."""
-
-    executor_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class ClientRemoved:
-    """A client tombstone: forget the client and every latency measured to it."""
-
-    client_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class ObservedLatency:
-    """What the view learned from an observed latency (its EWMAs), to be persisted.
-
-    The selector writes this instead of the raw ``LatencyMeasurement`` (source observed)
-    so a restored view gets the smoothed values back: ``ewma_ms`` is the view's
-    ``observed_ms[client_id]``, ``service_ms``/``service_samples`` the executor's.
-    """
-
-    executor_id: str
-    client_id: str
-    ewma_ms: float
-    service_ms: float | None = None
-    service_samples: int | None = None
-    service_fit: tuple[float, ...] | None = None
-    """The view's ServiceFit statistics (five numbers), so a restart keeps the load slope."""
-
-
-@dataclass(frozen=True, slots=True)
-class RegistrationAsOf:
-    """A registration whose last heartbeat is ``age_s`` old (replays and rewrites).
-
-    A plain registration is a fresh heartbeat. This one gives the alive key only the time
-    to live it has left, and none once that has run out, so a replayed or rewritten
-    registration never revives an executor that stopped heartbeating. An existing alive
-    key (a fresher heartbeat) is left as it is.
-    """
-
-    registration: ExecutorRegistration
-    age_s: float
-
-
-StoreEvent = (
-    ExecutorRegistration
-    | RegistrationAsOf
-    | ExecutorRemoved
-    | ClientRegistration
-    | ClientRemoved
-    | ExecutorStatus
-    | LatencyMeasurement
-    | ObservedLatency
-)
-"""Anything :meth:`ViewStore.apply_batch` applies.
-
-A ``LatencyMeasurement`` with source probe sets ``p:{client}``; one with source observed
-sets ``o:{client}`` to its raw value (use :class:`ObservedLatency` to store the EWMA).
-"""
-
-Offsets = Mapping[tuple[str, int], int]
-"""(topic, partition) → next offset to consume; aiokafka's TopicPartition keys fit."""
-
-
-# --- what load returns -----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ExecutorSnapshot:
-    """One executor as stored.
-
-    ``ttl_remaining_s`` is the alive key's PTTL: None when it expired (the executor is
-    stale). ``age_s`` is the time since the last heartbeat implied by it, computed with
-    the heartbeat interval the view itself would use (the status's, else the
-    registration's), so ``now - age_s`` passed to the view as the heartbeat time gives
-    exactly the stored expiry. Use :meth:`last_seen`.
-    """
-
-    registration: ExecutorRegistration
-    status: ExecutorStatus | None
-    ttl_remaining_s: float | None
-    age_s: float | None
-    ttl_s: float
-    """``missed_heartbeats`` x the interval in force; the full time to live."""
-    probes: Mapping[str, float] = field(default_factory=dict)
-    """Latest probe latency (ms) per client id."""
-    observed: Mapping[str, float] = field(default_factory=dict)
-    """EWMA of observed latency (ms) per client id."""
-    service_ms: float | None = None
-    """Learned base service time (ms), if any."""
-    service_samples: int = 0
-    """Observations that taught ``service_ms``."""
-    service_fit: tuple[float, ...] | None = None
-    """The view's service-time fit statistics, when stored."""
-
-    @property
-    def executor_id(self) -> str:
-        """The executor's id."""
-        return self.registration.executor_id
-
-    @property
-    def alive(self) -> bool:
-        """Whether the alive key still existed when loaded."""
-        return self.age_s is not None
-
-    def last_seen(self, now: float) -> float:
-        """The heartbeat time to hand the view on the caller's clock ``now``.
-
-        For a stale executor: just past its time to live, so it is not a candidate until
-        its next heartbeat.
-        """
-        if self.age_s is not None:
-            return now - self.age_s
-        return now - self.ttl_s - 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """Everything :meth:`ViewStore.load` read.
-
-    Rebuilding a view: for each executor, ``apply_registration(registration,
-    e.last_seen(now))``, then, if ``status`` is set, ``apply_status(status,
-    e.last_seen(now))``; probes as probe ``LatencyMeasurement``s; clients with
-    ``apply_client``. Resume consuming each partition at ``offsets``.
-    """
-
-    executors: dict[str, ExecutorSnapshot]
-    clients: dict[str, ClientRegistration]
-    offsets: dict[tuple[str, int], int]
-    invalid: dict[str, str]
-    """Key → reason, for stored values that could not be decoded (skipped, logged)."""
-
-
-@dataclass(slots=True)
-class StoreStats:
-    """Counters a worker can expose."""
-
-    batches: int = 0
-    events: int = 0
-    failures: int = 0
-
-
 # --- the store -----------------------------------------------------------------------
 
 
@@ -287,7 +152,6 @@ class ViewStore(Lifecycle):
         self._connect_timeout_s = connect_timeout_s
         self._timeout_s = timeout_s
         self._client: Redis | None = None
-        self.stats = StoreStats()
         p = key_prefix
         self._k_execs = f"{p}execs"
         self._k_clients = f"{p}clients"
@@ -367,12 +231,10 @@ class ViewStore(Lifecycle):
             async with asyncio.timeout(self._timeout_s + self._connect_timeout_s):
                 yield
         except (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError) as exc:
-            self.stats.failures += 1
             raise StoreUnavailable(
                 f"store {what} failed: Redis unreachable ({type(exc).__name__}: {exc})"
             ) from exc
         except RedisError as exc:
-            self.stats.failures += 1
             raise StoreUnavailable(
                 f"store {what} refused: {type(exc).__name__}: {exc}", retriable=False
             ) from exc
@@ -384,18 +246,11 @@ class ViewStore(Lifecycle):
             results: list[Any] = await pipe.execute(raise_on_error=False)
         for i, result in enumerate(results):
             if isinstance(result, RedisError):
-                self.stats.failures += 1
                 raise StoreUnavailable(
                     f"store {what} refused (command {i + 1} of {len(results)}): {result}",
                     retriable=False,
                 ) from result
         return results
-
-    async def ping(self) -> None:
-        """Round trip to the server (for /readyz); StoreUnavailable when it fails."""
-        client = self._require()
-        async with self._io("ping"):
-            await client.ping()
 
     # --- writes ----------------------------------------------------------------------
 
@@ -426,8 +281,6 @@ class ViewStore(Lifecycle):
                 },
             )
         await self._execute(pipe, "write")
-        self.stats.batches += 1
-        self.stats.events += len(events)
 
     def _queue(self, pipe: Pipeline, event: StoreEvent, executor_ids: set[str] | None) -> None:
         if isinstance(event, ExecutorStatus):
@@ -650,25 +503,6 @@ class ViewStore(Lifecycle):
 
     # --- maintenance -----------------------------------------------------------------
 
-    async def prune(self) -> int:
-        """Delete ``exec:``/``lat:``/``client:`` keys whose id is in neither set.
-
-        Such orphans only arise from writers that did not follow the module's rules;
-        ``alive:`` keys expire by themselves. Returns the number of keys deleted.
-        """
-        client = self._require()
-        executors = set(await self.executor_ids())
-        clients = set(await self.client_ids())
-        doomed: list[str] = []
-        for kind, known in (("exec:", executors), ("lat:", executors), ("client:", clients)):
-            head = f"{self.prefix}{kind}"
-            doomed += [
-                key
-                async for key in self._scan_keys(f"{_glob_escape(head)}*")
-                if key[len(head) :] not in known
-            ]
-        return await self._unlink(client, doomed)
-
     async def clear(self) -> int:
         """Delete every key under the prefix (SCAN + UNLINK); returns how many."""
         client = self._require()
@@ -704,14 +538,15 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
+# The data types are part of the store's interface: importable from here too.
 __all__ = [
     "ClientRemoved",
     "ExecutorRemoved",
     "ExecutorSnapshot",
     "ObservedLatency",
     "Offsets",
+    "RegistrationAsOf",
     "Snapshot",
     "StoreEvent",
-    "StoreStats",
     "ViewStore",
 ]

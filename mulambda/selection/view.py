@@ -46,53 +46,22 @@ Load
 
 Service time
     ``observed`` measurements (a router's end-to-end inference time) are kept as an EWMA
-    per (executor, client) and also teach each executor a linear model of its service
-    time under load. The adaptive policy estimates::
-
-        net + base + delay_per_element * size + slope * L
-
-    ``base`` is the service time at no load that the registered per-element delay does
-    not explain (so the size term is not counted twice) and ``slope`` the milliseconds
-    each further request in the system adds. The load penalty is additive and learned,
-    not assumed: an executor serving requests side by side (spare cores; the prototype's
-    synthetic models, whose delay is ``D + size * alpha + in_flight * beta``) pays a
-    little per request in flight, a serial one a whole service time. The M/M/1 estimate
-    ``S * (1 + L)`` used before assumed the latter and multiplied the size term by the
-    load, overestimating the former ~10x for large inputs.
-
-    Each observation is one sample ``y = observed - net - delay_per_element * size`` at
-    ``x`` = the load its dispatch was made at (the current load when no pending dispatch
-    is left), ``net`` the client's probe latency (or the fallback above): the same ``L``
-    the policy multiplies when it decides, so a biased load proxy is learned around.
-    ``(base, slope)`` is an exponentially weighted least-squares fit of
-    ``y = base + slope * x`` (forgetting factor ``1 - ewma_alpha``; sufficient statistics
-    in :class:`ServiceFit`, O(1) per sample) with a ridge prior: over the centred weighted
-    sums, ``slope = (Sxy + k * prior) / (Sxx + k)`` and ``base = mean(y) - slope *
-    mean(x)``, ``k`` = ``slope_prior_weight``. The prior is serial queueing on the base,
-    ``mean(y) / (1 + mean(x))``: each request in the system costs what one costs beyond
-    its size term (the old M/M/1 inversion without the size term). So an executor always
-    seen at the same load keeps a cautious slope while its line still passes through
-    the mean sample at the mean load, where it is used, and spread in load soon outweighs
-    the prior. Load never speeds an executor up: the slope is clamped at 0, and a
-    negative base is replaced by the line through the origin and the mean sample.
-
-    Executors without observations get the lowest learned base (optimistic: a base
-    learned without spread in load holds load, and one request corrects an optimistic
-    guess, while a pessimistic one may never be tested) and the median learned slope;
-    before any observation, ``default_service_ms`` and ``default_load_slope_ms`` (0: no
-    load penalty until one is measured, the prototype's assumption).
+    per (executor, client) and teach each executor a base service time and a load slope,
+    which the adaptive policy reads. The view turns each into one sample, net of the
+    network latency and the size term, at the load its dispatch was made at (see Load);
+    its :class:`~mulambda.selection.learning.ServiceLearning` holds the fit and the
+    fallbacks for executors without observations (documented there).
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, NamedTuple, overload
+from typing import overload
 
-from pydantic import ValidationError
-
-from mulambda.errors import ConfigurationError, DecodeError
+from mulambda.errors import ConfigurationError
+from mulambda.selection.learning import ServiceFit, ServiceLearning
+from mulambda.selection.sorted_floats import SortedFloats
 from mulambda.wire.events import (
     ClientRegistration,
     ExecutorRegistration,
@@ -105,64 +74,6 @@ from mulambda.wire.events import (
 
 TraitsKey = tuple[str, str, str]
 """``Traits.key()``: (model_type, input_format, output_format)."""
-
-SNAPSHOT_VERSION = 1
-
-
-class ServiceFit(NamedTuple):
-    """Sufficient statistics of an executor's service-time fit (see the module doc).
-
-    Exponentially weighted: every sample multiplies the old sums by ``1 - ewma_alpha``
-    and adds itself with weight 1. This is what must be persisted for a restart to keep
-    the learned slope; :meth:`ExecutorView.restore_learned` takes it back.
-    """
-
-    weight: float
-    """Sum of the sample weights (at most ``1 / ewma_alpha``)."""
-    load_mean: float
-    """Weighted mean load ``x`` of the samples."""
-    service_mean: float
-    """Weighted mean sample ``y`` (ms)."""
-    load_m2: float
-    """Weighted sum of ``(x - load_mean) ** 2`` (``Sxx``)."""
-    cross_m2: float
-    """Weighted sum of ``(x - load_mean) * (y - service_mean)`` (``Sxy``)."""
-
-
-class _SortedFloats:
-    """A sorted multiset of floats with an O(log n) median (memmove-cheap updates)."""
-
-    __slots__ = ("values",)
-
-    def __init__(self) -> None:
-        self.values: list[float] = []
-
-    def add(self, value: float) -> None:
-        insort(self.values, value)
-
-    def discard(self, value: float) -> None:
-        values = self.values
-        i = bisect_left(values, value)
-        if i < len(values) and values[i] == value:
-            del values[i]
-
-    def replace(self, old: float | None, new: float) -> None:
-        if old is not None:
-            self.discard(old)
-        self.add(new)
-
-    def median(self) -> float | None:
-        values = self.values
-        n = len(values)
-        if n == 0:
-            return None
-        mid = n // 2
-        if n % 2:
-            return values[mid]
-        return (values[mid - 1] + values[mid]) / 2.0
-
-    def __len__(self) -> int:
-        return len(self.values)
 
 
 class ExecutorEntry:
@@ -233,7 +144,7 @@ class ExecutorEntry:
         """``max(in_flight, outstanding, len(pending))``: requests in the system."""
         self.probes: dict[str, float] = {}
         """Latest probe latency (ms) per client id."""
-        self._probe_sorted: _SortedFloats | None = None
+        self._probe_sorted: SortedFloats | None = None
         self.median_probe_ms: float | None = None
         """Median of ``probes``; the fallback for clients without a probe."""
         self.observed_ms: dict[str, float] | None = None
@@ -377,18 +288,6 @@ def _as_key(traits: Traits | TraitsKey) -> TraitsKey:
     return traits.key() if isinstance(traits, Traits) else traits
 
 
-def _as_fit(values: ServiceFit | Sequence[float]) -> ServiceFit:
-    """A stored fit back as a ServiceFit; DecodeError unless five finite numbers, weight
-    > 0 and non-negative ``load_m2``."""
-    try:
-        fit = ServiceFit(*(float(v) for v in values))
-    except (TypeError, ValueError) as exc:
-        raise DecodeError(f"malformed service fit {values!r}: {exc}") from exc
-    if not all(abs(v) < _INF for v in fit) or fit.weight <= 0 or fit.load_m2 < 0:
-        raise DecodeError(f"malformed service fit {values!r}")
-    return fit
-
-
 class ExecutorView:
     """Executors indexed by traits key, with heartbeats, load and latencies.
 
@@ -411,48 +310,35 @@ class ExecutorView:
         """Create an empty view.
 
         ``missed_heartbeats``: heartbeat intervals without news before an executor
-        expires. ``ewma_alpha``: weight of a new observed latency in the EWMAs and the
-        service-time fit. ``default_latency_ms``: network latency assumed when the view
-        has no probe at all. ``default_service_ms``: base service time assumed when no
-        executor has observations yet. ``default_load_slope_ms``: ms per unit of load
-        assumed when no executor has observations yet (0: no load penalty until one is
-        measured, the prototype's assumption). ``slope_prior_weight``: weight of the
-        serial prior in each executor's slope fit, in (load units)² of sample spread.
-        ``pending_timeout_s``: age after which a dispatch whose observation never came
-        stops counting as load (longer than any request should take).
+        expires. ``default_latency_ms``: network latency assumed when the view has no
+        probe at all. ``pending_timeout_s``: age after which a dispatch whose observation
+        never came stops counting as load (longer than any request should take).
+        ``ewma_alpha``, ``default_service_ms``, ``default_load_slope_ms`` and
+        ``slope_prior_weight`` configure the service-time learning (see
+        :class:`~mulambda.selection.learning.ServiceLearning`).
         """
         if not missed_heartbeats > 0:
             raise ConfigurationError(f"missed_heartbeats must be > 0, got {missed_heartbeats}")
-        if not 0 < ewma_alpha <= 1:
-            raise ConfigurationError(f"ewma_alpha must be in (0, 1], got {ewma_alpha}")
-        if not 0 <= default_latency_ms < float("inf"):
+        if not 0 <= default_latency_ms < _INF:
             raise ConfigurationError(f"default_latency_ms must be >= 0, got {default_latency_ms}")
-        if not 0 <= default_service_ms < float("inf"):
-            raise ConfigurationError(f"default_service_ms must be >= 0, got {default_service_ms}")
-        if not 0 <= default_load_slope_ms < float("inf"):
-            raise ConfigurationError(
-                f"default_load_slope_ms must be >= 0, got {default_load_slope_ms}"
-            )
-        if not 0 < slope_prior_weight < float("inf"):
-            raise ConfigurationError(f"slope_prior_weight must be > 0, got {slope_prior_weight}")
-        if not 0 < pending_timeout_s < float("inf"):
+        if not 0 < pending_timeout_s < _INF:
             raise ConfigurationError(f"pending_timeout_s must be > 0, got {pending_timeout_s}")
         self.missed_heartbeats = float(missed_heartbeats)
-        self.ewma_alpha = float(ewma_alpha)
         self.default_latency_ms = float(default_latency_ms)
-        self.default_service_ms = float(default_service_ms)
-        self.default_load_slope_ms = float(default_load_slope_ms)
-        self.slope_prior_weight = float(slope_prior_weight)
         self.pending_timeout_s = float(pending_timeout_s)
+        self.learning = ServiceLearning(
+            ewma_alpha=ewma_alpha,
+            default_service_ms=default_service_ms,
+            default_load_slope_ms=default_load_slope_ms,
+            slope_prior_weight=slope_prior_weight,
+        )
+        """What observed latencies taught; it writes the entries' service-time fields."""
         self._clock = -_INF
         """The latest ``now`` seen: the time a dispatch (which comes without one) is at."""
         self._entries: dict[str, ExecutorEntry] = {}
         self._index: dict[TraitsKey, _Bucket] = {}
         self._clients: dict[str, ClientRegistration] = {}
-        self._all_probes = _SortedFloats()
-        self._all_services = _SortedFloats()
-        self._all_slopes = _SortedFloats()
-        self._ignored = {"status": 0, "latency": 0, "outstanding": 0}
+        self._all_probes = SortedFloats()
 
     # --- executors ---------------------------------------------------------------
 
@@ -496,14 +382,11 @@ class ExecutorView:
         self._bucket_remove(entry)
         for value in entry.probes.values():
             self._all_probes.discard(value)
-        if entry.service_ms is not None:
-            self._all_services.discard(entry.service_ms)
-        if entry.service_ms is not None:
-            self._all_slopes.discard(entry.load_slope_ms)
+        self.learning.forget(entry)
         return True
 
     def apply_status(self, status: ExecutorStatus, now: float) -> bool:
-        """Record a heartbeat. Returns False (and counts it) for an unknown executor.
+        """Record a heartbeat. Returns False for an unknown executor.
 
         Statuses of unknown executors are dropped, not buffered: the registration and
         status topics are not ordered with each other, and the next heartbeat after the
@@ -511,7 +394,6 @@ class ExecutorView:
         """
         entry = self._entries.get(status.executor_id)
         if entry is None:
-            self._ignored["status"] += 1
             return False
         was_available = entry.available
         entry.model_state = status.model_state
@@ -540,20 +422,6 @@ class ExecutorView:
 
     # --- load from routers --------------------------------------------------------
 
-    def observe_outstanding(self, executor_id: str, delta: int, *, source: str = "local") -> bool:
-        """Add ``delta`` (+1 on dispatch, -1 on completion) to a source's outstanding count.
-
-        Counts never go below 0. Returns False for an unknown executor. Deltas are not
-        idempotent: a worker replaying a topic should prefer :meth:`set_outstanding`.
-        """
-        entry = self._entries.get(executor_id)
-        if entry is None:
-            self._ignored["outstanding"] += 1
-            return False
-        by_source = entry.outstanding_by_source or {}
-        self._set_outstanding(entry, source, by_source.get(source, 0) + delta)
-        return True
-
     def set_outstanding(self, executor_id: str, count: int, *, source: str = "local") -> bool:
         """Set a source's (a router's) absolute outstanding count for one executor.
 
@@ -564,7 +432,6 @@ class ExecutorView:
         """
         entry = self._entries.get(executor_id)
         if entry is None:
-            self._ignored["outstanding"] += 1
             return False
         self._set_outstanding(entry, source, count)
         return True
@@ -602,19 +469,6 @@ class ExecutorView:
         if now > self._clock:
             self._clock = now
 
-    def drop_source(self, source: str) -> int:
-        """Forget every outstanding count a source (e.g. a dead router) reported.
-
-        Returns the number of executors touched. Scans every executor; call it rarely.
-        """
-        touched = 0
-        for entry in self._entries.values():
-            by_source = entry.outstanding_by_source
-            if by_source and source in by_source:
-                self._set_outstanding(entry, source, 0)
-                touched += 1
-        return touched
-
     # --- clients and latencies -------------------------------------------------------
 
     def apply_client(self, client: ClientRegistration) -> None:
@@ -644,7 +498,6 @@ class ExecutorView:
         """
         entry = self._entries.get(measurement.executor_id)
         if entry is None:
-            self._ignored["latency"] += 1
             return False
         self._see(now)
         client_id = measurement.client_id
@@ -652,14 +505,6 @@ class ExecutorView:
         if measurement.source is LatencySource.PROBE:
             self._set_probe(entry, client_id, latency)
             return True
-        alpha = self.ewma_alpha
-        observed = entry.observed_ms
-        if observed is None:
-            observed = entry.observed_ms = {}
-        previous = observed.get(client_id)
-        observed[client_id] = (
-            latency if previous is None else previous + alpha * (latency - previous)
-        )
         size = measurement.input_size or 0
         net = self.network_latency_ms(entry, client_id)
         sample = latency - net - entry.delay_per_element_ms * size
@@ -669,94 +514,8 @@ class ExecutorView:
         # current load stands in.
         load = pending.popleft()[1] if pending else entry.load
         self._update_load(entry)
-        self._learn(entry, float(load), sample)
-        entry.service_samples += 1
+        self.learning.observe(entry, client_id, latency, float(load), sample)
         return True
-
-    def _learn(self, entry: ExecutorEntry, x: float, y: float) -> None:
-        """Add one (load, service sample) to the executor's exponentially weighted fit."""
-        fit = entry.service_fit
-        if fit is None:
-            entry.service_fit = ServiceFit(1.0, x, y, 0.0, 0.0)
-        else:
-            keep = 1.0 - self.ewma_alpha
-            weight = keep * fit.weight + 1.0
-            dx = x - fit.load_mean
-            load_mean = fit.load_mean + dx / weight
-            service_mean = fit.service_mean + (y - fit.service_mean) / weight
-            # West's weighted update: the new point's deviation from the old mean times
-            # its deviation from the new one.
-            entry.service_fit = ServiceFit(
-                weight,
-                load_mean,
-                service_mean,
-                keep * fit.load_m2 + dx * (x - load_mean),
-                keep * fit.cross_m2 + dx * (y - service_mean),
-            )
-        self._refit(entry)
-
-    def _refit(self, entry: ExecutorEntry) -> None:
-        """Base and slope from the executor's statistics (see the module doc)."""
-        fit = entry.service_fit
-        if fit is None:
-            return
-        k = self.slope_prior_weight
-        # The serial prior: each request in the system costs a whole base service time
-        # (the old multiplicative estimate, inverted, without the size term). Each
-        # executor's own: slopes of the synthetic profiles differ 7x, so pooling them
-        # lets a slow executor borrow a fast one's slope and attract a herd.
-        prior = max(fit.service_mean, 0.0) / (1.0 + max(fit.load_mean, 0.0))
-        slope = max(0.0, (fit.cross_m2 + k * prior) / (fit.load_m2 + k))
-        base = fit.service_mean - slope * fit.load_mean
-        if base < 0.0:
-            # Keep the prediction at the mean load, where the executor is used.
-            base = 0.0
-            if fit.load_mean > 0.0:
-                slope = max(fit.service_mean, 0.0) / fit.load_mean
-        if entry.service_ms is None:
-            self._all_services.add(base)
-            self._all_slopes.add(slope)
-        else:
-            self._all_services.replace(entry.service_ms, base)
-            self._all_slopes.replace(entry.load_slope_ms, slope)
-        entry.service_ms = base
-        entry.load_slope_ms = slope
-
-    def restore_learned(
-        self,
-        executor_id: str,
-        observed_ms: Mapping[str, float],
-        service_ms: float | None,
-        service_samples: int,
-        service_fit: ServiceFit | Sequence[float] | None = None,
-    ) -> bool:
-        """Put back what observed latencies taught (from the store, after a restart).
-
-        Returns False for an unknown executor. ``service_fit`` (the executor's
-        :attr:`ExecutorEntry.service_fit`, or its five numbers in that order) restores
-        base and slope exactly as they are refitted from it; without it (a store written
-        before slopes were learned) ``service_ms`` becomes the mean sample at load 0 with
-        weight ``service_samples`` (at most ``1 / ewma_alpha``), so base and slope are
-        both ``service_ms`` (the serial prior: what the multiplicative model that stored
-        it assumed) until new samples arrive. Raises DecodeError for a fit that is not
-        five finite numbers with a positive weight and a non-negative ``load_m2``.
-        """
-        entry = self._entries.get(executor_id)
-        if entry is None:
-            return False
-        entry.observed_ms = {str(k): float(v) for k, v in observed_ms.items()} or None
-        entry.service_samples = service_samples
-        if service_fit is not None:
-            entry.service_fit = _as_fit(service_fit)
-        elif service_ms is not None:
-            entry.service_fit = self._legacy_fit(float(service_ms), service_samples)
-        self._refit(entry)
-        return True
-
-    def _legacy_fit(self, service_ms: float, samples: int) -> ServiceFit:
-        """A service time stored without a fit, as a fit: its mean at load 0."""
-        weight = min(max(float(samples), 1.0), 1.0 / self.ewma_alpha)
-        return ServiceFit(weight, 0.0, service_ms, 0.0, 0.0)
 
     def fallback_latency_ms(self) -> float:
         """Network latency assumed for an executor with no probe at all (see module doc)."""
@@ -772,22 +531,14 @@ class ExecutorView:
         return self.fallback_latency_ms() if median is None else median
 
     def fallback_service_ms(self) -> float:
-        """Base service time assumed for an executor without observations: the lowest
-        learned base, else ``default_service_ms``.
-
-        Optimistic on purpose: an executor always seen under the same load cannot tell
-        its base from its load penalty, so learned bases run high, and a pessimistic guess
-        would keep an unobserved executor from ever being tried; one request corrects an
-        optimistic one.
-        """
-        values = self._all_services.values
-        return values[0] if values else self.default_service_ms
+        """Base service time assumed for an executor without observations (the lowest
+        learned one; see :meth:`ServiceLearning.fallback_service_ms`)."""
+        return self.learning.fallback_service_ms()
 
     def fallback_load_slope_ms(self) -> float:
-        """Slope (ms per unit of load) assumed for an executor without observations: the
-        median learned slope, else ``default_load_slope_ms``."""
-        median = self._all_slopes.median()
-        return self.default_load_slope_ms if median is None else median
+        """Load slope assumed for an executor without observations (the median learned
+        one; see :meth:`ServiceLearning.fallback_load_slope_ms`)."""
+        return self.learning.fallback_load_slope_ms()
 
     # --- selection -----------------------------------------------------------------
 
@@ -835,135 +586,34 @@ class ExecutorView:
             return "model_state"
         return None
 
-    def traits_keys(self) -> list[TraitsKey]:
-        """Every traits key with at least one registered executor."""
-        return [k for k, b in self._index.items() if b.by_id]
-
     def entries(self) -> Iterator[ExecutorEntry]:
-        """Every registered executor's entry (for snapshots, metrics, debugging)."""
+        """Every registered executor's entry (a full store rewrite, debugging)."""
         return iter(self._entries.values())
 
     def clients(self) -> Iterator[ClientRegistration]:
         """Every registered client."""
         return iter(self._clients.values())
 
-    def stats(self, now: float | None = None) -> dict[str, int]:
-        """Counters for metrics; liveness counts only when ``now`` is given. O(executors)."""
-        out = {
-            "executors": len(self._entries),
-            "traits_keys": len(self.traits_keys()),
-            "clients": len(self._clients),
-            "probes": len(self._all_probes),
-            "learned_services": len(self._all_services),
-            "learned_slopes": len(self._all_slopes),
-            "outstanding": sum(e.outstanding for e in self._entries.values()),
-            "ignored_status": self._ignored["status"],
-            "ignored_latency": self._ignored["latency"],
-            "ignored_outstanding": self._ignored["outstanding"],
-        }
-        if now is not None:
-            live = [e for e in self._entries.values() if now <= e.expires]
-            out["live"] = len(live)
-            out["stale"] = len(self._entries) - len(live)
-            out["selectable"] = sum(1 for e in live if e.available)
-        return out
+    # --- restoring from the store -------------------------------------------------
 
-    # --- snapshot / restore --------------------------------------------------------
+    def restore_learned(
+        self,
+        executor_id: str,
+        observed_ms: Mapping[str, float],
+        service_ms: float | None,
+        service_samples: int,
+        service_fit: ServiceFit | Sequence[float] | None = None,
+    ) -> bool:
+        """Put back what observed latencies taught one executor (the store, a restart).
 
-    def snapshot(self, now: float) -> dict[str, Any]:
-        """A JSON-serialisable copy of the view (outstanding counts excluded: live data).
-
-        Heartbeat times are stored as ages relative to ``now`` so a snapshot can be
-        restored on another clock (e.g. after a restart with ``time.monotonic()``).
+        False for an unknown executor; DecodeError for a malformed fit. See
+        :meth:`ServiceLearning.restore`.
         """
-        executors = [
-            {
-                "registration": e.registration.model_dump(mode="json"),
-                "age_s": now - e.last_seen,
-                "heartbeat_interval_s": e.heartbeat_interval_s,
-                "model_state": None if e.model_state is None else e.model_state.value,
-                "in_flight": e.in_flight,
-                "errors": e.errors,
-                "probes": dict(e.probes),
-                "observed_ms": dict(e.observed_ms or {}),
-                "service_ms": e.service_ms,
-                "service_samples": e.service_samples,
-                "service_fit": None if e.service_fit is None else list(e.service_fit),
-            }
-            for e in self._entries.values()
-        ]
-        return {
-            "version": SNAPSHOT_VERSION,
-            "executors": executors,
-            "clients": [c.model_dump(mode="json") for c in self._clients.values()],
-        }
-
-    @classmethod
-    def restore(
-        cls,
-        snapshot: Mapping[str, Any],
-        now: float,
-        *,
-        missed_heartbeats: float = 3.0,
-        ewma_alpha: float = 0.2,
-        default_latency_ms: float = 100.0,
-        default_service_ms: float = 10.0,
-        default_load_slope_ms: float = 0.0,
-        slope_prior_weight: float = 1.0,
-    ) -> ExecutorView:
-        """Rebuild a view from :meth:`snapshot` output; raises DecodeError if malformed.
-
-        Snapshots without ``service_fit`` (written before slopes were learned) restore
-        ``service_ms`` as in :meth:`restore_learned`.
-        """
-        view = cls(
-            missed_heartbeats=missed_heartbeats,
-            ewma_alpha=ewma_alpha,
-            default_latency_ms=default_latency_ms,
-            default_service_ms=default_service_ms,
-            default_load_slope_ms=default_load_slope_ms,
-            slope_prior_weight=slope_prior_weight,
-        )
-        try:
-            if snapshot["version"] != SNAPSHOT_VERSION:
-                raise DecodeError(f"unsupported view snapshot version {snapshot['version']!r}")
-            for item in snapshot["clients"]:
-                view.apply_client(ClientRegistration.model_validate(item))
-            for item in snapshot["executors"]:
-                registration = ExecutorRegistration.model_validate(item["registration"])
-                view.apply_registration(registration, now - float(item["age_s"]))
-                entry = view._entries[registration.executor_id]
-                interval = float(item["heartbeat_interval_s"])
-                if not interval > 0:
-                    raise DecodeError(f"bad heartbeat interval {interval!r}")
-                entry.heartbeat_interval_s = interval
-                entry.ttl_s = view.missed_heartbeats * interval
-                entry.expires = entry.last_seen + entry.ttl_s
-                state = item["model_state"]
-                entry.model_state = None if state is None else ModelState(state)
-                view._index[entry.key].cache = None
-                entry.in_flight = entry.load = int(item["in_flight"])
-                entry.errors = int(item["errors"])
-                for client_id, latency in item["probes"].items():
-                    latency = float(latency)
-                    if not 0 <= latency < float("inf"):
-                        raise DecodeError(f"bad probe latency {latency!r}")
-                    view._set_probe(entry, str(client_id), latency)
-                observed = {str(k): float(v) for k, v in item["observed_ms"].items()}
-                entry.observed_ms = observed or None
-                entry.service_samples = int(item["service_samples"])
-                fit = item.get("service_fit")
-                service = item["service_ms"]
-                if fit is not None:
-                    entry.service_fit = _as_fit(fit)
-                elif service is not None:
-                    entry.service_fit = view._legacy_fit(float(service), entry.service_samples)
-                view._refit(entry)
-        except DecodeError:
-            raise
-        except (KeyError, TypeError, ValueError, AttributeError, ValidationError) as exc:
-            raise DecodeError(f"malformed view snapshot: {exc}") from exc
-        return view
+        entry = self._entries.get(executor_id)
+        if entry is None:
+            return False
+        self.learning.restore(entry, observed_ms, service_ms, service_samples, service_fit)
+        return True
 
     def restore_probe(self, executor_id: str, client_id: str, latency_ms: float) -> bool:
         """Put back a stored probe latency (a restart): what ``apply_latency`` does for a
@@ -981,7 +631,7 @@ class ExecutorView:
         entry.probes[client_id] = latency
         self._all_probes.replace(old, latency)
         if entry._probe_sorted is None:
-            entry._probe_sorted = _SortedFloats()
+            entry._probe_sorted = SortedFloats()
         entry._probe_sorted.replace(old, latency)
         entry.median_probe_ms = entry._probe_sorted.median()
 

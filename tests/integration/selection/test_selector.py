@@ -817,7 +817,7 @@ async def test_store_outage_is_bounded_then_the_view_is_rewritten(
             async with ViewStore(url, key_prefix="outage:") as check:
                 snapshot = await check.load()
             rewritten = snapshot.executors[f"out-{uid}"]
-            assert rewritten.alive
+            assert rewritten.age_s is not None  # alive
             assert rewritten.status is not None
             assert rewritten.status.model_state is ModelState.AVAILABLE
     finally:
@@ -827,8 +827,8 @@ async def test_store_outage_is_bounded_then_the_view_is_rewritten(
 
 async def _redis_up(url: str) -> bool:
     try:
-        async with ViewStore(url, key_prefix="probe:", connect_timeout_s=0.2) as store:
-            await store.ping()
+        async with ViewStore(url, key_prefix="probe:", connect_timeout_s=0.2):
+            pass  # start() pings
     except MulambdaError:
         return False
     return True

@@ -94,7 +94,7 @@ async def test_apply_and_load_round_trip(store: ViewStore) -> None:
         assert snap.executors[reg.executor_id].registration == reg
     ex0, ex1, ex2 = (snap.executors[f"ex-{i}"] for i in range(3))
     assert ex0.status is None  # registered, no status yet, still alive
-    assert ex0.alive
+    assert ex0.age_s is not None  # alive
     assert ex0.probes == {"cl-1": 4.25, "cl-2": 8.0}
     assert ex1.status == busy
     assert ex1.observed == {"cl-1": 21.5}
@@ -111,8 +111,6 @@ async def test_apply_and_load_round_trip(store: ViewStore) -> None:
         assert ex.last_seen(1000.0) == pytest.approx(1000.0 - ex.age_s)
     assert snap.clients == {"cl-1": client}
     assert snap.offsets == {("t.status", 0): 41, ("t.status", 2): 7}
-    assert store.stats.batches == 1
-    assert store.stats.events == len(events)
 
 
 async def test_tombstones_remove_everything(store: ViewStore, raw: Redis) -> None:
@@ -156,7 +154,7 @@ async def _wait_alive(store: ViewStore, executor_id: str, alive: bool, timeout_s
     deadline = started + timeout_s
     while time.monotonic() < deadline:
         snap = await store.load()
-        if snap.executors[executor_id].alive is alive:
+        if (snap.executors[executor_id].age_s is not None) is alive:
             return time.monotonic() - started
         await asyncio.sleep(0.02)
     raise AssertionError(f"{executor_id} never became alive={alive} within {timeout_s}s")
@@ -174,7 +172,7 @@ async def test_alive_key_expires_and_heartbeats_refresh_it(infra: Infra, raw: Re
             await store.apply_batch([_status("hb", interval, in_flight=beats)])
             beats += 1
             snap = await store.load()
-            assert snap.executors["hb"].alive
+            assert snap.executors["hb"].age_s is not None
             assert snap.executors["hb"].status is not None
             await asyncio.sleep(0.05)
         # Silence: the alive key expires, the registration stays.
@@ -187,7 +185,7 @@ async def test_alive_key_expires_and_heartbeats_refresh_it(infra: Infra, raw: Re
         # The next heartbeat revives it.
         await store.apply_batch([_status("hb", interval, in_flight=99)])
         revived = (await store.load()).executors["hb"]
-        assert revived.alive
+        assert revived.age_s is not None
         assert revived.status is not None
         assert revived.status.in_flight == 99
         await store.clear()
@@ -221,7 +219,7 @@ async def test_registration_as_of_an_age_gets_only_the_ttl_left(store: ViewStore
     assert young.ttl_remaining_s is not None
     assert 4.0 < young.ttl_remaining_s <= 5.0
     assert old.ttl_remaining_s is None
-    assert not old.alive
+    assert old.age_s is None
     assert old.registration.executor_id == "old"
 
 
@@ -275,11 +273,11 @@ async def test_undecodable_values_are_skipped_and_reported(store: ViewStore, raw
     await raw.rpush(store.key_alive("bad-types"), b"a list")  # type: ignore[misc]
     snap = await store.load()
     assert set(snap.executors) == {"good", "bad-status", "bad-types"}
-    assert not snap.executors["bad-types"].alive
+    assert snap.executors["bad-types"].age_s is None  # stale: its alive key is unreadable
     assert snap.executors["bad-types"].probes == {}
     assert snap.executors["good"].probes == {"cl": 2.0}
     assert snap.executors["bad-status"].status is None
-    assert snap.executors["bad-status"].alive
+    assert snap.executors["bad-status"].age_s is not None
     assert snap.clients == {}
     assert set(snap.invalid) == {
         store.key_exec("bad"),
@@ -312,7 +310,7 @@ async def test_ten_thousand_executors_load_completely(store: ViewStore) -> None:
         ex = snap.executors[f"big-{i:05d}"]
         assert ex.registration.accuracy == (i % 100) / 100
         assert ex.probes == {f"cl-{i % 5}": float(i % 50)}
-        assert ex.alive
+        assert ex.age_s is not None
         if i % 2 == 0:
             assert ex.status is not None
             assert ex.status.in_flight == i % 7
@@ -322,14 +320,8 @@ async def test_ten_thousand_executors_load_completely(store: ViewStore) -> None:
     assert snap.offsets == {("s", 0): (len(events) - 1) // 5000 * 5000}  # the last batch's
 
 
-async def test_clear_and_prune(store: ViewStore, raw: Redis) -> None:
+async def test_clear_deletes_its_prefix_only(store: ViewStore, raw: Redis) -> None:
     await store.apply_batch([registration("p-1"), _probe("p-1", "c", 1.0)])
-    await raw.hset(store.key_latency("orphan"), "p:c", "1.0")  # type: ignore[misc]
-    await raw.set(store.key_exec("orphan"), b"{}")
-    await raw.set(store.key_client("orphan"), b"{}")
-    assert await store.prune() == 3
-    assert set((await store.load()).executors) == {"p-1"}
-    assert await raw.exists(store.key_latency("p-1")) == 1
     # A key of another prefix that glob-matches ours unescaped survives clear().
     other = store.prefix.rstrip(":") + "*:x"
     await raw.set(other, b"1")

@@ -17,8 +17,6 @@ from mulambda.selection.policies import (
     LATENCY_BUCKETS_MS,
     POLICIES,
     PolicyState,
-    adaptive_latency_score,
-    bucket_latency_score,
     select,
     smooth_latency_score,
 )
@@ -138,49 +136,21 @@ def ranked(reply: SelectionReply) -> list[str]:
 # --- the latency score -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("estimate", "expected"),
-    [
-        (0.0, 1.0),
-        (10.0, 1.0),  # bound 0 is >= 10: bucket 0
-        (10.001, 8 / 9),
-        (30.0, 8 / 9),
-        (30.5, 7 / 9),
-        (630.0, 2 / 9),
-        (1020.0, 1 / 9),
-        (1020.001, 0.0),
-        (1e9, 0.0),
-    ],
-)
-def test_bucket_latency_score_edges(estimate: float, expected: float) -> None:
-    assert bucket_latency_score(estimate) == pytest.approx(expected, abs=1e-12)
+def bucket_score(estimate: float) -> float:
+    """The prototype's bucket score written plainly: 1 - i/9 for the first bound >= it."""
+    for i, bound in enumerate(LATENCY_BUCKETS_MS):
+        if estimate <= bound:
+            return 1 - i / 9
+    return 0.0
 
 
 @given(st.floats(min_value=0, max_value=2000, allow_nan=False))
 def test_smooth_score_agrees_with_buckets_at_bounds_and_lies_between(estimate: float) -> None:
     smooth = smooth_latency_score(estimate)
-    assert bucket_latency_score(estimate) - 1e-12 <= smooth <= 1.0
+    assert bucket_score(estimate) - 1e-12 <= smooth <= 1.0
     if estimate in LATENCY_BUCKETS_MS or estimate <= 10:
-        assert smooth == pytest.approx(bucket_latency_score(estimate))
+        assert smooth == pytest.approx(bucket_score(estimate))
     assert smooth_latency_score(estimate + 1.0) <= smooth
-
-
-@given(st.floats(min_value=0, max_value=1e7, allow_nan=False))
-def test_adaptive_score_is_smooth_then_positive_and_strictly_decreasing(estimate: float) -> None:
-    score = adaptive_latency_score(estimate)
-    if estimate <= 1020:
-        assert score == smooth_latency_score(estimate)
-    else:
-        # (1/9) * 1020 / estimate: never 0, so saturated executors still rank by it.
-        assert score == pytest.approx(1020 / 9 / estimate)
-        assert 0 < score < 1 / 9
-        assert adaptive_latency_score(estimate * 1.01) < score
-
-
-def test_adaptive_score_is_continuous_at_the_last_bound() -> None:
-    assert adaptive_latency_score(1020.0) == pytest.approx(1 / 9)
-    assert adaptive_latency_score(1020.0 + 1e-9) == pytest.approx(1 / 9)
-    assert adaptive_latency_score(2040.0) == pytest.approx(1 / 18)
 
 
 # --- weighted, hand-computed -------------------------------------------------------------
@@ -242,7 +212,17 @@ def test_weighted_input_size_changes_the_winner() -> None:
 
 @pytest.mark.parametrize(
     ("probe_ms", "expected_score"),
-    [(10.0, 1.0), (10.001, 8 / 9), (1020.0, 1 / 9), (1020.5, 0.0)],
+    [
+        (0.0, 1.0),
+        (10.0, 1.0),  # bound 0 is >= 10: bucket 0
+        (10.001, 8 / 9),
+        (30.0, 8 / 9),
+        (30.5, 7 / 9),
+        (630.0, 2 / 9),
+        (1020.0, 1 / 9),
+        (1020.5, 0.0),
+        (3_600_000.0, 0.0),  # the largest latency a measurement may carry
+    ],
 )
 def test_weighted_bucket_edges_through_selection(probe_ms: float, expected_score: float) -> None:
     view = ExecutorView()
@@ -581,6 +561,20 @@ def test_adaptive_saturation_keeps_latency_in_the_score() -> None:
     reply = run(view, request(latency=1.0, accuracy=0.0), policy="adaptive")
     assert ranked(reply) == ["busy", "far", "busier"]
     assert all(c.score > 0 for c in reply.candidates)
+
+
+@pytest.mark.parametrize(
+    ("probe_ms", "expected_score"),
+    [(1020.0, 1 / 9), (1020.0 + 1e-9, 1 / 9), (2040.0, 1 / 18), (10_200.0, 1 / 90)],
+)
+def test_adaptive_latency_score_is_continuous_past_the_last_bound(
+    probe_ms: float, expected_score: float
+) -> None:
+    view = ExecutorView(default_service_ms=0.0)  # the estimate is the probe alone
+    add(view, "a", probe_ms=probe_ms)
+    reply = run(view, request(latency=1.0, accuracy=0.0), policy="adaptive")
+    assert reply.candidates[0].estimated_latency_ms == pytest.approx(probe_ms)
+    assert reply.candidates[0].score == pytest.approx(expected_score)
 
 
 def test_adaptive_learning_changes_the_choice() -> None:

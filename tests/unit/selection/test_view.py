@@ -1,80 +1,24 @@
-"""The selector's in-memory view: index, liveness, model state, latencies, load, snapshots."""
+"""The selector's in-memory view: index, liveness, model state, latencies, load."""
 
 from __future__ import annotations
 
-import json
 import random
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mulambda.errors import ConfigurationError, DecodeError
-from mulambda.selection.view import ExecutorView, ServiceFit, TraitsKey
+from mulambda.errors import ConfigurationError
+from mulambda.selection.view import ExecutorView, TraitsKey
 from mulambda.wire.events import (
     ClientRegistration,
-    ExecutorRegistration,
-    ExecutorStatus,
     LatencyMeasurement,
-    LatencySource,
     ModelState,
     Traits,
 )
+from tests.unit.selection.records import TEXT, WINE, observed, probe, reg, status
 
 pytestmark = pytest.mark.unit
-
-WINE = Traits(model_type="classification", input_format="wine-13", output_format="probs-3")
-TEXT = Traits(model_type="sentiment", input_format="text", output_format="label")
-
-
-def reg(
-    executor_id: str,
-    *,
-    traits: Traits = WINE,
-    accuracy: float = 0.9,
-    delay: float = 0.0,
-    interval: float = 5.0,
-) -> ExecutorRegistration:
-    return ExecutorRegistration(
-        executor_id=executor_id,
-        model_name="m",
-        traits=traits,
-        accuracy=accuracy,
-        endpoint=f"http://{executor_id}:8501",
-        model_data_delay_ms_per_element=delay,
-        heartbeat_interval_s=interval,
-    )
-
-
-def status(
-    executor_id: str,
-    state: ModelState = ModelState.AVAILABLE,
-    *,
-    in_flight: int = 0,
-    interval: float = 5.0,
-) -> ExecutorStatus:
-    return ExecutorStatus(
-        executor_id=executor_id,
-        model_state=state,
-        in_flight=in_flight,
-        heartbeat_interval_s=interval,
-    )
-
-
-def probe(executor_id: str, client_id: str, ms: float) -> LatencyMeasurement:
-    return LatencyMeasurement(executor_id=executor_id, client_id=client_id, latency_ms=ms)
-
-
-def observed(
-    executor_id: str, client_id: str, ms: float, size: int | None = None
-) -> LatencyMeasurement:
-    return LatencyMeasurement(
-        executor_id=executor_id,
-        client_id=client_id,
-        latency_ms=ms,
-        source=LatencySource.OBSERVED,
-        input_size=size,
-    )
 
 
 def ids(view: ExecutorView, traits: Traits | TraitsKey, now: float) -> list[str]:
@@ -93,7 +37,6 @@ def test_candidates_come_only_from_the_requested_traits_sorted_by_id() -> None:
     assert ids(view, WINE, 1.0) == ["a", "b", "c"]
     assert ids(view, TEXT.key(), 1.0) == ["t1"]
     assert view.size == len(view) == 4
-    assert sorted(view.traits_keys()) == sorted([WINE.key(), TEXT.key()])
     other = Traits(model_type="classification", input_format="wine-13", output_format="label")
     assert ids(view, other, 1.0) == []
     assert view.eliminated_by(other, 1.0) == "traits"
@@ -235,18 +178,16 @@ def test_liveness_is_named_before_model_state_only_when_nothing_is_live() -> Non
     assert view.eliminated_by(WINE, 30.0) == "liveness"
 
 
-def test_records_of_unknown_executors_are_ignored_and_counted() -> None:
+def test_records_of_unknown_executors_are_ignored() -> None:
     view = ExecutorView()
     assert view.apply_status(status("ghost"), now=0.0) is False
     assert view.apply_latency(probe("ghost", "c", 1.0), now=0.0) is False
-    assert view.observe_outstanding("ghost", 1) is False
-    stats = view.stats()
-    assert (stats["ignored_status"], stats["ignored_latency"], stats["ignored_outstanding"]) == (
-        1,
-        1,
-        1,
-    )
+    assert view.apply_latency(observed("ghost", "c", 1.0), now=0.0) is False
+    assert view.set_outstanding("ghost", 1) is False
+    assert view.restore_probe("ghost", "c", 1.0) is False
     assert view.size == 0
+    assert view.get("ghost") is None
+    assert view.fallback_latency_ms() == view.default_latency_ms
 
 
 # --- latencies -------------------------------------------------------------------------
@@ -282,133 +223,6 @@ def test_latency_fallback_chain() -> None:
     assert view.fallback_latency_ms() == 25.0  # 10, 20, 30, 50
 
 
-def test_observed_latency_teaches_service_time_net_of_network_and_size() -> None:
-    view = ExecutorView(ewma_alpha=0.5)
-    view.apply_registration(reg("a", delay=2.0), now=0.0)
-    view.apply_latency(probe("a", "c", 10.0), now=0.0)
-    entry = view.get("a")
-    assert entry is not None
-
-    # 70 ms observed, 10 ms network, 5 elements * 2 ms/element: a 50 ms sample at load
-    # 0. One sample has no spread in load: the slope is the serial prior, the mean
-    # sample per request in the system, 50 / (1 + 0).
-    view.apply_latency(observed("a", "c", 70.0, size=5), now=1.0)
-    assert (entry.service_ms, entry.load_slope_ms) == (50.0, 50.0)
-    assert entry.service_fit == ServiceFit(1.0, 0.0, 50.0, 0.0, 0.0)
-    assert entry.observed_ms == {"c": 70.0}
-
-    # A 110 ms sample at load 1. Weights 1/2 and 1: weight 1.5, mean load 2/3, mean
-    # sample 90, Sxx = 1 * (1 - 2/3) = 1/3, Sxy = 1 * (110 - 90) = 20; prior
-    # 90 / (1 + 2/3) = 54; slope (20 + 54) / (1/3 + 1) = 55.5; base 90 - 55.5 * 2/3 = 53.
-    view.apply_status(status("a", in_flight=1), now=1.0)
-    view.apply_latency(observed("a", "c", 130.0, size=5), now=2.0)
-    assert entry.service_fit is not None
-    assert entry.service_fit == pytest.approx((1.5, 2 / 3, 90.0, 1 / 3, 20.0))
-    assert entry.load_slope_ms == pytest.approx(55.5)
-    assert entry.service_ms == pytest.approx(53.0)
-    assert entry.service_samples == 2
-    assert entry.observed_ms == {"c": 100.0}  # 70 + 0.5 * (130 - 70)
-
-
-def test_service_fit_recovers_an_additive_load_penalty_exactly() -> None:
-    # Noiseless samples of 5 + 3 * load, as an executor serving requests side by side:
-    # least squares is exact on a line whatever the weights (prior weight ~0).
-    view = ExecutorView(ewma_alpha=0.3, slope_prior_weight=1e-12)
-    view.apply_registration(reg("a", delay=0.5), now=0.0)
-    view.apply_latency(probe("a", "c", 10.0), now=0.0)
-    entry = view.get("a")
-    assert entry is not None
-    for n, load in enumerate([0, 2, 1, 4, 3, 7, 5]):
-        view.apply_status(status("a", in_flight=load), now=float(n))
-        # 10 ms network + 0.5 ms * 100 elements + 5 ms + 3 ms per request in the system.
-        view.apply_latency(observed("a", "c", 10.0 + 50.0 + 5.0 + 3.0 * load, size=100), n)
-    assert entry.service_ms == pytest.approx(5.0)
-    assert entry.load_slope_ms == pytest.approx(3.0)
-
-
-def test_service_fit_without_spread_keeps_the_mean_at_the_mean_load() -> None:
-    view = ExecutorView(ewma_alpha=0.5)
-    view.apply_registration(reg("a"), now=0.0)
-    view.apply_latency(probe("a", "c", 0.0), now=0.0)
-    view.apply_status(status("a", in_flight=4), now=0.0)
-    entry = view.get("a")
-    assert entry is not None
-    for n in range(20):
-        view.apply_latency(observed("a", "c", 100.0), now=float(n))
-    # Always at load 4: slope = prior = 100 / (1 + 4) = 20, base = 100 - 20 * 4 = 20, so
-    # the estimate at load 4 is the 100 ms seen there.
-    assert entry.load_slope_ms == pytest.approx(20.0)
-    assert entry.service_ms is not None
-    assert entry.service_ms == pytest.approx(20.0)
-    assert entry.service_ms + 4 * entry.load_slope_ms == pytest.approx(100.0)
-
-
-def test_service_fit_never_has_a_negative_slope_or_base() -> None:
-    view = ExecutorView(ewma_alpha=0.5, slope_prior_weight=1e-12)
-    view.apply_registration(reg("a"), now=0.0)
-    view.apply_latency(probe("a", "c", 0.0), now=0.0)
-    entry = view.get("a")
-    assert entry is not None
-    # Faster under load (noise, or load that was not there): slope 0, base the mean.
-    for n, (load, ms) in enumerate([(0, 40.0), (4, 20.0)]):
-        view.apply_status(status("a", in_flight=load), now=float(n))
-        view.apply_latency(observed("a", "c", ms), now=float(n))
-    assert entry.load_slope_ms == 0.0
-    fit = entry.service_fit
-    assert fit is not None
-    assert entry.service_ms == pytest.approx(fit.service_mean)
-
-    # A steep line through a negative intercept: the base is clamped at 0 and the line
-    # goes through the origin and the mean sample instead.
-    view.apply_registration(reg("b"), now=0.0)
-    view.apply_latency(probe("b", "c", 0.0), now=0.0)
-    b = view.get("b")
-    assert b is not None
-    for n, (load, ms) in enumerate([(2, 10.0), (4, 50.0)]):
-        view.apply_status(status("b", in_flight=load), now=float(n))
-        view.apply_latency(observed("b", "c", ms), now=float(n))
-    fit = b.service_fit
-    assert fit is not None
-    assert b.service_ms == 0.0
-    assert b.load_slope_ms == pytest.approx(fit.service_mean / fit.load_mean)
-
-
-def test_observed_latency_below_network_gives_zero_service_time() -> None:
-    view = ExecutorView()
-    view.apply_registration(reg("a"), now=0.0)
-    view.apply_latency(probe("a", "c", 30.0), now=0.0)
-    view.apply_latency(observed("a", "c", 20.0), now=0.0)
-    entry = view.get("a")
-    assert entry is not None
-    assert (entry.service_ms, entry.load_slope_ms) == (0.0, 0.0)
-
-
-def test_observed_latency_without_probe_uses_fallback_network() -> None:
-    view = ExecutorView(default_latency_ms=15.0, default_service_ms=3.0)
-    view.apply_registration(reg("a"), now=0.0)
-    assert view.fallback_service_ms() == 3.0
-    view.apply_latency(observed("a", "c", 40.0), now=0.0)
-    entry = view.get("a")
-    assert entry is not None
-    assert entry.service_ms == 25.0
-
-
-def test_fallbacks_are_the_lowest_base_and_the_median_slope() -> None:
-    view = ExecutorView(default_service_ms=7.0, default_load_slope_ms=1.5)
-    assert (view.fallback_service_ms(), view.fallback_load_slope_ms()) == (7.0, 1.5)
-    for executor_id, ms in (("a", 30.0), ("b", 12.0), ("c", 50.0)):
-        view.apply_registration(reg(executor_id), now=0.0)
-        view.apply_latency(probe(executor_id, "c", 0.0), now=0.0)
-        view.apply_latency(observed(executor_id, "c", ms), now=0.0)
-    # Single samples at load 0: base = slope = the sample.
-    assert view.fallback_service_ms() == 12.0
-    assert view.fallback_load_slope_ms() == 30.0
-    assert view.stats()["learned_slopes"] == 3
-    view.remove_executor("b")
-    assert view.fallback_service_ms() == 30.0
-    assert view.fallback_load_slope_ms() == 40.0
-
-
 def test_remove_client_forgets_its_latencies() -> None:
     view = ExecutorView(default_latency_ms=99.0)
     view.apply_client(ClientRegistration(client_id="c", probe_url="http://c:1/probe"))
@@ -438,21 +252,22 @@ def test_outstanding_counts_per_source_and_load_is_max_with_in_flight_and_pendin
     entry = view.get("a")
     assert entry is not None
 
-    view.observe_outstanding("a", +1, source="r1")
-    view.observe_outstanding("a", +1, source="r1")
+    view.set_outstanding("a", 1, source="r1")  # one dispatch ...
+    view.set_outstanding("a", 2, source="r1")  # ... and another
     view.set_outstanding("a", 3, source="r2")  # a jump is a resync, not a dispatch
     assert (entry.outstanding, entry.load) == (5, 5)
 
     view.apply_status(status("a", in_flight=7), now=1.0)
     assert entry.load == 7
 
-    view.observe_outstanding("a", -5, source="r1")  # clamped at 0
+    view.set_outstanding("a", 0, source="r1")
     view.apply_status(status("a", in_flight=0), now=2.0)
     assert (entry.outstanding, entry.load) == (3, 3)
+    assert entry.outstanding_by_source == {"r2": 3}
 
-    assert view.drop_source("r2") == 1
+    view.set_outstanding("a", 0, source="r2")
     assert entry.outstanding == 0
-    assert view.stats()["outstanding"] == 0
+    assert entry.outstanding_by_source == {}
     # r1's two dispatches were never observed: they still count.
     assert entry.load == 2
     view.apply_latency(observed("a", "c", 5.0), now=3.0)
@@ -509,94 +324,7 @@ def test_pending_dispatches_expire_when_no_observation_comes() -> None:
     assert fit.load_mean == 0.0
 
 
-# --- snapshot --------------------------------------------------------------------------
-
-
-def test_snapshot_restores_on_another_clock() -> None:
-    view = ExecutorView()
-    view.apply_client(ClientRegistration(client_id="c", probe_url="http://c:1/probe"))
-    view.apply_registration(reg("a", accuracy=0.7, delay=1.5), now=1000.0)
-    view.apply_registration(reg("b"), now=990.0)
-    view.apply_registration(reg("t", traits=TEXT), now=1000.0)
-    view.apply_status(status("a", in_flight=2, interval=2.0), now=1001.0)
-    view.apply_status(status("t", ModelState.LOADING), now=1001.0)
-    view.apply_latency(probe("a", "c", 12.0), now=1001.0)
-    view.apply_latency(observed("a", "c", 50.0, size=2), now=1001.0)
-
-    snap = json.loads(json.dumps(view.snapshot(now=1002.0)))
-    restored = ExecutorView.restore(snap, now=5.0)  # a new monotonic clock
-
-    # "b" was 12 s old (ttl 15, expires at 8 on the new clock), "a" 1 s old (ttl 6, 10).
-    assert ids(restored, WINE, 8.5) == ["a"]
-    assert ids(restored, WINE, 10.5) == []
-    assert ids(restored, WINE, 7.0) == ["a", "b"]
-    assert restored.eliminated_by(TEXT, 5.0) == "model_state"
-    original, copy = view.get("a"), restored.get("a")
-    assert original is not None
-    assert copy is not None
-    assert copy.registration == original.registration
-    assert (copy.probes, copy.observed_ms, copy.service_ms, copy.load) == (
-        original.probes,
-        original.observed_ms,
-        original.service_ms,
-        original.load,
-    )
-    assert (copy.service_fit, copy.load_slope_ms) == (original.service_fit, original.load_slope_ms)
-    assert original.service_fit is not None
-    assert restored.fallback_latency_ms() == view.fallback_latency_ms()
-    assert restored.fallback_service_ms() == view.fallback_service_ms()
-    assert [c.client_id for c in restored.clients()] == ["c"]
-
-
-_EXECUTOR = {
-    "registration": reg("a").model_dump(mode="json"),
-    "age_s": 0.0,
-    "heartbeat_interval_s": 5.0,
-    "model_state": None,
-    "in_flight": 0,
-    "errors": 0,
-    "probes": {},
-    "observed_ms": {},
-    "service_ms": 5.0,
-    "service_samples": 1,
-}
-"""A well-formed snapshot executor written before slopes were learned (no service_fit)."""
-
-
-def test_snapshot_without_a_fit_restores_the_old_service_time() -> None:
-    view = ExecutorView.restore(
-        {"version": 1, "executors": [dict(_EXECUTOR, service_samples=3)], "clients": []},
-        now=0.0,
-    )
-    entry = view.get("a")
-    assert entry is not None
-    # The old service time was per request in the system: the serial prior keeps that.
-    assert (entry.service_ms, entry.load_slope_ms) == (5.0, 5.0)
-    assert entry.service_fit == ServiceFit(3.0, 0.0, 5.0, 0.0, 0.0)
-
-
-@pytest.mark.parametrize(
-    "snapshot",
-    [
-        {},
-        {"version": 99, "executors": [], "clients": []},
-        {"version": 1, "executors": [{"registration": {"executor_id": "a"}}], "clients": []},
-        {"version": 1, "executors": [], "clients": [{"client_id": "bad id"}]},
-        {"version": 1, "executors": [dict(_EXECUTOR, service_fit=[1.0, 0.0])], "clients": []},
-        {"version": 1, "executors": [dict(_EXECUTOR, service_fit=[0, 0, 5, 0, 0])], "clients": []},
-        {
-            "version": 1,
-            "executors": [dict(_EXECUTOR, service_fit=["x", 0, 5, 0, 0])],
-            "clients": [],
-        },
-    ],
-)
-def test_malformed_snapshot_raises_decode_error(snapshot: dict[str, object]) -> None:
-    with pytest.raises(DecodeError):
-        ExecutorView.restore(snapshot, now=0.0)
-
-
-# --- configuration and stats -----------------------------------------------------------
+# --- configuration --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -615,23 +343,6 @@ def test_malformed_snapshot_raises_decode_error(snapshot: dict[str, object]) -> 
 def test_bad_configuration_is_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigurationError):
         ExecutorView(**kwargs)
-
-
-def test_stats_count_liveness_when_given_now() -> None:
-    view = ExecutorView()
-    view.apply_registration(reg("a"), now=0.0)
-    view.apply_registration(reg("b"), now=10.0)
-    view.apply_registration(reg("c", traits=TEXT), now=10.0)
-    view.apply_status(status("c", ModelState.LOADING), now=10.0)
-    view.apply_latency(probe("a", "x", 1.0), now=0.0)
-
-    stats = view.stats(now=20.0)
-
-    assert stats["executors"] == 3
-    assert stats["traits_keys"] == 2
-    assert stats["probes"] == 1
-    assert (stats["live"], stats["stale"], stats["selectable"]) == (2, 1, 1)
-    assert "live" not in view.stats()
 
 
 # --- the cached candidate set matches a from-scratch filter ------------------------------
@@ -676,52 +387,6 @@ def test_cached_candidates_equal_a_fresh_filter(
         assert got == expected
         cands = view.candidates(WINE, now)
         assert cands.max_accuracy == max([e.accuracy for e in cands], default=0.0)
-
-
-def test_restore_learned_puts_back_service_time_and_observed_latencies() -> None:
-    view = ExecutorView()
-    view.apply_registration(reg("a"), 0.0)
-    view.apply_registration(reg("b"), 0.0)
-    assert view.restore_learned("a", {"c": 30.0}, 12.5, 4)
-    assert not view.restore_learned("ghost", {}, 1.0, 1)
-    entry = view.get("a")
-    assert entry is not None
-    assert (entry.service_ms, entry.service_samples, entry.observed_ms) == (12.5, 4, {"c": 30.0})
-    # Stored before slopes were learned: the serial prior, 12.5 ms per request in the
-    # system, as the multiplicative model that stored it assumed (weight = samples, at
-    # most 1 / ewma_alpha = 5).
-    assert entry.load_slope_ms == 12.5
-    assert entry.service_fit == ServiceFit(4.0, 0.0, 12.5, 0.0, 0.0)
-    # The learned value feeds the fallback other executors without samples get.
-    assert view.fallback_service_ms() == 12.5
-
-
-def test_restore_learned_with_a_fit_restores_base_and_slope() -> None:
-    learned = ExecutorView()
-    learned.apply_registration(reg("a"), 0.0)
-    learned.apply_latency(probe("a", "c", 0.0), 0.0)
-    for n, load in enumerate([0, 3, 1, 5]):
-        learned.apply_status(status("a", in_flight=load), float(n))
-        learned.apply_latency(observed("a", "c", 8.0 + 4.0 * load), float(n))
-    source = learned.get("a")
-    assert source is not None
-    assert source.service_fit is not None
-
-    view = ExecutorView()
-    view.apply_registration(reg("a"), 0.0)
-    # As a store would keep it: five plain numbers.
-    numbers = [float(v) for v in source.service_fit]
-    assert view.restore_learned("a", {}, None, source.service_samples, numbers)
-    entry = view.get("a")
-    assert entry is not None
-    assert entry.service_fit == source.service_fit
-    assert (entry.service_ms, entry.load_slope_ms) == (source.service_ms, source.load_slope_ms)
-    assert entry.service_samples == 4
-
-    with pytest.raises(DecodeError):
-        view.restore_learned("a", {}, None, 1, [1.0, 2.0])
-    with pytest.raises(DecodeError):
-        view.restore_learned("a", {}, None, 1, [1.0, 0.0, float("nan"), 0.0, 0.0])
 
 
 def test_restore_probe_equals_applying_a_probe_measurement() -> None:
