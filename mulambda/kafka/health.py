@@ -1,0 +1,62 @@
+"""Whether a worker's Kafka clients get through: what ``/readyz`` is made of.
+
+:class:`LinkHealth` is pure: the producer marks it failed when a send does not get
+through and succeeded at the next delivery. :func:`consumer_stalled` reads aiokafka's
+public ``last_poll_timestamp``: a consumer whose assigned partitions had no fetch
+response for a while is cut off from the broker, even though ``getmany`` keeps
+returning (empty) without an error while aiokafka reconnects.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from mulambda.kafka.config import KafkaConsumer
+
+DEFAULT_STALL_S = 5.0
+"""A consumer without a fetch response for this long counts as cut off."""
+
+
+class LinkHealth:
+    """Failing since the first failure after the last success; pure, clock injectable."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._failing_since: float | None = None
+        self.last_error: str | None = None
+        """The most recent failure, for logs and ``/readyz`` bodies."""
+
+    def failed(self, reason: str) -> None:
+        """Something did not get through."""
+        if self._failing_since is None:
+            self._failing_since = self._clock()
+        self.last_error = reason
+
+    def succeeded(self) -> None:
+        """Something got through: the link works again."""
+        self._failing_since = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether nothing has failed since the last success."""
+        return self._failing_since is None
+
+    def failing_for(self) -> float:
+        """Seconds since the link started failing; 0 while it works."""
+        return 0.0 if self._failing_since is None else self._clock() - self._failing_since
+
+
+def consumer_stalled(
+    consumer: KafkaConsumer, *, stall_s: float = DEFAULT_STALL_S, now_ms: float | None = None
+) -> bool:
+    """Whether an assigned partition of ``consumer`` saw no fetch response in ``stall_s``.
+
+    A partition never polled yet (just assigned) does not count as stalled.
+    """
+    now = time.time() * 1000 if now_ms is None else now_ms
+    for tp in consumer.assignment():
+        last = consumer.last_poll_timestamp(tp)
+        if last and now - last > stall_s * 1000:
+            return True
+    return False
