@@ -62,7 +62,12 @@ def router(
         selection_timeout_s=selection_timeout,
         grace_s=settings.shutdown_grace_s,
     )
-    health = HealthServer(worker.registry, ready=lambda: worker.ready, port=settings.metrics_port)
+    health = HealthServer(
+        worker.registry,
+        ready=lambda: worker.ready,
+        not_ready_reason=worker.not_ready_reason,
+        port=settings.metrics_port,
+    )
     raise SystemExit(
         asyncio.run(serve(_RouterService(worker, health), grace_s=settings.shutdown_grace_s))
     )

@@ -62,7 +62,12 @@ def selector(selector_id: str | None) -> None:
         )
     except MulambdaError as exc:
         raise click.ClickException(exc.reason) from exc
-    health = HealthServer(worker.registry, ready=lambda: worker.ready, port=settings.metrics_port)
+    health = HealthServer(
+        worker.registry,
+        ready=lambda: worker.ready,
+        not_ready_reason=worker.not_ready_reason,
+        port=settings.metrics_port,
+    )
     raise SystemExit(
         asyncio.run(serve(_SelectorService(worker, health), grace_s=settings.shutdown_grace_s))
     )

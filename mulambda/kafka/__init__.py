@@ -35,6 +35,7 @@ from mulambda.kafka.fetching import (
     fetch_retrying,
     lag_of,
 )
+from mulambda.kafka.health import LinkHealth, consumer_problem, producer_problem
 from mulambda.kafka.pipelined import PipelinedConsumer
 from mulambda.kafka.producer import Producer, await_delivery
 from mulambda.kafka.records import (
@@ -65,6 +66,7 @@ __all__ = [
     "KafkaConfig",
     "KafkaConsumer",
     "KeyWaiter",
+    "LinkHealth",
     "Outcome",
     "PipelinedConsumer",
     "Producer",
@@ -80,10 +82,12 @@ __all__ = [
     "close_consumer",
     "commit_offsets",
     "commit_unset_positions",
+    "consumer_problem",
     "fetch",
     "fetch_retrying",
     "lag_of",
     "partitions_of",
+    "producer_problem",
     "read_until_key",
     "replay",
     "start_bounded",

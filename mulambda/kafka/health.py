@@ -60,3 +60,28 @@ def consumer_stalled(
         if last and now - last > stall_s * 1000:
             return True
     return False
+
+
+def consumer_problem(
+    consumer: KafkaConsumer | None,
+    what: str,
+    *,
+    needs_assignment: bool = False,
+    stall_s: float = DEFAULT_STALL_S,
+) -> str | None:
+    """Why ``consumer`` cannot consume now (None when it can): not started, no partition
+    where it needs one, or cut off from the broker."""
+    if consumer is None:
+        return f"{what} not started"
+    if needs_assignment and not consumer.assignment():
+        return f"{what} has no partition assigned"
+    if consumer_stalled(consumer, stall_s=stall_s):
+        return f"{what} had no fetch response for {stall_s:g}s"
+    return None
+
+
+def producer_problem(health: LinkHealth, what: str = "producer") -> str | None:
+    """Why the producer whose health this is cannot produce now (None when it can)."""
+    if health.ok:
+        return None
+    return f"{what} failing for {health.failing_for():.1f}s: {health.last_error}"

@@ -104,6 +104,11 @@ class PipelinedConsumer(ConsumerRebalanceListener, Lifecycle):  # type: ignore[m
         """Records being handled now."""
         return len(self._tasks)
 
+    @property
+    def consumer(self) -> KafkaConsumer | None:
+        """The underlying consumer (for readiness and lag), once started."""
+        return self._consumer
+
     def lag(self) -> int:
         """Records between what was taken into work and the high watermarks."""
         if self._consumer is None:

@@ -35,6 +35,8 @@ from mulambda.kafka import (
     Producer,
     Record,
     answer_invalid_requests,
+    consumer_problem,
+    producer_problem,
 )
 from mulambda.routing.requester import Requester
 from mulambda.routing.route import Call, Finished, Route, Select
@@ -120,8 +122,19 @@ class Router(Lifecycle):
 
     @property
     def ready(self) -> bool:
-        """Consuming and able to ask for selections."""
-        return self._intake is not None and self._requester is not None
+        """Consuming requests, able to produce, and able to ask for selections."""
+        return self.not_ready_reason() is None
+
+    def not_ready_reason(self) -> str | None:
+        """Why the router cannot route now (``/readyz`` says it), or None when it can."""
+        intake, requester = self._intake, self._requester
+        if intake is None or requester is None:
+            return "starting"
+        return (
+            producer_problem(self._producer.health)
+            or consumer_problem(intake.consumer, "request consumer", needs_assignment=True)
+            or consumer_problem(requester.consumer, "selection reply consumer")
+        )
 
     async def start(self) -> None:
         """Connect producer, requester, HTTP pool, then start consuming."""

@@ -71,11 +71,13 @@ class HealthServer(Lifecycle):
         registry: CollectorRegistry,
         *,
         ready: Callable[[], bool],
+        not_ready_reason: Callable[[], str | None] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
         self.registry = registry
         self._ready = ready
+        self._reason = not_ready_reason
         self._host = host
         self._port = port
         self.app = web.Application()
@@ -121,4 +123,8 @@ class HealthServer(Lifecycle):
     async def _readyz(self, _: web.Request) -> web.Response:
         if self._ready():
             return web.json_response({"status": "ready"})
-        return web.json_response({"status": "not ready"}, status=503)
+        body = {"status": "not ready"}
+        reason = self._reason() if self._reason is not None else None
+        if reason:
+            body["reason"] = reason
+        return web.json_response(body, status=503)

@@ -66,8 +66,10 @@ from mulambda.kafka import (
     TopicPartition,
     answer_invalid_requests,
     commit_unset_positions,
+    consumer_problem,
     fetch_retrying,
     lag_of,
+    producer_problem,
     replay,
     start_consumer,
 )
@@ -228,8 +230,18 @@ class Selector(Lifecycle):
 
     @property
     def ready(self) -> bool:
-        """True once the view was rebuilt and requests are being consumed."""
-        return self._ready
+        """True once the view was rebuilt and while requests can be consumed and answered."""
+        return self.not_ready_reason() is None
+
+    def not_ready_reason(self) -> str | None:
+        """Why the selector cannot answer now (``/readyz`` says it), or None when it can."""
+        if not self._ready or self._requests is None:
+            return "starting"
+        return (
+            producer_problem(self._producer.health)
+            or consumer_problem(self._requests.consumer, "request consumer", needs_assignment=True)
+            or consumer_problem(self._state_consumer, "state consumer")
+        )
 
     # --- lifecycle ----------------------------------------------------------------
 

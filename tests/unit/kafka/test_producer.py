@@ -6,6 +6,7 @@ The real broker-restart path is in tests/faults; here each failure mode is set u
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ from aiokafka.errors import (
 
 from mulambda.errors import KafkaUnavailable
 from mulambda.kafka.config import KafkaConfig
-from mulambda.kafka.health import LinkHealth
+from mulambda.kafka.health import LinkHealth, consumer_problem, producer_problem
 from mulambda.kafka.producer import Producer, is_fatal
 
 pytestmark = pytest.mark.unit
@@ -163,3 +164,36 @@ async def test_an_ambiguous_delivery_failure_is_not_sent_again() -> None:
         with pytest.raises(RequestTimedOutError):
             await delivery
         assert client.sent == [b"r"]
+
+
+class _Consumer:
+    """Stands in for a consumer's assignment and poll times (public aiokafka API)."""
+
+    def __init__(self, polls: dict[str, int | None]) -> None:
+        self.polls = polls
+
+    def assignment(self) -> set[str]:
+        return set(self.polls)
+
+    def last_poll_timestamp(self, tp: str) -> int | None:
+        return self.polls[tp]
+
+
+def test_consumer_problems_name_what_is_wrong() -> None:
+    now_ms = time.time() * 1000
+    fresh = _Consumer({"a": int(now_ms), "b": None})
+    stale = _Consumer({"a": int(now_ms), "b": int(now_ms - 6000)})
+    assert consumer_problem(None, "c") == "c not started"
+    assert consumer_problem(_Consumer({}), "c", needs_assignment=True) == (
+        "c has no partition assigned"
+    )
+    assert consumer_problem(_Consumer({}), "c") is None
+    assert consumer_problem(fresh, "c", needs_assignment=True) is None
+    assert consumer_problem(stale, "c") == "c had no fetch response for 5s"
+
+
+def test_producer_problem_while_the_link_fails() -> None:
+    health = LinkHealth(clock=lambda: 10.0)
+    assert producer_problem(health) is None
+    health.failed("no leader")
+    assert producer_problem(health) == "producer failing for 0.0s: no leader"

@@ -33,6 +33,23 @@ async def test_health_server_endpoints_follow_readiness() -> None:
             assert "mulambda_test_things_total 3.0" in text
 
 
+async def test_not_ready_answers_say_why() -> None:
+    async with (
+        HealthServer(
+            CollectorRegistry(),
+            ready=lambda: False,
+            not_ready_reason=lambda: "producer failing for 2.0s: no leader",
+        ) as server,
+        aiohttp.ClientSession() as session,
+    ):
+        async with session.get(f"http://127.0.0.1:{server.port}/readyz") as resp:
+            assert resp.status == 503
+            assert await resp.json() == {
+                "status": "not ready",
+                "reason": "producer failing for 2.0s: no leader",
+            }
+
+
 async def test_stop_is_idempotent() -> None:
     server = HealthServer(CollectorRegistry(), ready=lambda: True)
     await server.start()
