@@ -11,6 +11,8 @@ The hierarchy::
     │   ├── StoreUnavailable          Redis/DragonflyDB unreachable (retriable)
     │   └── ObjectStoreError          MinIO/S3 refused or failed
     ├── RequestTimeout                no reply/response before the deadline (retriable)
+    ├── UndeliverableAnswer           an answer Kafka would not take; the request is
+    │                                 dead-lettered with the reason, never re-handled
     ├── SelectionError                a selection request that cannot be answered
     │   ├── InvalidSelectionRequest   weights, sizes or policy out of range
     │   └── NoCandidate               nothing passes the hard criteria or SLO
@@ -77,6 +79,10 @@ class RequestTimeout(MulambdaError):
     """No reply or response arrived before the deadline."""
 
     retriable = True
+
+
+class UndeliverableAnswer(MulambdaError):
+    """An answer (a result, a reply) that could not be published after its retries."""
 
 
 class SelectionError(MulambdaError):

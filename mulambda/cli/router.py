@@ -9,7 +9,8 @@ import socket
 import click
 
 from mulambda.cli.common import load_settings
-from mulambda.kafka import KafkaConfig
+from mulambda.kafka import KafkaConfig, Membership
+from mulambda.routing.answered import AnsweredRequests
 from mulambda.routing.router import Router
 from mulambda.runtime.observability import HealthServer, configure_logging
 from mulambda.runtime.runner import serve
@@ -61,6 +62,16 @@ def router(
         concurrency=concurrency,
         selection_timeout_s=selection_timeout,
         grace_s=settings.shutdown_grace_s,
+        membership=Membership(
+            instance_id=settings.kafka_group_instance_id,
+            session_timeout_s=settings.kafka_session_timeout_s,
+            heartbeat_interval_s=settings.kafka_heartbeat_interval_s,
+        ),
+        answered=AnsweredRequests(
+            settings.redis_url,
+            key_prefix=f"{settings.redis_key_prefix}{settings.topic_prefix}",
+            ttl_margin_s=settings.answered_ttl_margin_s,
+        ),
     )
     health = HealthServer(
         worker.registry,

@@ -10,7 +10,7 @@ import click
 
 from mulambda.cli.common import load_settings
 from mulambda.errors import MulambdaError
-from mulambda.kafka import KafkaConfig
+from mulambda.kafka import KafkaConfig, Membership
 from mulambda.runtime.observability import HealthServer, configure_logging
 from mulambda.runtime.runner import serve
 from mulambda.selection.selector import Selector
@@ -59,6 +59,11 @@ def selector(selector_id: str | None) -> None:
             default_policy=settings.selector_default_policy,
             missed_heartbeats=settings.selector_missed_heartbeats,
             grace_s=settings.shutdown_grace_s,
+            membership=Membership(
+                instance_id=settings.kafka_group_instance_id,
+                session_timeout_s=settings.kafka_session_timeout_s,
+                heartbeat_interval_s=settings.kafka_heartbeat_interval_s,
+            ),
         )
     except MulambdaError as exc:
         raise click.ClickException(exc.reason) from exc

@@ -21,6 +21,7 @@ from mulambda.kafka.commits import CommitTracker, Taken
 from mulambda.kafka.config import (
     KafkaConfig,
     KafkaConsumer,
+    Membership,
     close_consumer,
     start_bounded,
     start_consumer,
@@ -67,6 +68,7 @@ __all__ = [
     "KafkaConsumer",
     "KeyWaiter",
     "LinkHealth",
+    "Membership",
     "Outcome",
     "PipelinedConsumer",
     "Producer",

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
 from mulambda.errors import MulambdaError
-from mulambda.kafka.config import KafkaConfig, KafkaConsumer, start_consumer
+from mulambda.kafka.config import KafkaConfig, KafkaConsumer, Membership, start_consumer
 from mulambda.kafka.fetching import commit_offsets, fetch_retrying, lag_of
 from mulambda.kafka.records import (
     ConsumerStats,
@@ -64,6 +64,7 @@ class ConsumerLoop(Lifecycle):
         handler: Handler,
         *,
         group_id: str | None,
+        membership: Membership | None = None,
         dead_letters: DeadLetterer,
         on_invalid: InvalidHandler | None = None,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
@@ -78,6 +79,7 @@ class ConsumerLoop(Lifecycle):
         # Given partitions are assigned (no group rebalancing), else the topics subscribed.
         self._partitions = list(partitions) if partitions else None
         self._group_id = group_id
+        self._membership = membership
         self._max_record_bytes = max_record_bytes
         self._max_retries = max_retries
         self._retry_backoff_s = retry_backoff_s
@@ -114,6 +116,7 @@ class ConsumerLoop(Lifecycle):
             self._config,
             "consumer",
             group_id=self._group_id,
+            membership=self._membership,
             auto_offset_reset=self._auto_offset_reset,
             max_record_bytes=self._max_record_bytes,
         )

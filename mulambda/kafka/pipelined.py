@@ -15,7 +15,13 @@ from collections.abc import Mapping
 from aiokafka.abc import ConsumerRebalanceListener
 
 from mulambda.kafka.commits import CommitTracker, Taken
-from mulambda.kafka.config import KafkaConfig, KafkaConsumer, close_consumer, start_consumer
+from mulambda.kafka.config import (
+    KafkaConfig,
+    KafkaConsumer,
+    Membership,
+    close_consumer,
+    start_consumer,
+)
 from mulambda.kafka.fetching import commit_offsets, fetch_retrying, lag_of
 from mulambda.kafka.records import (
     ConsumerStats,
@@ -57,6 +63,7 @@ class PipelinedConsumer(ConsumerRebalanceListener, Lifecycle):  # type: ignore[m
         handler: Handler,
         *,
         group_id: str,
+        membership: Membership | None = None,
         dead_letters: DeadLetterer,
         on_invalid: InvalidHandler | None = None,
         concurrency: int = 64,
@@ -69,6 +76,7 @@ class PipelinedConsumer(ConsumerRebalanceListener, Lifecycle):  # type: ignore[m
         self._config = config
         self._topics = list(topics)
         self._group_id = group_id
+        self._membership = membership
         self._concurrency = max(1, concurrency)
         self._grace_s = grace_s
         self._retry_backoff_s = retry_backoff_s
@@ -123,6 +131,7 @@ class PipelinedConsumer(ConsumerRebalanceListener, Lifecycle):  # type: ignore[m
             self._config,
             "consumer",
             group_id=self._group_id,
+            membership=self._membership,
             auto_offset_reset="earliest",
             max_record_bytes=self._max_record_bytes,
         )

@@ -26,11 +26,12 @@ from typing import Any
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from mulambda.errors import DecodeError, MulambdaError
+from mulambda.errors import DecodeError, MulambdaError, UndeliverableAnswer
 from mulambda.executors.tfserving import TFServingClient
 from mulambda.kafka import (
     DeadLetterer,
     KafkaConfig,
+    Membership,
     PipelinedConsumer,
     Producer,
     Record,
@@ -38,6 +39,7 @@ from mulambda.kafka import (
     consumer_problem,
     producer_problem,
 )
+from mulambda.routing.answered import AnsweredRequests
 from mulambda.routing.requester import Requester
 from mulambda.routing.route import Call, Finished, Route, Select
 from mulambda.runtime.lifecycle import Lifecycle
@@ -103,8 +105,20 @@ class Router(Lifecycle):
         top_k: int = 3,
         registry: CollectorRegistry | None = None,
         grace_s: float = 10.0,
+        membership: Membership | None = None,
+        answered: AnsweredRequests | None = None,
+        publish_attempts: int = 3,
+        publish_backoff_s: float = 0.5,
+        delivery_timeout_s: float = 30.0,
     ) -> None:
+        """``membership``: static group membership and session timeouts of the intake;
+        ``answered``: the shared filter against answering a redelivered request twice
+        (None: no filter; readers then rely on ``request_id``)."""
         self._kafka = kafka
+        self._membership = membership
+        self._answered = answered
+        self._publish_attempts = max(1, publish_attempts)
+        self._publish_backoff_s = publish_backoff_s
         self._catalog = catalog
         self.router_id = router_id
         self._group_id = group_id
@@ -115,7 +129,7 @@ class Router(Lifecycle):
         self._grace_s = grace_s
         self.registry = registry or CollectorRegistry()
         self.metrics = RouterMetrics(self.registry)
-        self._producer = Producer(kafka)
+        self._producer = Producer(kafka, delivery_timeout_s=delivery_timeout_s)
         self._requester: Requester[SelectionRequest, SelectionReply] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._intake: PipelinedConsumer | None = None
@@ -141,6 +155,8 @@ class Router(Lifecycle):
         if self._intake is not None:
             return
         try:
+            if self._answered is not None:
+                await self._answered.start()
             await self._producer.start()
             self._requester = Requester(
                 self._kafka,
@@ -162,6 +178,7 @@ class Router(Lifecycle):
                 {self._catalog.name(Topic.INFERENCE_REQUESTS): InferenceRequest},
                 self.handle,
                 group_id=self._group_id,
+                membership=self._membership,
                 dead_letters=letters,
                 on_invalid=answer_invalid_requests(
                     self._producer,
@@ -190,6 +207,8 @@ class Router(Lifecycle):
         if session is not None:
             await session.close()
         await self._producer.stop()
+        if self._answered is not None:
+            await self._answered.stop()
 
     async def wait(self) -> None:
         """Return when the consumer ends (it only does on failure), raising why."""
@@ -204,10 +223,20 @@ class Router(Lifecycle):
     # --- routing ------------------------------------------------------------------
 
     async def handle(self, record: Record[Any]) -> None:
-        """Route one request and publish exactly one result for it."""
+        """Route one request and publish exactly one result for it.
+
+        A request whose result was already delivered (a redelivery after a crash or a
+        rebalance) is skipped. The route runs once: a publish that fails is retried with
+        the same result, never by routing again, and a result Kafka will not take at all
+        dead-letters the request with the reason.
+        """
         request = record.value
         if not isinstance(request, InferenceRequest):
             raise DecodeError("inference request without a body")
+        if self._answered is not None and await self._answered.seen(request.message_id):
+            self.metrics.requests.labels("redelivered").inc()
+            log.info("request %s was answered already; skipped", request.message_id)
+            return
         token = correlation_id.set(request.correlation_id)
         started = time.perf_counter()
         self.metrics.in_flight.inc()
@@ -219,17 +248,34 @@ class Router(Lifecycle):
                     "request_id": request.message_id,
                 }
             )
-            await self._producer.send_and_wait(
-                request.reply_topic,
-                result,
-                key=request.correlation_id,
-                partition=request.reply_partition,
-            )
+            await self._publish(request, result)
             self.metrics.requests.labels(result.status.value).inc()
             self.metrics.latency.observe(time.perf_counter() - started)
         finally:
             self.metrics.in_flight.dec()
             correlation_id.reset(token)
+        if self._answered is not None:
+            await self._answered.mark(request.message_id, request.deadline)
+
+    async def _publish(self, request: InferenceRequest, result: InferenceResult) -> None:
+        """Deliver ``result`` to the request's reply address, retrying only the send."""
+        for attempt in range(1, self._publish_attempts + 1):
+            try:
+                await self._producer.send_and_wait(
+                    request.reply_topic,
+                    result,
+                    key=request.correlation_id,
+                    partition=request.reply_partition,
+                )
+                return
+            except MulambdaError as exc:
+                if not exc.retriable or attempt == self._publish_attempts:
+                    raise UndeliverableAnswer(
+                        f"result not delivered to {request.reply_topic} "
+                        f"after {attempt} attempt(s): {exc.reason}"
+                    ) from exc
+                log.warning("result publish failed (attempt %d), retrying: %s", attempt, exc)
+                await asyncio.sleep(self._publish_backoff_s * attempt)
 
     async def route(self, request: InferenceRequest) -> InferenceResult:
         """Select and call; never raises for request-level problems, returns an error."""

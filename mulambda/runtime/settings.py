@@ -44,6 +44,23 @@ class Settings(BaseSettings):
     kafka_request_timeout_s: float = Field(default=10.0, gt=0)
     """Bound on connecting to Kafka and on admin calls; commands fail after it."""
 
+    kafka_group_instance_id: str | None = None
+    """Static group membership id of this worker instance (e.g. the pod name): a worker
+    restarted with the same id resumes its partitions without a rebalance. Unique per
+    instance; unset means dynamic membership."""
+
+    kafka_session_timeout_s: float = Field(default=6.0, gt=0)
+    """Group session timeout: a worker that stops heartbeating loses its partitions after
+    this long (brokers refuse values below their ``group.min.session.timeout.ms``, 6 s by
+    default; the local broker allows 1 s)."""
+
+    kafka_heartbeat_interval_s: float = Field(default=1.0, gt=0)
+    """Group heartbeat interval; keep it under a third of the session timeout."""
+
+    answered_ttl_margin_s: float = Field(default=300.0, ge=0)
+    """How long past a request's deadline the router remembers (in Redis) that it was
+    answered, so a redelivery after a crash or rebalance is not executed or answered again."""
+
     topic_prefix: str = ""
     """Prefix on every topic name, so tests and deployments can share a broker."""
 

@@ -60,6 +60,7 @@ from mulambda.kafka import (
     DeadLetterer,
     KafkaConfig,
     KafkaConsumer,
+    Membership,
     Producer,
     RawRecord,
     Record,
@@ -166,6 +167,7 @@ class Selector(Lifecycle):
         state: PolicyState | None = None,
         catch_up_timeout_s: float = 60.0,
         max_pending_store_events: int = 100_000,
+        membership: Membership | None = None,
     ) -> None:
         """Build a selector; nothing connects before :meth:`start`.
 
@@ -183,6 +185,7 @@ class Selector(Lifecycle):
         self._store = store
         self.selector_id = selector_id
         self._group_id = group_id
+        self._membership = membership
         self._missed = missed_heartbeats
         self._lookback_s = status_lookback_s
         self._grace_s = grace_s
@@ -287,6 +290,7 @@ class Selector(Lifecycle):
             {self._catalog.name(Topic.SELECTION_REQUESTS): SelectionRequest},
             self._answer,
             group_id=self._group_id,
+            membership=self._membership,
             dead_letters=self._letters,
             on_invalid=answer_invalid_requests(
                 self._producer,

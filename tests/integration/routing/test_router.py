@@ -25,7 +25,8 @@ import pytest_asyncio
 from mulambda.emulator import ExecutorServer, SyntheticModel
 from mulambda.emulator.profiles import SyntheticProfile, profile_by_name
 from mulambda.executors.tfserving import ExecutorInternalError, ExecutorUnavailable, TFServingError
-from mulambda.kafka import Admin, Producer, read_until_key
+from mulambda.kafka import Admin, Producer, Record, read_until_key, replay
+from mulambda.routing.answered import AnsweredRequests
 from mulambda.routing.router import Router
 from mulambda.selection.selector import Selector
 from mulambda.selection.store import ViewStore
@@ -618,3 +619,49 @@ async def test_infer_cli_prints_the_result(
     assert failed.status is InferenceStatus.ERROR
     assert failed.error is not None
     assert "eliminated by traits" in failed.error
+
+
+async def test_a_redelivered_request_is_answered_once(
+    infra: Infra,
+    cat: Catalog,
+    selector: Selector,
+    producer: Producer,
+    fast: ExecutorServer,
+) -> None:
+    # The same record twice (as Kafka redelivers after a crash): one result, one call.
+    traits = _traits()
+    await _register(producer, cat, selector, traits, fast.url)
+    prefix = f"{_uid('answered')}:"
+    worker = Router(
+        infra.kafka("router-test-answered"),
+        cat,
+        router_id=_uid("router"),
+        group_id=_uid("router-group"),
+        answered=AnsweredRequests(infra.redis_url, key_prefix=prefix),
+    )
+    request = _request(cat, traits)
+    async with worker:
+        first = await _infer(infra, cat, producer, request)
+        assert first.status is InferenceStatus.OK, first.error
+        assert first.request_id == request.message_id
+        await producer.send_and_wait(
+            cat.name(Topic.INFERENCE_REQUESTS), request, key=request.client_id
+        )
+        await _until(
+            lambda: (
+                worker.registry.get_sample_value(
+                    "mulambda_router_requests_total", {"status": "redelivered"}
+                )
+                == 1
+            ),
+            "the redelivery skipped",
+        )
+    results: list[InferenceResult] = []
+
+    def collect(record: Record[Any]) -> None:
+        value = record.value
+        if isinstance(value, InferenceResult) and value.correlation_id == request.correlation_id:
+            results.append(value)
+
+    await replay(infra.kafka(), {request.reply_topic: InferenceResult}, collect)
+    assert [r.request_id for r in results] == [request.message_id]

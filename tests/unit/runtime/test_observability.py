@@ -42,12 +42,12 @@ async def test_not_ready_answers_say_why() -> None:
         ) as server,
         aiohttp.ClientSession() as session,
     ):
-        async with session.get(f"http://127.0.0.1:{server.port}/readyz") as resp:
-            assert resp.status == 503
-            assert await resp.json() == {
-                "status": "not ready",
-                "reason": "producer failing for 2.0s: no leader",
-            }
+        resp = await session.get(f"http://127.0.0.1:{server.port}/readyz")
+        assert resp.status == 503
+        assert await resp.json() == {
+            "status": "not ready",
+            "reason": "producer failing for 2.0s: no leader",
+        }
 
 
 async def test_stop_is_idempotent() -> None:
