@@ -150,6 +150,16 @@ def topic_prefix() -> str:
     return f"test-{uuid.uuid4().hex[:8]}."
 
 
+@pytest_asyncio.fixture(loop_scope="session")
+async def own_catalog(infra: Infra, topic_prefix: str) -> AsyncIterator[Catalog]:
+    """A catalog of this test's own (for tests that read a topic from its beginning)."""
+    cat = load_catalog(f"{topic_prefix}{uuid.uuid4().hex[:6]}.")
+    async with Admin(infra.kafka("mulambda-test-admin")) as admin:
+        await admin.apply(cat)
+        yield cat
+        await admin.delete([cat.name(t) for t in cat.specs])
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def catalog(infra: Infra, topic_prefix: str) -> AsyncIterator[Catalog]:
     """The topic catalog applied under this run's prefix; topics deleted at the end."""

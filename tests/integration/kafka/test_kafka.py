@@ -125,8 +125,9 @@ async def _collect_dead_letters(
 
 
 async def test_malformed_records_are_dead_lettered_and_valid_ones_handled(
-    infra: Infra, catalog: Catalog
+    infra: Infra, own_catalog: Catalog
 ) -> None:
+    catalog = own_catalog
     topic = catalog.name(Topic.EXECUTOR_REGISTRATIONS)
     handled: list[str] = []
     failures = {"fatal-1": MulambdaError("refused for good")}
