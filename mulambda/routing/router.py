@@ -89,7 +89,7 @@ class RouterMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
             "mulambda_router_requests",
-            "Inference requests by outcome (ok, error, invalid)",
+            "Inference requests by outcome (ok, error, invalid, undeliverable)",
             ["status"],
             registry=registry,
         )
