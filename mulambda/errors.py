@@ -11,7 +11,8 @@ The hierarchy::
     │   ├── StoreUnavailable          Redis/DragonflyDB unreachable (retriable)
     │   └── ObjectStoreError          MinIO/S3 refused or failed
     ├── RequestTimeout                no reply/response before the deadline (retriable)
-    ├── UndeliverableAnswer           an answer Kafka would not take; the request is
+    ├── UndeliverableAnswer           an answer that cannot be delivered (reply topic not
+    │                                 allowed or missing, publish failed): the request is
     │                                 dead-lettered with the reason, never re-handled
     ├── SelectionError                a selection request that cannot be answered
     │   ├── InvalidSelectionRequest   weights, sizes or policy out of range
@@ -82,7 +83,8 @@ class RequestTimeout(MulambdaError):
 
 
 class UndeliverableAnswer(MulambdaError):
-    """An answer (a result, a reply) that could not be published after its retries."""
+    """An answer (a result, a reply) that cannot be delivered: its reply topic is not
+    allowed or does not exist, or publishing failed after its retries."""
 
 
 class SelectionError(MulambdaError):

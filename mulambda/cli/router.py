@@ -61,6 +61,13 @@ def router(
         group_id=group_id,
         concurrency=concurrency,
         selection_timeout_s=selection_timeout,
+        top_k=settings.router_top_k,
+        call_margin_s=settings.router_call_margin_s,
+        ranking_max_age_s=settings.router_ranking_max_age_s,
+        ranking_cache_entries=settings.router_ranking_cache_entries,
+        suspect_expiry_s=settings.router_suspect_expiry_s,
+        reply_topics=settings.router_reply_topics.split(","),
+        metadata_timeout_s=settings.router_metadata_timeout_s,
         grace_s=settings.shutdown_grace_s,
         membership=Membership(
             instance_id=settings.kafka_group_instance_id,

@@ -6,8 +6,17 @@ request/reply, calls the best one's TF Serving REST API and fails over down the 
 when an executor answers with a retriable error. Every accepted request gets exactly one
 answer on its reply topic: a result, or an error result saying why. Each successful call
 is also published as an observed latency, which the selector learns service times from.
-What to do at each step (timeouts, failover, the result) is decided by
-:class:`~mulambda.routing.route.Route`; this worker only sends and receives.
+What to do at each step (timeouts, selection retries, failover, the result) is decided
+by :class:`~mulambda.routing.route.Route`; this worker only sends and receives.
+
+Across requests the router remembers the last good ranking per kind of request
+(:class:`~mulambda.routing.rankings.RankingCache`, used when a selection fails) and the
+executor endpoints that refused connections lately
+(:class:`~mulambda.routing.suspects.SuspectEndpoints`, tried last). Before a request is
+routed its reply address is vetted (:class:`~mulambda.routing.reply_targets.ReplyTargets`):
+a reply topic that is not allowed or does not exist dead-letters the request at once, a
+partition out of range is answered with an error result by key. A result too large for
+a Kafka record becomes an error result (:func:`~mulambda.routing.result_size.fit_result`).
 
 Requests are consumed by a :class:`~mulambda.kafka.PipelinedConsumer`, which keeps up to
 ``concurrency`` requests in flight *across* fetches: a request is routed as soon as it is
@@ -21,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
@@ -29,6 +39,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from mulambda.errors import DecodeError, MulambdaError, UndeliverableAnswer
 from mulambda.executors.tfserving import TFServingClient
 from mulambda.kafka import (
+    Admin,
     DeadLetterer,
     KafkaConfig,
     Membership,
@@ -40,8 +51,18 @@ from mulambda.kafka import (
     producer_problem,
 )
 from mulambda.routing.answered import AnsweredRequests
+from mulambda.routing.rankings import RankingCache
+from mulambda.routing.reply_targets import (
+    AllowedReplyTopics,
+    Deliver,
+    Misaddressed,
+    ReplyTargets,
+    Undeliverable,
+)
 from mulambda.routing.requester import Requester
-from mulambda.routing.route import Call, Finished, Route, Select
+from mulambda.routing.result_size import fit_result
+from mulambda.routing.route import CALL_MARGIN_S, Call, Finished, Route, Select, error_result
+from mulambda.routing.suspects import SuspectEndpoints
 from mulambda.runtime.lifecycle import Lifecycle
 from mulambda.runtime.observability import correlation_id
 from mulambda.wire.catalog import Catalog, Topic
@@ -55,9 +76,14 @@ from mulambda.wire.events import (
     SelectionReply,
     SelectionRequest,
     deadline_in,
+    new_message_id,
 )
 
 log = logging.getLogger(__name__)
+
+DEFAULT_TOP_K = 8
+"""Ranked candidates asked for per request: the failover list. More than one process
+usually serves for the same traits, so a dead process leaves candidates elsewhere."""
 
 
 class RouterMetrics:
@@ -66,7 +92,7 @@ class RouterMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
             "mulambda_router_requests",
-            "Inference requests by outcome (ok, error, invalid)",
+            "Inference requests by outcome (ok, error, invalid, undeliverable)",
             ["status"],
             registry=registry,
         )
@@ -87,6 +113,21 @@ class RouterMetrics:
             "Requests dead-lettered since start",
             registry=registry,
         )
+        self.selection_retries = Counter(
+            "mulambda_router_selection_retries",
+            "Selections asked for again after a try failed",
+            registry=registry,
+        )
+        self.cached_selections = Counter(
+            "mulambda_router_cached_selections",
+            "Requests routed on a recent ranking because their selection failed",
+            registry=registry,
+        )
+        self.suspect_endpoints = Gauge(
+            "mulambda_router_suspect_endpoints",
+            "Executor endpoints that refused connections lately (tried last)",
+            registry=registry,
+        )
 
 
 class Router(Lifecycle):
@@ -102,7 +143,13 @@ class Router(Lifecycle):
         concurrency: int = 64,
         selection_timeout_s: float = 2.0,
         call_timeout_s: float = 30.0,
-        top_k: int = 3,
+        top_k: int = DEFAULT_TOP_K,
+        call_margin_s: float = CALL_MARGIN_S,
+        ranking_max_age_s: float = 30.0,
+        ranking_cache_entries: int = 10_000,
+        suspect_expiry_s: float = 5.0,
+        reply_topics: Sequence[str] = (),
+        metadata_timeout_s: float = 1.0,
         registry: CollectorRegistry | None = None,
         grace_s: float = 10.0,
         membership: Membership | None = None,
@@ -111,7 +158,10 @@ class Router(Lifecycle):
         publish_backoff_s: float = 0.5,
         delivery_timeout_s: float = 30.0,
     ) -> None:
-        """``membership``: static group membership and session timeouts of the intake;
+        """``reply_topics``: names and prefixes (ending in ``*``) results may go to;
+        empty means the catalog's default (see
+        :meth:`~mulambda.routing.reply_targets.AllowedReplyTopics.for_catalog`).
+        ``membership``: static group membership and session timeouts of the intake;
         ``answered``: the shared filter against answering a redelivered request twice
         (None: no filter; readers then rely on ``request_id``)."""
         self._kafka = kafka
@@ -126,10 +176,24 @@ class Router(Lifecycle):
         self._selection_timeout_s = selection_timeout_s
         self._call_timeout_s = call_timeout_s
         self._top_k = top_k
+        self._call_margin_s = call_margin_s
         self._grace_s = grace_s
         self.registry = registry or CollectorRegistry()
         self.metrics = RouterMetrics(self.registry)
+        self._rankings = RankingCache(
+            max_age_s=ranking_max_age_s, max_entries=ranking_cache_entries
+        )
+        self._suspects = SuspectEndpoints(expiry_s=suspect_expiry_s)
+        self.metrics.suspect_endpoints.set_function(
+            lambda: len(self._suspects.suspects(time.time()))
+        )
         self._producer = Producer(kafka, delivery_timeout_s=delivery_timeout_s)
+        self._admin = Admin(kafka)
+        self._reply_targets = ReplyTargets(
+            self._admin.partition_counts,
+            AllowedReplyTopics.for_catalog(catalog, reply_topics),
+            timeout_s=metadata_timeout_s,
+        )
         self._requester: Requester[SelectionRequest, SelectionReply] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._intake: PipelinedConsumer | None = None
@@ -151,13 +215,15 @@ class Router(Lifecycle):
         )
 
     async def start(self) -> None:
-        """Connect producer, requester, HTTP pool, then start consuming."""
+        """Connect producer, cluster metadata, requester, HTTP pool, then start consuming."""
         if self._intake is not None:
             return
         try:
             if self._answered is not None:
                 await self._answered.start()
             await self._producer.start()
+            await self._admin.start()
+            await self._reply_targets.start()  # the partition counts reply addresses need
             self._requester = Requester(
                 self._kafka,
                 reply_model=SelectionReply,
@@ -203,6 +269,8 @@ class Router(Lifecycle):
         requester, self._requester = self._requester, None
         if requester is not None:
             await requester.stop()
+        await self._reply_targets.stop()
+        await self._admin.stop()
         session, self._session = self._session, None
         if session is not None:
             await session.close()
@@ -241,14 +309,19 @@ class Router(Lifecycle):
         started = time.perf_counter()
         self.metrics.in_flight.inc()
         try:
-            result = await self.route(request)
+            target = await self._reply_target(request)  # raises UndeliverableAnswer
+            if isinstance(target, Misaddressed):
+                result = error_result(request.correlation_id, target.reason)
+            else:
+                result = await self.route(request)
             result = result.model_copy(
                 update={
                     "latency_ms": (time.perf_counter() - started) * 1000,
                     "request_id": request.message_id,
                 }
             )
-            await self._publish(request, result)
+            result = fit_result(result)
+            await self._publish(request, result, target.partition)
             self.metrics.requests.labels(result.status.value).inc()
             self.metrics.latency.observe(time.perf_counter() - started)
         finally:
@@ -257,15 +330,18 @@ class Router(Lifecycle):
         if self._answered is not None:
             await self._answered.mark(request.message_id, request.deadline)
 
-    async def _publish(self, request: InferenceRequest, result: InferenceResult) -> None:
-        """Deliver ``result`` to the request's reply address, retrying only the send."""
+    async def _publish(
+        self, request: InferenceRequest, result: InferenceResult, partition: int | None
+    ) -> None:
+        """Deliver ``result`` to the request's reply topic (``partition`` as vetted),
+        retrying only the send."""
         for attempt in range(1, self._publish_attempts + 1):
             try:
                 await self._producer.send_and_wait(
                     request.reply_topic,
                     result,
                     key=request.correlation_id,
-                    partition=request.reply_partition,
+                    partition=partition,
                 )
                 return
             except MulambdaError as exc:
@@ -277,18 +353,38 @@ class Router(Lifecycle):
                 log.warning("result publish failed (attempt %d), retrying: %s", attempt, exc)
                 await asyncio.sleep(self._publish_backoff_s * attempt)
 
+    async def _reply_target(self, request: InferenceRequest) -> Deliver | Misaddressed:
+        """Where the result of ``request`` goes; UndeliverableAnswer (the request is
+        dead-lettered with the reason) when nobody can be answered there."""
+        verdict = await self._reply_targets.verdict(request.reply_topic, request.reply_partition)
+        if isinstance(verdict, Undeliverable):
+            self.metrics.requests.labels("undeliverable").inc()
+            raise UndeliverableAnswer(verdict.reason)
+        if isinstance(verdict, Misaddressed):
+            log.warning("request %s: %s", request.message_id, verdict.reason)
+        return verdict
+
     async def route(self, request: InferenceRequest) -> InferenceResult:
         """Select and call; never raises for request-level problems, returns an error."""
         route = Route(
             request,
             selection_timeout_s=self._selection_timeout_s,
             call_timeout_s=self._call_timeout_s,
+            call_margin_s=self._call_margin_s,
+            rankings=self._rankings,
+            suspects=self._suspects,
         )
         while True:
             step = route.step
             if isinstance(step, Finished):
+                if step.result.selection == "cached":
+                    self.metrics.cached_selections.inc()
                 return step.result
             if isinstance(step, Select):
+                if step.delay_s > 0:
+                    await asyncio.sleep(step.delay_s)
+                if route.selection_tries > 1:
+                    self.metrics.selection_retries.inc()
                 try:
                     reply = await self._select(request, step.input_size, step.timeout_s)
                 except MulambdaError as exc:
@@ -326,8 +422,10 @@ class Router(Lifecycle):
         requester = self._requester
         if requester is None:
             raise MulambdaError("router is not started")
+        # A new id per try, never the client's: two requests with one correlation id may
+        # be in flight at once, and a late reply to a failed try must not answer the next.
         selection = SelectionRequest(
-            correlation_id=request.correlation_id,
+            correlation_id=new_message_id(),
             reply_topic=requester.reply_topic,
             reply_partition=requester.reply_partition,
             deadline=deadline_in(timeout_s),

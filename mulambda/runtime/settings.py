@@ -104,3 +104,32 @@ class Settings(BaseSettings):
 
     redis_key_prefix: str = "mulambda:"
     """Prefix of every key in the metadata store (one per deployment)."""
+
+    # --- router ----------------------------------------------------------------------
+
+    router_top_k: int = Field(default=8, ge=1, le=100)
+    """Ranked candidates a router asks the selector for per request: its failover list.
+    Larger than the executors one process serves for the same traits, so a dead process
+    leaves candidates elsewhere in the list."""
+
+    router_call_margin_s: float = Field(default=0.5, ge=0)
+    """Time a selection retry leaves before the request's deadline for the executor call."""
+
+    router_ranking_max_age_s: float = Field(default=30.0, ge=0)
+    """How long a router may route on the last good ranking for the same client, traits,
+    weights, policy and SLO when a selection fails (0: never)."""
+
+    router_ranking_cache_entries: int = Field(default=10_000, ge=1)
+    """Rankings a router remembers at most (least recently used forgotten first)."""
+
+    router_suspect_expiry_s: float = Field(default=5.0, ge=0)
+    """How long an executor endpoint that refused or dropped a connection is tried last
+    (a successful call to it ends that sooner; 0: never suspect)."""
+
+    router_reply_topics: str = ""
+    """Comma-separated topics results may be sent to: names, or prefixes ending in ``*``.
+    Empty: the inference-results topic and names starting with ``topic_prefix``. The
+    catalog's other topics are never allowed."""
+
+    router_metadata_timeout_s: float = Field(default=1.0, gt=0)
+    """Longest a request waits for cluster metadata to vet its reply address."""

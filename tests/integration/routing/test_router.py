@@ -2,7 +2,9 @@
 
 Every test registers its executors under traits of its own, so the module's selector and
 router are shared without the tests seeing each other's executors. Routers of this module
-share one consumer group, so each one resumes where the previous one committed.
+share one consumer group, so each one resumes where the previous one committed. How the
+router rides out failures (a dead executor process, a missing selector, bad reply
+addresses, oversized results) is in ``test_router_resilience.py``.
 """
 
 from __future__ import annotations
@@ -10,11 +12,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -23,59 +23,38 @@ import pytest
 import pytest_asyncio
 
 from mulambda.emulator import ExecutorServer, SyntheticModel
-from mulambda.emulator.profiles import SyntheticProfile, profile_by_name
+from mulambda.emulator.profiles import SyntheticProfile
 from mulambda.executors.tfserving import ExecutorInternalError, ExecutorUnavailable, TFServingError
-from mulambda.kafka import Admin, Producer, Record, read_until_key, replay
+from mulambda.kafka import Producer, Record, read_until_key, replay
 from mulambda.routing.answered import AnsweredRequests
 from mulambda.routing.router import Router
 from mulambda.selection.selector import Selector
-from mulambda.selection.store import ViewStore
-from mulambda.wire.catalog import Catalog, Topic, load_catalog
+from mulambda.wire.catalog import Catalog, Topic
 from mulambda.wire.events import (
     DeadLetter,
-    ExecutorRegistration,
-    InferenceRequest,
     InferenceResult,
     InferenceStatus,
     LatencyMeasurement,
     LatencySource,
     Slo,
-    SoftWeights,
-    Traits,
     deadline_in,
     utcnow,
 )
 from tests.conftest import Infra
+from tests.integration.routing.support import (
+    CLIENT,
+    FAST,
+    TIME_SCALE,
+    closed_port,
+    infer,
+    inference_request,
+    new_traits,
+    register,
+    uid,
+    until,
+)
 
 pytestmark = pytest.mark.integration
-
-TIME_SCALE = 0.05
-"""Synthetic delays shrunk 20x: FastGood answers in about 1 ms."""
-FAST = profile_by_name("FastGood")
-CLIENT = "router-test-client"
-
-
-def _uid(stem: str) -> str:
-    return f"{stem}-{uuid.uuid4().hex[:8]}"
-
-
-def _traits() -> Traits:
-    return Traits(model_type=_uid("kind"), input_format="synthetic", output_format="confidence")
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port  # closed again on leaving the block: connections are refused
-
-
-async def _until(predicate: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def _failovers(router: Router) -> float:
@@ -98,139 +77,12 @@ class _Failing(SyntheticModel):
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def cat(infra: Infra) -> AsyncIterator[Catalog]:
-    """This module's topics: its selector answers every selection request on them."""
-    catalog = load_catalog(f"{_uid('router')}.")
-    async with Admin(infra.kafka("mulambda-test-admin")) as admin:
-        await admin.apply(catalog)
-        yield catalog
-        await admin.delete([catalog.name(t) for t in Topic])
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def selector(infra: Infra, cat: Catalog) -> AsyncIterator[Selector]:
-    prefix = f"{_uid('test-router')}:"
-    worker = Selector(
-        infra.kafka("router-test-selector"),
-        cat,
-        ViewStore(infra.redis_url, key_prefix=prefix),
-        selector_id=_uid("selector"),
-        group_id=_uid("selector-group"),
-    )
-    await worker.start()  # returns once it owns its request partitions
-    try:
-        yield worker
-    finally:
-        await worker.stop()
-        async with ViewStore(infra.redis_url, key_prefix=prefix) as store:
-            await store.clear()
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def producer(infra: Infra) -> AsyncIterator[Producer]:
-    async with Producer(infra.kafka()) as started:
-        yield started
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def fast() -> AsyncIterator[ExecutorServer]:
-    """FastGood, scaled down: the executor that answers."""
-    model = SyntheticModel(FAST, time_scale=TIME_SCALE, seed=1)
-    async with ExecutorServer("127.0.0.1", 0, {FAST.name: model}) as server:
-        assert await server.wait_loaded(5)
-        yield server
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def broken() -> AsyncIterator[ExecutorServer]:
     """Models answering 503 and 500 to every prediction."""
     models = {"Busy": _Failing(ExecutorUnavailable), "Crashing": _Failing(ExecutorInternalError)}
     async with ExecutorServer("127.0.0.1", 0, models) as server:
         assert await server.wait_loaded(5)
         yield server
-
-
-@pytest.fixture(scope="module")
-def router_group() -> str:
-    return _uid("router-group")
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def router(
-    infra: Infra, cat: Catalog, selector: Selector, router_group: str
-) -> AsyncIterator[Router]:
-    worker = Router(
-        infra.kafka("router-test"),
-        cat,
-        router_id=_uid("router"),
-        group_id=router_group,
-        selection_timeout_s=5.0,
-        call_timeout_s=5.0,
-        grace_s=10.0,
-    )
-    async with worker:
-        yield worker
-
-
-# --- helpers -------------------------------------------------------------------------
-
-
-async def _register(
-    producer: Producer,
-    cat: Catalog,
-    selector: Selector,
-    traits: Traits,
-    endpoint: str,
-    *,
-    model: str = FAST.name,
-    accuracy: float = 0.5,
-) -> str:
-    """Publish a registration and wait until the selector's view has it."""
-    executor_id = _uid("ex")
-    registration = ExecutorRegistration(
-        executor_id=executor_id,
-        model_name=model,
-        traits=traits,
-        accuracy=accuracy,
-        endpoint=endpoint,
-        heartbeat_interval_s=300,  # no heartbeats in these tests: stay live meanwhile
-    )
-    await producer.send_and_wait(
-        cat.name(Topic.EXECUTOR_REGISTRATIONS), registration, key=executor_id
-    )
-    await _until(lambda: selector.view.get(executor_id) is not None, f"{executor_id} in view")
-    return executor_id
-
-
-def _request(cat: Catalog, traits: Traits, **fields: Any) -> InferenceRequest:
-    values: dict[str, Any] = {
-        "reply_topic": cat.name(Topic.INFERENCE_RESULTS),
-        "deadline": deadline_in(30),
-        "client_id": CLIENT,
-        "traits": traits,
-        "weights": SoftWeights(latency=0.0, accuracy=1.0),
-        "policy": "weighted",
-        "body": {"instances": [0]},
-    }
-    values.update(fields)
-    return InferenceRequest(**values)
-
-
-async def _infer(
-    infra: Infra,
-    cat: Catalog,
-    producer: Producer,
-    request: InferenceRequest,
-    timeout_s: float = 15.0,
-) -> InferenceResult:
-    """Publish ``request`` and return its result from the reply topic."""
-    async with read_until_key(
-        infra.kafka(), request.reply_topic, request.correlation_id, InferenceResult
-    ) as waiter:
-        await producer.send_and_wait(
-            cat.name(Topic.INFERENCE_REQUESTS), request, key=request.client_id
-        )
-        return await waiter.result(timeout_s)
 
 
 # --- tests ---------------------------------------------------------------------------
@@ -244,10 +96,12 @@ async def test_request_is_answered_by_the_selected_executor(
     fast: ExecutorServer,
     router: Router,
 ) -> None:
-    traits = _traits()
-    executor_id = await _register(producer, cat, selector, traits, fast.url)
-    request = _request(cat, traits, body={"instances": [0, 1, {"feature": 2, "data": [1, 2]}]})
-    result = await _infer(infra, cat, producer, request)
+    traits = new_traits()
+    executor_id = await register(producer, cat, selector, traits, fast.url)
+    request = inference_request(
+        cat, traits, body={"instances": [0, 1, {"feature": 2, "data": [1, 2]}]}
+    )
+    result = await infer(infra, cat, producer, request)
     assert result.status is InferenceStatus.OK, result.error
     assert result.correlation_id == request.correlation_id
     assert result.executor_id == executor_id
@@ -268,13 +122,13 @@ async def test_observed_latency_is_published_with_input_size(
     fast: ExecutorServer,
     router: Router,
 ) -> None:
-    traits = _traits()
-    executor_id = await _register(producer, cat, selector, traits, fast.url)
+    traits = new_traits()
+    executor_id = await register(producer, cat, selector, traits, fast.url)
     async with read_until_key(
         infra.kafka(), cat.name(Topic.LATENCY_MEASUREMENTS), executor_id, LatencyMeasurement
     ) as measurements:
-        result = await _infer(
-            infra, cat, producer, _request(cat, traits, body={"instances": [0, 0, 0, 0]})
+        result = await infer(
+            infra, cat, producer, inference_request(cat, traits, body={"instances": [0, 0, 0, 0]})
         )
         assert result.status is InferenceStatus.OK, result.error
         measurement = await measurements.result(10)
@@ -286,7 +140,7 @@ async def test_observed_latency_is_published_with_input_size(
     # The selector learns from it: a service time for this executor appears.
     entry = selector.view.get(executor_id)
     assert entry is not None
-    await _until(lambda: entry.service_samples > 0, "the selector to learn a service time")
+    await until(lambda: entry.service_samples > 0, "the selector to learn a service time")
 
 
 @pytest.mark.parametrize("failure", ["connection-refused", "503", "500"])
@@ -300,17 +154,17 @@ async def test_failover_to_the_next_candidate(
     router: Router,
     failure: str,
 ) -> None:
-    traits = _traits()
+    traits = new_traits()
     if failure == "connection-refused":
-        endpoint, model = f"http://127.0.0.1:{_closed_port()}", FAST.name
+        endpoint, model = f"http://127.0.0.1:{closed_port()}", FAST.name
     else:
         endpoint, model = broken.url, {"503": "Busy", "500": "Crashing"}[failure]
     # The broken one ranks first: the request weighs accuracy only.
-    bad = await _register(producer, cat, selector, traits, endpoint, model=model, accuracy=0.99)
-    good = await _register(producer, cat, selector, traits, fast.url, accuracy=0.5)
+    bad = await register(producer, cat, selector, traits, endpoint, model=model, accuracy=0.99)
+    good = await register(producer, cat, selector, traits, fast.url, accuracy=0.5)
     errors_before = dict(broken.stats()["errors_by_status"])
     failovers_before = _failovers(router)
-    result = await _infer(infra, cat, producer, _request(cat, traits))
+    result = await infer(infra, cat, producer, inference_request(cat, traits))
     assert result.status is InferenceStatus.OK, result.error
     assert result.executor_id == good != bad
     assert result.attempts == 2
@@ -328,12 +182,12 @@ async def test_client_error_is_not_retried(
     fast: ExecutorServer,
     router: Router,
 ) -> None:
-    traits = _traits()
+    traits = new_traits()
     for accuracy in (0.9, 0.8):  # two candidates that would both answer valid requests
-        await _register(producer, cat, selector, traits, fast.url, accuracy=accuracy)
+        await register(producer, cat, selector, traits, fast.url, accuracy=accuracy)
     calls_before = fast.requests
-    request = _request(cat, traits, body={"instances": ["not-a-feature"]})
-    result = await _infer(infra, cat, producer, request)
+    request = inference_request(cat, traits, body={"instances": ["not-a-feature"]})
+    result = await infer(infra, cat, producer, request)
     assert result.status is InferenceStatus.ERROR
     assert result.error_code == 400
     assert result.attempts == 1
@@ -350,16 +204,16 @@ async def test_no_candidate_names_the_criterion(
     fast: ExecutorServer,
     router: Router,
 ) -> None:
-    nobody = await _infer(infra, cat, producer, _request(cat, _traits()))
+    nobody = await infer(infra, cat, producer, inference_request(cat, new_traits()))
     assert nobody.status is InferenceStatus.ERROR
     assert nobody.attempts == 0
     assert nobody.error is not None
     assert "eliminated by traits" in nobody.error
 
-    traits = _traits()
-    await _register(producer, cat, selector, traits, fast.url, accuracy=0.5)
-    strict = _request(cat, traits, policy="adaptive", slo=Slo(min_accuracy=0.9))
-    too_good = await _infer(infra, cat, producer, strict)
+    traits = new_traits()
+    await register(producer, cat, selector, traits, fast.url, accuracy=0.5)
+    strict = inference_request(cat, traits, policy="adaptive", slo=Slo(min_accuracy=0.9))
+    too_good = await infer(infra, cat, producer, strict)
     assert too_good.status is InferenceStatus.ERROR
     assert too_good.error is not None
     assert "slo.min_accuracy" in too_good.error
@@ -373,11 +227,11 @@ async def test_expired_deadline_gets_an_error_without_calling_an_executor(
     fast: ExecutorServer,
     router: Router,
 ) -> None:
-    traits = _traits()
-    await _register(producer, cat, selector, traits, fast.url)
+    traits = new_traits()
+    await register(producer, cat, selector, traits, fast.url)
     calls_before = fast.requests
-    request = _request(cat, traits, deadline=utcnow() - timedelta(seconds=1))
-    result = await _infer(infra, cat, producer, request)
+    request = inference_request(cat, traits, deadline=utcnow() - timedelta(seconds=1))
+    result = await infer(infra, cat, producer, request)
     assert result.status is InferenceStatus.ERROR
     assert result.error is not None
     assert "deadline" in result.error
@@ -385,37 +239,10 @@ async def test_expired_deadline_gets_an_error_without_calling_an_executor(
     assert fast.requests == calls_before
 
 
-async def test_selection_timeout_gives_an_error_result_not_a_hang(infra: Infra) -> None:
-    lonely = load_catalog(f"{_uid('router-nosel')}.")  # no selector reads these topics
-    async with Admin(infra.kafka("mulambda-test-admin")) as admin:
-        await admin.apply(lonely)
-        try:
-            async with (
-                Producer(infra.kafka()) as producer,
-                Router(
-                    infra.kafka("router-test"),
-                    lonely,
-                    router_id=_uid("router"),
-                    group_id=_uid("router-group"),
-                    selection_timeout_s=0.5,
-                ),
-            ):
-                # The result must come long before the request's own 60 s deadline.
-                request = _request(lonely, _traits(), deadline=deadline_in(60))
-                result = await _infer(infra, lonely, producer, request, timeout_s=15)
-        finally:
-            await admin.delete([lonely.name(t) for t in Topic])
-    assert result.status is InferenceStatus.ERROR
-    assert result.error is not None
-    assert "selection failed" in result.error
-    assert "within 0.5s" in result.error
-    assert result.attempts == 0
-
-
 async def test_undecodable_request_is_dead_lettered(
     infra: Infra, cat: Catalog, producer: Producer, router: Router, router_group: str
 ) -> None:
-    key = _uid("garbage")
+    key = uid("garbage")
     garbage = b"\xff{ this is not json"
     async with read_until_key(
         infra.kafka(), cat.name(Topic.DEAD_LETTERS), key, DeadLetter
@@ -474,16 +301,16 @@ async def test_a_slow_request_does_not_hold_up_later_ones(
     slow: ExecutorServer,
     router: Router,
 ) -> None:
-    slow_traits, fast_traits = _traits(), _traits()
-    await _register(producer, cat, selector, slow_traits, slow.url, model="Slow")
-    await _register(producer, cat, selector, fast_traits, fast.url)
-    slow_request = _request(cat, slow_traits)
+    slow_traits, fast_traits = new_traits(), new_traits()
+    await register(producer, cat, selector, slow_traits, slow.url, model="Slow")
+    await register(producer, cat, selector, fast_traits, fast.url)
+    slow_request = inference_request(cat, slow_traits)
     async with read_until_key(
         infra.kafka(), slow_request.reply_topic, slow_request.correlation_id, InferenceResult
     ) as slow_waiter:
         await producer.send_and_wait(cat.name(Topic.INFERENCE_REQUESTS), slow_request, key=CLIENT)
-        await _until(lambda: slow.in_flight == 1, "the slow call to start")
-        quick = await _infer(infra, cat, producer, _request(cat, fast_traits))
+        await until(lambda: slow.in_flight == 1, "the slow call to start")
+        quick = await infer(infra, cat, producer, inference_request(cat, fast_traits))
         assert quick.status is InferenceStatus.OK, quick.error
         assert slow.in_flight == 1  # answered while the slow one is still being served
         slow_result = await slow_waiter.result(10)
@@ -498,14 +325,14 @@ async def test_stop_finishes_requests_in_flight(
     slow: ExecutorServer,
     router: Router,
 ) -> None:
-    traits = _traits()
-    await _register(producer, cat, selector, traits, slow.url, model="Slow")
-    request = _request(cat, traits)
+    traits = new_traits()
+    await register(producer, cat, selector, traits, slow.url, model="Slow")
+    request = inference_request(cat, traits)
     async with read_until_key(
         infra.kafka(), request.reply_topic, request.correlation_id, InferenceResult
     ) as waiter:
         await producer.send_and_wait(cat.name(Topic.INFERENCE_REQUESTS), request, key=CLIENT)
-        await _until(lambda: slow.in_flight == 1, "the slow call to start")
+        await until(lambda: slow.in_flight == 1, "the slow call to start")
         await router.stop()  # as the runner does on SIGTERM
         assert not router.ready
         result = await waiter.result(10)
@@ -521,16 +348,16 @@ async def test_router_command_finishes_in_flight_requests_on_sigterm(
     slow: ExecutorServer,
     router_group: str,
 ) -> None:
-    traits = _traits()
-    await _register(producer, cat, selector, traits, slow.url, model="Slow")
-    request = _request(cat, traits)
+    traits = new_traits()
+    await register(producer, cat, selector, traits, slow.url, model="Slow")
+    request = inference_request(cat, traits)
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "mulambda.cli",
         "router",
         "--router-id",
-        _uid("cli-router"),
+        uid("cli-router"),
         "--group-id",
         router_group,  # resumes after the in-process routers' requests
         stdout=asyncio.subprocess.DEVNULL,
@@ -542,7 +369,7 @@ async def test_router_command_finishes_in_flight_requests_on_sigterm(
             infra.kafka(), request.reply_topic, request.correlation_id, InferenceResult
         ) as waiter:
             await producer.send_and_wait(cat.name(Topic.INFERENCE_REQUESTS), request, key=CLIENT)
-            await _until(lambda: slow.in_flight == 1, "the router process to call", timeout_s=30)
+            await until(lambda: slow.in_flight == 1, "the router process to call", timeout_s=30)
             process.send_signal(signal.SIGTERM)
             result = await waiter.result(10)
         _, stderr = await asyncio.wait_for(process.communicate(), 20)
@@ -584,8 +411,8 @@ async def test_infer_cli_prints_the_result(
     fast: ExecutorServer,
     router: Router,
 ) -> None:
-    traits = _traits()
-    executor_id = await _register(producer, cat, selector, traits, fast.url)
+    traits = new_traits()
+    executor_id = await register(producer, cat, selector, traits, fast.url)
 
     def args(model_type: str) -> list[str]:
         return [
@@ -605,7 +432,7 @@ async def test_infer_cli_prints_the_result(
 
     (code, out, err), (bad_code, bad_out, _) = await asyncio.gather(
         _cli(infra, cat, *args(traits.model_type)),
-        _cli(infra, cat, *args(_uid("unknown-kind"))),
+        _cli(infra, cat, *args(uid("unknown-kind"))),
     )
     assert code == 0, err
     result = InferenceResult.model_validate_json(out)
@@ -629,25 +456,25 @@ async def test_a_redelivered_request_is_answered_once(
     fast: ExecutorServer,
 ) -> None:
     # The same record twice (as Kafka redelivers after a crash): one result, one call.
-    traits = _traits()
-    await _register(producer, cat, selector, traits, fast.url)
-    prefix = f"{_uid('answered')}:"
+    traits = new_traits()
+    await register(producer, cat, selector, traits, fast.url)
+    prefix = f"{uid('answered')}:"
     worker = Router(
         infra.kafka("router-test-answered"),
         cat,
-        router_id=_uid("router"),
-        group_id=_uid("router-group"),
+        router_id=uid("router"),
+        group_id=uid("router-group"),
         answered=AnsweredRequests(infra.redis_url, key_prefix=prefix),
     )
-    request = _request(cat, traits)
+    request = inference_request(cat, traits)
     async with worker:
-        first = await _infer(infra, cat, producer, request)
+        first = await infer(infra, cat, producer, request)
         assert first.status is InferenceStatus.OK, first.error
         assert first.request_id == request.message_id
         await producer.send_and_wait(
             cat.name(Topic.INFERENCE_REQUESTS), request, key=request.client_id
         )
-        await _until(
+        await until(
             lambda: (
                 worker.registry.get_sample_value(
                     "mulambda_router_requests_total", {"status": "redelivered"}

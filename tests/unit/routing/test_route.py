@@ -6,12 +6,19 @@ moved by the tests.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from mulambda.errors import ConfigurationError, MulambdaError, RequestTimeout
+from mulambda.errors import (
+    ConfigurationError,
+    DecodeError,
+    KafkaUnavailable,
+    MulambdaError,
+    RequestTimeout,
+)
 from mulambda.executors.tfserving import (
     BadRequest,
     DeadlineExceeded,
@@ -19,7 +26,10 @@ from mulambda.executors.tfserving import (
     ExecutorUnavailable,
     Unimplemented,
 )
+from mulambda.routing.rankings import RankingCache
 from mulambda.routing.route import (
+    MIN_SELECTION_TRY_S,
+    SELECTION_RETRY_INTERVAL_S,
     Call,
     Finished,
     Route,
@@ -28,6 +38,7 @@ from mulambda.routing.route import (
     error_result,
     input_size_of,
 )
+from mulambda.routing.suspects import SuspectEndpoints, endpoint_of
 from mulambda.wire.events import (
     Candidate,
     InferenceRequest,
@@ -35,6 +46,8 @@ from mulambda.wire.events import (
     InferenceStatus,
     SelectionReply,
     SelectionStatus,
+    Slo,
+    SoftWeights,
 )
 from tests.factories import TRAITS
 
@@ -71,10 +84,12 @@ def _request(deadline_s: float = 10.0, **fields: Any) -> InferenceRequest:
     return InferenceRequest(**values)
 
 
-def _candidate(executor_id: str, *, version: int | None = None) -> Candidate:
+def _candidate(
+    executor_id: str, *, version: int | None = None, endpoint: str | None = None
+) -> Candidate:
     return Candidate(
         executor_id=executor_id,
-        endpoint=f"http://{executor_id}:8501",
+        endpoint=endpoint or f"http://{executor_id}:8501",
         model_name=f"model-{executor_id}",
         model_version=version,
         score=1.0,
@@ -177,13 +192,24 @@ def test_selection_timeout_shrinks_to_the_remaining_deadline() -> None:
     assert step == Select(input_size=3, timeout_s=0.75)
 
 
-def test_a_failed_selection_is_an_error_result_with_its_reason() -> None:
-    route = _route()
+def test_a_failed_selection_without_time_for_a_retry_is_an_error_result_with_its_reason() -> None:
+    clock = Clock()
+    route = _route(_request(deadline_s=2.4), clock)  # 2 s try + 0.5 s margin: no room
+    clock.advance(SELECTION_TIMEOUT_S)
     route.selection_failed(RequestTimeout("no reply to corr-1 within 2s\nmore detail"))
     result = _result(route.step)
     assert result.error == "selection failed: no reply to corr-1 within 2s"
     assert result.attempts == 0
     assert result.error_code is None
+    assert result.selection is None
+    assert route.selection_tries == 1
+
+
+def test_a_non_retriable_selection_failure_is_not_retried() -> None:
+    route = _route()  # 10 s left, but retrying cannot help
+    route.selection_failed(DecodeError("undecodable reply: not valid JSON"))
+    assert _result(route.step).error == "selection failed: undecodable reply: not valid JSON"
+    assert route.selection_tries == 1
 
 
 @pytest.mark.parametrize(
@@ -378,6 +404,328 @@ def test_candidates_are_called_in_rank_order_with_their_versions() -> None:
         route.call_failed(ExecutorUnavailable("HTTP 503: busy"))
     assert called == [("a", 3, 1), ("b", None, 2), ("c", 1, 3)]
     assert _result(route.step).attempts == 3
+
+
+# --- selection retries -----------------------------------------------------------------
+
+
+def test_a_timed_out_selection_is_retried_at_once_while_the_deadline_allows() -> None:
+    clock = Clock()
+    route = _route(clock=clock)  # 10 s deadline, 2 s tries, 0.5 s margin
+    timeouts = []
+    while isinstance(step := route.step, Select):
+        assert step.delay_s == 0  # the try took its whole timeout: no need to wait
+        timeouts.append(step.timeout_s)
+        clock.advance(step.timeout_s)
+        route.selection_failed(RequestTimeout(f"no reply within {step.timeout_s:g}s"))
+    assert timeouts == pytest.approx([2.0, 2.0, 2.0, 2.0, 1.5])  # the last ends 0.5 s early
+    result = _result(route.step)
+    assert result.error == "selection failed after 5 tries: no reply within 1.5s"
+    assert result.attempts == 0
+    assert route.selection_tries == 5
+    assert clock.at == T0 + timedelta(seconds=9.5)  # answered before the deadline
+
+
+def test_a_quick_selection_failure_is_retried_after_a_pause() -> None:
+    clock = Clock()
+    route = _route(clock=clock)
+    clock.advance(0.01)
+    route.selection_failed(KafkaUnavailable("send to t.selection-requests failed"))
+    retry = route.step
+    assert isinstance(retry, Select)
+    assert retry.delay_s == pytest.approx(SELECTION_RETRY_INTERVAL_S - 0.01)
+    assert retry.timeout_s == SELECTION_TIMEOUT_S
+    clock.advance(retry.delay_s + 0.01)  # waited, then failed quickly again
+    route.selection_failed(KafkaUnavailable("send to t.selection-requests failed"))
+    again = route.step
+    assert isinstance(again, Select)
+    assert again.delay_s == pytest.approx(SELECTION_RETRY_INTERVAL_S - 0.01)  # never spins
+
+
+def test_a_retry_leaves_the_call_margin_before_the_deadline() -> None:
+    clock = Clock()
+    route = Route(
+        _request(deadline_s=3.0),
+        selection_timeout_s=SELECTION_TIMEOUT_S,
+        call_timeout_s=CALL_TIMEOUT_S,
+        call_margin_s=0.8,
+        now=clock.now,
+    )
+    clock.advance(SELECTION_TIMEOUT_S)
+    route.selection_failed(RequestTimeout("no reply"))
+    retry = route.step
+    assert isinstance(retry, Select)
+    assert retry.timeout_s == pytest.approx(0.2)  # 1 s left, 0.8 s of it for the call
+
+
+def test_no_retry_shorter_than_the_least_try() -> None:
+    clock = Clock()
+    route = _route(_request(deadline_s=2.5 + MIN_SELECTION_TRY_S / 2), clock)
+    clock.advance(SELECTION_TIMEOUT_S)
+    route.selection_failed(RequestTimeout("no reply"))
+    assert _result(route.step).error == "selection failed: no reply"
+
+
+def test_a_retried_selection_that_answers_routes_as_fresh() -> None:
+    clock = Clock()
+    route = _route(clock=clock)
+    clock.advance(SELECTION_TIMEOUT_S)
+    route.selection_failed(RequestTimeout("no reply"))
+    call = _call(_selected(route, _reply("a")))
+    assert call.timeout_s == pytest.approx(8.0)
+    route.call_succeeded({"predictions": [1]})
+    result = _result(route.step)
+    assert result.status is InferenceStatus.OK
+    assert result.selection == "fresh"
+    assert route.selection_tries == 2
+
+
+# --- recent rankings -------------------------------------------------------------------
+
+
+def _routes(clock: Clock, rankings: RankingCache) -> Callable[..., Route]:
+    def make(request: InferenceRequest | None = None) -> Route:
+        return Route(
+            request or _request(),
+            selection_timeout_s=SELECTION_TIMEOUT_S,
+            call_timeout_s=CALL_TIMEOUT_S,
+            rankings=rankings,
+            now=clock.now,
+        )
+
+    return make
+
+
+def test_a_fresh_selection_says_so_and_is_remembered() -> None:
+    clock = Clock()
+    rankings = RankingCache(max_age_s=30, max_entries=10)
+    route = _routes(clock, rankings)()
+    _call(_selected(route, _reply("a", "b")))
+    route.call_succeeded({"predictions": [1]})
+    assert _result(route.step).selection == "fresh"
+    assert rankings.recall(_request(), clock.now().timestamp()) == tuple(
+        _reply("a", "b").candidates
+    )
+
+
+def test_a_failed_selection_routes_at_once_on_the_recent_ranking() -> None:
+    clock = Clock()
+    make = _routes(clock, RankingCache(max_age_s=30, max_entries=10))
+    first = make()
+    first.selected(_reply("a", "b"))
+    clock.advance(10)
+    later = make(_request(deadline_s=30, correlation_id="corr-2", body={"instances": [1]}))
+    later.selection_failed(RequestTimeout("no reply within 2s"))
+    call = _call(later.step)  # no retry first: the selector may be failing over
+    assert call.candidate.executor_id == "a"
+    assert later.selection_tries == 1
+    assert later.call_failed(ExecutorUnavailable("HTTP 503: busy"))
+    assert _call(later.step).candidate.executor_id == "b"  # failover down the cached list
+    later.call_succeeded({"predictions": [2]})
+    result = _result(later.step)
+    assert (result.status, result.executor_id, result.attempts) == (InferenceStatus.OK, "b", 2)
+    assert result.selection == "cached"
+
+
+def test_a_cached_ranking_serves_whatever_made_the_selection_fail() -> None:
+    clock = Clock()
+    make = _routes(clock, RankingCache(max_age_s=30, max_entries=10))
+    make().selected(_reply("a"))
+    later = make()
+    later.selection_failed(DecodeError("undecodable reply"))  # not retriable, still served
+    assert _call(later.step).candidate.executor_id == "a"
+    assert later.selection == "cached"
+
+
+def test_a_cached_ranking_that_fails_says_cached_in_the_error() -> None:
+    clock = Clock()
+    make = _routes(clock, RankingCache(max_age_s=30, max_entries=10))
+    make().selected(_reply("a"))
+    later = make()
+    later.selection_failed(RequestTimeout("no reply"))
+    later.call_failed(ExecutorUnavailable("HTTP 503: busy"))
+    result = _result(later.step)
+    assert result.error == "all 1 candidate(s) failed; last: HTTP 503: busy"
+    assert result.selection == "cached"
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"client_id": "cl-2"},
+        {"traits": TRAITS.model_copy(update={"model_type": "regression"})},
+        {"weights": SoftWeights(latency=0.9, accuracy=0.1)},
+        {"policy": "adaptive"},
+        {"slo": Slo(max_latency_ms=50)},
+    ],
+)
+def test_a_ranking_serves_only_requests_of_the_same_kind(other: dict[str, Any]) -> None:
+    clock = Clock()
+    make = _routes(clock, RankingCache(max_age_s=30, max_entries=10))
+    make().selected(_reply("a"))
+    different = make(_request(**other))
+    different.selection_failed(RequestTimeout("no reply"))
+    assert isinstance(different.step, Select)  # retried, not served from another's ranking
+    assert different.selection is None
+
+
+def test_a_ranking_older_than_the_bound_is_not_used() -> None:
+    clock = Clock()
+    make = _routes(clock, RankingCache(max_age_s=30, max_entries=10))
+    make().selected(_reply("a"))
+    clock.advance(30)
+    later = make(_request(deadline_s=40))
+    later.selection_failed(RequestTimeout("no reply"))
+    assert isinstance(later.step, Select)
+
+
+def test_no_candidate_forgets_the_recent_ranking() -> None:
+    clock = Clock()
+    rankings = RankingCache(max_age_s=30, max_entries=10)
+    make = _routes(clock, rankings)
+    make().selected(_reply("a"))
+    gone = SelectionReply(
+        correlation_id="c", status=SelectionStatus.NO_CANDIDATE, eliminated_by="traits"
+    )
+    nobody = make()
+    nobody.selected(gone)
+    assert _result(nobody.step).selection is None
+    assert len(rankings) == 0
+    later = make()
+    later.selection_failed(RequestTimeout("no reply"))
+    assert isinstance(later.step, Select)  # the old ranking does not contradict the selector
+
+
+# --- failover across processes ------------------------------------------------------------
+
+A = "http://10.0.0.1:8501"
+B = "http://10.0.0.2:8501"
+REFUSED = ExecutorUnavailable("POST ...: ClientConnectorError: connection refused", status=None)
+
+
+def _spread(*placed: tuple[str, str]) -> SelectionReply:
+    """A reply ranking ``(executor id, endpoint)`` pairs in that order."""
+    return SelectionReply(
+        correlation_id="corr-1",
+        status=SelectionStatus.OK,
+        candidates=[_candidate(e, endpoint=endpoint) for e, endpoint in placed],
+    )
+
+
+def _shared(clock: Clock, suspects: SuspectEndpoints) -> Callable[[], Route]:
+    def make() -> Route:
+        return Route(
+            _request(),
+            selection_timeout_s=SELECTION_TIMEOUT_S,
+            call_timeout_s=CALL_TIMEOUT_S,
+            suspects=suspects,
+            now=clock.now,
+        )
+
+    return make
+
+
+def _called(route: Route, outcomes: dict[str, MulambdaError | None]) -> list[str]:
+    """Executors ``route`` calls in turn; each fails with its outcome, or (None) answers."""
+    called = []
+    while isinstance(step := route.step, Call):
+        executor_id = step.candidate.executor_id
+        called.append(executor_id)
+        error = outcomes.get(executor_id)
+        if error is None:
+            route.call_succeeded({"predictions": [executor_id]})
+        else:
+            route.call_failed(error)
+    return called
+
+
+def test_a_refused_endpoint_is_tried_after_the_candidates_elsewhere() -> None:
+    route = _route()
+    route.selected(_spread(("a1", A), ("a2", A), ("a3", A), ("b1", B), ("b2", B)))
+    busy = ExecutorUnavailable("HTTP 503: busy")
+    called = _called(route, {"a1": REFUSED, "b1": busy, "b2": busy, "a2": REFUSED})
+    assert called == ["a1", "b1", "b2", "a2", "a3"]  # a2 and a3 only once B ran out
+    result = _result(route.step)
+    assert (result.status, result.executor_id, result.attempts) == (InferenceStatus.OK, "a3", 5)
+
+
+def test_a_dead_process_costs_one_attempt() -> None:
+    route = _route()
+    route.selected(_spread(("a1", A), ("a2", A), ("a3", A), ("b1", B)))
+    assert _called(route, {"a1": REFUSED}) == ["a1", "b1"]
+    assert _result(route.step).attempts == 2
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ExecutorUnavailable("HTTP 503: busy"),  # an answer: its neighbours may be fine
+        DeadlineExceeded("no answer within 10s", status=None),  # maybe just slow
+        ExecutorInternalError("HTTP 500: crashed"),
+    ],
+)
+def test_failures_with_an_answer_or_a_timeout_do_not_suspect_the_endpoint(
+    error: MulambdaError,
+) -> None:
+    route = _route()
+    route.selected(_spread(("a1", A), ("a2", A), ("b1", B)))
+    assert _called(route, {"a1": error}) == ["a1", "a2"]
+
+
+def test_later_requests_try_a_suspect_endpoint_last_until_the_suspicion_expires() -> None:
+    clock = Clock()
+    make = _shared(clock, SuspectEndpoints(expiry_s=5))
+    ranking = _spread(("a1", A), ("a2", A), ("b1", B))
+    first = make()
+    first.selected(ranking)
+    assert _called(first, {"a1": REFUSED}) == ["a1", "b1"]
+    clock.advance(4)
+    second = make()
+    second.selected(ranking)
+    assert _called(second, {}) == ["b1"]  # no attempt on the dead process at all
+    clock.advance(1)  # 5 s after the refusal
+    third = make()
+    third.selected(ranking)
+    assert _called(third, {}) == ["a1"]
+
+
+def test_a_success_clears_the_suspicion_at_once() -> None:
+    clock = Clock()
+    suspects = SuspectEndpoints(expiry_s=5)
+    make = _shared(clock, suspects)
+    first = make()
+    first.selected(_spread(("a1", A), ("b1", B)))
+    assert _called(first, {"a1": REFUSED}) == ["a1", "b1"]
+    back = make()
+    back.selected(_spread(("b1", B), ("a1", A)))
+    assert _called(back, {"b1": ExecutorUnavailable("HTTP 503: busy")}) == ["b1", "a1"]
+    assert suspects.suspects(clock.now().timestamp()) == []  # a1 answered: A is back
+    later = make()
+    later.selected(_spread(("a1", A), ("b1", B)))
+    assert _called(later, {}) == ["a1"]
+
+
+def test_candidates_all_behind_suspect_endpoints_are_still_tried_in_rank_order() -> None:
+    clock = Clock()
+    suspects = SuspectEndpoints(expiry_s=5)
+    suspects.mark(endpoint_of(A), clock.now().timestamp())
+    suspects.mark(endpoint_of(B), clock.now().timestamp())
+    route = _shared(clock, suspects)()
+    route.selected(_spread(("a1", A), ("b1", B), ("a2", A)))
+    assert _called(route, {"a1": REFUSED, "b1": REFUSED}) == ["a1", "b1", "a2"]
+
+
+def test_one_endpoint_is_one_process_whatever_the_url_spelling() -> None:
+    route = _route()
+    route.selected(
+        _spread(
+            ("a1", "http://Executor-A:80/"),
+            ("a2", "http://executor-a"),
+            ("a3", "http://executor-a:80/v1"),
+            ("b1", "http://executor-a:8080"),
+        )
+    )
+    assert _called(route, {"a1": REFUSED}) == ["a1", "b1"]
 
 
 # --- driving it as the worker does -----------------------------------------------------
