@@ -53,7 +53,12 @@ def router(
     """Route inference requests to the executors the selector picks."""
     settings = load_settings()
     configure_logging(settings.log_level)
-    rid = router_id or f"router-{socket.gethostname()}-{os.getpid()}"
+    # A stable id (static membership, transactional id) when the deployment gives one.
+    rid = (
+        router_id
+        or settings.kafka_group_instance_id
+        or f"router-{socket.gethostname()}-{os.getpid()}"
+    )
     worker = Router(
         KafkaConfig.from_settings(settings, rid),
         load_catalog(settings.topic_prefix),
@@ -74,6 +79,8 @@ def router(
             session_timeout_s=settings.kafka_session_timeout_s,
             heartbeat_interval_s=settings.kafka_heartbeat_interval_s,
         ),
+        exactly_once=settings.delivery_mode == "exactly-once",
+        transaction_timeout_s=settings.transaction_timeout_s,
         answered=AnsweredRequests(
             settings.redis_url,
             key_prefix=f"{settings.redis_key_prefix}{settings.topic_prefix}",

@@ -38,7 +38,7 @@ from mulambda.kafka.fetching import (
 )
 from mulambda.kafka.health import LinkHealth, consumer_problem, producer_problem
 from mulambda.kafka.pipelined import PipelinedConsumer
-from mulambda.kafka.producer import Producer, await_delivery
+from mulambda.kafka.producer import AnswerSink, Producer, await_delivery
 from mulambda.kafka.records import (
     ConsumerStats,
     DeadLetterer,
@@ -53,9 +53,11 @@ from mulambda.kafka.records import (
     answer_invalid_requests,
 )
 from mulambda.kafka.replay import KeyWaiter, read_until_key, replay
+from mulambda.kafka.transactions import TransactionalProducer
 
 __all__ = [
     "Admin",
+    "AnswerSink",
     "Batches",
     "CommitTracker",
     "ConsumerLoop",
@@ -78,6 +80,7 @@ __all__ = [
     "Taken",
     "TopicChange",
     "TopicPartition",
+    "TransactionalProducer",
     "answer_invalid_requests",
     "assign_at_end",
     "await_delivery",

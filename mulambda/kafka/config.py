@@ -131,6 +131,7 @@ async def start_consumer(
     auto_offset_reset: str = "latest",
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     fetch_max_wait_ms: int = 100,
+    read_committed: bool = False,
 ) -> KafkaConsumer:
     """A started consumer; KafkaUnavailable (naming ``what``) within the config's timeout.
 
@@ -145,6 +146,8 @@ async def start_consumer(
         auto_offset_reset=auto_offset_reset,
         max_partition_fetch_bytes=max_record_bytes + FRAMING_HEADROOM_BYTES,
         fetch_max_wait_ms=fetch_max_wait_ms,
+        # read_committed: records of open or aborted transactions are never returned.
+        isolation_level="read_committed" if read_committed else "read_uncommitted",
         **(membership.consumer_kwargs() if membership is not None and group_id else {}),
     )
     await start_bounded(consumer, what, config.request_timeout_s)

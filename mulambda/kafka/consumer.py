@@ -191,8 +191,11 @@ class ConsumerLoop(Lifecycle):
                     # Read the batch again rather than commit unanswered records.
                     why = failed[0][1] if failed else "records left unfinished"
                     log.warning("re-reading the batch: %s", why)
+                    owned = consumer.assignment()
                     for tp, records in batches.items():
-                        if records:
+                        # A partition lost to a rebalance meanwhile is its new owner's
+                        # to read from the last commit; seeking it would fail.
+                        if records and tp in owned:
                             consumer.seek(tp, records[0].offset)
                     await asyncio.sleep(self._retry_backoff_s * 2 ** min(redeliveries - 1, 5))
                     continue

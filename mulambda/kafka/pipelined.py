@@ -32,6 +32,7 @@ from mulambda.kafka.records import (
     RecordProcessor,
     TopicPartition,
 )
+from mulambda.kafka.transactions import TransactionalProducer, current_position
 from mulambda.runtime.lifecycle import Lifecycle
 from mulambda.wire.codec import DEFAULT_MAX_RECORD_BYTES
 from mulambda.wire.events import WireModel
@@ -52,8 +53,15 @@ class PipelinedConsumer(ConsumerRebalanceListener, Lifecycle):  # type: ignore[m
     flight (or past the last fetched record when none is), so nothing is committed
     before it was answered or dead-lettered. Bad input and retries: see
     :class:`~mulambda.kafka.records.RecordProcessor`; a delivery future a handler
-    returns is awaited, and its failure dead-letters the record. On a rebalance the
-    records of revoked partitions are finished (within ``grace_s``) and committed first.
+    returns is awaited, and its failure dead-letters the record. A record that could not
+    be finished (not even dead-lettered) is handled again with growing backoff, so it
+    never holds its partition's commit point for good. On a rebalance the records of
+    revoked partitions are finished (within ``grace_s``) and committed first.
+
+    Exactly once, with ``transactions``: handlers answer through that
+    :class:`~mulambda.kafka.transactions.TransactionalProducer`, and each commit sends
+    the answers of the records below the commit points together with the offsets in one
+    transaction (every ``commit_interval_s``), instead of committing offsets alone.
     """
 
     def __init__(
@@ -72,6 +80,8 @@ class PipelinedConsumer(ConsumerRebalanceListener, Lifecycle):  # type: ignore[m
         retry_backoff_s: float = 0.2,
         commit_interval_s: float = 0.2,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        transactions: TransactionalProducer | None = None,
+        max_unfinished_backoff_s: float = 5.0,
     ) -> None:
         self._config = config
         self._topics = list(topics)
@@ -82,6 +92,10 @@ class PipelinedConsumer(ConsumerRebalanceListener, Lifecycle):  # type: ignore[m
         self._retry_backoff_s = retry_backoff_s
         self._commit_interval_s = commit_interval_s
         self._max_record_bytes = max_record_bytes
+        self._transactions = transactions
+        self._max_unfinished_backoff_s = max_unfinished_backoff_s
+        self._commit_lock = asyncio.Lock()
+        self._committer: asyncio.Task[None] | None = None
         self._consumer: KafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -139,6 +153,11 @@ class PipelinedConsumer(ConsumerRebalanceListener, Lifecycle):  # type: ignore[m
         self._stopping.clear()
         self._consumer = consumer
         self._task = asyncio.create_task(self._run(consumer), name="mulambda-pipelined")
+        if self._transactions is not None:
+            # Answers wait for their transaction: commit on a clock, not only after fetches.
+            self._committer = asyncio.create_task(
+                self._commit_periodically(consumer), name="mulambda-committer"
+            )
 
     async def stop(self) -> None:
         """Stop fetching, let in-flight records finish within the grace, commit, close."""
@@ -147,6 +166,11 @@ class PipelinedConsumer(ConsumerRebalanceListener, Lifecycle):  # type: ignore[m
         if consumer is None:
             return
         self._stopping.set()
+        committer, self._committer = self._committer, None
+        if committer is not None:
+            committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await committer
         if task is not None:
             try:
                 await task  # leaves its loop within one fetch timeout
@@ -175,6 +199,8 @@ class PipelinedConsumer(ConsumerRebalanceListener, Lifecycle):  # type: ignore[m
         if consumer is not None:
             await self._commit(consumer, force=True, only=gone)
         self._offsets.revoke(gone)
+        if self._transactions is not None:
+            self._transactions.drop(gone)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         """Nothing to load: positions come from the group's committed offsets."""
@@ -217,16 +243,43 @@ class PipelinedConsumer(ConsumerRebalanceListener, Lifecycle):  # type: ignore[m
             log.error("record task failed", exc_info=task.exception())
 
     async def _process(self, taken: Taken[TopicPartition], raw: RawRecord) -> None:
+        current_position.set((taken.partition, taken.offset))
+        backoff = self._retry_backoff_s
+        while True:
+            finished = await self._process_once(raw)
+            if finished:
+                self._offsets.finished(taken)
+                return
+            if self._stopping.is_set():
+                # Left uncommitted on purpose: the next owner handles it again.
+                self._offsets.failed(taken)
+                return
+            log.warning(
+                "%s[%d]@%d unfinished, handling it again in %.1fs",
+                raw.topic,
+                raw.partition,
+                raw.offset,
+                backoff,
+            )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self._max_unfinished_backoff_s)
+
+    async def _process_once(self, raw: RawRecord) -> bool:
         finished, delivery = await self._processor.process(raw)
         if delivery is not None:
             try:
                 await delivery
             except Exception as exc:
                 finished = await self._processor.dead_letter(raw, exc)
-        if finished:
-            self._offsets.finished(taken)
-        else:
-            self._offsets.failed(taken)
+        return finished
+
+    async def _commit_periodically(self, consumer: KafkaConsumer) -> None:
+        while True:
+            await asyncio.sleep(self._commit_interval_s)
+            try:
+                await self._commit(consumer, force=True)
+            except Exception:
+                log.exception("periodic commit failed")
 
     async def _commit(
         self,
@@ -239,6 +292,13 @@ class PipelinedConsumer(ConsumerRebalanceListener, Lifecycle):  # type: ignore[m
         if not force and now - self._last_commit < self._commit_interval_s:
             return
         self._last_commit = now
-        offsets = self._offsets.to_commit(consumer.assignment(), only)
-        if offsets and await commit_offsets(consumer, offsets):
-            self._offsets.committed(offsets)
+        async with self._commit_lock:
+            offsets = self._offsets.to_commit(consumer.assignment(), only)
+            if not offsets:
+                return
+            if self._transactions is not None:
+                committed = await self._transactions.commit(offsets)
+            else:
+                committed = await commit_offsets(consumer, offsets)
+            if committed:
+                self._offsets.committed(offsets)

@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
@@ -108,6 +108,35 @@ class _Outgoing:
 
 
 ClientFactory = Callable[[], AIOKafkaProducer]
+
+
+class AnswerSink(Protocol):
+    """Where a worker sends its answers: a :class:`Producer` (at least once), or a
+    :class:`~mulambda.kafka.transactions.TransactionalProducer` (exactly once)."""
+
+    async def send(
+        self,
+        topic: str,
+        message: WireModel | None,
+        *,
+        key: str | bytes | None = None,
+        partition: int | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> asyncio.Future[Any]:
+        """Queue ``message``; the future settles when it is safe."""
+        ...
+
+    async def send_and_wait(
+        self,
+        topic: str,
+        message: WireModel | None,
+        *,
+        key: str | bytes | None = None,
+        partition: int | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> Any:
+        """Send ``message`` and wait until it is safe."""
+        ...
 
 
 class Producer(Lifecycle):

@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeAlias, TypeVar
 from aiokafka import ConsumerRecord, TopicPartition
 
 from mulambda.errors import DecodeError, MulambdaError
-from mulambda.kafka.producer import Producer
+from mulambda.kafka.producer import AnswerSink
 from mulambda.wire.codec import ReplyAddress, decode, peek_reply_address
 from mulambda.wire.events import DeadLetter, WireModel
 
@@ -91,7 +91,7 @@ class ConsumerStats:
 class DeadLetterer:
     """Writes records nobody could handle to the dead-letter topic, with the reason."""
 
-    def __init__(self, producer: Producer, topic: str, group: str | None) -> None:
+    def __init__(self, producer: AnswerSink, topic: str, group: str | None) -> None:
         self._producer = producer
         self._topic = topic
         self._group = group
@@ -116,7 +116,7 @@ class DeadLetterer:
 
 
 def answer_invalid_requests(
-    producer: Producer,
+    producer: AnswerSink,
     error_reply: ErrorReply,
     *,
     correlation_header: str | None = None,

@@ -40,12 +40,14 @@ from mulambda.errors import DecodeError, MulambdaError, UndeliverableAnswer
 from mulambda.executors.tfserving import TFServingClient
 from mulambda.kafka import (
     Admin,
+    AnswerSink,
     DeadLetterer,
     KafkaConfig,
     Membership,
     PipelinedConsumer,
     Producer,
     Record,
+    TransactionalProducer,
     answer_invalid_requests,
     consumer_problem,
     producer_problem,
@@ -157,13 +159,20 @@ class Router(Lifecycle):
         publish_attempts: int = 3,
         publish_backoff_s: float = 0.5,
         delivery_timeout_s: float = 30.0,
+        exactly_once: bool = False,
+        transaction_timeout_s: float = 10.0,
+        transaction_interval_s: float = 0.02,
     ) -> None:
         """``reply_topics``: names and prefixes (ending in ``*``) results may go to;
         empty means the catalog's default (see
         :meth:`~mulambda.routing.reply_targets.AllowedReplyTopics.for_catalog`).
         ``membership``: static group membership and session timeouts of the intake;
         ``answered``: the shared filter against answering a redelivered request twice
-        (None: no filter; readers then rely on ``request_id``)."""
+        (None: no filter; readers then rely on ``request_id``). ``exactly_once``: results,
+        error results and dead letters go out in Kafka transactions with the requests'
+        offsets, every ``transaction_interval_s`` (``answered`` is then not needed and
+        ignored); the transactional id is the group id and ``router_id``, which must
+        therefore be stable across restarts of one instance and unique among instances."""
         self._kafka = kafka
         self._membership = membership
         self._answered = answered
@@ -188,6 +197,20 @@ class Router(Lifecycle):
             lambda: len(self._suspects.suspects(time.time()))
         )
         self._producer = Producer(kafka, delivery_timeout_s=delivery_timeout_s)
+        self._transactions = (
+            TransactionalProducer(
+                kafka,
+                transactional_id=f"{group_id}.{router_id}",
+                group_id=group_id,
+                transaction_timeout_s=transaction_timeout_s,
+            )
+            if exactly_once
+            else None
+        )
+        self._transaction_interval_s = transaction_interval_s
+        if exactly_once:
+            self._answered = None  # the transaction keeps answered requests from re-running
+        self._results: AnswerSink = self._transactions or self._producer
         self._admin = Admin(kafka)
         self._reply_targets = ReplyTargets(
             self._admin.partition_counts,
@@ -208,8 +231,14 @@ class Router(Lifecycle):
         intake, requester = self._intake, self._requester
         if intake is None or requester is None:
             return "starting"
+        transactions = self._transactions
         return (
             producer_problem(self._producer.health)
+            or (
+                producer_problem(transactions.health, "transactions")
+                if transactions is not None
+                else None
+            )
             or consumer_problem(intake.consumer, "request consumer", needs_assignment=True)
             or consumer_problem(requester.consumer, "selection reply consumer")
         )
@@ -222,6 +251,8 @@ class Router(Lifecycle):
             if self._answered is not None:
                 await self._answered.start()
             await self._producer.start()
+            if self._transactions is not None:
+                await self._transactions.start()
             await self._admin.start()
             await self._reply_targets.start()  # the partition counts reply addresses need
             self._requester = Requester(
@@ -237,7 +268,7 @@ class Router(Lifecycle):
                 connector=aiohttp.TCPConnector(limit=self._concurrency * 2, keepalive_timeout=30)
             )
             letters = DeadLetterer(
-                self._producer, self._catalog.name(Topic.DEAD_LETTERS), self._group_id
+                self._results, self._catalog.name(Topic.DEAD_LETTERS), self._group_id
             )
             intake = PipelinedConsumer(
                 self._kafka,
@@ -247,12 +278,17 @@ class Router(Lifecycle):
                 membership=self._membership,
                 dead_letters=letters,
                 on_invalid=answer_invalid_requests(
-                    self._producer,
+                    self._results,
                     _invalid_result,
+                    vet_address=self._invalid_reply_problem,
                     on_answered=self.metrics.requests.labels("invalid").inc,
                 ),
                 concurrency=self._concurrency,
                 grace_s=self._grace_s,
+                transactions=self._transactions,
+                commit_interval_s=(
+                    self._transaction_interval_s if self._transactions is not None else 0.2
+                ),
             )
             await intake.start()
             self.metrics.dead_lettered.set_function(lambda: intake.stats.dead_lettered)
@@ -274,6 +310,8 @@ class Router(Lifecycle):
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+        if self._transactions is not None:
+            await self._transactions.stop()
         await self._producer.stop()
         if self._answered is not None:
             await self._answered.stop()
@@ -337,7 +375,7 @@ class Router(Lifecycle):
         retrying only the send."""
         for attempt in range(1, self._publish_attempts + 1):
             try:
-                await self._producer.send_and_wait(
+                await self._results.send_and_wait(
                     request.reply_topic,
                     result,
                     key=request.correlation_id,
@@ -352,6 +390,12 @@ class Router(Lifecycle):
                     ) from exc
                 log.warning("result publish failed (attempt %d), retrying: %s", attempt, exc)
                 await asyncio.sleep(self._publish_backoff_s * attempt)
+
+    async def _invalid_reply_problem(self, address: ReplyAddress) -> str | None:
+        """Why an invalid request's error result cannot go to ``address`` (it is then
+        dead-lettered), or None: the same vetting as valid requests get."""
+        verdict = await self._reply_targets.verdict(address.topic, address.partition)
+        return None if isinstance(verdict, Deliver) else verdict.reason
 
     async def _reply_target(self, request: InferenceRequest) -> Deliver | Misaddressed:
         """Where the result of ``request`` goes; UndeliverableAnswer (the request is

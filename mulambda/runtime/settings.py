@@ -57,6 +57,18 @@ class Settings(BaseSettings):
     kafka_heartbeat_interval_s: float = Field(default=1.0, gt=0)
     """Group heartbeat interval; keep it under a third of the session timeout."""
 
+    delivery_mode: Literal["at-least-once", "exactly-once"] = "at-least-once"
+    """How routers publish results. ``at-least-once`` (default, fastest): results are
+    acknowledged before the request's offset commits and redeliveries are filtered by
+    answered marks in Redis; a rare second copy carries the same ``request_id``.
+    ``exactly-once``: results and offsets commit in Kafka transactions, so readers with
+    ``isolation.level=read_committed`` see one result per request, at the cost of about a
+    transaction interval plus a commit (tens of ms) per result."""
+
+    transaction_timeout_s: float = Field(default=10.0, gt=0)
+    """Exactly-once mode: the broker aborts a dead router's open transaction after this;
+    until then ``read_committed`` readers of the partitions it wrote wait."""
+
     answered_ttl_margin_s: float = Field(default=300.0, ge=0)
     """How long past a request's deadline the router remembers (in Redis) that it was
     answered, so a redelivery after a crash or rebalance is not executed or answered again."""

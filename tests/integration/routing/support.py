@@ -157,13 +157,22 @@ class ResultReader:
         while missing():
             if time.monotonic() > deadline:
                 raise AssertionError(f"no result for {sorted(missing())} within {timeout_s}s")
-            batches = await fetch(self._consumer, timeout_ms=200, what="reading results")
-            for records in batches.values():
-                for raw in records:
-                    if raw.key is not None:
-                        result = decode(InferenceResult, raw.value)
-                        self.results.setdefault(raw.key.decode(), []).append(result)
+            await self._read_once()
         return {k: self.results[k] for k in wanted}
+
+    async def read_for(self, seconds: float) -> None:
+        """Keep reading for ``seconds``: results that should never come show up here."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            await self._read_once()
+
+    async def _read_once(self) -> None:
+        batches = await fetch(self._consumer, timeout_ms=200, what="reading results")
+        for records in batches.values():
+            for raw in records:
+                if raw.key is not None:
+                    result = decode(InferenceResult, raw.value)
+                    self.results.setdefault(raw.key.decode(), []).append(result)
 
 
 @contextlib.asynccontextmanager

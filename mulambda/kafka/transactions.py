@@ -1,0 +1,301 @@
+"""Exactly-once answers: a record's answers and its offset commit in one Kafka transaction.
+
+A worker in exactly-once mode does not send its answers (results, error results, dead
+letters) when it makes them: :class:`TransactionalProducer` holds them under the
+position of the record being handled (the :data:`current_position` a
+:class:`~mulambda.kafka.pipelined.PipelinedConsumer` sets for each record's task).
+When the consumer commits, the answers of every record below each partition's commit
+point are sent in one transaction together with those commit points
+(``send_offsets_to_transaction``), and committed or aborted together. Answers of
+records above a commit point (a slower record still in flight before them) wait for the
+next transaction, so a committed answer always has a committed offset: after a crash the
+records that are read again are exactly those whose answers were never committed, and a
+reader with ``isolation.level=read_committed`` sees one answer per record.
+
+Which answers a transaction may carry is decided by the pure :class:`AnswerBuffer`.
+
+Fencing: the transactional id names the worker instance, so a restarted instance
+fences its predecessor's open transaction at once. An instance that dies for good
+leaves its open transaction to the broker's transaction timeout (``transaction_timeout_s``),
+during which ``read_committed`` readers of the partitions it wrote wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from mulambda.errors import KafkaUnavailable, MulambdaError
+from mulambda.kafka.config import KafkaConfig, start_bounded
+from mulambda.kafka.health import LinkHealth
+from mulambda.kafka.producer import MAX_REQUEST_BYTES
+from mulambda.kafka.records import TopicPartition
+from mulambda.runtime.lifecycle import Lifecycle
+from mulambda.wire.codec import encode, encode_key
+from mulambda.wire.events import WireModel
+
+log = logging.getLogger(__name__)
+
+P = TypeVar("P")
+A = TypeVar("A")
+
+current_position: ContextVar[tuple[TopicPartition, int] | None] = ContextVar(
+    "mulambda_current_position", default=None
+)
+"""The (partition, offset) of the record whose handling is running in this task."""
+
+
+@dataclass(slots=True)
+class AnswerBuffer(Generic[P, A]):
+    """Answers per partition and offset, released once their offset may be committed."""
+
+    _held: dict[P, dict[int, list[A]]] = field(default_factory=dict)
+
+    def add(self, partition: P, offset: int, answer: A) -> None:
+        """Hold ``answer`` of the record at ``offset`` of ``partition``."""
+        self._held.setdefault(partition, {}).setdefault(offset, []).append(answer)
+
+    def releasable(self, points: Mapping[P, int]) -> list[A]:
+        """Answers of records below each partition's commit point, in offset order."""
+        out: list[A] = []
+        for partition, point in points.items():
+            held = self._held.get(partition)
+            if not held:
+                continue
+            for offset in sorted(o for o in held if o < point):
+                out.extend(held[offset])
+        return out
+
+    def released(self, points: Mapping[P, int]) -> None:
+        """The answers :meth:`releasable` gave for ``points`` were committed: forget them."""
+        for partition, point in points.items():
+            held = self._held.get(partition)
+            if not held:
+                continue
+            for offset in [o for o in held if o < point]:
+                del held[offset]
+            if not held:
+                del self._held[partition]
+
+    def drop(self, partitions: Iterable[P]) -> int:
+        """Forget what ``partitions`` hold (revoked: the next owner redoes those records)."""
+        dropped = 0
+        for partition in partitions:
+            held = self._held.pop(partition, None)
+            if held:
+                dropped += sum(len(answers) for answers in held.values())
+        return dropped
+
+    def __len__(self) -> int:
+        return sum(len(a) for held in self._held.values() for a in held.values())
+
+
+@dataclass(frozen=True, slots=True)
+class HeldAnswer:
+    """One record to send in the next transaction."""
+
+    topic: str
+    value: bytes | None
+    key: bytes | None
+    partition: int | None
+    headers: list[tuple[str, bytes]] | None
+
+
+class TransactionalProducer(Lifecycle):
+    """Holds a record's answers and sends them with its offset commit in one transaction.
+
+    Offers the sending methods of :class:`~mulambda.kafka.producer.Producer` (``send``,
+    ``send_raw``, ``send_and_wait``), so a worker's answering code and the
+    :class:`~mulambda.kafka.records.DeadLetterer` work unchanged: those return at once,
+    the answer being held for :meth:`commit`, which the consumer calls.
+    """
+
+    def __init__(
+        self,
+        config: KafkaConfig,
+        *,
+        transactional_id: str,
+        group_id: str,
+        transaction_timeout_s: float = 10.0,
+        linger_ms: int = 2,
+    ) -> None:
+        self._config = config
+        self._transactional_id = transactional_id
+        self._group_id = group_id
+        self._transaction_timeout_s = transaction_timeout_s
+        self._linger_ms = linger_ms
+        self._client: AIOKafkaProducer | None = None
+        self._buffer: AnswerBuffer[TopicPartition, HeldAnswer] = AnswerBuffer()
+        self._lock = asyncio.Lock()
+        self.health = LinkHealth()
+        """Failing from a transaction that did not commit until the next one that did."""
+        self.transactions = 0
+        """Transactions committed."""
+        self.aborted = 0
+        """Transactions that failed (their answers are sent again in the next one)."""
+
+    def _new_client(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            **self._config.client_kwargs(),
+            acks="all",
+            enable_idempotence=True,
+            transactional_id=self._transactional_id,
+            transaction_timeout_ms=int(self._transaction_timeout_s * 1000),
+            linger_ms=self._linger_ms,
+            max_request_size=MAX_REQUEST_BYTES,
+        )
+
+    async def start(self) -> None:
+        """Connect and fence any earlier instance with the same transactional id."""
+        if self._client is not None:
+            return
+        client = self._new_client()
+        await start_bounded(client, "transactional producer", self._config.request_timeout_s)
+        self._client = client
+
+    async def stop(self) -> None:
+        """Close; what is still held was never committed and is redone by the next owner."""
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(KafkaError, OSError):
+                await client.stop()
+
+    @property
+    def started(self) -> bool:
+        """Whether ``start`` succeeded and ``stop`` was not called since."""
+        return self._client is not None
+
+    @property
+    def held(self) -> int:
+        """Answers waiting for their transaction."""
+        return len(self._buffer)
+
+    # --- the Producer-like side: called while a record is handled ---------------------
+
+    async def send(
+        self,
+        topic: str,
+        message: WireModel | None,
+        *,
+        key: str | bytes | None = None,
+        partition: int | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> asyncio.Future[Any]:
+        """Hold ``message`` for the current record's transaction; the future is done."""
+        value = None if message is None else encode(message)
+        return await self.send_raw(topic, value, key=key, partition=partition, headers=headers)
+
+    async def send_raw(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: str | bytes | None = None,
+        partition: int | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> asyncio.Future[Any]:
+        """Hold pre-encoded bytes; MulambdaError outside a record's handling."""
+        position = current_position.get()
+        if position is None:
+            raise MulambdaError("a transactional answer needs the record it answers")
+        answer = HeldAnswer(
+            topic, value, encode_key(key), partition, list(headers) if headers else None
+        )
+        self._buffer.add(position[0], position[1], answer)
+        held: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        held.set_result(None)
+        return held
+
+    async def send_and_wait(
+        self,
+        topic: str,
+        message: WireModel | None,
+        *,
+        key: str | bytes | None = None,
+        partition: int | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Same as :meth:`send`: nothing to wait for until the transaction."""
+        await self.send(topic, message, key=key, partition=partition, headers=headers)
+
+    # --- the consumer's side ----------------------------------------------------------
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> bool:
+        """Send the answers below ``offsets`` and commit ``offsets``, in one transaction.
+
+        True when committed. On failure the transaction is aborted (or the client
+        replaced), the answers stay held, and False tells the consumer to try again.
+        """
+        if not offsets:
+            return True
+        async with self._lock:
+            client = self._client
+            if client is None:
+                return False
+            answers = self._buffer.releasable(offsets)
+            try:
+                await client.begin_transaction()
+                deliveries = [
+                    await client.send(
+                        a.topic, value=a.value, key=a.key, partition=a.partition, headers=a.headers
+                    )
+                    for a in answers
+                ]
+                await client.send_offsets_to_transaction(dict(offsets), self._group_id)
+                await client.commit_transaction()
+                for delivery in deliveries:
+                    delivery.result()  # committed: every send succeeded
+            except (KafkaError, OSError) as exc:
+                self.aborted += 1
+                self.health.failed(f"transaction failed: {exc!r}")
+                log.warning("transaction of %d answer(s) failed: %r", len(answers), exc)
+                await self._recover(client)
+                return False
+            self._buffer.released(offsets)
+            self.transactions += 1
+            self.health.succeeded()
+            return True
+
+    def drop(self, partitions: Iterable[TopicPartition]) -> None:
+        """Forget the answers of revoked partitions (their records are redone elsewhere)."""
+        dropped = self._buffer.drop(partitions)
+        if dropped:
+            log.info("dropped %d uncommitted answer(s) of revoked partitions", dropped)
+
+    async def _recover(self, client: AIOKafkaProducer) -> None:
+        """Abort the failed transaction; when even that fails, start a new client."""
+        try:
+            await asyncio.wait_for(client.abort_transaction(), self._config.request_timeout_s)
+            return
+        except Exception as exc:
+            log.warning("abort failed (%r): replacing the transactional producer", exc)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.stop(), self._config.request_timeout_s)
+        new = self._new_client()
+        try:
+            await start_bounded(new, "transactional producer", self._config.request_timeout_s)
+        except KafkaUnavailable as exc:
+            log.warning("transactional producer not back yet: %s", exc.reason)
+            self._client = None
+            await self._restart_later()
+            return
+        self._client = new
+
+    async def _restart_later(self) -> None:
+        """Keep trying to start a client (the broker is away); commits fail meanwhile."""
+        while self._client is None:
+            await asyncio.sleep(1.0)
+            new = self._new_client()
+            try:
+                await start_bounded(new, "transactional producer", self._config.request_timeout_s)
+            except KafkaUnavailable:
+                continue
+            self._client = new
