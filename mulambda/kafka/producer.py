@@ -17,6 +17,7 @@ through is in :attr:`Producer.health`, which workers put into ``/readyz``.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import functools
@@ -24,7 +25,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
@@ -110,9 +111,22 @@ class _Outgoing:
 ClientFactory = Callable[[], AIOKafkaProducer]
 
 
-class AnswerSink(Protocol):
-    """Where a worker sends its answers: a :class:`Producer` (at least once), or a
-    :class:`~mulambda.kafka.transactions.TransactionalProducer` (exactly once)."""
+class AnswerSink(abc.ABC):
+    """Where a worker sends messages: a :class:`Producer` (delivered when acknowledged),
+    or a :class:`~mulambda.kafka.transactions.TransactionalProducer` (held for the
+    record's transaction). Subclasses implement :meth:`send_raw`."""
+
+    @abc.abstractmethod
+    async def send_raw(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: str | bytes | None = None,
+        partition: int | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> asyncio.Future[Any]:
+        """Queue pre-encoded bytes; the future settles when they are safe."""
 
     async def send(
         self,
@@ -123,8 +137,12 @@ class AnswerSink(Protocol):
         partition: int | None = None,
         headers: Sequence[tuple[str, bytes]] | None = None,
     ) -> asyncio.Future[Any]:
-        """Queue ``message``; the future settles when it is safe."""
-        ...
+        """Queue one message (None: a tombstone); await the future for its delivery.
+
+        The future fails with aiokafka's error; :func:`await_delivery` translates it.
+        """
+        value = None if message is None else encode(message)
+        return await self.send_raw(topic, value, key=key, partition=partition, headers=headers)
 
     async def send_and_wait(
         self,
@@ -135,11 +153,12 @@ class AnswerSink(Protocol):
         partition: int | None = None,
         headers: Sequence[tuple[str, bytes]] | None = None,
     ) -> Any:
-        """Send ``message`` and wait until it is safe."""
-        ...
+        """Send one message and wait until it is safe; KafkaUnavailable on failure."""
+        fut = await self.send(topic, message, key=key, partition=partition, headers=headers)
+        return await await_delivery(fut, f"delivery to {topic} failed")
 
 
-class Producer(Lifecycle):
+class Producer(AnswerSink, Lifecycle):
     """Idempotent producer (acks=all) of MuLambda messages that survives broker restarts.
 
     ``send`` queues a record and returns a future of its delivery (aiokafka's record
@@ -205,22 +224,6 @@ class Producer(Lifecycle):
         if self._producer is None:
             raise MulambdaError("producer is not started")
         return self._producer
-
-    async def send(
-        self,
-        topic: str,
-        message: WireModel | None,
-        *,
-        key: str | bytes | None = None,
-        partition: int | None = None,
-        headers: Sequence[tuple[str, bytes]] | None = None,
-    ) -> asyncio.Future[Any]:
-        """Queue one record; await the returned future for the broker's ack.
-
-        The future fails with aiokafka's error; :func:`await_delivery` translates it.
-        """
-        value = None if message is None else encode(message)
-        return await self.send_raw(topic, value, key=key, partition=partition, headers=headers)
 
     async def send_raw(
         self,
@@ -364,19 +367,6 @@ class Producer(Lifecycle):
     async def _close_quietly(self, client: AIOKafkaProducer) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(client.stop(), self._config.request_timeout_s)
-
-    async def send_and_wait(
-        self,
-        topic: str,
-        message: WireModel | None,
-        *,
-        key: str | bytes | None = None,
-        partition: int | None = None,
-        headers: Sequence[tuple[str, bytes]] | None = None,
-    ) -> Any:
-        """Send one record and wait until the broker acknowledged it."""
-        fut = await self.send(topic, message, key=key, partition=partition, headers=headers)
-        return await await_delivery(fut, f"delivery to {topic} failed")
 
     async def flush(self) -> None:
         """Wait until every queued record is acknowledged."""

@@ -36,11 +36,10 @@ from aiokafka.errors import KafkaError
 from mulambda.errors import KafkaUnavailable, MulambdaError
 from mulambda.kafka.config import KafkaConfig, start_bounded
 from mulambda.kafka.health import LinkHealth
-from mulambda.kafka.producer import MAX_REQUEST_BYTES
+from mulambda.kafka.producer import MAX_REQUEST_BYTES, AnswerSink
 from mulambda.kafka.records import TopicPartition
 from mulambda.runtime.lifecycle import Lifecycle
-from mulambda.wire.codec import encode, encode_key
-from mulambda.wire.events import WireModel
+from mulambda.wire.codec import encode_key
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +108,13 @@ class HeldAnswer:
     headers: list[tuple[str, bytes]] | None
 
 
-class TransactionalProducer(Lifecycle):
+class TransactionalProducer(AnswerSink, Lifecycle):
     """Holds a record's answers and sends them with its offset commit in one transaction.
 
-    Offers the sending methods of :class:`~mulambda.kafka.producer.Producer` (``send``,
-    ``send_raw``, ``send_and_wait``), so a worker's answering code and the
-    :class:`~mulambda.kafka.records.DeadLetterer` work unchanged: those return at once,
-    the answer being held for :meth:`commit`, which the consumer calls.
+    An :class:`~mulambda.kafka.producer.AnswerSink` like the plain producer, so a
+    worker's answering code and the :class:`~mulambda.kafka.records.DeadLetterer` work
+    unchanged: sends return at once (their delivery futures already done), the answer
+    being held for :meth:`commit`, which the consumer calls.
     """
 
     def __init__(
@@ -180,19 +179,6 @@ class TransactionalProducer(Lifecycle):
 
     # --- the Producer-like side: called while a record is handled ---------------------
 
-    async def send(
-        self,
-        topic: str,
-        message: WireModel | None,
-        *,
-        key: str | bytes | None = None,
-        partition: int | None = None,
-        headers: Sequence[tuple[str, bytes]] | None = None,
-    ) -> asyncio.Future[Any]:
-        """Hold ``message`` for the current record's transaction; the future is done."""
-        value = None if message is None else encode(message)
-        return await self.send_raw(topic, value, key=key, partition=partition, headers=headers)
-
     async def send_raw(
         self,
         topic: str,
@@ -213,18 +199,6 @@ class TransactionalProducer(Lifecycle):
         held: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         held.set_result(None)
         return held
-
-    async def send_and_wait(
-        self,
-        topic: str,
-        message: WireModel | None,
-        *,
-        key: str | bytes | None = None,
-        partition: int | None = None,
-        headers: Sequence[tuple[str, bytes]] | None = None,
-    ) -> None:
-        """Same as :meth:`send`: nothing to wait for until the transaction."""
-        await self.send(topic, message, key=key, partition=partition, headers=headers)
 
     # --- the consumer's side ----------------------------------------------------------
 
