@@ -1,0 +1,712 @@
+"""A whole local MuLambda platform as processes, on private infrastructure, for fault runs.
+
+:class:`LocalPlatform` does what ``deploy/local/up.sh`` does, but for a test or a
+benchmark that is going to break things:
+
+* its **own** Kafka and Redis (MinIO only when asked: synthetic executors need none),
+  started through ``deploy/local/infra.sh`` with a private ``MULAMBDA_HOME`` (a temp
+  dir) and free ports, so killing them never touches the servers other sessions share;
+* ``mulambda topics apply``;
+* ``selectors`` selectors and ``routers`` routers, each with its own id and metrics port
+  (``MULAMBDA_METRICS_PORT``), and ``executors`` executor processes
+  (``mulambda executor serve --time-scale ... --synthetic ...``), each with one companion
+  per model under an executor id of its own (``bench-e<process>-<model>``);
+* it waits for every executor's models, every ``/readyz`` and every registration.
+
+Then it offers the faults: :meth:`~LocalPlatform.kill` (any signal), restart of a
+worker, of Kafka, or of Redis with its data wiped (``$MULAMBDA_HOME/redis/data``), and
+:meth:`~LocalPlatform.set_executor_delay` to make every executor slow (a rolling
+restart with ``--network-delay-ms``: the emulator cannot change its delay at run time).
+:meth:`~LocalPlatform.heal` puts back whatever a fault left broken.
+
+No process is left behind: ``stop()`` (idempotent, also run when ``start()`` fails)
+terminates every worker (TERM, then KILL), stops the infrastructure and removes the
+home. Workers also get ``PR_SET_PDEATHSIG`` so they die with the process that started
+them, and a small reaper process stops the private infrastructure if that process dies
+without calling ``stop()`` (killed, or a hard timeout).
+
+Workers run the code of the checkout this module belongs to (``PYTHONPATH``), with the
+interpreter running it; none of the caller's ``MULAMBDA_*`` settings leak into them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import aiohttp
+
+from mulambda.emulator.profiles import profile_by_name
+from mulambda.errors import MulambdaError
+from mulambda.executors.companion import read_executors
+from mulambda.kafka import KafkaConfig
+from mulambda.runtime.lifecycle import Lifecycle
+from mulambda.wire.catalog import Catalog, load_catalog
+
+log = logging.getLogger(__name__)
+
+REPO: Final = Path(__file__).resolve().parents[2]
+"""The checkout holding this package (and ``deploy/local/infra.sh``)."""
+INFRA: Final = REPO / "deploy" / "local" / "infra.sh"
+
+TRAITS: Final = ("classification", "feature", "confidence")
+"""Traits every synthetic executor registers (as ``deploy/local/up.sh`` does)."""
+
+_PR_SET_PDEATHSIG: Final = 1
+# Loaded once here: the child between fork and exec must not load libraries.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: a worker must not outlive its harness.
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class PlatformError(MulambdaError):
+    """The local platform could not be started, healed or driven as asked."""
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports free on 127.0.0.1 right now."""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformSpec:
+    """Shape of the platform: how many of each worker, and how they are configured."""
+
+    selectors: int = 2
+    routers: int = 2
+    executors: int = 3
+    """Executor processes; each serves every model in ``models``."""
+    models: tuple[str, ...] = ("FastBad", "MidOK", "SlowGood")
+    """Synthetic profiles (mulambda.emulator.profiles) every executor process serves."""
+    time_scale: float = 0.0
+    """Multiplies the synthetic delays; 0 answers at once (least CPU)."""
+    executor_delay_ms: float = 0.0
+    """Extra delay of every executor call (``--network-delay-ms``)."""
+    heartbeat_interval_s: float = 2.0
+    """Companion heartbeat interval."""
+    router_concurrency: int = 64
+    """Requests each router routes at once (``mulambda router --concurrency``)."""
+    selection_timeout_s: float = 2.0
+    """``mulambda router --selection-timeout``."""
+    infra: tuple[str, ...] = ("kafka", "redis")
+    """infra.sh components to run (add ``minio`` for executors that pull models)."""
+    log_level: str = "INFO"
+    """``MULAMBDA_LOG_LEVEL`` of the workers (their logs stay in the home)."""
+    start_timeout_s: float = 180.0
+    """Bound on starting the infrastructure, and separately on the workers' readiness."""
+    stop_timeout_s: float = 25.0
+    """How long a worker may take to exit after SIGTERM before it is killed."""
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    """More ``MULAMBDA_*`` settings for every worker."""
+
+    def executor_id(self, process: int, model: str) -> str:
+        """The executor id of ``model`` on executor process ``process``."""
+        return f"bench-e{process}-{model}"
+
+    def executor_ids(self) -> list[str]:
+        """Every executor id the platform registers."""
+        return [self.executor_id(i, m) for i in range(self.executors) for m in self.models]
+
+
+@dataclass(slots=True)
+class Worker:
+    """One worker process the platform manages."""
+
+    name: str
+    """``selector-0``, ``router-1``, ``executor-2``, ``companion-2-MidOK``."""
+    kind: str
+    """selector, router, executor or companion."""
+    index: int
+    model: str | None = None
+    """For companions: the model (the executor process is ``index``)."""
+    port: int | None = None
+    """Metrics port (selector, router) or serving port (executor)."""
+    process: asyncio.subprocess.Process | None = None
+    started: int = 0
+    """How many times it was launched."""
+    delay_ms: float = 0.0
+    """For executors: the ``--network-delay-ms`` it runs with."""
+
+    @property
+    def pid(self) -> int | None:
+        """Pid of the running process, if any."""
+        return self.process.pid if self.process is not None else None
+
+    @property
+    def alive(self) -> bool:
+        """Launched and not exited."""
+        return self.process is not None and self.process.returncode is None
+
+
+_REAPER: Final = r"""
+parent=$1 home=$2 infra=$3
+for ((i = 0; i < 172800; i++)); do
+  kill -0 "$parent" 2>/dev/null || break
+  [[ -e $home/.stopped ]] && exit 0
+  sleep 1
+done
+[[ -e $home/.stopped ]] && exit 0
+for f in "$home"/workers/*.pid; do
+  [[ -e $f ]] || continue
+  pid=$(<"$f")
+  if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q mulambda; then
+    kill -KILL "$pid" 2>/dev/null
+  fi
+done
+bash "$infra" stop >>"$home/reaper.log" 2>&1
+rm -rf "$home"
+"""
+"""Stops the private infrastructure if the harness dies without stopping it."""
+
+
+class LocalPlatform(Lifecycle):
+    """The platform of a :class:`PlatformSpec`, as local processes (module docstring)."""
+
+    def __init__(
+        self,
+        spec: PlatformSpec | None = None,
+        *,
+        python: str = sys.executable,
+        keep_home: bool = False,
+    ) -> None:
+        self.spec = spec or PlatformSpec()
+        self._python = python
+        self._keep_home = keep_home
+        self.catalog: Catalog = load_catalog("")
+        self.home: Path | None = None
+        self.ports: dict[str, int] = {}
+        self.workers: dict[str, Worker] = {}
+        self._reaper: asyncio.subprocess.Process | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._profiles = [profile_by_name(m) for m in self.spec.models]
+
+    # --- addresses ---------------------------------------------------------------------
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """``host:port`` of the private Kafka broker."""
+        return f"127.0.0.1:{self.ports['kafka']}"
+
+    @property
+    def redis_url(self) -> str:
+        """URL of the private Redis."""
+        return f"redis://127.0.0.1:{self.ports['redis']}/0"
+
+    def kafka(self, client_id: str = "mulambda-bench") -> KafkaConfig:
+        """A KafkaConfig for the private broker."""
+        return KafkaConfig(
+            bootstrap_servers=self.bootstrap_servers, request_timeout_s=10.0, client_id=client_id
+        )
+
+    def infra_env(self) -> dict[str, str]:
+        """Environment for ``infra.sh`` on the private instance."""
+        if self.home is None:
+            raise PlatformError("platform is not started")
+        return {
+            **_clean_environ(),
+            "MULAMBDA_HOME": str(self.home),
+            "MULAMBDA_KAFKA_PORT": str(self.ports["kafka"]),
+            "MULAMBDA_KAFKA_CONTROLLER_PORT": str(self.ports["kafka_controller"]),
+            "MULAMBDA_REDIS_PORT": str(self.ports["redis"]),
+            "MULAMBDA_MINIO_PORT": str(self.ports["minio"]),
+            "MULAMBDA_MINIO_CONSOLE_PORT": str(self.ports["minio_console"]),
+            "MULAMBDA_START_TIMEOUT": str(int(self.spec.start_timeout_s)),
+        }
+
+    def settings_env(self) -> dict[str, str]:
+        """The ``MULAMBDA_*`` connection settings of the private instance, for workers."""
+        return {
+            "MULAMBDA_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
+            "MULAMBDA_REDIS_URL": self.redis_url,
+            "MULAMBDA_MINIO_ENDPOINT": f"127.0.0.1:{self.ports['minio']}",
+            "MULAMBDA_TOPIC_PREFIX": "",
+            "MULAMBDA_LOG_LEVEL": self.spec.log_level,
+            **self.spec.extra_env,
+        }
+
+    def worker(self, name: str) -> Worker:
+        """The worker called ``name``; PlatformError naming the known ones otherwise."""
+        try:
+            return self.workers[name]
+        except KeyError:
+            raise PlatformError(f"no worker {name!r}; known: {', '.join(self.workers)}") from None
+
+    def of_kind(self, kind: str) -> list[Worker]:
+        """Every worker of ``kind``, in index order."""
+        return [w for w in self.workers.values() if w.kind == kind]
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Infrastructure, topics, workers; returns when everything is ready."""
+        if self.home is not None:
+            return
+        self.home = Path(tempfile.mkdtemp(prefix="mulambda-platform-"))
+        (self.home / "workers").mkdir()
+        names = ["kafka", "kafka_controller", "redis", "minio", "minio_console"]
+        ports = free_ports(
+            len(names) + self.spec.executors + self.spec.selectors + self.spec.routers
+        )
+        self.ports = dict(zip(names, ports, strict=False))
+        spare = iter(ports[len(names) :])
+        self.workers = {}
+        for i in range(self.spec.executors):
+            self._add(Worker(f"executor-{i}", "executor", i, port=next(spare)))
+            for model in self.spec.models:
+                self._add(Worker(f"companion-{i}-{model}", "companion", i, model=model))
+        for i in range(self.spec.selectors):
+            self._add(Worker(f"selector-{i}", "selector", i, port=next(spare)))
+        for i in range(self.spec.routers):
+            self._add(Worker(f"router-{i}", "router", i, port=next(spare)))
+        try:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
+            await self._start_reaper()
+            await self._infra("start", *self.spec.infra)
+            await self._topics_apply()
+            await self.start_workers()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Stop every worker and the infrastructure, remove the home; safe to call twice."""
+        home = self.home
+        if home is None:
+            return
+        try:
+            await self.stop_workers(list(self.workers.values()))
+        finally:
+            try:
+                with contextlib.suppress(PlatformError):
+                    await self._infra("stop", timeout_s=120.0)
+            finally:
+                (home / ".stopped").touch()
+                await self._stop_reaper()
+                if self._http is not None:
+                    await self._http.close()
+                    self._http = None
+                self.home = None
+                if self._keep_home:
+                    log.warning("platform home kept: %s", home)
+                else:
+                    shutil.rmtree(home, ignore_errors=True)
+
+    # --- workers -----------------------------------------------------------------------
+
+    async def start_workers(self) -> None:
+        """Start every worker that is not running, in up.sh's order, and wait for all."""
+        executors = [w for w in self.of_kind("executor") if not w.alive]
+        for worker in executors:
+            await self._spawn(worker)
+        await self._wait_executors(executors)
+        # Companions once their executor answers, so the first heartbeat says AVAILABLE.
+        rest = [w for w in self.workers.values() if w.kind != "executor" and not w.alive]
+        for worker in rest:
+            await self._spawn(worker)
+        await self._wait_ready([w for w in rest if w.kind in ("selector", "router")])
+        await self.wait_registered()
+
+    async def stop_workers(self, workers: Iterable[Worker]) -> None:
+        """SIGTERM the workers at once, wait for each, SIGKILL those still alive."""
+        running = [w for w in workers if w.alive]
+        for worker in running:
+            with contextlib.suppress(ProcessLookupError):
+                worker.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        await asyncio.gather(*(self._reap(w, self.spec.stop_timeout_s) for w in running))
+
+    async def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to a worker; for SIGKILL and SIGTERM, wait until it is gone."""
+        worker = self.worker(name)
+        if not worker.alive:
+            raise PlatformError(f"{name} is not running")
+        worker.process.send_signal(sig)  # type: ignore[union-attr]
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            await self._reap(worker, self.spec.stop_timeout_s)
+
+    async def restart(self, name: str) -> None:
+        """Stop the worker if it runs (SIGTERM), start it again and wait until it is ready."""
+        worker = self.worker(name)
+        await self.stop_workers([worker])
+        await self._spawn(worker)
+        if worker.kind == "executor":
+            await self._wait_executors([worker])
+        elif worker.kind in ("selector", "router"):
+            await self._wait_ready([worker])
+        else:
+            await self.wait_registered()
+
+    async def set_executor_delay(self, delay_ms: float) -> None:
+        """Restart the executors one at a time so every call takes ``delay_ms`` longer."""
+        for worker in self.of_kind("executor"):
+            if worker.delay_ms != delay_ms or not worker.alive:
+                worker.delay_ms = delay_ms
+                await self.restart(worker.name)
+
+    async def heal(self) -> list[str]:
+        """Put back what faults left: infrastructure down, workers dead, slow executors.
+
+        Returns what was done, one line each (empty when nothing was needed).
+        """
+        done: list[str] = []
+        if not await self.infra_running():
+            await self._infra("start", *self.spec.infra)
+            done.append("started the infrastructure again")
+        for worker in self.of_kind("executor"):
+            if worker.delay_ms != self.spec.executor_delay_ms:
+                worker.delay_ms = self.spec.executor_delay_ms
+                await self.stop_workers([worker])
+                done.append(f"{worker.name}: back to {worker.delay_ms:g} ms delay")
+        dead = [w.name for w in self.workers.values() if not w.alive]
+        if dead:
+            await self.start_workers()
+            done.append("restarted " + ", ".join(dead))
+        return done
+
+    async def restart_all_workers(self) -> None:
+        """Stop every worker, then start them all as at the beginning."""
+        await self.stop_workers(list(self.workers.values()))
+        await self.start_workers()
+
+    def rss_mb(self, name: str) -> float | None:
+        """Resident memory (VmRSS) of a worker's process in MB, None if it is not running."""
+        pid = self.worker(name).pid
+        if pid is None:
+            return None
+        return read_rss_mb(pid)
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        """The last lines of a worker's log."""
+        path = self._log_path(self.worker(name))
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            return f"(no log at {path})"
+        return "\n".join(text.splitlines()[-lines:])
+
+    # --- infrastructure ----------------------------------------------------------------
+
+    async def restart_infra(self, component: str, *, wipe: bool = False) -> None:
+        """``infra.sh restart COMPONENT``; with ``wipe``, its data is deleted in between."""
+        if component not in self.spec.infra:
+            raise PlatformError(f"{component} is not part of this platform's infrastructure")
+        await self._infra("stop", component)
+        if wipe:
+            data = self._home() / component / "data"
+            shutil.rmtree(data, ignore_errors=True)
+            data.mkdir(parents=True)
+        await self._infra("start", component)
+
+    async def infra_running(self) -> bool:
+        """Whether ``infra.sh status`` says every component runs."""
+        code, _ = await self._run_infra("status", *self.spec.infra, timeout_s=30.0)
+        return code == 0
+
+    async def _infra(self, command: str, *components: str, timeout_s: float | None = None) -> None:
+        code, output = await self._run_infra(
+            command, *components, timeout_s=timeout_s or self.spec.start_timeout_s + 60
+        )
+        if code != 0:
+            raise PlatformError(
+                f"infra.sh {command} {' '.join(components)} failed ({code}):\n{output[-3000:]}"
+            )
+
+    async def _run_infra(self, command: str, *components: str, timeout_s: float) -> tuple[int, str]:
+        process = await asyncio.create_subprocess_exec(
+            "bash",
+            str(INFRA),
+            command,
+            *components,
+            env=self.infra_env(),
+            cwd=REPO,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            out, _ = await asyncio.wait_for(process.communicate(), timeout_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+            return 124, f"infra.sh {command} timed out after {timeout_s:g}s"
+        text = out.decode(errors="replace")
+        with (self._home() / "infra.log").open("a") as handle:
+            handle.write(f"=== infra.sh {command} {' '.join(components)}\n{text}")
+        return process.returncode or 0, text
+
+    async def _topics_apply(self) -> None:
+        process = await asyncio.create_subprocess_exec(
+            self._python,
+            "-m",
+            "mulambda",
+            "topics",
+            "apply",
+            env=self._env(),
+            cwd=self._home(),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(process.communicate(), 120)
+        if process.returncode != 0:
+            raise PlatformError(f"mulambda topics apply failed:\n{out.decode(errors='replace')}")
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _home(self) -> Path:
+        if self.home is None:
+            raise PlatformError("platform is not started")
+        return self.home
+
+    def _add(self, worker: Worker) -> None:
+        worker.delay_ms = self.spec.executor_delay_ms
+        self.workers[worker.name] = worker
+
+    def _log_path(self, worker: Worker) -> Path:
+        return self._home() / "workers" / f"{worker.name}.log"
+
+    def _env(self, metrics_port: int | None = None) -> dict[str, str]:
+        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+        env = {**_clean_environ(), **self.settings_env(), "PYTHONPATH": path}
+        if metrics_port is not None:
+            env["MULAMBDA_METRICS_PORT"] = str(metrics_port)
+        return env
+
+    def _argv(self, worker: Worker) -> tuple[list[str], dict[str, str]]:
+        spec = self.spec
+        base = [self._python, "-m", "mulambda"]
+        if worker.kind == "executor":
+            argv = [
+                *base,
+                "executor",
+                "serve",
+                "--port",
+                str(worker.port),
+                "--time-scale",
+                f"{spec.time_scale:g}",
+            ]
+            for model in spec.models:
+                argv += ["--synthetic", model]
+            if worker.delay_ms:
+                argv += ["--network-delay-ms", f"{worker.delay_ms:g}"]
+            return argv, self._env()
+        if worker.kind == "companion":
+            profile = next((p for p in self._profiles if p.name == worker.model), None)
+            if worker.model is None or profile is None:
+                raise PlatformError(f"{worker.name}: no synthetic profile {worker.model!r}")
+            executor = self.workers[f"executor-{worker.index}"]
+            model_type, input_format, output_format = TRAITS
+            argv = [
+                *base,
+                "companion",
+                "--executor-id",
+                spec.executor_id(worker.index, worker.model),
+                "--endpoint",
+                f"http://127.0.0.1:{executor.port}",
+                "--model-name",
+                worker.model,
+                "--model-type",
+                model_type,
+                "--input-format",
+                input_format,
+                "--output-format",
+                output_format,
+                "--accuracy",
+                f"{profile.accuracy:g}",
+                "--model-data-delay-ms-per-element",
+                f"{profile.alpha * 1000 * spec.time_scale:g}",
+                "--heartbeat-interval",
+                f"{spec.heartbeat_interval_s:g}",
+            ]
+            return argv, self._env(metrics_port=0)
+        if worker.kind == "selector":
+            argv = [*base, "selector", "--selector-id", f"bench-selector-{worker.index}"]
+            return argv, self._env(metrics_port=worker.port)
+        if worker.kind == "router":
+            argv = [
+                *base,
+                "router",
+                "--router-id",
+                f"bench-router-{worker.index}",
+                "--concurrency",
+                str(spec.router_concurrency),
+                "--selection-timeout",
+                f"{spec.selection_timeout_s:g}",
+            ]
+            return argv, self._env(metrics_port=worker.port)
+        raise PlatformError(f"unknown worker kind {worker.kind!r}")
+
+    async def _spawn(self, worker: Worker) -> None:
+        argv, env = self._argv(worker)
+        path = self._log_path(worker)
+        with path.open("ab") as handle:
+            handle.write(f"=== launch {worker.started + 1}: {' '.join(argv[1:])}\n".encode())
+            handle.flush()
+            worker.process = await asyncio.create_subprocess_exec(
+                *argv,
+                env=env,
+                cwd=self._home(),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=handle,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        worker.started += 1
+        (self._home() / "workers" / f"{worker.name}.pid").write_text(f"{worker.pid}\n")
+
+    async def _reap(self, worker: Worker, timeout_s: float) -> None:
+        process = worker.process
+        if process is None:
+            return
+        try:
+            await asyncio.wait_for(process.wait(), timeout_s)
+        except TimeoutError:
+            log.warning(
+                "%s did not exit within %.0fs of SIGTERM; killing it", worker.name, timeout_s
+            )
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await asyncio.wait_for(process.wait(), 10)
+
+    async def _wait(
+        self,
+        what: str,
+        check: Callable[[], Awaitable[bool]],
+        workers: Sequence[Worker],
+        timeout_s: float | None = None,
+    ) -> None:
+        """Poll ``check`` until true; fail fast if one of ``workers`` exits."""
+        deadline = time.monotonic() + (timeout_s or self.spec.start_timeout_s)
+        while True:
+            if await check():
+                return
+            for worker in workers:
+                if not worker.alive:
+                    code = worker.process.returncode if worker.process else None
+                    raise PlatformError(
+                        f"{worker.name} exited ({code}) while waiting for {what}:\n"
+                        + self.log_tail(worker.name)
+                    )
+            if time.monotonic() >= deadline:
+                tails = "\n".join(f"--- {w.name}\n{self.log_tail(w.name, 8)}" for w in workers)
+                raise PlatformError(f"{what}: not ready in time\n{tails}")
+            await asyncio.sleep(0.25)
+
+    async def _get_ok(self, url: str, needle: str | None = None) -> bool:
+        session = self._http
+        if session is None:
+            return False
+        try:
+            async with session.get(url) as response:
+                if response.status != 200:
+                    return False
+                return needle is None or needle in await response.text()
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def _wait_executors(self, workers: Sequence[Worker]) -> None:
+        async def ready() -> bool:
+            for worker in workers:
+                for model in self.spec.models:
+                    url = f"http://127.0.0.1:{worker.port}/v1/models/{model}"
+                    if not await self._get_ok(url, '"AVAILABLE"'):
+                        return False
+            return True
+
+        await self._wait(f"executors {[w.name for w in workers]}", ready, workers)
+
+    async def _wait_ready(self, workers: Sequence[Worker]) -> None:
+        async def ready() -> bool:
+            for worker in workers:
+                if not await self._get_ok(f"http://127.0.0.1:{worker.port}/readyz"):
+                    return False
+            return True
+
+        await self._wait(f"/readyz of {[w.name for w in workers]}", ready, workers)
+
+    async def wait_registered(self) -> None:
+        """Wait until every executor id is registered on the compacted topic."""
+        wanted = set(self.spec.executor_ids())
+        companions = self.of_kind("companion")
+
+        async def registered() -> bool:
+            try:
+                found = await read_executors(self.kafka("mulambda-bench-check"), self.catalog)
+            except MulambdaError:
+                return False
+            return wanted <= found.keys()
+
+        await self._wait(f"registrations of {len(wanted)} executors", registered, companions)
+
+    async def _start_reaper(self) -> None:
+        home = self._home()
+        self._reaper = await asyncio.create_subprocess_exec(
+            "bash",
+            "-c",
+            _REAPER,
+            "reaper",
+            str(os.getpid()),
+            str(home),
+            str(INFRA),
+            env=self.infra_env(),
+            cwd=REPO,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    async def _stop_reaper(self) -> None:
+        reaper, self._reaper = self._reaper, None
+        if reaper is None or reaper.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            reaper.terminate()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(reaper.wait(), 5)
+
+
+def read_rss_mb(pid: int) -> float | None:
+    """VmRSS of ``pid`` in MB from /proc, None when it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+def _clean_environ() -> dict[str, str]:
+    # The caller's MULAMBDA_* settings point at the shared servers: never hand them on.
+    # The artefact cache is shared on purpose (Kafka jars, MinIO binary).
+    keep = {"MULAMBDA_CACHE_DIR"}
+    return {k: v for k, v in os.environ.items() if not k.startswith("MULAMBDA_") or k in keep}
