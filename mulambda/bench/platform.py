@@ -263,27 +263,31 @@ class LocalPlatform(Lifecycle):
 
     # --- lifecycle ---------------------------------------------------------------------
 
+    def plan(self) -> None:
+        """Pick the ports and name the workers (no process starts); ``start`` calls it."""
+        if self.workers:
+            return
+        names = ["kafka", "kafka_controller", "redis", "minio", "minio_console"]
+        spec = self.spec
+        ports = free_ports(len(names) + spec.executors + spec.selectors + spec.routers)
+        self.ports = dict(zip(names, ports, strict=False))
+        spare = iter(ports[len(names) :])
+        for i in range(spec.executors):
+            self._add(Worker(f"executor-{i}", "executor", i, port=next(spare)))
+            for model in spec.models:
+                self._add(Worker(f"companion-{i}-{model}", "companion", i, model=model))
+        for i in range(spec.selectors):
+            self._add(Worker(f"selector-{i}", "selector", i, port=next(spare)))
+        for i in range(spec.routers):
+            self._add(Worker(f"router-{i}", "router", i, port=next(spare)))
+
     async def start(self) -> None:
         """Infrastructure, topics, workers; returns when everything is ready."""
         if self.home is not None:
             return
+        self.plan()
         self.home = Path(tempfile.mkdtemp(prefix="mulambda-platform-"))
         (self.home / "workers").mkdir()
-        names = ["kafka", "kafka_controller", "redis", "minio", "minio_console"]
-        ports = free_ports(
-            len(names) + self.spec.executors + self.spec.selectors + self.spec.routers
-        )
-        self.ports = dict(zip(names, ports, strict=False))
-        spare = iter(ports[len(names) :])
-        self.workers = {}
-        for i in range(self.spec.executors):
-            self._add(Worker(f"executor-{i}", "executor", i, port=next(spare)))
-            for model in self.spec.models:
-                self._add(Worker(f"companion-{i}-{model}", "companion", i, model=model))
-        for i in range(self.spec.selectors):
-            self._add(Worker(f"selector-{i}", "selector", i, port=next(spare)))
-        for i in range(self.spec.routers):
-            self._add(Worker(f"router-{i}", "router", i, port=next(spare)))
         try:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
             await self._start_reaper()
@@ -498,7 +502,8 @@ class LocalPlatform(Lifecycle):
             env["MULAMBDA_METRICS_PORT"] = str(metrics_port)
         return env
 
-    def _argv(self, worker: Worker) -> tuple[list[str], dict[str, str]]:
+    def command(self, worker: Worker) -> tuple[list[str], dict[str, str]]:
+        """The command line and environment ``worker`` is launched with."""
         spec = self.spec
         base = [self._python, "-m", "mulambda"]
         if worker.kind == "executor":
@@ -563,7 +568,7 @@ class LocalPlatform(Lifecycle):
         raise PlatformError(f"unknown worker kind {worker.kind!r}")
 
     async def _spawn(self, worker: Worker) -> None:
-        argv, env = self._argv(worker)
+        argv, env = self.command(worker)
         path = self._log_path(worker)
         with path.open("ab") as handle:
             handle.write(f"=== launch {worker.started + 1}: {' '.join(argv[1:])}\n".encode())
