@@ -181,6 +181,8 @@ class LoadSummary:
     failed: int
     started_s: float
     """Clock time of offset 0."""
+    last_scheduled_s: float
+    """Scheduled time of the last request sent."""
     ended_s: float
     """Clock time the last acknowledgement (or failure) came in."""
 
@@ -233,8 +235,9 @@ class LoadGenerator(Lifecycle):
             with contextlib.suppress(KafkaError, OSError):
                 await producer.stop()
 
-    async def run(self) -> LoadSummary:
-        """Send the whole schedule; return once every send was acknowledged or failed."""
+    async def run(self, stop: asyncio.Event | None = None) -> LoadSummary:
+        """Send the schedule (up to ``stop``, if given and set); return once every send
+        was acknowledged or failed."""
         producer = self._producer
         if producer is None:
             raise RuntimeError("load generator is not started")
@@ -243,11 +246,15 @@ class LoadGenerator(Lifecycle):
         counts = {"acked": 0, "failed": 0}
         start = self._clock()
         wall = datetime.now(UTC)
+        last = start
         for i, offset in enumerate(offsets):
             due = start + offset
             delay = due - self._clock()
             if delay > 0:
                 await asyncio.sleep(delay)
+            if stop is not None and stop.is_set():
+                break
+            last = due
             client = self.clients[i % len(self.clients)]
             message_id, correlation_id = new_id(), new_id()
             deadline = wall + timedelta(seconds=offset + self.spec.deadline_s)
@@ -281,6 +288,7 @@ class LoadGenerator(Lifecycle):
                 fut.cancel()
         return LoadSummary(
             scheduled=len(offsets),
+            last_scheduled_s=last,
             acked=counts["acked"],
             failed=counts["failed"],
             started_s=start,

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Final
 
 import aiohttp
+import yaml
 
 from mulambda.emulator.profiles import profile_by_name
 from mulambda.errors import MulambdaError
@@ -107,7 +108,9 @@ class PlatformSpec:
     time_scale: float = 0.0
     """Multiplies the synthetic delays; 0 answers at once (least CPU)."""
     executor_delay_ms: float = 0.0
-    """Extra delay of every executor call (``--network-delay-ms``)."""
+    """When set, every inference call takes exactly this long: the executors serve
+    ``models`` from a profiles file with this base delay and no other term (status
+    requests stay instant, so companions still see the models AVAILABLE)."""
     heartbeat_interval_s: float = 2.0
     """Companion heartbeat interval."""
     router_concurrency: int = 64
@@ -151,7 +154,7 @@ class Worker:
     started: int = 0
     """How many times it was launched."""
     delay_ms: float = 0.0
-    """For executors: the ``--network-delay-ms`` it runs with."""
+    """For executors: the fixed inference delay it runs with (0: the synthetic profiles)."""
 
     @property
     def pid(self) -> int | None:
@@ -366,7 +369,10 @@ class LocalPlatform(Lifecycle):
             await self.wait_registered()
 
     async def set_executor_delay(self, delay_ms: float) -> None:
-        """Restart the executors one at a time so every call takes ``delay_ms`` longer."""
+        """Restart the executors one at a time so every inference takes ``delay_ms``.
+
+        The emulator has no way to change its delay at run time, hence the restart.
+        """
         for worker in self.of_kind("executor"):
             if worker.delay_ms != delay_ms or not worker.alive:
                 worker.delay_ms = delay_ms
@@ -507,19 +513,14 @@ class LocalPlatform(Lifecycle):
         spec = self.spec
         base = [self._python, "-m", "mulambda"]
         if worker.kind == "executor":
-            argv = [
-                *base,
-                "executor",
-                "serve",
-                "--port",
-                str(worker.port),
-                "--time-scale",
-                f"{spec.time_scale:g}",
-            ]
+            argv = [*base, "executor", "serve", "--port", str(worker.port)]
+            if worker.delay_ms:
+                argv += ["--profiles-file", str(self._slow_profiles(worker.delay_ms))]
+                argv += ["--time-scale", "1"]
+            else:
+                argv += ["--time-scale", f"{spec.time_scale:g}"]
             for model in spec.models:
                 argv += ["--synthetic", model]
-            if worker.delay_ms:
-                argv += ["--network-delay-ms", f"{worker.delay_ms:g}"]
             return argv, self._env()
         if worker.kind == "companion":
             profile = next((p for p in self._profiles if p.name == worker.model), None)
@@ -567,7 +568,21 @@ class LocalPlatform(Lifecycle):
             return argv, self._env(metrics_port=worker.port)
         raise PlatformError(f"unknown worker kind {worker.kind!r}")
 
+    def _slow_profiles(self, delay_ms: float) -> Path:
+        return self._home() / f"profiles-{delay_ms:g}ms.yaml"
+
+    def _write_slow_profiles(self, delay_ms: float) -> None:
+        # Same names and confidences, so registrations stay true; only the delay differs.
+        slow = [
+            {**p.to_mapping(), "D": delay_ms, "alpha": 0.0, "beta": 0.0, "J": 0.0}
+            for p in self._profiles
+        ]
+        path = self._slow_profiles(delay_ms)
+        path.write_text(yaml.safe_dump({"executor_profiles": slow}, sort_keys=False))
+
     async def _spawn(self, worker: Worker) -> None:
+        if worker.kind == "executor" and worker.delay_ms:
+            self._write_slow_profiles(worker.delay_ms)
         argv, env = self.command(worker)
         path = self._log_path(worker)
         with path.open("ab") as handle:

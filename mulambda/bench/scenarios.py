@@ -111,6 +111,9 @@ class RunOptions:
     """Seconds into the load at which the fault is injected."""
     margin_s: float = 3.0
     """A result later than its request's deadline plus this leaves the request lost."""
+    load_after_fault_s: float | None = 15.0
+    """Keep the load going this long after the fault is done, then stop it (the load's
+    duration stays an upper bound); None sends the whole duration."""
     settle_s: float = 2.0
     """Once everything is answered, how long to keep reading for late duplicates."""
     premature_left_s: float = 5.0
@@ -210,17 +213,19 @@ async def run_scenario(
             await stack.enter_async_context(reader)
         await stack.enter_async_context(generator)
         sampler = asyncio.create_task(rss.run(options.rss_every_s, stop_sampling))
-        sending = asyncio.create_task(generator.run())
+        stop_sending = asyncio.Event()
+        sending = asyncio.create_task(generator.run(stop_sending))
         try:
             if fault.inject is not None:
                 await asyncio.wait({sending}, timeout=options.fault_at_s)
                 fault_at = clock()
                 await fault.inject(platform)
                 fault_done = clock()
+                if options.load_after_fault_s is not None:
+                    await asyncio.wait({sending}, timeout=options.load_after_fault_s)
+                    stop_sending.set()
             summary = await sending
-            last = summary.started_s + load.duration_s + load.deadline_s + options.margin_s
-            if fault_done is not None:
-                last = max(last, fault_done + load.deadline_s + options.margin_s)
+            last = summary.last_scheduled_s + load.deadline_s + options.margin_s
             sent_all.set()
             if ledger.unanswered() == 0:
                 answered_all.set()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import random
+from pathlib import Path
+
 import pytest
 
 from mulambda.bench.load import LoadSpec
 from mulambda.bench.platform import REPO, LocalPlatform, PlatformError, PlatformSpec, free_ports
 from mulambda.bench.scenarios import FAULTS, PROBE_LOAD, serves, slow_delay_ms
 from mulambda.bench.verify import COMMITTED, UNCOMMITTED, Ledger, SentRequest
+from mulambda.emulator.profiles import load_profiles, profile_by_name
 
 
 def _value(argv: list[str], option: str) -> str:
@@ -51,10 +55,25 @@ def test_executors_serve_every_model_at_time_scale_zero(planned: LocalPlatform) 
         "MidOK",
         "SlowGood",
     ]
-    assert "--network-delay-ms" not in argv
-    worker.delay_ms = 12800
-    assert _value(planned.command(worker)[0], "--network-delay-ms") == "12800"
+    assert "--profiles-file" not in argv
     assert env["PYTHONPATH"].split(":")[0] == str(REPO)
+
+
+def test_slow_executors_serve_the_same_models_from_a_fixed_delay_profile(
+    planned: LocalPlatform, tmp_path: Path
+) -> None:
+    planned.home = tmp_path
+    worker = planned.worker("executor-0")
+    worker.delay_ms = 12800
+    argv, _ = planned.command(worker)
+    path = Path(_value(argv, "--profiles-file"))
+    assert path.parent == tmp_path
+    assert _value(argv, "--time-scale") == "1"
+    planned._write_slow_profiles(12800)
+    profiles = {p.name: p for p in load_profiles(path)}
+    assert list(profiles) == ["FastBad", "MidOK", "SlowGood"]
+    assert all(p.delay_s(5, 7, random.Random(1)) == 12.8 for p in profiles.values())
+    assert profiles["MidOK"].confidences == profile_by_name("MidOK").confidences
 
 
 def test_companions_register_distinct_ids_against_their_own_process(
