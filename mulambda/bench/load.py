@@ -14,9 +14,10 @@ clients are chosen (:func:`clients_covering`) so that every partition of the req
 topic gets its share: a kill of the router owning some partitions then always matters.
 
 The producer is deliberately *not* MuLambda's: plain aiokafka, acks=all, no idempotence,
-long delivery timeout. The harness must not share the failure modes it measures (an
-idempotent producer stuck after a broker restart); a retry that writes a request twice
-is detected on the request topic instead (see :mod:`mulambda.bench.verify`).
+a delivery timeout (2 min) longer than any broker restart. The harness must not share
+the failure modes it measures (an idempotent producer stuck after a broker restart); a
+retry that writes a request twice is detected on the request topic instead (see
+:mod:`mulambda.bench.verify`).
 """
 
 from __future__ import annotations
@@ -200,7 +201,7 @@ class LoadGenerator(Lifecycle):
         partitions: int,
         on_sent: Callable[[SentRequest], None],
         clock: Callable[[], float] = time.monotonic,
-        delivery_timeout_s: float = 30.0,
+        delivery_timeout_s: float = 120.0,
     ) -> None:
         self._bootstrap = bootstrap_servers
         self.spec = spec

@@ -52,7 +52,7 @@ import yaml
 
 from mulambda.emulator.profiles import profile_by_name
 from mulambda.errors import MulambdaError
-from mulambda.executors.companion import read_executors
+from mulambda.executors.companion import STATS_PATH, read_executors
 from mulambda.kafka import KafkaConfig
 from mulambda.runtime.lifecycle import Lifecycle
 from mulambda.wire.catalog import Catalog, load_catalog
@@ -402,6 +402,33 @@ class LocalPlatform(Lifecycle):
         """Stop every worker, then start them all as at the beginning."""
         await self.stop_workers(list(self.workers.values()))
         await self.start_workers()
+
+    async def served_requests(self) -> dict[str, int]:
+        """Requests each running executor process has answered so far (its stats page)."""
+        counts: dict[str, int] = {}
+        session = self._http
+        for worker in self.of_kind("executor"):
+            if session is None or not worker.alive:
+                continue
+            try:
+                url = f"http://127.0.0.1:{worker.port}{STATS_PATH}"
+                async with session.get(url) as response:
+                    stats = await response.json()
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                continue
+            if isinstance(stats, dict) and isinstance(stats.get("requests"), int):
+                counts[worker.name] = stats["requests"]
+        return counts
+
+    async def busiest_executor(self, window_s: float = 1.0) -> str:
+        """The executor process that answered the most requests during ``window_s``."""
+        before = await self.served_requests()
+        await asyncio.sleep(window_s)
+        after = await self.served_requests()
+        deltas = {name: count - before.get(name, 0) for name, count in after.items()}
+        if not deltas:
+            raise PlatformError("no executor process answers its stats page")
+        return max(deltas, key=deltas.__getitem__)
 
     def rss_mb(self, name: str) -> float | None:
         """Resident memory (VmRSS) of a worker's process in MB, None if it is not running."""

@@ -64,7 +64,8 @@ async def _kill_selector(platform: LocalPlatform) -> None:
 
 
 async def _kill_executor(platform: LocalPlatform) -> None:
-    await platform.kill("executor-0")
+    # The busiest one: the policy may send nothing at all to a given process.
+    await platform.kill(await platform.busiest_executor())
 
 
 async def _restart_kafka(platform: LocalPlatform) -> None:
@@ -87,8 +88,8 @@ FAULTS: dict[str, Fault] = {
         Fault("selector-kill", "kill -9 of selector-0 (of 2)", inject=_kill_selector),
         Fault(
             "executor-kill",
-            "kill -9 of executor process 0 (its companions live on; other processes serve "
-            "the same models)",
+            "kill -9 of the executor process that served the most requests in the second "
+            "before (its companions live on; two other processes serve the same models)",
             inject=_kill_executor,
         ),
         Fault("broker-restart", "infra.sh restart kafka", inject=_restart_kafka),
