@@ -322,6 +322,7 @@ class LoadGenerator(Lifecycle):
                 base.deadline_s,
                 base.sent_s,
                 partition,
+                acked_s=self._clock(),
             )
         else:
             counts["failed"] += 1

@@ -52,6 +52,8 @@ class SentRequest:
     """Partition of the request topic it landed on, once acknowledged."""
     acked: bool = True
     """The broker acknowledged it; False when the send failed (then it never counts)."""
+    acked_s: float | None = None
+    """When the acknowledgement came (a broker outage holds requests in the producer)."""
     send_error: str | None = None
     """Why the send failed."""
 
@@ -63,6 +65,13 @@ class ResultSeen:
     received_s: float
     ok: bool
     reason: str | None = None
+
+
+def answer_by(request: SentRequest, margin_s: float) -> float:
+    """When a request's result must have come: its deadline (or, acknowledged later than
+    that, its acknowledgement) plus the margin."""
+    seen_from = max(request.deadline_s, request.acked_s or request.deadline_s)
+    return seen_from + margin_s
 
 
 def result_id(payload: Mapping[str, Any]) -> str | None:
@@ -134,9 +143,13 @@ class Figures:
     errors: int
     """... and was an error result."""
     lost: int
-    """Requests with no result by their deadline plus the margin (late ones included)."""
+    """Requests with no result by their deadline plus the margin (late ones included);
+    for a request the broker acknowledged only after its deadline, by that
+    acknowledgement plus the margin: no platform can answer before it sees a request."""
     late: int
     """Of the lost, those whose result came after all."""
+    acked_after_deadline: int
+    """Requests the broker acknowledged only after their deadline had passed."""
     duplicates: int
     """Request ids with more than one result in the SDK view, not caused by request copies."""
     duplicate_ids: dict[str, int]
@@ -266,12 +279,12 @@ class Ledger:
         ``margin_s`` leave it lost. Recovery is measured from ``fault_done_s``."""
         acked = [r for r in self._requests.values() if r.acked]
         sdk = self._results[self.sdk_reader]
-        answered = ok = errors = lost = late = premature = copies_dups = 0
+        answered = ok = errors = lost = late = premature = copies_dups = acked_late = 0
         latencies: list[float] = []
         oks_by_partition: dict[int | None, list[float]] = defaultdict(list)
         for request in acked:
             seen = self._seen(sdk, request.message_id)
-            limit = request.deadline_s + margin_s
+            limit = answer_by(request, margin_s)
             if not seen or seen[0].received_s > limit:
                 lost += 1
                 late += bool(seen)
@@ -282,6 +295,8 @@ class Ledger:
                     latencies.append((seen[0].received_s - request.scheduled_s) * 1000)
                 else:
                     errors += 1
+            if request.acked_s is not None and request.acked_s > request.deadline_s:
+                acked_late += 1
             if any(
                 not s.ok and request.deadline_s - s.received_s >= premature_left_s for s in seen
             ):
@@ -318,6 +333,7 @@ class Ledger:
             errors=errors,
             lost=lost,
             late=late,
+            acked_after_deadline=acked_late,
             duplicates=duplicate_ids[self.sdk_reader] - copies_dups,
             duplicate_ids=duplicate_ids,
             extra_results=extra,
@@ -431,6 +447,8 @@ def render_table(reports: Sequence[ScenarioReport], *, reasons: int = 3) -> str:
         extras = []
         if f.send_failed:
             extras.append(f"send failed {f.send_failed}")
+        if f.acked_after_deadline:
+            extras.append(f"acknowledged after their deadline {f.acked_after_deadline}")
         if f.request_copies:
             extras.append(
                 f"request copies {f.request_copies} "

@@ -72,6 +72,20 @@ def test_no_result_by_deadline_plus_margin_is_lost_and_a_late_one_is_marked_late
     assert figures.late == 1
 
 
+def test_a_request_held_past_its_deadline_by_the_broker_is_due_from_its_ack() -> None:
+    ledger = Ledger()
+    held = SentRequest("m0", "c0", scheduled_s=0.0, deadline_s=10.0, acked_s=30.0)
+    prompt = SentRequest("m1", "c1", scheduled_s=0.0, deadline_s=10.0, acked_s=0.1)
+    ledger.record_sent(held)
+    ledger.record_sent(prompt)
+    _both(ledger, _error(0, "deadline passed before the request was routed"), 31.5)
+    _both(ledger, _error(1, "deadline passed before the request was routed"), 31.5)
+    figures = ledger.figures(margin_s=2.0)
+    assert figures.acked_after_deadline == 1
+    assert (figures.answered, figures.errors) == (1, 1)  # the held one, answered promptly
+    assert (figures.lost, figures.late) == (1, 1)  # the prompt one, answered 20 s late
+
+
 def test_a_result_may_name_its_request_by_request_id() -> None:
     assert result_id({"request_id": "m7", "correlation_id": "c7"}) == "m7"
     assert result_id({"correlation_id": "c7"}) == "c7"
