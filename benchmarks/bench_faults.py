@@ -42,8 +42,9 @@ import sys
 import time
 from pathlib import Path
 
+from mulambda.bench.infra import PlatformError
 from mulambda.bench.load import LoadSpec
-from mulambda.bench.platform import LocalPlatform, PlatformError, PlatformSpec
+from mulambda.bench.platform import LocalPlatform, PlatformSpec
 from mulambda.bench.scenarios import (
     FAULTS,
     RunOptions,

@@ -1,7 +1,8 @@
 """Fault-injection harness: a local platform as processes, open-loop load, accounting.
 
+* :mod:`mulambda.bench.infra` — a private Kafka and Redis through ``deploy/local/infra.sh``;
 * :mod:`mulambda.bench.platform` — :class:`~mulambda.bench.platform.LocalPlatform`, the whole
-  platform (private Kafka and Redis, selectors, routers, executors, companions) as local
+  platform (that infrastructure, selectors, routers, executors, companions) as local
   processes, with kills and restarts;
 * :mod:`mulambda.bench.load` — open-loop load of hand-written-equivalent inference requests;
 * :mod:`mulambda.bench.readers` — group-less readers of the reply and request topics;

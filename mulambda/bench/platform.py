@@ -4,8 +4,9 @@
 benchmark that is going to break things:
 
 * its **own** Kafka and Redis (MinIO only when asked: synthetic executors need none),
-  started through ``deploy/local/infra.sh`` with a private ``MULAMBDA_HOME`` (a temp
-  dir) and free ports, so killing them never touches the servers other sessions share;
+  a :class:`~mulambda.bench.infra.PrivateInfra` (``deploy/local/infra.sh`` with a
+  private ``MULAMBDA_HOME`` and free ports), so breaking them never touches the servers
+  other sessions share;
 * ``mulambda topics apply``;
 * ``selectors`` selectors and ``routers`` routers, each with its own id and metrics port
   (``MULAMBDA_METRICS_PORT``), and ``executors`` executor processes
@@ -16,14 +17,15 @@ benchmark that is going to break things:
 Then it offers the faults: :meth:`~LocalPlatform.kill` (any signal), restart of a
 worker, of Kafka, or of Redis with its data wiped (``$MULAMBDA_HOME/redis/data``), and
 :meth:`~LocalPlatform.set_executor_delay` to make every executor slow (a rolling
-restart with ``--network-delay-ms``: the emulator cannot change its delay at run time).
+restart onto a fixed-delay profiles file: the emulator cannot change its delay at run
+time).
 :meth:`~LocalPlatform.heal` puts back whatever a fault left broken.
 
 No process is left behind: ``stop()`` (idempotent, also run when ``start()`` fails)
 terminates every worker (TERM, then KILL), stops the infrastructure and removes the
 home. Workers also get ``PR_SET_PDEATHSIG`` so they die with the process that started
-them, and a small reaper process stops the private infrastructure if that process dies
-without calling ``stop()`` (killed, or a hard timeout).
+them, and the infrastructure's reaper cleans up if that process dies without calling
+``stop()`` (killed, or a hard timeout).
 
 Workers run the code of the checkout this module belongs to (``PYTHONPATH``), with the
 interpreter running it; none of the caller's ``MULAMBDA_*`` settings leak into them.
@@ -36,11 +38,8 @@ import contextlib
 import ctypes
 import logging
 import os
-import shutil
 import signal
-import socket
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from typing import Final
 import aiohttp
 import yaml
 
+from mulambda.bench.infra import REPO, PlatformError, PrivateInfra, clean_environ, free_ports
 from mulambda.emulator.profiles import profile_by_name
 from mulambda.errors import MulambdaError
 from mulambda.executors.companion import STATS_PATH, read_executors
@@ -58,10 +58,6 @@ from mulambda.runtime.lifecycle import Lifecycle
 from mulambda.wire.catalog import Catalog, load_catalog
 
 log = logging.getLogger(__name__)
-
-REPO: Final = Path(__file__).resolve().parents[2]
-"""The checkout holding this package (and ``deploy/local/infra.sh``)."""
-INFRA: Final = REPO / "deploy" / "local" / "infra.sh"
 
 TRAITS: Final = ("classification", "feature", "confidence")
 """Traits every synthetic executor registers (as ``deploy/local/up.sh`` does)."""
@@ -75,24 +71,6 @@ def _die_with_parent() -> None:
     # Runs in the child between fork and exec: a worker must not outlive its harness.
     if _LIBC is not None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-class PlatformError(MulambdaError):
-    """The local platform could not be started, healed or driven as asked."""
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct TCP ports free on 127.0.0.1 right now."""
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,27 +145,6 @@ class Worker:
         return self.process is not None and self.process.returncode is None
 
 
-_REAPER: Final = r"""
-parent=$1 home=$2 infra=$3
-for ((i = 0; i < 172800; i++)); do
-  kill -0 "$parent" 2>/dev/null || break
-  [[ -e $home/.stopped ]] && exit 0
-  sleep 1
-done
-[[ -e $home/.stopped ]] && exit 0
-for f in "$home"/workers/*.pid; do
-  [[ -e $f ]] || continue
-  pid=$(<"$f")
-  if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q mulambda; then
-    kill -KILL "$pid" 2>/dev/null
-  fi
-done
-bash "$infra" stop >>"$home/reaper.log" 2>&1
-rm -rf "$home"
-"""
-"""Stops the private infrastructure if the harness dies without stopping it."""
-
-
 class LocalPlatform(Lifecycle):
     """The platform of a :class:`PlatformSpec`, as local processes (module docstring)."""
 
@@ -202,24 +159,22 @@ class LocalPlatform(Lifecycle):
         self._python = python
         self._keep_home = keep_home
         self.catalog: Catalog = load_catalog("")
-        self.home: Path | None = None
-        self.ports: dict[str, int] = {}
+        self.infra: PrivateInfra | None = None
         self.workers: dict[str, Worker] = {}
-        self._reaper: asyncio.subprocess.Process | None = None
         self._http: aiohttp.ClientSession | None = None
         self._profiles = [profile_by_name(m) for m in self.spec.models]
 
     # --- addresses ---------------------------------------------------------------------
 
+    def _infra(self) -> PrivateInfra:
+        if self.infra is None:
+            raise PlatformError("platform is not planned")
+        return self.infra
+
     @property
     def bootstrap_servers(self) -> str:
         """``host:port`` of the private Kafka broker."""
-        return f"127.0.0.1:{self.ports['kafka']}"
-
-    @property
-    def redis_url(self) -> str:
-        """URL of the private Redis."""
-        return f"redis://127.0.0.1:{self.ports['redis']}/0"
+        return self._infra().bootstrap_servers
 
     def kafka(self, client_id: str = "mulambda-bench") -> KafkaConfig:
         """A KafkaConfig for the private broker."""
@@ -227,27 +182,13 @@ class LocalPlatform(Lifecycle):
             bootstrap_servers=self.bootstrap_servers, request_timeout_s=10.0, client_id=client_id
         )
 
-    def infra_env(self) -> dict[str, str]:
-        """Environment for ``infra.sh`` on the private instance."""
-        if self.home is None:
-            raise PlatformError("platform is not started")
-        return {
-            **_clean_environ(),
-            "MULAMBDA_HOME": str(self.home),
-            "MULAMBDA_KAFKA_PORT": str(self.ports["kafka"]),
-            "MULAMBDA_KAFKA_CONTROLLER_PORT": str(self.ports["kafka_controller"]),
-            "MULAMBDA_REDIS_PORT": str(self.ports["redis"]),
-            "MULAMBDA_MINIO_PORT": str(self.ports["minio"]),
-            "MULAMBDA_MINIO_CONSOLE_PORT": str(self.ports["minio_console"]),
-            "MULAMBDA_START_TIMEOUT": str(int(self.spec.start_timeout_s)),
-        }
-
     def settings_env(self) -> dict[str, str]:
         """The ``MULAMBDA_*`` connection settings of the private instance, for workers."""
+        infra = self._infra()
         return {
-            "MULAMBDA_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
-            "MULAMBDA_REDIS_URL": self.redis_url,
-            "MULAMBDA_MINIO_ENDPOINT": f"127.0.0.1:{self.ports['minio']}",
+            "MULAMBDA_KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap_servers,
+            "MULAMBDA_REDIS_URL": infra.redis_url,
+            "MULAMBDA_MINIO_ENDPOINT": infra.minio_endpoint,
             "MULAMBDA_TOPIC_PREFIX": "",
             "MULAMBDA_LOG_LEVEL": self.spec.log_level,
             **self.spec.extra_env,
@@ -268,13 +209,14 @@ class LocalPlatform(Lifecycle):
 
     def plan(self) -> None:
         """Pick the ports and name the workers (no process starts); ``start`` calls it."""
-        if self.workers:
+        if self.infra is not None:
             return
-        names = ["kafka", "kafka_controller", "redis", "minio", "minio_console"]
         spec = self.spec
-        ports = free_ports(len(names) + spec.executors + spec.selectors + spec.routers)
-        self.ports = dict(zip(names, ports, strict=False))
-        spare = iter(ports[len(names) :])
+        self.infra = PrivateInfra(
+            spec.infra, start_timeout_s=spec.start_timeout_s, keep_home=self._keep_home
+        )
+        count = spec.executors + spec.selectors + spec.routers
+        spare = iter(free_ports(count, exclude=self.infra.ports.values()))
         for i in range(spec.executors):
             self._add(Worker(f"executor-{i}", "executor", i, port=next(spare)))
             for model in spec.models:
@@ -286,15 +228,13 @@ class LocalPlatform(Lifecycle):
 
     async def start(self) -> None:
         """Infrastructure, topics, workers; returns when everything is ready."""
-        if self.home is not None:
+        if self._http is not None:
             return
         self.plan()
-        self.home = Path(tempfile.mkdtemp(prefix="mulambda-platform-"))
-        (self.home / "workers").mkdir()
+        infra = self._infra()
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
         try:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
-            await self._start_reaper()
-            await self._infra("start", *self.spec.infra)
+            await infra.start()
             await self._topics_apply()
             await self.start_workers()
         except BaseException:
@@ -303,26 +243,16 @@ class LocalPlatform(Lifecycle):
 
     async def stop(self) -> None:
         """Stop every worker and the infrastructure, remove the home; safe to call twice."""
-        home = self.home
-        if home is None:
+        http, self._http = self._http, None
+        if http is None:
             return
         try:
             await self.stop_workers(list(self.workers.values()))
         finally:
             try:
-                with contextlib.suppress(PlatformError):
-                    await self._infra("stop", timeout_s=120.0)
+                await self._infra().stop()
             finally:
-                (home / ".stopped").touch()
-                await self._stop_reaper()
-                if self._http is not None:
-                    await self._http.close()
-                    self._http = None
-                self.home = None
-                if self._keep_home:
-                    log.warning("platform home kept: %s", home)
-                else:
-                    shutil.rmtree(home, ignore_errors=True)
+                await http.close()
 
     # --- workers -----------------------------------------------------------------------
 
@@ -384,8 +314,9 @@ class LocalPlatform(Lifecycle):
         Returns what was done, one line each (empty when nothing was needed).
         """
         done: list[str] = []
-        if not await self.infra_running():
-            await self._infra("start", *self.spec.infra)
+        infra = self._infra()
+        if not await infra.running():
+            await infra.run("start", *infra.components)
             done.append("started the infrastructure again")
         for worker in self.of_kind("executor"):
             if worker.delay_ms != self.spec.executor_delay_ms:
@@ -450,52 +381,7 @@ class LocalPlatform(Lifecycle):
 
     async def restart_infra(self, component: str, *, wipe: bool = False) -> None:
         """``infra.sh restart COMPONENT``; with ``wipe``, its data is deleted in between."""
-        if component not in self.spec.infra:
-            raise PlatformError(f"{component} is not part of this platform's infrastructure")
-        await self._infra("stop", component)
-        if wipe:
-            data = self._home() / component / "data"
-            shutil.rmtree(data, ignore_errors=True)
-            data.mkdir(parents=True)
-        await self._infra("start", component)
-
-    async def infra_running(self) -> bool:
-        """Whether ``infra.sh status`` says every component runs."""
-        code, _ = await self._run_infra("status", *self.spec.infra, timeout_s=30.0)
-        return code == 0
-
-    async def _infra(self, command: str, *components: str, timeout_s: float | None = None) -> None:
-        code, output = await self._run_infra(
-            command, *components, timeout_s=timeout_s or self.spec.start_timeout_s + 60
-        )
-        if code != 0:
-            raise PlatformError(
-                f"infra.sh {command} {' '.join(components)} failed ({code}):\n{output[-3000:]}"
-            )
-
-    async def _run_infra(self, command: str, *components: str, timeout_s: float) -> tuple[int, str]:
-        process = await asyncio.create_subprocess_exec(
-            "bash",
-            str(INFRA),
-            command,
-            *components,
-            env=self.infra_env(),
-            cwd=REPO,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        try:
-            out, _ = await asyncio.wait_for(process.communicate(), timeout_s)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-            return 124, f"infra.sh {command} timed out after {timeout_s:g}s"
-        text = out.decode(errors="replace")
-        with (self._home() / "infra.log").open("a") as handle:
-            handle.write(f"=== infra.sh {command} {' '.join(components)}\n{text}")
-        return process.returncode or 0, text
+        await self._infra().restart(component, wipe=wipe)
 
     async def _topics_apply(self) -> None:
         process = await asyncio.create_subprocess_exec(
@@ -517,20 +403,18 @@ class LocalPlatform(Lifecycle):
     # --- internals ---------------------------------------------------------------------
 
     def _home(self) -> Path:
-        if self.home is None:
-            raise PlatformError("platform is not started")
-        return self.home
+        return self._infra().require_home()
 
     def _add(self, worker: Worker) -> None:
         worker.delay_ms = self.spec.executor_delay_ms
         self.workers[worker.name] = worker
 
     def _log_path(self, worker: Worker) -> Path:
-        return self._home() / "workers" / f"{worker.name}.log"
+        return self._infra().workers_dir / f"{worker.name}.log"
 
     def _env(self, metrics_port: int | None = None) -> dict[str, str]:
         path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-        env = {**_clean_environ(), **self.settings_env(), "PYTHONPATH": path}
+        env = {**clean_environ(), **self.settings_env(), "PYTHONPATH": path}
         if metrics_port is not None:
             env["MULAMBDA_METRICS_PORT"] = str(metrics_port)
         return env
@@ -626,7 +510,7 @@ class LocalPlatform(Lifecycle):
                 preexec_fn=_die_with_parent,
             )
         worker.started += 1
-        (self._home() / "workers" / f"{worker.name}.pid").write_text(f"{worker.pid}\n")
+        (self._infra().workers_dir / f"{worker.name}.pid").write_text(f"{worker.pid}\n")
 
     async def _reap(self, worker: Worker, timeout_s: float) -> None:
         process = worker.process
@@ -712,33 +596,6 @@ class LocalPlatform(Lifecycle):
 
         await self._wait(f"registrations of {len(wanted)} executors", registered, companions)
 
-    async def _start_reaper(self) -> None:
-        home = self._home()
-        self._reaper = await asyncio.create_subprocess_exec(
-            "bash",
-            "-c",
-            _REAPER,
-            "reaper",
-            str(os.getpid()),
-            str(home),
-            str(INFRA),
-            env=self.infra_env(),
-            cwd=REPO,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-    async def _stop_reaper(self) -> None:
-        reaper, self._reaper = self._reaper, None
-        if reaper is None or reaper.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            reaper.terminate()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(reaper.wait(), 5)
-
 
 def read_rss_mb(pid: int) -> float | None:
     """VmRSS of ``pid`` in MB from /proc, None when it is gone."""
@@ -750,10 +607,3 @@ def read_rss_mb(pid: int) -> float | None:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return None
-
-
-def _clean_environ() -> dict[str, str]:
-    # The caller's MULAMBDA_* settings point at the shared servers: never hand them on.
-    # The artefact cache is shared on purpose (Kafka jars, MinIO binary).
-    keep = {"MULAMBDA_CACHE_DIR"}
-    return {k: v for k, v in os.environ.items() if not k.startswith("MULAMBDA_") or k in keep}

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from mulambda.bench.infra import REPO, PlatformError, PrivateInfra, free_ports
 from mulambda.bench.load import LoadSpec
-from mulambda.bench.platform import REPO, LocalPlatform, PlatformError, PlatformSpec, free_ports
+from mulambda.bench.platform import LocalPlatform, PlatformSpec
 from mulambda.bench.scenarios import FAULTS, PROBE_LOAD, serves, slow_delay_ms
 from mulambda.bench.verify import COMMITTED, UNCOMMITTED, Ledger, SentRequest
 from mulambda.emulator.profiles import load_profiles, profile_by_name
@@ -36,9 +37,10 @@ def test_the_plan_names_every_worker_with_ports_of_its_own(planned: LocalPlatfor
     assert kinds.count("selector") == 2
     assert kinds.count("router") == 2
     ports = [w.port for w in planned.workers.values() if w.port is not None]
-    ports += list(planned.ports.values())
+    assert planned.infra is not None
+    ports += list(planned.infra.ports.values())
     assert len(ports) == len(set(ports)) == 3 + 2 + 2 + 5
-    assert planned.bootstrap_servers == f"127.0.0.1:{planned.ports['kafka']}"
+    assert planned.bootstrap_servers == f"127.0.0.1:{planned.infra.ports['kafka']}"
     assert len(set(planned.spec.executor_ids())) == 9
     planned.plan()  # a second plan changes nothing
     assert len(planned.workers) == 16
@@ -62,7 +64,8 @@ def test_executors_serve_every_model_at_time_scale_zero(planned: LocalPlatform) 
 def test_slow_executors_serve_the_same_models_from_a_fixed_delay_profile(
     planned: LocalPlatform, tmp_path: Path
 ) -> None:
-    planned.home = tmp_path
+    assert planned.infra is not None
+    planned.infra.home = tmp_path
     worker = planned.worker("executor-0")
     worker.delay_ms = 12800
     argv, _ = planned.command(worker)
@@ -103,7 +106,8 @@ def test_routers_and_selectors_get_ids_and_metrics_ports_and_only_private_settin
     assert _value(argv, "--selection-timeout") == "2"
     assert env["MULAMBDA_METRICS_PORT"] == str(router.port)
     assert env["MULAMBDA_KAFKA_BOOTSTRAP_SERVERS"] == planned.bootstrap_servers
-    assert env["MULAMBDA_REDIS_URL"] == f"redis://127.0.0.1:{planned.ports['redis']}/0"
+    assert planned.infra is not None
+    assert env["MULAMBDA_REDIS_URL"] == f"redis://127.0.0.1:{planned.infra.ports['redis']}/0"
     assert env["MULAMBDA_CACHE_DIR"] == "/cache"
     selector = planned.worker("selector-0")
     argv, env = planned.command(selector)
@@ -115,14 +119,40 @@ def test_routers_and_selectors_get_ids_and_metrics_ports_and_only_private_settin
 def test_unknown_workers_and_infrastructure_are_refused(planned: LocalPlatform) -> None:
     with pytest.raises(PlatformError, match="no worker 'router-7'"):
         planned.worker("router-7")
+    assert planned.infra is not None
     with pytest.raises(PlatformError, match="not started"):
-        planned.infra_env()
+        planned.infra.env()
+    with pytest.raises(PlatformError, match="unknown infrastructure"):
+        PrivateInfra(["kafka", "zookeeper"])
 
 
-def test_free_ports_are_distinct() -> None:
+def test_the_private_infrastructure_gets_its_own_home_and_every_port(
+    planned: LocalPlatform, tmp_path: Path
+) -> None:
+    infra = planned.infra
+    assert infra is not None
+    infra.home = tmp_path
+    env = infra.env()
+    assert env["MULAMBDA_HOME"] == str(tmp_path)
+    for name, variable in [
+        ("kafka", "MULAMBDA_KAFKA_PORT"),
+        ("kafka_controller", "MULAMBDA_KAFKA_CONTROLLER_PORT"),
+        ("redis", "MULAMBDA_REDIS_PORT"),
+        ("minio", "MULAMBDA_MINIO_PORT"),
+        ("minio_console", "MULAMBDA_MINIO_CONSOLE_PORT"),
+    ]:
+        assert env[variable] == str(infra.ports[name])
+    assert "MULAMBDA_REDIS_URL" not in env  # the shared server's, set by the fixture
+    assert env["MULAMBDA_CACHE_DIR"] == "/cache"
+    assert infra.workers_dir == tmp_path / "workers"
+
+
+def test_free_ports_are_distinct_and_avoid_the_excluded() -> None:
     ports = free_ports(20)
     assert len(set(ports)) == 20
     assert all(1024 <= p <= 65535 for p in ports)
+    more = free_ports(20, exclude=ports)
+    assert not set(more) & set(ports)
 
 
 def test_slow_executors_serve_a_tenth_of_the_load() -> None:
