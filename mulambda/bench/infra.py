@@ -191,11 +191,13 @@ class PrivateInfra(Lifecycle):
         """``infra.sh restart COMPONENT``; with ``wipe``, its data is deleted in between."""
         if component not in self.components:
             raise PlatformError(f"{component} is not part of this infrastructure")
+        if not wipe:
+            await self.run("restart", component)
+            return
         await self.run("stop", component)
-        if wipe:
-            data = self.require_home() / component / "data"
-            shutil.rmtree(data, ignore_errors=True)
-            data.mkdir(parents=True)
+        data = self.require_home() / component / "data"
+        shutil.rmtree(data, ignore_errors=True)
+        data.mkdir(parents=True)
         await self.run("start", component)
 
     async def running(self) -> bool:
