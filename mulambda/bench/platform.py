@@ -273,16 +273,18 @@ class LocalPlatform(Lifecycle):
         """SIGTERM the workers at once, wait for each, SIGKILL those still alive."""
         running = [w for w in workers if w.alive]
         for worker in running:
-            with contextlib.suppress(ProcessLookupError):
-                worker.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            if worker.process is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.send_signal(signal.SIGTERM)
         await asyncio.gather(*(self._reap(w, self.spec.stop_timeout_s) for w in running))
 
     async def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to a worker; for SIGKILL and SIGTERM, wait until it is gone."""
         worker = self.worker(name)
-        if not worker.alive:
+        process = worker.process
+        if process is None or process.returncode is not None:
             raise PlatformError(f"{name} is not running")
-        worker.process.send_signal(sig)  # type: ignore[union-attr]
+        process.send_signal(sig)
         if sig in (signal.SIGKILL, signal.SIGTERM):
             await self._reap(worker, self.spec.stop_timeout_s)
 
@@ -396,7 +398,13 @@ class LocalPlatform(Lifecycle):
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
-        out, _ = await asyncio.wait_for(process.communicate(), 120)
+        try:
+            out, _ = await asyncio.wait_for(process.communicate(), 120)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+            raise PlatformError("mulambda topics apply did not finish within 120s") from None
         if process.returncode != 0:
             raise PlatformError(f"mulambda topics apply failed:\n{out.decode(errors='replace')}")
 
