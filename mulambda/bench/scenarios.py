@@ -257,7 +257,7 @@ async def run_scenario(
         scenario=fault.name,
         description=fault.description,
         rate=load.rate,
-        duration_s=load.duration_s,
+        duration_s=round(summary.last_scheduled_s - summary.started_s, 1),
         deadline_s=load.deadline_s,
         figures=figures,
         router_rss_peak_mb={k: round(v, 1) for k, v in rss.peaks.items()},

@@ -369,6 +369,7 @@ class ScenarioReport:
     description: str
     rate: float
     duration_s: float
+    """How long the load was sent (a fault run stops it some time after the fault)."""
     deadline_s: float
     figures: Figures
     router_rss_peak_mb: dict[str, float] = field(default_factory=dict)
