@@ -1,0 +1,14 @@
+"""Fault-injection harness: a local platform as processes, open-loop load, accounting.
+
+* :mod:`mulambda.bench.infra` — a private Kafka and Redis through ``deploy/local/infra.sh``;
+* :mod:`mulambda.bench.platform` — :class:`~mulambda.bench.platform.LocalPlatform`, the whole
+  platform (that infrastructure, selectors, routers, executors, companions) as local
+  processes, with kills and restarts;
+* :mod:`mulambda.bench.load` — open-loop load of hand-written-equivalent inference requests;
+* :mod:`mulambda.bench.readers` — group-less readers of the reply and request topics;
+* :mod:`mulambda.bench.verify` — the pure accounting (lost, duplicates, errors, recovery);
+* :mod:`mulambda.bench.scenarios` — the issue-10 faults and the run that measures one.
+
+Used by ``tests/faults`` (targets asserted) and ``benchmarks/bench_faults.py`` (longer runs,
+figures printed).
+"""

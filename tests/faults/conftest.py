@@ -1,0 +1,113 @@
+"""Fixtures of the fault suite: one private local platform per module, healed per scenario.
+
+The platform (:class:`mulambda.bench.platform.LocalPlatform`) runs its own Kafka and
+Redis on free ports under a temporary ``MULAMBDA_HOME``, so its faults never reach the
+servers the other suites share. ``measure`` heals it (and proves it serves) before each
+scenario, runs the scenario, prints its row of figures (``pytest -s``), writes it as
+JSON to ``$MULAMBDA_FAULTS_RESULTS/<scenario>.json`` when that variable is set, and the
+whole table is printed at the end of the session.
+
+The suite takes minutes and, until issue 10's guarantees land, fails; a plain ``pytest``
+(``deploy/local/test.sh``) therefore skips it. It runs when asked for: ``pytest
+tests/faults``, ``-m faults``, or ``MULAMBDA_FAULTS=1``. ``MULAMBDA_FAULTS_KEEP_HOME=1``
+keeps the platform's home (worker and broker logs) for a post-mortem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from mulambda.bench.load import LoadSpec
+from mulambda.bench.platform import LocalPlatform, PlatformSpec
+from mulambda.bench.scenarios import FAULTS, RunOptions, ensure_serving, run_scenario
+from mulambda.bench.verify import ScenarioReport, render_table
+
+HERE = Path(__file__).resolve().parent
+RESULTS_ENV = "MULAMBDA_FAULTS_RESULTS"
+REPORTS: list[ScenarioReport] = []
+"""Every scenario measured in this session, for the summary table."""
+
+Measure = Callable[[str, LoadSpec, RunOptions], Awaitable[ScenarioReport]]
+
+
+def _asked_for(config: pytest.Config) -> bool:
+    if os.environ.get("MULAMBDA_FAULTS") == "1":
+        return True
+    if "faults" in (config.option.markexpr or ""):
+        return True
+    for arg in config.args:
+        path = Path(arg.split("::")[0]).resolve()
+        if path == HERE or HERE in path.parents:
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _asked_for(config):
+        return
+    skip = pytest.mark.skip(
+        reason="fault suite runs only when asked for: pytest tests/faults, -m faults or "
+        "MULAMBDA_FAULTS=1 (minutes; fails until issue 10's guarantees land)"
+    )
+    for item in items:
+        if HERE in item.path.resolve().parents:
+            item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not REPORTS:
+        return
+    terminalreporter.section("fault suite figures")
+    terminalreporter.write_line(render_table(REPORTS))
+    results = os.environ.get(RESULTS_ENV)
+    if results:
+        (Path(results) / "table.txt").write_text(render_table(REPORTS) + "\n")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def local_platform() -> AsyncIterator[LocalPlatform]:
+    """2 selectors, 2 routers, 3 executor processes (9 companions), private Kafka/Redis."""
+    spec = PlatformSpec(selectors=2, routers=2, executors=3)
+    platform = LocalPlatform(spec, keep_home=os.environ.get("MULAMBDA_FAULTS_KEEP_HOME") == "1")
+    await platform.start()  # a failed start stops what it started
+    try:
+        yield platform
+    finally:
+        await platform.stop()
+
+
+def _record(report: ScenarioReport) -> None:
+    REPORTS.append(report)
+    print()  # after pytest's progress dot
+    print(render_table([report]))
+    results = os.environ.get(RESULTS_ENV)
+    if results:
+        directory = Path(results)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{report.scenario}.json"
+        path.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+
+
+@pytest.fixture
+def measure(local_platform: LocalPlatform) -> Measure:
+    """Heal the platform, run one scenario on it, record and return its figures."""
+
+    async def run(scenario: str, load: LoadSpec, options: RunOptions) -> ScenarioReport:
+        healing = await ensure_serving(local_platform)
+        report = await run_scenario(
+            local_platform,
+            FAULTS[scenario],
+            load,
+            options,
+            notes=tuple(f"healed first: {line}" for line in healing),
+        )
+        _record(report)
+        return report
+
+    return run
