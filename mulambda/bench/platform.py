@@ -95,6 +95,11 @@ class PlatformSpec:
     """Requests each router routes at once (``mulambda router --concurrency``)."""
     selection_timeout_s: float = 2.0
     """``mulambda router --selection-timeout``."""
+    session_timeout_s: float = 3.0
+    """Group session timeout of routers and selectors (the local broker allows 1 s): how
+    long a killed worker's partitions wait before the survivors take them over."""
+    delivery_mode: str = "at-least-once"
+    """``MULAMBDA_DELIVERY_MODE`` of the routers (``exactly-once`` uses transactions)."""
     infra: tuple[str, ...] = ("kafka", "redis")
     """infra.sh components to run (add ``minio`` for executors that pull models)."""
     log_level: str = "INFO"
@@ -427,6 +432,15 @@ class LocalPlatform(Lifecycle):
             env["MULAMBDA_METRICS_PORT"] = str(metrics_port)
         return env
 
+    def _group_env(self, instance_id: str, metrics_port: int | None) -> dict[str, str]:
+        """Environment of a group worker: static membership under its stable name, and
+        the spec's session timeout."""
+        env = self._env(metrics_port=metrics_port)
+        env["MULAMBDA_KAFKA_GROUP_INSTANCE_ID"] = instance_id
+        env["MULAMBDA_KAFKA_SESSION_TIMEOUT_S"] = f"{self.spec.session_timeout_s:g}"
+        env["MULAMBDA_KAFKA_HEARTBEAT_INTERVAL_S"] = f"{self.spec.session_timeout_s / 3:g}"
+        return env
+
     def command(self, worker: Worker) -> tuple[list[str], dict[str, str]]:
         """The command line and environment ``worker`` is launched with."""
         spec = self.spec
@@ -472,7 +486,7 @@ class LocalPlatform(Lifecycle):
             return argv, self._env(metrics_port=0)
         if worker.kind == "selector":
             argv = [*base, "selector", "--selector-id", f"bench-selector-{worker.index}"]
-            return argv, self._env(metrics_port=worker.port)
+            return argv, self._group_env(f"bench-selector-{worker.index}", worker.port)
         if worker.kind == "router":
             argv = [
                 *base,
@@ -484,7 +498,9 @@ class LocalPlatform(Lifecycle):
                 "--selection-timeout",
                 f"{spec.selection_timeout_s:g}",
             ]
-            return argv, self._env(metrics_port=worker.port)
+            env = self._group_env(f"bench-router-{worker.index}", worker.port)
+            env["MULAMBDA_DELIVERY_MODE"] = spec.delivery_mode
+            return argv, env
         raise PlatformError(f"unknown worker kind {worker.kind!r}")
 
     def _slow_profiles(self, delay_ms: float) -> Path:

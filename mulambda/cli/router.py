@@ -46,9 +46,20 @@ class _RouterService:
     type=click.IntRange(1, 10_000),
     help="Requests routed at once.",
 )
+@click.option(
+    "--queue-limit",
+    default=None,
+    type=click.IntRange(0, 1_000_000),
+    help="Requests taken from Kafka to wait for a routing slot (default 16 x concurrency); "
+    "each waits at most until its deadline, then gets an error result.",
+)
 @click.option("--selection-timeout", default=2.0, show_default=True, type=click.FloatRange(0.01))
 def router(
-    router_id: str | None, group_id: str, concurrency: int, selection_timeout: float
+    router_id: str | None,
+    group_id: str,
+    concurrency: int,
+    queue_limit: int | None,
+    selection_timeout: float,
 ) -> None:
     """Route inference requests to the executors the selector picks."""
     settings = load_settings()
@@ -65,6 +76,7 @@ def router(
         router_id=rid,
         group_id=group_id,
         concurrency=concurrency,
+        queue_limit=queue_limit,
         selection_timeout_s=selection_timeout,
         top_k=settings.router_top_k,
         call_margin_s=settings.router_call_margin_s,

@@ -79,6 +79,7 @@ from mulambda.wire.events import (
     SelectionRequest,
     deadline_in,
     new_message_id,
+    utcnow,
 )
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,11 @@ class RouterMetrics:
         )
         self.failovers = Counter(
             "mulambda_router_failovers", "Calls retried on the next candidate", registry=registry
+        )
+        self.overloaded = Counter(
+            "mulambda_router_overloaded",
+            "Requests answered with an error because no routing slot freed up in time",
+            registry=registry,
         )
         self.in_flight = Gauge(
             "mulambda_router_in_flight", "Requests being routed now", registry=registry
@@ -143,6 +149,7 @@ class Router(Lifecycle):
         router_id: str,
         group_id: str = "mulambda-router",
         concurrency: int = 64,
+        queue_limit: int | None = None,
         selection_timeout_s: float = 2.0,
         call_timeout_s: float = 30.0,
         top_k: int = DEFAULT_TOP_K,
@@ -182,6 +189,11 @@ class Router(Lifecycle):
         self.router_id = router_id
         self._group_id = group_id
         self._concurrency = concurrency
+        # Requests taken from Kafka beyond those being routed wait for a slot here, each
+        # at most until its deadline: under overload every request is still answered in
+        # time (with an error), and memory stays bounded by the queue.
+        self._queue_limit = queue_limit or concurrency * 16
+        self._slots = asyncio.Semaphore(concurrency)
         self._selection_timeout_s = selection_timeout_s
         self._call_timeout_s = call_timeout_s
         self._top_k = top_k
@@ -283,7 +295,7 @@ class Router(Lifecycle):
                     vet_address=self._invalid_reply_problem,
                     on_answered=self.metrics.requests.labels("invalid").inc,
                 ),
-                concurrency=self._concurrency,
+                concurrency=self._concurrency + self._queue_limit,
                 grace_s=self._grace_s,
                 transactions=self._transactions,
                 commit_interval_s=(
@@ -351,7 +363,7 @@ class Router(Lifecycle):
             if isinstance(target, Misaddressed):
                 result = error_result(request.correlation_id, target.reason)
             else:
-                result = await self.route(request)
+                result = await self._route_when_admitted(request)
             result = result.model_copy(
                 update={
                     "latency_ms": (time.perf_counter() - started) * 1000,
@@ -407,6 +419,25 @@ class Router(Lifecycle):
         if isinstance(verdict, Misaddressed):
             log.warning("request %s: %s", request.message_id, verdict.reason)
         return verdict
+
+    async def _route_when_admitted(self, request: InferenceRequest) -> InferenceResult:
+        """Route once one of the ``concurrency`` slots is free; an error result when none
+        frees up before the deadline (minus the margin an answer needs)."""
+        wait_s = (request.deadline - utcnow()).total_seconds() - self._call_margin_s
+        try:
+            async with asyncio.timeout(max(0.0, wait_s)):
+                await self._slots.acquire()
+        except TimeoutError:
+            self.metrics.overloaded.inc()
+            return error_result(
+                request.correlation_id,
+                f"router overloaded: no routing slot free before the deadline "
+                f"({self._concurrency} requests being routed)",
+            )
+        try:
+            return await self.route(request)
+        finally:
+            self._slots.release()
 
     async def route(self, request: InferenceRequest) -> InferenceResult:
         """Select and call; never raises for request-level problems, returns an error."""
