@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: lint, types, unit and integration tests against real Kafka, Redis
-# and MinIO (the session fixtures start them through deploy/local/infra.sh when needed).
+# and MinIO (the session fixtures start them through deploy/local/infra.sh when needed),
+# and the fault suite (tests/faults: kills and restarts on a private platform of its own,
+# about 8 minutes; MULAMBDA_FAULTS=0 leaves it out).
 # Extra arguments go to pytest, e.g. `deploy/local/test.sh -m unit`.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -20,4 +22,5 @@ log "mypy --strict"
 log "topic catalog up to date"
 "$VENV/bin/mulambda" topics generate --check
 log "pytest"
+export MULAMBDA_FAULTS="${MULAMBDA_FAULTS:-1}"
 exec "$VENV/bin/pytest" "$@"

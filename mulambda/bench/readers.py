@@ -11,17 +11,23 @@ objects are counted and skipped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import orjson
-from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
 
-from mulambda.kafka import KafkaConfig, partitions_of, start_bounded
+from mulambda.errors import KafkaUnavailable
+from mulambda.kafka import (
+    KafkaConfig,
+    KafkaConsumer,
+    assign_at_end,
+    close_consumer,
+    fetch,
+    partitions_of,
+    start_consumer,
+)
 from mulambda.runtime.lifecycle import Lifecycle
 
 log = logging.getLogger(__name__)
@@ -54,7 +60,7 @@ class TopicReader(Lifecycle):
         self.isolation_level = isolation_level
         self._on_record = on_record
         self._clock = clock
-        self._consumer: AIOKafkaConsumer | None = None
+        self._consumer: KafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.records = 0
@@ -68,24 +74,18 @@ class TopicReader(Lifecycle):
         """Connect, assign every partition and fix the start positions at the end."""
         if self._consumer is not None:
             return
-        consumer = AIOKafkaConsumer(
-            **self._config.client_kwargs(),
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level=self.isolation_level,
+        consumer = await start_consumer(
+            self._config,
+            f"{self.isolation_level} reader",
             auto_offset_reset="earliest",
             fetch_max_wait_ms=50,
+            read_committed=self.isolation_level == "read_committed",
         )
-        await start_bounded(consumer, f"{self.isolation_level} reader", 15.0)
         try:
-            partitions = await partitions_of(consumer, self.topic)
-            consumer.assign(partitions)
-            await consumer.seek_to_end(*partitions)
-            for tp in partitions:  # resolves "end" now, not at the first fetch
-                await consumer.position(tp)
+            # Positioned at the end now, not at the first fetch.
+            await assign_at_end(consumer, await partitions_of(self._config, self.topic))
         except BaseException:
-            with contextlib.suppress(KafkaError, OSError):
-                await consumer.stop()
+            await close_consumer(consumer)
             raise
         self._consumer = consumer
         self._stopping.clear()
@@ -103,16 +103,17 @@ class TopicReader(Lifecycle):
                 await asyncio.wait_for(task, 5.0)
             except TimeoutError:
                 log.warning("%s reader did not stop within 5s", self.isolation_level)
-        with contextlib.suppress(KafkaError, OSError):
-            await consumer.stop()
+        await close_consumer(consumer)
 
-    async def _run(self, consumer: AIOKafkaConsumer) -> None:
+    async def _run(self, consumer: KafkaConsumer) -> None:
         while not self._stopping.is_set():
             try:
-                batches = await consumer.getmany(timeout_ms=100, max_records=2000)
-            except KafkaError as exc:
+                batches = await fetch(
+                    consumer, timeout_ms=100, max_records=2000, what=f"{self.isolation_level} read"
+                )
+            except KafkaUnavailable as exc:
                 self.fetch_errors += 1
-                log.info("%s fetch failed, retrying: %s", self.isolation_level, exc)
+                log.info("%s, retrying", exc.reason)
                 await asyncio.sleep(0.2)
                 continue
             now = self._clock()

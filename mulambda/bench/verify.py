@@ -67,11 +67,24 @@ class ResultSeen:
     reason: str | None = None
 
 
-def answer_by(request: SentRequest, margin_s: float) -> float:
+def answer_by(
+    request: SentRequest,
+    margin_s: float,
+    *,
+    channel_back_s: float | None = None,
+    grace_s: float = 0.0,
+) -> float:
     """When a request's result must have come: its deadline (or, acknowledged later than
-    that, its acknowledgement) plus the margin."""
-    seen_from = max(request.deadline_s, request.acked_s or request.deadline_s)
-    return seen_from + margin_s
+    that, its acknowledgement) plus the margin.
+
+    ``channel_back_s``: when the only path to the client (a single broker) was down until
+    then, nobody can answer during the outage; a request due before it is due
+    ``grace_s`` (the recovery target) after it instead.
+    """
+    due = max(request.deadline_s, request.acked_s or request.deadline_s) + margin_s
+    if channel_back_s is not None and due < channel_back_s + grace_s:
+        return max(due, channel_back_s + grace_s)
+    return due
 
 
 def result_id(payload: Mapping[str, Any]) -> str | None:
@@ -274,9 +287,14 @@ class Ledger:
         fault_at_s: float | None = None,
         fault_done_s: float | None = None,
         premature_left_s: float = 5.0,
+        outage_grace_s: float | None = None,
     ) -> Figures:
         """The figures of the run; results arriving later than a request's deadline plus
-        ``margin_s`` leave it lost. Recovery is measured from ``fault_done_s``."""
+        ``margin_s`` leave it lost. Recovery is measured from ``fault_done_s``.
+
+        ``outage_grace_s``: the fault cut every path to clients (the only broker) until
+        ``fault_done_s``; requests due during it must be answered within this many
+        seconds after it (see :func:`answer_by`)."""
         acked = [r for r in self._requests.values() if r.acked]
         sdk = self._results[self.sdk_reader]
         answered = ok = errors = lost = late = premature = copies_dups = acked_late = 0
@@ -284,7 +302,12 @@ class Ledger:
         oks_by_partition: dict[int | None, list[float]] = defaultdict(list)
         for request in acked:
             seen = self._seen(sdk, request.message_id)
-            limit = answer_by(request, margin_s)
+            limit = answer_by(
+                request,
+                margin_s,
+                channel_back_s=fault_done_s if outage_grace_s is not None else None,
+                grace_s=outage_grace_s or 0.0,
+            )
             if not seen or seen[0].received_s > limit:
                 lost += 1
                 late += bool(seen)

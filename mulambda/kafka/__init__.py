@@ -38,7 +38,14 @@ from mulambda.kafka.fetching import (
 )
 from mulambda.kafka.health import LinkHealth, consumer_problem, producer_problem
 from mulambda.kafka.pipelined import PipelinedConsumer
-from mulambda.kafka.producer import AnswerSink, Producer, await_delivery
+from mulambda.kafka.producer import (
+    AnswerSink,
+    PlainProducer,
+    Producer,
+    await_delivery,
+    default_partition,
+    plain_producer,
+)
 from mulambda.kafka.records import (
     ConsumerStats,
     DeadLetterer,
@@ -73,6 +80,7 @@ __all__ = [
     "Membership",
     "Outcome",
     "PipelinedConsumer",
+    "PlainProducer",
     "Producer",
     "RawRecord",
     "Record",
@@ -88,10 +96,12 @@ __all__ = [
     "commit_offsets",
     "commit_unset_positions",
     "consumer_problem",
+    "default_partition",
     "fetch",
     "fetch_retrying",
     "lag_of",
     "partitions_of",
+    "plain_producer",
     "producer_problem",
     "read_until_key",
     "replay",

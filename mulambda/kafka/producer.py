@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
@@ -39,6 +39,7 @@ from aiokafka.errors import (
     ProducerFenced,
     UnknownProducerId,
 )
+from aiokafka.partitioner import murmur2
 
 from mulambda.errors import KafkaUnavailable, MulambdaError
 from mulambda.kafka.config import FRAMING_HEADROOM_BYTES, KafkaConfig, start_bounded
@@ -109,6 +110,32 @@ class _Outgoing:
 
 
 ClientFactory = Callable[[], AIOKafkaProducer]
+
+PlainProducer: TypeAlias = AIOKafkaProducer
+"""aiokafka's producer, for tools that must not share MuLambda's recovery (load generators
+that stand in for foreign clients)."""
+
+
+def plain_producer(
+    bootstrap_servers: str, *, client_id: str, request_timeout_s: float
+) -> PlainProducer:
+    """An unstarted acks=all producer without idempotence or MuLambda's resends, as a
+    plain client application would run one; start it with :func:`start_bounded`."""
+    producer: PlainProducer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=False,
+        linger_ms=2,
+        request_timeout_ms=int(request_timeout_s * 1000),
+        retry_backoff_ms=100,
+    )
+    return producer
+
+
+def default_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives ``key`` (murmur2, as in Java)."""
+    return (int(murmur2(key)) & 0x7FFFFFFF) % partitions
 
 
 class AnswerSink(abc.ABC):

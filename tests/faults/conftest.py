@@ -4,13 +4,15 @@ The platform (:class:`mulambda.bench.platform.LocalPlatform`) runs its own Kafka
 Redis on free ports under a temporary ``MULAMBDA_HOME``, so its faults never reach the
 servers the other suites share. ``measure`` heals it (and proves it serves) before each
 scenario, runs the scenario, prints its row of figures (``pytest -s``), writes it as
-JSON to ``$MULAMBDA_FAULTS_RESULTS/<scenario>.json`` when that variable is set, and the
-whole table is printed at the end of the session.
+JSON to ``$MULAMBDA_FAULTS_RESULTS/<mode>-<scenario>.json`` when that variable is set, and
+the whole table is printed at the end of the session. Every scenario runs once per
+delivery mode of the routers (a platform each).
 
-The suite takes minutes and, until issue 10's guarantees land, fails; a plain ``pytest``
-(``deploy/local/test.sh``) therefore skips it. It runs when asked for: ``pytest
-tests/faults``, ``-m faults``, or ``MULAMBDA_FAULTS=1``. ``MULAMBDA_FAULTS_KEEP_HOME=1``
-keeps the platform's home (worker and broker logs) for a post-mortem.
+The suite takes minutes. ``deploy/local/test.sh`` (hence CI) runs it (it sets
+``MULAMBDA_FAULTS=1``); a plain ``pytest`` skips it unless asked: ``pytest tests/faults``,
+``-m faults``, or ``MULAMBDA_FAULTS=1``; ``MULAMBDA_FAULTS=0`` always skips it.
+``MULAMBDA_FAULTS_KEEP_HOME=1`` keeps the platform's home (worker and broker logs) for a
+post-mortem.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ Measure = Callable[[str, LoadSpec, RunOptions], Awaitable[ScenarioReport]]
 def _asked_for(config: pytest.Config) -> bool:
     if os.environ.get("MULAMBDA_FAULTS") == "1":
         return True
+    if os.environ.get("MULAMBDA_FAULTS") == "0":
+        return False
     if "faults" in (config.option.markexpr or ""):
         return True
     for arg in config.args:
@@ -70,10 +74,15 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         (Path(results) / "table.txt").write_text(render_table(REPORTS) + "\n")
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def local_platform() -> AsyncIterator[LocalPlatform]:
-    """2 selectors, 2 routers, 3 executor processes (9 companions), private Kafka/Redis."""
-    spec = PlatformSpec(selectors=2, routers=2, executors=3)
+DELIVERY_MODES = ("at-least-once", "exactly-once")
+"""Every scenario runs in each delivery mode of the routers."""
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session", params=DELIVERY_MODES)
+async def local_platform(request: pytest.FixtureRequest) -> AsyncIterator[LocalPlatform]:
+    """2 selectors, 2 routers, 3 executor processes (9 companions), private Kafka/Redis,
+    routers in the delivery mode of the parameter."""
+    spec = PlatformSpec(selectors=2, routers=2, executors=3, delivery_mode=request.param)
     platform = LocalPlatform(spec, keep_home=os.environ.get("MULAMBDA_FAULTS_KEEP_HOME") == "1")
     await platform.start()  # a failed start stops what it started
     try:
@@ -82,15 +91,16 @@ async def local_platform() -> AsyncIterator[LocalPlatform]:
         await platform.stop()
 
 
-def _record(report: ScenarioReport) -> None:
+def _record(report: ScenarioReport, mode: str) -> None:
     REPORTS.append(report)
     print()  # after pytest's progress dot
+    print(f"delivery mode {mode}:")
     print(render_table([report]))
     results = os.environ.get(RESULTS_ENV)
     if results:
         directory = Path(results)
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{report.scenario}.json"
+        path = directory / f"{mode}-{report.scenario}.json"
         path.write_text(json.dumps(report.to_json(), indent=2) + "\n")
 
 
@@ -107,7 +117,7 @@ def measure(local_platform: LocalPlatform) -> Measure:
             options,
             notes=tuple(f"healed first: {line}" for line in healing),
         )
-        _record(report)
+        _record(report, local_platform.spec.delivery_mode)
         return report
 
     return run

@@ -16,8 +16,10 @@ or more of the deadline were left; no error result at all when another executor
 process serves the same traits; router memory bounded when the executors are ten times
 too slow for the load.
 
-Today's code misses most of these; the failures are the point (they measure the gap).
-The baseline must pass: it shows the harness itself loses and duplicates nothing.
+The baseline shows the harness itself loses and duplicates nothing. Every scenario runs
+in both delivery modes; "answered twice" counts results a read_committed reader sees, in
+either mode. A single-broker restart cuts every path to clients: requests due during it
+count as answered when answered within the 10 s recovery target after the broker is back.
 """
 
 from __future__ import annotations

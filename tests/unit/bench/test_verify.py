@@ -12,6 +12,7 @@ from mulambda.bench.verify import (
     Ledger,
     ScenarioReport,
     SentRequest,
+    answer_by,
     longest_outage,
     normalise_reason,
     percentile,
@@ -291,3 +292,13 @@ def test_the_table_shows_each_scenario_and_its_top_reasons() -> None:
 def test_the_sdk_reader_must_be_one_of_the_readers() -> None:
     with pytest.raises(ValueError, match="sdk reader"):
         Ledger(readers=("a", "b"), sdk_reader="c")
+
+
+def test_requests_due_while_the_only_broker_was_down_are_due_after_it_is_back() -> None:
+    during = SentRequest("m0", "c0", scheduled_s=0.0, deadline_s=10.0, acked_s=0.1)
+    after = SentRequest("m1", "c1", scheduled_s=40.0, deadline_s=50.0, acked_s=40.1)
+    # broker back at 30 s, 10 s to recover: due at 40 s instead of 13 s
+    assert answer_by(during, 3.0, channel_back_s=30.0, grace_s=10.0) == 40.0
+    assert answer_by(during, 3.0) == 13.0
+    # a request due well after the outage keeps its own due time
+    assert answer_by(after, 3.0, channel_back_s=30.0, grace_s=10.0) == 53.0
