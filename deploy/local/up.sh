@@ -122,9 +122,14 @@ for model in "${SYNTHETIC_MODELS[@]}"; do synthetic_args+=(--synthetic "$model")
 launch executor "mulambda executor serve --port $EXECUTOR_PORT " -- \
   "$MULAMBDA_BIN" executor serve --port "$EXECUTOR_PORT" --time-scale "$TIME_SCALE" \
   "${synthetic_args[@]}"
-launch selector "mulambda selector" MULAMBDA_METRICS_PORT="$SELECTOR_METRICS_PORT" -- \
+# Stable instance ids (static membership; the router's transactional id in exactly-once
+# mode) and 3 s sessions, which the local broker allows: a killed worker's partitions move
+# within seconds.
+launch selector "mulambda selector" MULAMBDA_METRICS_PORT="$SELECTOR_METRICS_PORT" \
+  MULAMBDA_KAFKA_GROUP_INSTANCE_ID=local-selector MULAMBDA_KAFKA_SESSION_TIMEOUT_S=3 -- \
   "$MULAMBDA_BIN" selector
-launch router "mulambda router" MULAMBDA_METRICS_PORT="$ROUTER_METRICS_PORT" -- \
+launch router "mulambda router" MULAMBDA_METRICS_PORT="$ROUTER_METRICS_PORT" \
+  MULAMBDA_KAFKA_GROUP_INSTANCE_ID=local-router MULAMBDA_KAFKA_SESSION_TIMEOUT_S=3 -- \
   "$MULAMBDA_BIN" router
 launch probe "mulambda clients serve-probe --port $PROBE_PORT --client-id $DEMO_CLIENT_ID " -- \
   "$MULAMBDA_BIN" clients serve-probe --port "$PROBE_PORT" --client-id "$DEMO_CLIENT_ID" \
