@@ -111,6 +111,20 @@ class _Outgoing:
 
 ClientFactory = Callable[[], AIOKafkaProducer]
 
+
+def idempotent_client(config: KafkaConfig, *, linger_ms: int, **extra: Any) -> AIOKafkaProducer:
+    """An unstarted acks=all idempotent aiokafka producer taking the largest records;
+    ``extra`` adds client arguments (the transactional id)."""
+    return AIOKafkaProducer(
+        **config.client_kwargs(),
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=linger_ms,
+        max_request_size=MAX_REQUEST_BYTES,
+        **extra,
+    )
+
+
 PlainProducer: TypeAlias = AIOKafkaProducer
 """aiokafka's producer, for tools that must not share MuLambda's recovery (load generators
 that stand in for foreign clients)."""
@@ -217,13 +231,7 @@ class Producer(AnswerSink, Lifecycle):
         """Clients replaced after a fatal idempotence error."""
 
     def _new_client(self) -> AIOKafkaProducer:
-        return AIOKafkaProducer(
-            **self._config.client_kwargs(),
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=self._linger_ms,
-            max_request_size=MAX_REQUEST_BYTES,
-        )
+        return idempotent_client(self._config, linger_ms=self._linger_ms)
 
     async def start(self) -> None:
         """Connect; raises KafkaUnavailable within the config's timeout."""

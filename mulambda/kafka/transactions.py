@@ -36,7 +36,7 @@ from aiokafka.errors import KafkaError
 from mulambda.errors import KafkaUnavailable, MulambdaError
 from mulambda.kafka.config import KafkaConfig, start_bounded
 from mulambda.kafka.health import LinkHealth
-from mulambda.kafka.producer import MAX_REQUEST_BYTES, AnswerSink
+from mulambda.kafka.producer import AnswerSink, idempotent_client
 from mulambda.kafka.records import TopicPartition
 from mulambda.runtime.lifecycle import Lifecycle
 from mulambda.wire.codec import encode_key
@@ -142,14 +142,11 @@ class TransactionalProducer(AnswerSink, Lifecycle):
         """Transactions that failed (their answers are sent again in the next one)."""
 
     def _new_client(self) -> AIOKafkaProducer:
-        return AIOKafkaProducer(
-            **self._config.client_kwargs(),
-            acks="all",
-            enable_idempotence=True,
+        return idempotent_client(
+            self._config,
+            linger_ms=self._linger_ms,
             transactional_id=self._transactional_id,
             transaction_timeout_ms=int(self._transaction_timeout_s * 1000),
-            linger_ms=self._linger_ms,
-            max_request_size=MAX_REQUEST_BYTES,
         )
 
     async def start(self) -> None:
