@@ -30,8 +30,8 @@ from mulambda.executors.tfserving import (
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_TIMEOUT_S,
     BadRequest,
+    ExecutorUnavailable,
     GarbageResponse,
-    ModelNotFound,
     ModelVersionStatus,
     TFServingClient,
     encode_json,
@@ -41,7 +41,7 @@ from mulambda.wire.events import ModelState
 
 __all__ = ["OIPClient", "oip_model_path"]
 
-_NOT_READY_STATUSES: Final = (400, 404, 503)
+_NOT_READY_STATUSES: Final = (400, 503)
 """Answers of a ready endpoint that mean "not ready" rather than "broken"."""
 
 
@@ -166,12 +166,15 @@ class OIPClient(Lifecycle):
 
     async def _ready(self, path: str, timeout_s: float | None) -> bool:
         # Ready endpoints answer 200 (ready) or an error status (not ready), the body
-        # being optional: MLServer sends an empty one.
+        # being optional: MLServer sends an empty one. An unknown model stays
+        # ModelNotFound, as on TF Serving.
         try:
             await self._http._call("GET", path, None, timeout_s)
         except GarbageResponse as exc:
-            return exc.status == 200
-        except (BadRequest, ModelNotFound) as exc:
+            if exc.status == 200:
+                return True
+            raise
+        except (BadRequest, ExecutorUnavailable) as exc:
             if exc.status in _NOT_READY_STATUSES:
                 return False
             raise
