@@ -74,21 +74,27 @@ def test_candidates_carry_each_executors_protocol() -> None:
     assert {c.protocol for c in again.candidates} == {ExecutorProtocol.TFSERVING_REST}
 
 
+def _cli_registration(
+    accuracy: float = 0.9, protocol: str = "tfserving-rest"
+) -> ExecutorRegistration:
+    return build_registration(
+        executor_id="ex",
+        endpoint="http://127.0.0.1:8080",
+        model_name="wine",
+        model_version=None,
+        model_type="t",
+        input_format="i",
+        output_format="o",
+        accuracy=accuracy,
+        model_data_delay_ms_per_element=0.0,
+        node="local",
+        zone="local",
+        protocol=protocol,
+    )
+
+
 def test_cli_protocol_option_reaches_the_registration() -> None:
-    fields = {
-        "executor_id": "ex",
-        "endpoint": "http://127.0.0.1:8080",
-        "model_name": "wine",
-        "model_version": None,
-        "model_type": "t",
-        "input_format": "i",
-        "output_format": "o",
-        "accuracy": 0.9,
-        "model_data_delay_ms_per_element": 0.0,
-        "node": "local",
-        "zone": "local",
-    }
-    assert build_registration(**fields).protocol is ExecutorProtocol.TFSERVING_REST
-    assert build_registration(**fields, protocol="oip-v2").protocol is ExecutorProtocol.OIP_V2
+    assert _cli_registration().protocol is ExecutorProtocol.TFSERVING_REST
+    assert _cli_registration(protocol="oip-v2").protocol is ExecutorProtocol.OIP_V2
     with pytest.raises(BadArguments):
-        build_registration(**{**fields, "accuracy": 2.0}, protocol="oip-v2")
+        _cli_registration(accuracy=2.0, protocol="oip-v2")
