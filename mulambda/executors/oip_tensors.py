@@ -28,6 +28,7 @@ TF Serving                            OIP v2
 ``outputs: {name: nested}``
 ====================================  =========================================
 
+A TF Serving ``signature_name`` is not sent to OIP executors (OIP has no signatures).
 Datatypes are inferred from the values: BOOL, INT64, FP64 (any float among ints), BYTES
 for strings; OIP tensors are written with flat ``data``, read flat or nested.
 """

@@ -375,7 +375,9 @@ class InferenceRequest(RequestModel):
     verb: InferenceVerb = "predict"
     """TF Serving API verb."""
     body: dict[str, Any]
-    """The TF Serving request body (``instances``/``inputs`` or ``examples``)."""
+    """The request body: TF Serving's (``instances``/``inputs`` or ``examples``), or an Open
+    Inference Protocol v2 one (``inputs`` a list of typed tensors); the result's ``output``
+    is in the same dialect, whichever protocol the executor speaks."""
     input_size: int | None = Field(default=None, ge=0)
     """Input elements; derived from the body when None."""
 
