@@ -3,8 +3,14 @@
 # Redis (or Dragonfly) and MinIO, as plain processes bound to 127.0.0.1.
 #
 #   deploy/local/infra.sh install|start|status|stop|restart [kafka|redis|minio ...]
+#   deploy/local/infra.sh install mlserver
+#   deploy/local/infra.sh mlserver-bin
 #
-# No component argument means all three. Every command is idempotent.
+# No component argument means all three (and, for install, mlserver too). Every
+# command is idempotent. mlserver (Seldon MLServer, an Open Inference Protocol v2
+# server) is install-only: it gets its own venv in the cache, never mulambda's, and
+# the tests that need it start and stop its processes themselves; `mlserver-bin`
+# prints where its `mlserver` executable is.
 # Progress goes to stderr; `start` prints `export ...` lines on stdout, so
 #   eval "$(deploy/local/infra.sh start)"
 # works, and the same lines are written to $MULAMBDA_HOME/env for `source`.
@@ -21,7 +27,13 @@ MINIO_MODULE=github.com/minio/minio
 # module proxy only knows the release as this pseudo-version of its commit.
 MINIO_VERSION=v0.0.0-20250907161309-07c3a429bfed
 
+# MLServer and its scikit-learn runtime, in a venv of their own: their pins would
+# fight TensorFlow's and ours in a shared one.
+MLSERVER_VERSION=1.7.1
+
 ALL_COMPONENTS=(kafka redis minio)
+# Installed by `install` without arguments, never started by this script.
+INSTALL_ONLY_COMPONENTS=(mlserver)
 
 # --- configuration (all optional, see README) --------------------------------
 
@@ -49,6 +61,10 @@ MINIO_BIN=$CACHE_DIR/minio/$MINIO_VERSION/bin/minio
 # Where an earlier, unversioned `GOBIN=$CACHE/minio/bin go install` put MinIO;
 # adopted (hard link) when its embedded module version is the pinned one.
 MINIO_LEGACY_BIN=$CACHE_DIR/minio/bin/minio
+MLSERVER_HOME=$CACHE_DIR/mlserver-$MLSERVER_VERSION
+MLSERVER_BIN=$MLSERVER_HOME/current/bin/mlserver
+# The interpreter the venv is made from (MLServer 1.7 supports Python 3.9-3.12).
+MLSERVER_PYTHON=${MULAMBDA_MLSERVER_PYTHON:-python3}
 
 # --- small helpers ------------------------------------------------------------
 
@@ -60,7 +76,10 @@ usage() { # [exit-code]: 0 prints to stdout (asked for help), else stderr
   if ((code != 0)); then exec 1>&2; fi
   cat <<EOF
 usage: ${0##*/} install|start|status|stop|restart [kafka|redis|minio ...]
-  install  fetch/build artefacts into \$MULAMBDA_CACHE_DIR ($CACHE_DIR)
+       ${0##*/} install mlserver | mlserver-bin
+  install  fetch/build artefacts into \$MULAMBDA_CACHE_DIR ($CACHE_DIR);
+           without components also MLServer $MLSERVER_VERSION (install-only)
+  mlserver-bin  print the path of the installed mlserver executable
   start    install if needed, start, wait until ready, print export lines
   status   one line per component; exit 0 if all running, 3 otherwise
   stop     stop the processes recorded in our pid files
@@ -473,6 +492,48 @@ minio_ready() {
   curl -sf -m 2 -o /dev/null "http://127.0.0.1:$MINIO_PORT/minio/health/ready"
 }
 
+# --- MLServer (install only) -----------------------------------------------------
+
+mlserver_installed() { [[ -x $MLSERVER_BIN ]]; }
+
+# A venv cannot be moved (its scripts' shebangs name its path), so it is built
+# in a uniquely named directory where it stays, and the `current` symlink is
+# switched to it by rename once pip has succeeded: `current` existing always
+# means complete, as `libs` does for Kafka.
+mlserver_install() {
+  mlserver_installed && { log "mlserver: $MLSERVER_VERSION already in $MLSERVER_HOME"; return 0; }
+  require_cmd "$MLSERVER_PYTHON" "MLServer needs Python 3.9-3.12; set MULAMBDA_MLSERVER_PYTHON"
+  lock 8 "$CACHE_DIR/locks/mlserver-$MLSERVER_VERSION.lock"
+  if ! mlserver_installed; then
+    local venv
+    mkdir -p "$MLSERVER_HOME"
+    # Leftovers of interrupted installs (and venvs `current` no longer names);
+    # safe to remove while we hold the lock.
+    find "$MLSERVER_HOME" -mindepth 1 -maxdepth 1 -name 'venv.*' \
+      ! -name "$(basename "$(readlink "$MLSERVER_HOME/current" 2>/dev/null || echo none)")" \
+      -exec rm -rf {} +
+    venv=$(mktemp -d "$MLSERVER_HOME/venv.XXXXXX")
+    chmod 755 "$venv" # mktemp makes it private; the cache is shared
+    log "mlserver: pip install mlserver==$MLSERVER_VERSION mlserver-sklearn==$MLSERVER_VERSION into $venv; takes about a minute (log: $LOG_DIR/mlserver-install.log)"
+    if ! run_logged "mlserver install (python -m venv)" mlserver-install \
+      "$MLSERVER_PYTHON" -m venv "$venv" ||
+      ! run_logged "mlserver install (pip install mlserver)" mlserver-install \
+        "$venv/bin/python" -m pip install --disable-pip-version-check --no-input \
+        "mlserver==$MLSERVER_VERSION" "mlserver-sklearn==$MLSERVER_VERSION"; then
+      rm -rf "$venv"
+      exit 1
+    fi
+    [[ -x $venv/bin/mlserver ]] || {
+      rm -rf "$venv"
+      die "mlserver install: pip finished but bin/mlserver is missing; see $LOG_DIR/mlserver-install.log"
+    }
+    ln -sfn "$(basename "$venv")" "$MLSERVER_HOME/current.tmp"
+    mv -Tf "$MLSERVER_HOME/current.tmp" "$MLSERVER_HOME/current"
+    log "mlserver: installed $MLSERVER_BIN"
+  fi
+  unlock 8
+}
+
 # --- generic lifecycle --------------------------------------------------------
 
 ensure_installed() {
@@ -625,15 +686,31 @@ cmd_status() {
 main() {
   [[ $# -ge 1 ]] || usage
   local cmd=$1 arg comps=()
-  case $cmd in -h | --help | help) usage 0 ;; esac
+  case $cmd in
+    -h | --help | help) usage 0 ;;
+    # Where tests find the binary (mulambda's own code never runs MLServer).
+    mlserver-bin)
+      [[ $# -eq 1 ]] || usage
+      mlserver_installed || die "mlserver is not installed; run: bash deploy/local/infra.sh install mlserver"
+      echo "$MLSERVER_BIN"
+      return 0
+      ;;
+  esac
   shift
   for arg in "$@"; do
     case $arg in
       kafka | redis | minio) [[ " ${comps[*]} " == *" $arg "* ]] || comps+=("$arg") ;;
-      *) log "unknown component '$arg' (expected kafka, redis or minio)"; usage ;;
+      mlserver)
+        [[ $cmd == install ]] || die "mlserver is install-only: tests start and stop its processes"
+        [[ " ${comps[*]} " == *" $arg "* ]] || comps+=("$arg")
+        ;;
+      *) log "unknown component '$arg' (expected kafka, redis, minio or mlserver)"; usage ;;
     esac
   done
-  ((${#comps[@]})) || comps=("${ALL_COMPONENTS[@]}")
+  if ((${#comps[@]} == 0)); then
+    comps=("${ALL_COMPONENTS[@]}")
+    if [[ $cmd == install ]]; then comps+=("${INSTALL_ONLY_COMPONENTS[@]}"); fi
+  fi
 
   local var
   for var in KAFKA_PORT KAFKA_CONTROLLER_PORT REDIS_PORT MINIO_PORT MINIO_CONSOLE_PORT; do

@@ -22,12 +22,13 @@ from mulambda.cli.executors import (
     registration_options,
 )
 from mulambda.executors.companion import Companion
+from mulambda.executors.oip import OIPClient
 from mulambda.executors.tfserving import TFServingClient
 from mulambda.kafka import KafkaConfig
 from mulambda.runtime.observability import configure_logging
 from mulambda.runtime.runner import Service, run
 from mulambda.wire.catalog import load_catalog
-from mulambda.wire.events import ExecutorRegistration
+from mulambda.wire.events import ExecutorProtocol, ExecutorRegistration
 
 _REGISTRATION_ONLY = (
     "model_name",
@@ -56,7 +57,7 @@ _REGISTRATION_ONLY = (
 @click.option(
     "--status-endpoint",
     default=None,
-    help="TF Serving URL to read status from, when not --endpoint (e.g. localhost in a pod).",
+    help="URL to read status from, when not --endpoint (e.g. localhost in a pod).",
 )
 @click.option(
     "--probe-interval",
@@ -96,7 +97,7 @@ def companion(
     metrics_host: str,
     **options: Any,
 ) -> None:
-    """Register an executor, heartbeat its TF Serving status and probe client latencies.
+    """Register an executor, heartbeat its model status and probe client latencies.
 
     Runs until SIGTERM/SIGINT, then deregisters and exits 0.
     """
@@ -122,6 +123,12 @@ def companion(
             **options,
         )
     watch = status_endpoint or endpoint
+    # With --confirm-existing the registered protocol must match this one (checked at start).
+    status_client = (
+        OIPClient(watch, limit=4)
+        if options["protocol"] == ExecutorProtocol.OIP_V2.value
+        else TFServingClient(watch, limit=4)
+    )
     if status_endpoint is not None:
         check_endpoint("--status-endpoint", status_endpoint)
     settings = load_settings()
@@ -134,7 +141,7 @@ def companion(
             catalog,
             registration,
             executor_id=executor_id,
-            tfserving=TFServingClient(watch, limit=4),
+            tfserving=status_client,
             heartbeat_interval_s=heartbeat_interval,
             probe_interval_s=probe_interval,
             probe_concurrency=probe_concurrency,

@@ -20,7 +20,7 @@ from mulambda.executors.companion import deregister_executor, read_executors, re
 from mulambda.executors.tfserving import model_path
 from mulambda.kafka import KafkaConfig, Producer
 from mulambda.wire.catalog import Topic, load_catalog
-from mulambda.wire.events import ExecutorRegistration, Traits
+from mulambda.wire.events import ExecutorProtocol, ExecutorRegistration, Traits
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -89,7 +89,15 @@ def registration_options() -> Callable[[F], F]:
             click.option(
                 "--endpoint",
                 required=True,
-                help="TF Serving REST base URL, e.g. http://10.0.0.5:8501.",
+                help="REST base URL of the executor, e.g. http://10.0.0.5:8501.",
+            ),
+            click.option(
+                "--protocol",
+                type=click.Choice([p.value for p in ExecutorProtocol]),
+                default=ExecutorProtocol.TFSERVING_REST.value,
+                show_default=True,
+                help="Inference API the endpoint speaks: TF Serving REST, or Open Inference "
+                "Protocol v2 (MLServer, Triton).",
             ),
             click.option("--model-name", help="Name TF Serving serves the model under."),
             click.option(
@@ -133,6 +141,7 @@ def build_registration(
     node: str,
     zone: str,
     heartbeat_interval_s: float = 5.0,
+    protocol: str = ExecutorProtocol.TFSERVING_REST.value,
 ) -> ExecutorRegistration:
     """A validated registration from the options; BadArguments (exit 2) otherwise."""
     given = {
@@ -166,6 +175,7 @@ def build_registration(
             ),
             accuracy=accuracy,
             endpoint=endpoint,
+            protocol=ExecutorProtocol(protocol),
             model_data_delay_ms_per_element=model_data_delay_ms_per_element,
             node=node,
             zone=zone,

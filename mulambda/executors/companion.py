@@ -9,7 +9,9 @@ What it does, from ``start`` to ``stop``:
    selector learns the real model state within milliseconds.
 2. **Heartbeats** every ``heartbeat_interval_s``: an :class:`ExecutorStatus` whose
    ``model_state`` comes from TF Serving's status endpoint (AVAILABLE if any version is
-   AVAILABLE; UNKNOWN with ``detail`` when the endpoint is down or answers garbage).
+   AVAILABLE; UNKNOWN with ``detail`` when the endpoint is down or answers garbage), or,
+   for an ``oip-v2`` executor, from the Open Inference Protocol's server and model ready
+   endpoints (:meth:`mulambda.executors.oip.OIPClient.status`).
    ``in_flight`` and ``errors`` come from ``GET {endpoint}/mulambda/stats`` when the
    executor offers it (MuLambda's own :mod:`mulambda.emulator.server` does). Real TF Serving
    exposes no in-flight count over REST, so against it ``in_flight`` is 0 and ``errors``
@@ -42,6 +44,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from mulambda.errors import ConfigurationError, ExecutorError, MulambdaError, RequestTimeout
+from mulambda.executors.oip import OIPClient
 from mulambda.executors.probe import apply_client_record, measure_latency
 from mulambda.executors.tfserving import (
     ModelVersionStatus,
@@ -63,6 +66,7 @@ from mulambda.runtime.observability import HealthServer
 from mulambda.wire.catalog import Catalog, Topic
 from mulambda.wire.events import (
     ClientRegistration,
+    ExecutorProtocol,
     ExecutorRegistration,
     ExecutorStatus,
     LatencyMeasurement,
@@ -255,6 +259,19 @@ class _StatsCollector:
             yield family
 
 
+def _check_protocol(
+    registration: ExecutorRegistration, client: TFServingClient | OIPClient
+) -> None:
+    """Refuse to watch an executor through a client of another protocol than its own."""
+    oip = isinstance(client, OIPClient)
+    speaks = ExecutorProtocol.OIP_V2 if oip else ExecutorProtocol.TFSERVING_REST
+    if registration.protocol is not speaks:
+        raise ConfigurationError(
+            f"executor {registration.executor_id} speaks {registration.protocol.value}, but "
+            f"the companion watches it as {speaks.value}"
+        )
+
+
 class Companion(Lifecycle):
     """Registers an executor, heartbeats its status, probes clients, deregisters on stop.
 
@@ -265,6 +282,8 @@ class Companion(Lifecycle):
     probes once per heartbeat interval. ``deregister_on_stop`` None means: tombstone a
     registration this companion published, keep one an administrator published.
     ``health_port`` not None serves /metrics, /healthz and /readyz there (0: any port).
+    ``tfserving`` is an :class:`OIPClient` for an executor whose registration says
+    ``oip-v2``; a client of the other protocol is refused.
     """
 
     def __init__(
@@ -274,7 +293,7 @@ class Companion(Lifecycle):
         registration: ExecutorRegistration | None,
         *,
         executor_id: str,
-        tfserving: TFServingClient,
+        tfserving: TFServingClient | OIPClient,
         heartbeat_interval_s: float | None = None,
         probe_interval_s: float | None = None,
         probe_concurrency: int = 32,
@@ -302,6 +321,7 @@ class Companion(Lifecycle):
             raise ConfigurationError(f"probe_concurrency must be >= 1, not {probe_concurrency}")
         if registration is not None:
             model_path(registration.model_name, version=registration.model_version)
+            _check_protocol(registration, tfserving)
         self.executor_id = executor_id
         self._kafka = kafka
         self._catalog = catalog
@@ -437,6 +457,7 @@ class Companion(Lifecycle):
                 "`mulambda executors register`, or give the companion its traits"
             )
         model_path(found.model_name, version=found.model_version)
+        _check_protocol(found, self._tfs)
         self._registration = found
         if found.endpoint.rstrip("/") != self._tfs.base_url:
             log.info(

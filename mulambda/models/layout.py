@@ -42,6 +42,7 @@ __all__ = [
     "MAX_PART_SIZE",
     "MAX_VERSION",
     "MIN_PART_SIZE",
+    "MLSERVER_SETTINGS_FILE",
     "SAVED_MODEL_FILES",
     "LocalFile",
     "LocalModel",
@@ -91,6 +92,12 @@ MAX_KEY_BYTES: Final = 1024
 
 SAVED_MODEL_FILES: Final = ("saved_model.pb", "saved_model.pbtxt")
 """A SavedModel directory holds one of these at its top."""
+
+MLSERVER_SETTINGS_FILE: Final = "model-settings.json"
+"""An MLServer model folder (scikit-learn, XGBoost... served over OIP v2) holds this at its
+top; MLServer loads a folder once it appears, so like saved_model.pb it goes up last."""
+
+_MODEL_MARKERS: Final = (*SAVED_MODEL_FILES, MLSERVER_SETTINGS_FILE)
 
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$")
 """``events.Identifier`` without ``/``: a name is one key segment."""
@@ -241,14 +248,16 @@ class LocalModel:
 def check_layout(files: Collection[str], directories: Collection[str]) -> None:
     """Refuse a tree of relative paths that is not a TF SavedModel directory.
 
-    Needs ``saved_model.pb`` or ``saved_model.pbtxt`` at the top; ``variables`` and
-    ``assets`` must be directories if present; the manifest name is reserved.
+    Needs ``saved_model.pb`` or ``saved_model.pbtxt`` at the top (or, for an MLServer
+    model folder, ``model-settings.json``); ``variables`` and ``assets`` must be
+    directories if present; the manifest name is reserved.
     """
     for rel in (*files, *directories):
         safe_relpath(rel)
-    if not any(name in files for name in SAVED_MODEL_FILES):
+    if not any(name in files for name in _MODEL_MARKERS):
         raise ModelStoreError(
-            "not a SavedModel directory: no saved_model.pb or saved_model.pbtxt at its top"
+            "not a SavedModel directory (nor an MLServer model folder): no saved_model.pb, "
+            "saved_model.pbtxt or model-settings.json at its top"
         )
     for sub in ("variables", "assets"):
         if sub in files:
@@ -312,5 +321,5 @@ def scan_saved_model(path: str | os.PathLike[str]) -> LocalModel:
 
 
 def upload_order(files: Iterable[LocalFile]) -> list[LocalFile]:
-    """Files in upload order: by path, with saved_model.pb(txt) last."""
-    return sorted(files, key=lambda f: (f.rel in SAVED_MODEL_FILES, f.rel))
+    """Files in upload order: by path, with saved_model.pb(txt) / model-settings.json last."""
+    return sorted(files, key=lambda f: (f.rel in _MODEL_MARKERS, f.rel))

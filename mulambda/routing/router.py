@@ -37,7 +37,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from mulambda.errors import DecodeError, MulambdaError, UndeliverableAnswer
-from mulambda.executors.tfserving import TFServingClient
+from mulambda.executors.protocols import infer_on
 from mulambda.kafka import (
     Admin,
     AnswerSink,
@@ -472,10 +472,13 @@ class Router(Lifecycle):
     async def _call(self, route: Route, call: Call) -> None:
         """Make ``call`` and report its outcome to ``route``."""
         request, candidate = route.request, call.candidate
-        client = TFServingClient(candidate.endpoint, session=self._session)
         called = time.perf_counter()
         try:
-            output = await client.infer(
+            # In the candidate's protocol; the output comes back in the request's dialect.
+            output = await infer_on(
+                candidate.protocol,
+                candidate.endpoint,
+                self._session,
                 request.verb,
                 candidate.model_name,
                 request.body,

@@ -87,6 +87,7 @@ def _candidate(entry: ExecutorEntry, score: float, estimate_ms: float | None) ->
         {
             "executor_id": entry.executor_id,
             "endpoint": entry.endpoint,
+            "protocol": entry.protocol,
             "model_name": entry.model_name,
             "model_version": entry.model_version,
             "score": score,

@@ -64,6 +64,7 @@ from mulambda.selection.learning import ServiceFit, ServiceLearning
 from mulambda.selection.sorted_floats import SortedFloats
 from mulambda.wire.events import (
     ClientRegistration,
+    ExecutorProtocol,
     ExecutorRegistration,
     ExecutorStatus,
     LatencyMeasurement,
@@ -108,6 +109,7 @@ class ExecutorEntry:
         "outstanding_by_source",
         "pending",
         "probes",
+        "protocol",
         "registration",
         "service_fit",
         "service_ms",
@@ -121,6 +123,7 @@ class ExecutorEntry:
         self.key: TraitsKey = registration.traits.key()
         self.accuracy: float = registration.accuracy
         self.endpoint: str = registration.endpoint
+        self.protocol: ExecutorProtocol = registration.protocol
         self.model_name: str = registration.model_name
         self.model_version: int | None = registration.model_version
         self.delay_per_element_ms: float = registration.model_data_delay_ms_per_element
@@ -364,6 +367,7 @@ class ExecutorView:
         entry.registration = registration
         entry.accuracy = registration.accuracy
         entry.endpoint = registration.endpoint
+        entry.protocol = registration.protocol
         entry.model_name = registration.model_name
         entry.model_version = registration.model_version
         entry.delay_per_element_ms = registration.model_data_delay_ms_per_element

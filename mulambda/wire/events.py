@@ -165,6 +165,16 @@ class LaunchSpec(BaseModel):
     """Memory request, Kubernetes notation."""
 
 
+class ExecutorProtocol(StrEnum):
+    """The inference API an executor speaks; the router calls it in that protocol."""
+
+    TFSERVING_REST = "tfserving-rest"
+    """TensorFlow Serving's REST API (``/v1/models/{name}:predict``)."""
+    OIP_V2 = "oip-v2"
+    """Open Inference Protocol v2 over REST (``/v2/models/{name}/infer``: MLServer,
+    Triton, KServe)."""
+
+
 class ExecutorRegistration(WireModel):
     """An executor announces itself (key: executor id; a tombstone deregisters)."""
 
@@ -181,7 +191,9 @@ class ExecutorRegistration(WireModel):
     accuracy: float = Field(ge=0, le=1, allow_inf_nan=False)
     """Accuracy the administrator vouches for, in [0, 1]."""
     endpoint: str = Field(pattern=r"^https?://[^\s/]+(:\d+)?(/[^\s]*)?$", max_length=500)
-    """Base URL of the TF Serving REST API, e.g. ``http://10.0.0.5:8501``."""
+    """Base URL of the executor's REST API, e.g. ``http://10.0.0.5:8501``."""
+    protocol: ExecutorProtocol = ExecutorProtocol.TFSERVING_REST
+    """Inference API spoken at ``endpoint``; absent (older builds) means TF Serving REST."""
     model_data_delay_ms_per_element: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     """Extra latency per input element the model adds (the weighted score's size term)."""
     node: str = Field(default="local", min_length=1, max_length=200)
@@ -295,9 +307,11 @@ class Candidate(BaseModel):
     executor_id: str
     """Executor id."""
     endpoint: str
-    """TF Serving REST base URL."""
+    """Base URL of the executor's REST API."""
+    protocol: ExecutorProtocol = ExecutorProtocol.TFSERVING_REST
+    """Inference API spoken at ``endpoint`` (the registration's)."""
     model_name: str
-    """Model name in TF Serving URLs."""
+    """Model name in the executor's URLs."""
     model_version: int | None = None
     """Pinned version, if any."""
     score: float
@@ -361,7 +375,9 @@ class InferenceRequest(RequestModel):
     verb: InferenceVerb = "predict"
     """TF Serving API verb."""
     body: dict[str, Any]
-    """The TF Serving request body (``instances``/``inputs`` or ``examples``)."""
+    """The request body: TF Serving's (``instances``/``inputs`` or ``examples``), or an Open
+    Inference Protocol v2 one (``inputs`` a list of typed tensors); the result's ``output``
+    is in the same dialect, whichever protocol the executor speaks."""
     input_size: int | None = Field(default=None, ge=0)
     """Input elements; derived from the body when None."""
 

@@ -233,3 +233,12 @@ def test_saved_model_file_goes_up_last() -> None:
         "variables/variables.index",
         "saved_model.pb",
     ]
+
+
+def test_an_mlserver_model_folder_is_a_model_and_its_settings_go_up_last(tmp_path: Path) -> None:
+    root = tmp_path / "wine"
+    root.mkdir()
+    (root / "model.joblib").write_bytes(b"pickle")
+    (root / "model-settings.json").write_text('{"name": "wine"}')
+    model = scan_saved_model(root)
+    assert [f.rel for f in upload_order(model.files)] == ["model.joblib", "model-settings.json"]
