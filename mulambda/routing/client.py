@@ -47,7 +47,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from mulambda.errors import ConfigurationError
+from mulambda.errors import ConfigurationError, RequestTimeout
 from mulambda.kafka import KafkaConfig, Producer, await_delivery
 from mulambda.routing.requester import Requester, RequesterClosed, request_headers
 from mulambda.routing.results import (
@@ -93,7 +93,9 @@ class ClientStats:
     submitted: int = 0
     """Requests published with :meth:`Client.submit`."""
     duplicates: int = 0
-    """Result copies dropped because their request id was already delivered."""
+    """Result copies dropped because their request id was already returned or yielded."""
+    late: int = 0
+    """Results dropped because their ``infer`` call had raised RequestTimeout."""
     unclaimed: int = 0
     """Results queued for :meth:`Client.results`."""
     overflowed: int = 0
@@ -158,6 +160,7 @@ class Client(Lifecycle):
         self._reply_partition = reply_partition
         self._instance_id = instance_id or f"{self.client_id}-{uuid.uuid4().hex[:12]}"
         self._awaited = SeenIds(seen_memory)  # request ids infer() calls sent
+        self._abandoned = SeenIds(seen_memory)  # ... of those that timed out
         self._delivered = SeenIds(seen_memory)  # request ids queued for results()
         self._submitted = SeenIds(seen_memory)
         self._results_buffer = results_buffer
@@ -286,6 +289,9 @@ class Client(Lifecycle):
         self._awaited.add(request.message_id)
         try:
             result = await requester.request(request, key=self.client_id, timeout_s=timeout_s)
+        except RequestTimeout:
+            self._abandoned.add(request.message_id)
+            raise
         except RequesterClosed as exc:
             if isinstance(exc, ClientClosed):
                 raise
@@ -401,6 +407,9 @@ class Client(Lifecycle):
     def _unclaimed(self, result: InferenceResult) -> None:
         # Runs in the reply reader for every result no infer() call awaits now.
         request_id = result.request_id
+        if request_id is not None and request_id in self._abandoned:
+            self.stats.late += 1
+            return
         if request_id is not None and (
             request_id in self._awaited or not self._delivered.first_time(request_id)
         ):

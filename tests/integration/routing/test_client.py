@@ -59,6 +59,44 @@ async def test_a_thousand_concurrent_calls_on_one_client_each_get_their_own_resu
         assert elapsed < 60
 
 
+async def test_a_thousand_submissions_are_yielded_by_results_once_each(
+    infra: Infra, cat: Catalog
+) -> None:
+    marker = _marker()
+    n = 1000
+    async with (
+        Responder(infra.kafka("responder"), cat, marker),
+        _client(infra, cat, f"{marker}-app") as client,
+    ):
+        results = client.results()
+        submitted = await asyncio.gather(
+            *(client.submit(traits=TRAITS, instances=[i], deadline=60) for i in range(n))
+        )
+        assert len(set(submitted)) == n
+        assert client.stats.submitted == n
+        yielded = [await _next(results, 60) for _ in range(n)]
+        assert {r.request_id for r in yielded} == set(submitted)
+        by_id = {r.request_id: r for r in yielded}
+        for i, request_id in enumerate(submitted):
+            assert by_id[request_id].output == {"echo": {"instances": [i]}}
+
+
+async def test_a_consumer_elsewhere_reads_the_results_of_a_pinned_partition(
+    infra: Infra, cat: Catalog
+) -> None:
+    # One process submits, another (here: another client) consumes: both pin partition 5.
+    marker = _marker()
+    async with (
+        Responder(infra.kafka("responder"), cat, marker),
+        Client(infra.kafka(f"{marker}-consumer"), catalog=cat, reply_partition=5) as consumer,
+        Client(infra.kafka(f"{marker}-producer"), catalog=cat, reply_partition=5) as producer,
+    ):
+        request_id = await producer.submit(traits=TRAITS, instances=[9], deadline=30)
+        result = await _next(consumer.results(), 30)
+        assert result.request_id == request_id
+        assert result.output == {"echo": {"instances": [9]}}
+
+
 async def test_error_results_raise_inference_failed_with_reason_and_code(
     infra: Infra, cat: Catalog
 ) -> None:
@@ -104,7 +142,8 @@ async def test_no_result_by_the_deadline_raises_request_timeout(infra: Infra, ca
         submitted = await client.submit(traits=TRAITS, instances=[4], deadline=30)
         first = await _next(results, 30)
         assert first.request_id == submitted  # not the late result of instances=[2]
-        assert client.stats.duplicates == 1
+        assert client.stats.late == 1
+        assert client.stats.duplicates == 0
 
 
 async def test_a_duplicated_result_is_returned_and_yielded_once(infra: Infra, cat: Catalog) -> None:
