@@ -58,8 +58,9 @@ async def test_calls_survive_a_broker_restart(private: PrivateInfra) -> None:
                 return exc
 
         before = [asyncio.create_task(call(i)) for i in range(1, 201)]
-        while responder.seen < 201:  # every request reached the responder
-            await asyncio.sleep(0.05)
+        async with asyncio.timeout(30):
+            while responder.seen < 201:  # every request reached the responder
+                await asyncio.sleep(0.05)
         started = time.monotonic()
         restart = asyncio.create_task(private.restart("kafka"))
         await asyncio.sleep(0.5)
