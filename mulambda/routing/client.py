@@ -52,6 +52,8 @@ from mulambda.kafka import KafkaConfig, Producer, await_delivery
 from mulambda.routing.requester import Requester, RequesterClosed, request_headers
 from mulambda.routing.results import (
     SEEN_MEMORY,
+    Fate,
+    ResultSieve,
     SeenIds,
     raise_for_result,
     request_body,
@@ -159,9 +161,7 @@ class Client(Lifecycle):
         """Counts of submissions, duplicates and queued results."""
         self._reply_partition = reply_partition
         self._instance_id = instance_id or f"{self.client_id}-{uuid.uuid4().hex[:12]}"
-        self._awaited = SeenIds(seen_memory)  # request ids infer() calls sent
-        self._abandoned = SeenIds(seen_memory)  # ... of those that timed out
-        self._delivered = SeenIds(seen_memory)  # request ids queued for results()
+        self._sieve = ResultSieve(seen_memory)
         self._submitted = SeenIds(seen_memory)
         self._results_buffer = results_buffer
         self._results: asyncio.Queue[InferenceResult | None] | None = None
@@ -286,11 +286,11 @@ class Client(Lifecycle):
             input_size,
         )
         # Before sending: a copy of its result arriving later is then a known duplicate.
-        self._awaited.add(request.message_id)
+        self._sieve.awaiting(request.message_id)
         try:
             result = await requester.request(request, key=self.client_id, timeout_s=timeout_s)
         except RequestTimeout:
-            self._abandoned.add(request.message_id)
+            self._sieve.abandoned(request.message_id)
             raise
         except RequesterClosed as exc:
             if isinstance(exc, ClientClosed):
@@ -406,13 +406,11 @@ class Client(Lifecycle):
 
     def _unclaimed(self, result: InferenceResult) -> None:
         # Runs in the reply reader for every result no infer() call awaits now.
-        request_id = result.request_id
-        if request_id is not None and request_id in self._abandoned:
+        fate = self._sieve.judge(result)
+        if fate is Fate.LATE:
             self.stats.late += 1
             return
-        if request_id is not None and (
-            request_id in self._awaited or not self._delivered.first_time(request_id)
-        ):
+        if fate is Fate.DUPLICATE:
             self.stats.duplicates += 1
             return
         queue = self._results

@@ -2,9 +2,10 @@
 
 - :class:`InferenceFailed`: the typed error an error result becomes
   (:func:`raise_for_result`), with the router's reason and the executor's HTTP status.
-- :class:`SeenIds`: a bounded memory of result ``request_id`` values, oldest forgotten
-  first, that tells a result's first copy from a duplicate (results are delivered at
-  least once; see the README's "Delivery guarantees").
+- :class:`SeenIds`: a bounded memory of request ids, oldest forgotten first.
+- :class:`ResultSieve`: what becomes of a result no call awaits: yielded, dropped as a
+  duplicate (results are delivered at least once; see the README's "Delivery
+  guarantees"), or dropped as late (its call timed out).
 - :func:`seconds_until` and :func:`request_body`: the SDK's ``deadline`` and
   ``body``/``inputs``/``instances`` arguments turned into what the wire models want.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from mulambda.errors import ConfigurationError, MulambdaError
@@ -126,10 +128,58 @@ class SeenIds:
         return new
 
 
+class Fate(StrEnum):
+    """What :class:`ResultSieve` decides for a result no call awaits."""
+
+    DELIVER = "deliver"
+    """New: yield it from ``results()``."""
+    DUPLICATE = "duplicate"
+    """A second copy of a result already returned by ``infer`` or yielded."""
+    LATE = "late"
+    """The result of an ``infer`` call that already raised RequestTimeout."""
+
+
+class ResultSieve:
+    """Tells new results from duplicates and late ones, by ``request_id``.
+
+    The client tells it which request ids ``infer`` calls sent (:meth:`awaiting`, before
+    sending: the result may be read before the send returns) and which of those timed
+    out (:meth:`abandoned`); :meth:`judge` then decides each result no call awaits. A
+    result without ``request_id`` (builds before it existed) cannot be told apart and is
+    always delivered. Each memory holds the last ``memory`` ids.
+    """
+
+    def __init__(self, memory: int = SEEN_MEMORY) -> None:
+        self._awaited = SeenIds(memory)
+        self._abandoned = SeenIds(memory)
+        self._delivered = SeenIds(memory)
+
+    def awaiting(self, request_id: str) -> None:
+        """An ``infer`` call sends the request ``request_id`` and awaits its result."""
+        self._awaited.add(request_id)
+
+    def abandoned(self, request_id: str) -> None:
+        """The ``infer`` call for ``request_id`` gave up (RequestTimeout)."""
+        self._abandoned.add(request_id)
+
+    def judge(self, result: InferenceResult) -> Fate:
+        """The fate of ``result``, which no call awaits; a delivered id is remembered."""
+        request_id = result.request_id
+        if request_id is None:
+            return Fate.DELIVER
+        if request_id in self._abandoned:
+            return Fate.LATE
+        if request_id in self._awaited or not self._delivered.first_time(request_id):
+            return Fate.DUPLICATE
+        return Fate.DELIVER
+
+
 __all__ = [
     "RETRIABLE_STATUSES",
     "SEEN_MEMORY",
+    "Fate",
     "InferenceFailed",
+    "ResultSieve",
     "SeenIds",
     "raise_for_result",
     "request_body",

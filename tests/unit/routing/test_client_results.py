@@ -8,7 +8,9 @@ import pytest
 
 from mulambda.errors import ConfigurationError, MulambdaError
 from mulambda.routing.results import (
+    Fate,
     InferenceFailed,
+    ResultSieve,
     SeenIds,
     raise_for_result,
     request_body,
@@ -114,3 +116,42 @@ def test_seen_ids_forget_the_oldest_beyond_capacity() -> None:
 def test_seen_ids_need_room_for_one() -> None:
     with pytest.raises(ConfigurationError):
         SeenIds(0)
+
+
+def _for(request_id: str | None) -> InferenceResult:
+    return InferenceResult(correlation_id="c", request_id=request_id, status=InferenceStatus.OK)
+
+
+def test_the_sieve_delivers_each_unawaited_result_once() -> None:
+    sieve = ResultSieve(10)
+    assert sieve.judge(_for("a")) is Fate.DELIVER
+    assert sieve.judge(_for("a")) is Fate.DUPLICATE
+    assert sieve.judge(_for("b")) is Fate.DELIVER
+
+
+def test_copies_of_results_an_infer_call_awaited_are_duplicates() -> None:
+    sieve = ResultSieve(10)
+    sieve.awaiting("a")  # its first copy went to the call, not through the sieve
+    assert sieve.judge(_for("a")) is Fate.DUPLICATE
+
+
+def test_results_of_timed_out_calls_are_late() -> None:
+    sieve = ResultSieve(10)
+    sieve.awaiting("a")
+    sieve.abandoned("a")
+    assert sieve.judge(_for("a")) is Fate.LATE
+    assert sieve.judge(_for("a")) is Fate.LATE
+
+
+def test_results_without_request_id_cannot_be_deduplicated() -> None:
+    sieve = ResultSieve(10)
+    assert sieve.judge(_for(None)) is Fate.DELIVER
+    assert sieve.judge(_for(None)) is Fate.DELIVER
+
+
+def test_the_sieve_forgets_beyond_its_memory() -> None:
+    sieve = ResultSieve(2)
+    for key in ("a", "b", "c"):
+        assert sieve.judge(_for(key)) is Fate.DELIVER
+    assert sieve.judge(_for("a")) is Fate.DELIVER  # forgotten: more than 2 newer ids
+    assert sieve.judge(_for("c")) is Fate.DUPLICATE
