@@ -9,14 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 from mulambda.routing.client import Client, ClientClosed
-from mulambda.wire.events import InferenceResult
 
 T = TypeVar("T")
+P = ParamSpec("P")
+
+
+def _blocking(
+    method: Callable[Concatenate[Client, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[SyncClient, P], T]:
+    """``method`` of Client as a SyncClient method that blocks until it finished."""
+
+    def call(self: SyncClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._run(method(self.client, *args, **kwargs))
+
+    call.__name__ = method.__name__
+    call.__doc__ = f"Like :meth:`Client.{method.__name__}`, blocking until it finished."
+    return call
 
 
 class SyncClient:
@@ -90,13 +103,10 @@ class SyncClient:
             raise ClientClosed("the client is not started")
         return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
-    def infer(self, **kwargs: Any) -> InferenceResult:
-        """:meth:`Client.infer`, blocking until its result (or error)."""
-        return self._run(self.client.infer(**kwargs))
-
-    def submit(self, **kwargs: Any) -> str:
-        """:meth:`Client.submit`, blocking until Kafka acknowledged the request."""
-        return self._run(self.client.submit(**kwargs))
+    infer = _blocking(Client.infer)
+    """:meth:`Client.infer`, blocking until its result (or error); same arguments."""
+    submit = _blocking(Client.submit)
+    """:meth:`Client.submit`, blocking until Kafka acknowledged the request."""
 
     def __enter__(self) -> Self:
         self.start()
