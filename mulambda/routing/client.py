@@ -49,6 +49,7 @@ from pydantic import ValidationError
 
 from mulambda.errors import ConfigurationError, RequestTimeout
 from mulambda.kafka import KafkaConfig, Producer, await_delivery
+from mulambda.routing.correlation import RequesterStats
 from mulambda.routing.requester import Requester, RequesterClosed, request_headers
 from mulambda.routing.results import (
     SEEN_MEMORY,
@@ -193,7 +194,7 @@ class Client(Lifecycle):
         return self._requester.in_flight if self._requester is not None else 0
 
     @property
-    def requester_stats(self) -> Any:
+    def requester_stats(self) -> RequesterStats:
         """The underlying requester's counts (sent, replied, timeouts, late, foreign)."""
         return self._started().stats
 
