@@ -1,4 +1,4 @@
-"""``mulambda infer``: publish one inference request and print its result."""
+"""``mulambda infer``: publish one inference request through the SDK and print its result."""
 
 from __future__ import annotations
 
@@ -7,20 +7,11 @@ from typing import Any
 
 import click
 import orjson
-from pydantic import ValidationError
 
 from mulambda.cli.common import load_settings, run_async
-from mulambda.kafka import KafkaConfig, Producer, read_until_key
-from mulambda.wire.catalog import Topic, load_catalog
-from mulambda.wire.events import (
-    InferenceRequest,
-    InferenceResult,
-    InferenceStatus,
-    Slo,
-    SoftWeights,
-    Traits,
-    deadline_in,
-)
+from mulambda.routing.client import Client
+from mulambda.routing.results import InferenceFailed
+from mulambda.wire.events import InferenceResult, InferenceStatus
 
 
 @click.command()
@@ -36,7 +27,7 @@ from mulambda.wire.events import (
 @click.option("--verb", type=click.Choice(["predict", "classify", "regress"]), default="predict")
 @click.option("--body", required=True, help="TF Serving request body as JSON; '-' reads stdin.")
 @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0.1))
-@click.option("--no-wait", is_flag=True, help="Publish and print the correlation id only.")
+@click.option("--no-wait", is_flag=True, help="Publish and print the request id only.")
 def infer(
     client_id: str,
     model_type: str,
@@ -52,54 +43,47 @@ def infer(
     timeout: float,
     no_wait: bool,
 ) -> None:
-    """Publish an InferenceRequest and print the InferenceResult as JSON."""
+    """Publish an InferenceRequest and print the InferenceResult as JSON (exit 1 on error)."""
     settings = load_settings()
-    catalog = load_catalog(settings.topic_prefix)
     raw = sys.stdin.read() if body == "-" else body
     try:
         parsed: Any = orjson.loads(raw)
-        slo = (
-            Slo(max_latency_ms=max_latency_ms, min_accuracy=min_accuracy)
-            if max_latency_ms is not None or min_accuracy is not None
-            else None
-        )
-        request = InferenceRequest(
-            reply_topic=catalog.name(Topic.INFERENCE_RESULTS),
-            deadline=deadline_in(timeout),
-            client_id=client_id,
-            traits=Traits(
-                model_type=model_type, input_format=input_format, output_format=output_format
-            ),
-            weights=SoftWeights(latency=latency, accuracy=accuracy),
-            slo=slo,
-            policy=policy,
-            verb=verb,  # type: ignore[arg-type]  # click.Choice guarantees the literal
-            body=parsed,
-        )
     except orjson.JSONDecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--body") from exc
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise click.ClickException(f"invalid request: {where}: {first['msg']}") from exc
-    kafka = KafkaConfig.from_settings(settings, "mulambda-infer")
+    if not isinstance(parsed, dict):
+        raise click.BadParameter("not a JSON object", param_hint="--body")
+    slo = (
+        {"max_latency_ms": max_latency_ms, "min_accuracy": min_accuracy}
+        if max_latency_ms is not None or min_accuracy is not None
+        else None
+    )
+    call: dict[str, Any] = {
+        "traits": {
+            "model_type": model_type,
+            "input_format": input_format,
+            "output_format": output_format,
+        },
+        "weights": {"latency": latency, "accuracy": accuracy},
+        "slo": slo,
+        "policy": policy,
+        "verb": verb,
+        "body": parsed,
+        "deadline": timeout,
+    }
 
-    async def go() -> InferenceResult:
-        reply_topic = catalog.name(Topic.INFERENCE_RESULTS)
-        # The reader is positioned before publishing, so a fast result cannot be missed.
-        async with (
-            Producer(kafka) as producer,
-            read_until_key(kafka, reply_topic, request.correlation_id, InferenceResult) as waiter,
-        ):
-            await producer.send_and_wait(
-                catalog.name(Topic.INFERENCE_REQUESTS), request, key=client_id
-            )
+    async def go() -> InferenceResult | str:
+        async with Client.from_settings(settings, client_id) as client:
             if no_wait:
-                click.echo(request.correlation_id)
-                raise SystemExit(0)
-            return await waiter.result(timeout)
+                return await client.submit(**call)
+            try:
+                return await client.infer(**call)
+            except InferenceFailed as failed:
+                return failed.result
 
-    result = run_async(go())
-    click.echo(result.model_dump_json(indent=2))
-    if result.status is not InferenceStatus.OK:
+    outcome = run_async(go())  # a MulambdaError (timeout, bad argument) exits 1 with its reason
+    if isinstance(outcome, str):
+        click.echo(outcome)  # the request id its result will carry
+        return
+    click.echo(outcome.model_dump_json(indent=2))
+    if outcome.status is not InferenceStatus.OK:
         raise SystemExit(1)

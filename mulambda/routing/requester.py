@@ -47,7 +47,7 @@ import logging
 import time
 import uuid
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
@@ -157,6 +157,9 @@ class Requester(Generic[Req, Rep], Lifecycle):
     ``reply_model=SelectionReply``). ``reply_partition`` pins the partition; otherwise
     it is :func:`partition_for` of ``instance_id`` (a random id when None). ``producer``
     is shared and left running on stop; without one the requester owns a producer.
+    ``unclaimed`` receives every decoded reply that no pending request awaits (after it
+    was counted late or foreign); with it, such replies are decoded even when their
+    correlation-id header already says they match nothing (the SDK yields them).
     """
 
     def __init__(
@@ -170,6 +173,7 @@ class Requester(Generic[Req, Rep], Lifecycle):
         producer: Producer | None = None,
         instance_id: str | None = None,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        unclaimed: Callable[[Rep], None] | None = None,
     ) -> None:
         if reply_partition is not None and reply_partition < 0:
             raise ConfigurationError(f"reply partition must be >= 0, got {reply_partition}")
@@ -188,6 +192,7 @@ class Requester(Generic[Req, Rep], Lifecycle):
         self._producer: Producer | None = None
         self._owns_producer = producer is None
         self._max_record_bytes = max_record_bytes
+        self._unclaimed = unclaimed
         self._consumer: KafkaConsumer | None = None
         self._partition: int | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -430,7 +435,11 @@ class Requester(Generic[Req, Rep], Lifecycle):
 
     def _dispatch(self, record: RawRecord) -> None:
         correlation_id = _header(record, HEADER_CORRELATION_ID)
-        if correlation_id is not None and correlation_id not in self._pending:
+        if (
+            correlation_id is not None
+            and correlation_id not in self._pending
+            and self._unclaimed is None
+        ):
             self._pending.count_unmatched(correlation_id)
             return
         try:
@@ -456,7 +465,9 @@ class Requester(Generic[Req, Rep], Lifecycle):
                 reply_id,
             )
         # A body without a string id matches no request: counted as foreign.
-        self._pending.resolve(reply_id if isinstance(reply_id, str) else "", reply)
+        matched = self._pending.resolve(reply_id if isinstance(reply_id, str) else "", reply)
+        if not matched and self._unclaimed is not None:
+            self._unclaimed(reply)
 
 
 @dataclass(frozen=True, slots=True)

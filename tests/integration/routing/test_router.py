@@ -471,6 +471,15 @@ async def test_a_redelivered_request_is_answered_once(
         first = await infer(infra, cat, producer, request)
         assert first.status is InferenceStatus.OK, first.error
         assert first.request_id == request.message_id
+        # A redelivery comes after the router marked the request answered (a crash or a
+        # rebalance later); the mark follows the result's acknowledgement closely.
+        marks = AnsweredRequests(infra.redis_url, key_prefix=prefix)
+        async with marks:
+            for _ in range(100):
+                if await marks.seen(request.message_id):
+                    break
+                await asyncio.sleep(0.05)
+            assert await marks.seen(request.message_id)
         await producer.send_and_wait(
             cat.name(Topic.INFERENCE_REQUESTS), request, key=request.client_id
         )
