@@ -196,6 +196,10 @@ class Figures:
     recovered: bool | None
     margin_s: float
 
+    without_request_id: int = 0
+    """Result records (SDK view) without a ``request_id``: readers could not drop their
+    duplicates by id, as the SDK does."""
+
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         return asdict(self)
@@ -213,6 +217,7 @@ class Ledger:
         self._alias: dict[str, str] = {}
         self._results: dict[str, dict[str, list[ResultSeen]]] = {r: {} for r in self.readers}
         self._copies: Counter[str] = Counter()
+        self._without_request_id: Counter[str] = Counter()
         self._answered_by: dict[str, set[str]] = {r: set() for r in self.readers}
         """Per reader: requests (by message id) it read a result for."""
         self._waiting = 0
@@ -238,6 +243,8 @@ class Ledger:
     def record_result(self, reader: str, payload: Mapping[str, Any], received_s: float) -> None:
         """``reader`` read a result record (the decoded JSON object) at ``received_s``."""
         rid = result_id(payload)
+        if not isinstance(payload.get("request_id"), str):
+            self._without_request_id[reader] += 1
         if rid is None:
             rid = ""  # counted as foreign
         ok = payload.get("status") == "ok"
@@ -361,6 +368,7 @@ class Ledger:
             duplicate_ids=duplicate_ids,
             extra_results=extra,
             duplicates_from_request_copies=copies_dups,
+            without_request_id=self._without_request_id[self.sdk_reader],
             request_copies=sum(n - 1 for n in self._copies.values() if n > 1),
             errors_by_reason=dict(reasons.most_common()),
             premature_errors=premature,

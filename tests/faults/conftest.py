@@ -105,6 +105,12 @@ def _record(report: ScenarioReport, mode: str) -> None:
 
 
 @pytest.fixture
+def exactly_once(local_platform: LocalPlatform) -> bool:
+    """Whether this platform's routers run in the exactly-once delivery mode."""
+    return local_platform.spec.delivery_mode == "exactly-once"
+
+
+@pytest.fixture
 def measure(local_platform: LocalPlatform) -> Measure:
     """Heal the platform, run one scenario on it, record and return its figures."""
 

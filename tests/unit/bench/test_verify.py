@@ -302,3 +302,15 @@ def test_requests_due_while_the_only_broker_was_down_are_due_after_it_is_back() 
     assert answer_by(during, 3.0) == 13.0
     # a request due well after the outage keeps its own due time
     assert answer_by(after, 3.0, channel_back_s=30.0, grace_s=10.0) == 53.0
+
+
+def test_results_without_a_request_id_are_counted_as_not_deduplicable() -> None:
+    ledger = Ledger()
+    ledger.record_sent(_request(0))
+    ledger.record_sent(_request(1))
+    _both(ledger, _ok(0), 0.1)  # carries only the correlation id
+    _both(ledger, {**_ok(1), "request_id": "m1"}, 0.1)
+    _both(ledger, {**_ok(1), "request_id": "m1"}, 0.2)  # a second copy, same request_id
+    figures = ledger.figures(margin_s=2.0)
+    assert figures.without_request_id == 1
+    assert figures.duplicates == 1
