@@ -12,6 +12,8 @@ from tests.unit.deploy.addresses import non_loopback_ipv4
 
 pytestmark = pytest.mark.unit
 
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - what containers bind, on purpose
+
 
 def _address() -> str:
     address = non_loopback_ipv4()
@@ -25,15 +27,15 @@ def test_metrics_host_defaults_to_loopback_and_reads_the_environment(
 ) -> None:
     monkeypatch.delenv("MULAMBDA_METRICS_HOST", raising=False)
     assert Settings().metrics_host == "127.0.0.1"
-    monkeypatch.setenv("MULAMBDA_METRICS_HOST", "0.0.0.0")
-    assert Settings().metrics_host == "0.0.0.0"
+    monkeypatch.setenv("MULAMBDA_METRICS_HOST", ALL_INTERFACES)
+    assert Settings().metrics_host == ALL_INTERFACES
 
 
 async def test_all_interfaces_answer_probes_on_a_non_loopback_address(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     address = _address()
-    monkeypatch.setenv("MULAMBDA_METRICS_HOST", "0.0.0.0")
+    monkeypatch.setenv("MULAMBDA_METRICS_HOST", ALL_INTERFACES)
     settings = Settings()
     async with (
         HealthServer(CollectorRegistry(), ready=lambda: True, host=settings.metrics_host) as server,
