@@ -1,4 +1,5 @@
-"""Real selector and router processes answer kubelet-style probes on a non-loopback address."""
+"""Real selector and router processes, configured as deploy/k8s configures them, answer
+kubelet-style probes on a non-loopback address of the machine."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from mulambda.wire.catalog import Catalog
 from tests.conftest import Infra
 from tests.unit.deploy.addresses import non_loopback_ipv4
+from tests.unit.deploy.manifests import K8S, documents
 
 pytestmark = pytest.mark.integration
 
@@ -32,12 +34,16 @@ async def test_worker_health_is_reachable_through_the_pod_address(
     if address is None:
         pytest.skip("this machine has no non-loopback IPv4 address to dial")
     port = _free_port()
+    # The bind address the manifests give every worker (the port is free'd here: the
+    # shared machine is not a pod of its own).
+    (config,) = [d for d in documents(K8S / "base" / "config.yaml") if d["kind"] == "ConfigMap"]
+    host = config["data"]["MULAMBDA_METRICS_HOST"]
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "mulambda.cli", worker,
         env={
             **os.environ, **infra.env(),
             "MULAMBDA_TOPIC_PREFIX": own_catalog.prefix,
-            "MULAMBDA_METRICS_HOST": "0.0.0.0",  # noqa: S104 - what the manifests set
+            "MULAMBDA_METRICS_HOST": host,
             "MULAMBDA_METRICS_PORT": str(port),
         },
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
