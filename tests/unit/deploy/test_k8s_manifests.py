@@ -273,3 +273,13 @@ def test_only_routers_reach_executors_rest_port(
             for port in rule["ports"]
         }
         assert ports == {int(_config(objects)["MULAMBDA_METRICS_PORT"])}, worker
+
+
+def test_files_the_config_names_are_mounted(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, objects = rendered
+    files = [v for k, v in _config(objects).items() if k.endswith("FILE")]
+    for name, spec in _pod_specs(objects):
+        for container in spec["containers"]:
+            mounts = [m["mountPath"] for m in container.get("volumeMounts", [])]
+            for path in files:
+                assert any(path.startswith(m.rstrip("/") + "/") for m in mounts), (name, path)
