@@ -81,9 +81,9 @@ _REGISTRATION_ONLY = (
 )
 @click.option(
     "--metrics-host",
-    default="127.0.0.1",
-    show_default=True,
-    help="Interface of /metrics, /healthz, /readyz (port: MULAMBDA_METRICS_PORT).",
+    default=None,
+    help="Interface of /metrics, /healthz, /readyz [default: MULAMBDA_METRICS_HOST, which"
+    " defaults to 127.0.0.1] (port: MULAMBDA_METRICS_PORT).",
 )
 def companion(
     executor_id: str,
@@ -94,7 +94,7 @@ def companion(
     probe_interval: float | None,
     probe_concurrency: int,
     probe_timeout: float,
-    metrics_host: str,
+    metrics_host: str | None,
     **options: Any,
 ) -> None:
     """Register an executor, heartbeat its model status and probe client latencies.
@@ -146,7 +146,7 @@ def companion(
             probe_interval_s=probe_interval,
             probe_concurrency=probe_concurrency,
             probe_timeout_s=probe_timeout,
-            health_host=metrics_host,
+            health_host=metrics_host or settings.metrics_host,
             health_port=settings.metrics_port,
             shutdown_timeout_s=max(settings.shutdown_grace_s, 1.0),
         )

@@ -287,11 +287,18 @@ def list_(as_json: bool) -> None:
 @click.option("--namespace", default="mulambda", show_default=True)
 @click.option("--serving-image", default="tensorflow/serving:2.18.0", show_default=True)
 @click.option("--mulambda-image", default="ghcr.io/mulambda/mulambda:0.1.0", show_default=True)
-@click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--replicas",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Pods serving the model. Above 1: a StatefulSet whose pods register as"
+    " EXECUTOR_ID-0, EXECUTOR_ID-1, ... (one executor each).",
+)
 @click.option("--cpu", default=None, help="CPU request of the serving container.")
 @click.option("--memory", default=None, help="Memory request of the serving container.")
 @click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False), default=None)
-@click.option("--dry-run", is_flag=True, help="Print the Deployment as YAML; apply nothing.")
+@click.option("--dry-run", is_flag=True, help="Print the manifest as YAML; apply nothing.")
 def launch(
     namespace: str,
     serving_image: str,
@@ -304,12 +311,28 @@ def launch(
     heartbeat_interval: float,
     **options: Any,
 ) -> None:
-    """Run an executor on Kubernetes: TF Serving fed from MinIO, plus its companion."""
+    """Run an executor on Kubernetes: TF Serving fed from MinIO, plus its companion.
+
+    Several replicas register one executor id each (EXECUTOR_ID-<ordinal>).
+    """
     import yaml
 
-    from mulambda.executors.launcher import LaunchOptions, apply_deployment, executor_deployment
+    from mulambda.executors.launcher import (
+        LaunchOptions,
+        apply_deployment,
+        executor_deployment,
+        replica_executor_ids,
+    )
 
     # The endpoint is the pod's own IP, known only at run time; the companion fills it in.
+    # Replica ids get a "-<ordinal>" suffix; check the longest one is still a valid id.
+    replica_ids = replica_executor_ids(options["executor_id"], replicas)
+    build_registration(
+        endpoint="http://pod:8501",
+        node="k8s",
+        heartbeat_interval_s=heartbeat_interval,
+        **{**options, "executor_id": replica_ids[-1]},
+    )
     registration = build_registration(
         endpoint="http://pod:8501", node="k8s", heartbeat_interval_s=heartbeat_interval, **options
     )
@@ -334,4 +357,7 @@ def launch(
         click.echo(yaml.dump(manifest, Dumper=_Plain, sort_keys=False), nl=False)
         return
     action = run_async(apply_deployment(manifest, kubeconfig=kubeconfig))
-    click.echo(f"{action} deployment {namespace}/{manifest['metadata']['name']}")
+    kind = str(manifest["kind"]).lower()
+    click.echo(f"{action} {kind} {namespace}/{manifest['metadata']['name']}")
+    if replicas > 1:
+        click.echo(f"replicas register as {replica_ids[0]} ... {replica_ids[-1]}")

@@ -103,6 +103,7 @@ def router(
         worker.registry,
         ready=lambda: worker.ready,
         not_ready_reason=worker.not_ready_reason,
+        host=settings.metrics_host,
         port=settings.metrics_port,
     )
     raise SystemExit(

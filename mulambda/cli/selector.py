@@ -71,6 +71,7 @@ def selector(selector_id: str | None) -> None:
         worker.registry,
         ready=lambda: worker.ready,
         not_ready_reason=worker.not_ready_reason,
+        host=settings.metrics_host,
         port=settings.metrics_port,
     )
     raise SystemExit(

@@ -13,6 +13,11 @@ The manifest is built by a pure function (``executor_deployment``) so it can be 
 
 Connection settings reach the pod as ``MULAMBDA_*`` variables from a ConfigMap and a
 Secret (names configurable), never inline.
+
+One replica is a Deployment whose companion registers the executor id as given. Several
+replicas are a StatefulSet whose pods register ``<id>-<ordinal>`` each (the ordinal from
+the ``apps.kubernetes.io/pod-index`` label, Kubernetes 1.28+): every replica is its own
+executor, so one replica's deregistration on shutdown leaves the others selectable.
 """
 
 from __future__ import annotations
@@ -25,6 +30,22 @@ from mulambda.wire.events import ExecutorRegistration
 
 TF_SERVING_REST_PORT = 8501
 """TF Serving's conventional REST port (it serves REST only when given one)."""
+
+COMPANION_HEALTH_PORT = 9188
+"""Port of the companion sidecar's /metrics, /healthz and /readyz."""
+
+POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
+"""Label the StatefulSet controller puts on each pod: its ordinal."""
+
+REPLICA_SUFFIX = "-$(POD_INDEX)"
+"""Appended to a replicated executor's id; Kubernetes expands it from the pod's label."""
+
+
+def replica_executor_ids(executor_id: str, replicas: int) -> list[str]:
+    """The executor ids the replicas of a launch register (one each)."""
+    if replicas == 1:
+        return [executor_id]
+    return [f"{executor_id}-{ordinal}" for ordinal in range(replicas)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +69,10 @@ def _name(executor_id: str) -> str:
     return f"mulambda-executor-{cleaned}"[:63].rstrip("-")
 
 
-def _companion_args(reg: ExecutorRegistration) -> list[str]:
+def _companion_args(reg: ExecutorRegistration, executor_id: str) -> list[str]:
     args = [
         "companion",
-        "--executor-id", reg.executor_id,
+        "--executor-id", executor_id,
         "--endpoint", f"http://$(POD_IP):{TF_SERVING_REST_PORT}",
         "--status-endpoint", f"http://127.0.0.1:{TF_SERVING_REST_PORT}",
         "--model-name", reg.model_name,
@@ -72,8 +93,12 @@ def _companion_args(reg: ExecutorRegistration) -> list[str]:
 def executor_deployment(
     reg: ExecutorRegistration, options: LaunchOptions | None = None
 ) -> dict[str, Any]:
-    """The apps/v1 Deployment running ``reg``'s model with its companion."""
+    """The apps/v1 workload running ``reg``'s model with its companion.
+
+    A Deployment for one replica; a StatefulSet (one executor id per pod) for several.
+    """
     options = options or LaunchOptions()
+    replicated = options.replicas > 1
     name = _name(reg.executor_id)
     labels = {"app.kubernetes.io/name": "mulambda-executor", "mulambda.dev/executor": name}
     env_from = [
@@ -94,13 +119,30 @@ def executor_deployment(
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
     ]
+    companion_env = [
+        # The sidecar's probes dial the pod IP, so its health server binds every interface.
+        {"name": "MULAMBDA_METRICS_HOST", "value": "0.0.0.0"},  # noqa: S104
+        {"name": "MULAMBDA_METRICS_PORT", "value": str(COMPANION_HEALTH_PORT)},
+    ]
+    executor_id = reg.executor_id
+    if replicated:
+        pod_index = {"fieldRef": {"fieldPath": f"metadata.labels['{POD_INDEX_LABEL}']"}}
+        downward.append({"name": "POD_INDEX", "valueFrom": pod_index})
+        executor_id += REPLICA_SUFFIX
+    spec: dict[str, Any] = {
+        "replicas": options.replicas,
+        "selector": {"matchLabels": labels},
+    }
+    if replicated:
+        # Pods are independent executors: start and stop them all at once, not in order.
+        spec["serviceName"] = name
+        spec["podManagementPolicy"] = "Parallel"
     return {
         "apiVersion": "apps/v1",
-        "kind": "Deployment",
+        "kind": "StatefulSet" if replicated else "Deployment",
         "metadata": {"name": name, "namespace": options.namespace, "labels": labels},
         "spec": {
-            "replicas": options.replicas,
-            "selector": {"matchLabels": labels},
+            **spec,
             "template": {
                 "metadata": {"labels": labels},
                 "spec": {
@@ -141,9 +183,18 @@ def executor_deployment(
                         {
                             "name": "companion",
                             "image": options.mulambda_image,
-                            "args": _companion_args(reg),
-                            "env": downward,
+                            "args": _companion_args(reg, executor_id),
+                            "env": downward + companion_env,
                             "envFrom": env_from,
+                            "ports": [{"name": "health", "containerPort": COMPANION_HEALTH_PORT}],
+                            "livenessProbe": {
+                                "httpGet": {"path": "/healthz", "port": COMPANION_HEALTH_PORT},
+                                "periodSeconds": 10,
+                            },
+                            "readinessProbe": {
+                                "httpGet": {"path": "/readyz", "port": COMPANION_HEALTH_PORT},
+                                "periodSeconds": 5,
+                            },
                         },
                     ],
                 },
@@ -153,7 +204,8 @@ def executor_deployment(
 
 
 async def apply_deployment(manifest: dict[str, Any], *, kubeconfig: str | None = None) -> str:
-    """Create the Deployment, or replace it when it exists; returns ``created``/``updated``.
+    """Create the Deployment or StatefulSet, or replace it when it exists; returns
+    ``created``/``updated``.
 
     Needs the ``kubernetes`` extra; without it, a ConfigurationError says how to install it.
     """
@@ -179,15 +231,21 @@ async def apply_deployment(manifest: dict[str, Any], *, kubeconfig: str | None =
     meta = manifest["metadata"]
     async with client.ApiClient() as api:
         apps = client.AppsV1Api(api)
+        if manifest["kind"] == "StatefulSet":
+            create = apps.create_namespaced_stateful_set
+            replace = apps.replace_namespaced_stateful_set
+        else:
+            create = apps.create_namespaced_deployment
+            replace = apps.replace_namespaced_deployment
         try:
-            await apps.create_namespaced_deployment(meta["namespace"], manifest)
+            await create(meta["namespace"], manifest)
         except ApiException as exc:
             if exc.status != 409:
                 raise TransportError(
-                    f"Kubernetes refused the deployment: {exc.status} {exc.reason}",
+                    f"Kubernetes refused the {manifest['kind']}: {exc.status} {exc.reason}",
                     retriable=exc.status is not None and exc.status >= 500,
                 ) from exc
-            await apps.replace_namespaced_deployment(meta["name"], meta["namespace"], manifest)
+            await replace(meta["name"], meta["namespace"], manifest)
             return "updated"
         except OSError as exc:
             raise TransportError(f"Kubernetes API unreachable: {exc}") from exc

@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     """Root log level of runners."""
 
+    metrics_host: str = Field(default="127.0.0.1", min_length=1)
+    """Interface a worker's /metrics, /healthz and /readyz server binds: loopback locally,
+    ``0.0.0.0`` (or ``::``) in containers, where kubelet probes and Prometheus dial the
+    pod IP."""
+
     metrics_port: int = Field(default=0, ge=0, le=65535)
     """Port of a worker's /metrics, /healthz and /readyz server (0 picks a free port)."""
 

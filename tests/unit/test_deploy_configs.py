@@ -26,7 +26,7 @@ def _setting_names() -> set[str]:
 
 
 def test_configmap_and_secret_only_set_known_settings() -> None:
-    docs = _documents(DEPLOY / "k8s" / "config.yaml")
+    docs = _documents(DEPLOY / "k8s" / "base" / "config.yaml")
     keys = {key for doc in docs for key in {**doc.get("data", {}), **doc.get("stringData", {})}}
     assert keys
     assert keys <= _setting_names(), keys - _setting_names()
@@ -40,7 +40,7 @@ def test_compose_environment_only_sets_known_settings() -> None:
 
 @pytest.mark.parametrize("worker", ["selector", "router"])
 def test_worker_deployments_use_real_commands_and_health_paths(worker: str) -> None:
-    (deployment,) = _documents(DEPLOY / "k8s" / f"{worker}.yaml")
+    (deployment,) = _documents(DEPLOY / "k8s" / "base" / f"{worker}.yaml")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     command, option = container["args"][0], container["args"][1]
     assert isinstance(cli, click.Group)
@@ -51,10 +51,12 @@ def test_worker_deployments_use_real_commands_and_health_paths(worker: str) -> N
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
 
-def test_kustomization_lists_existing_files() -> None:
-    kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
+@pytest.mark.parametrize("folder", ["base", "overlays/dev", "overlays/prod"])
+def test_kustomization_lists_existing_files(folder: str) -> None:
+    root = DEPLOY / "k8s" / folder
+    kustomization = yaml.safe_load((root / "kustomization.yaml").read_text())
     for resource in kustomization["resources"]:
-        assert (DEPLOY / "k8s" / resource).exists(), resource
+        assert (root / resource).exists(), resource
 
 
 def test_every_lazy_command_loads() -> None:
