@@ -17,6 +17,14 @@
 #   MULAMBDA_SYNTHETIC_MODELS="FastBad MidOK SlowGood"   prototype profiles to serve
 #   MULAMBDA_TIME_SCALE=0.2             multiplies the synthetic models' delays
 #   MULAMBDA_DEMO_CLIENT_ID=demo-client
+#   MULAMBDA_WITH_MLSERVER=auto         the real model (below): auto when MLServer is
+#                                       installed (infra.sh install mlserver), 1, or 0
+#   MULAMBDA_MLSERVER_PORT=8502         its REST port (also _GRPC_PORT=8503, _METRICS_PORT=8504)
+# The real model: a scikit-learn wine classifier trained by MLServer's Python
+# (deploy/local/train_wine.py) into $MULAMBDA_HOME/real/, uploaded to MinIO
+# (`mulambda models upload`), pulled back into MLServer's models folder, served by
+# MLServer (Open Inference Protocol v2) and registered by a companion as executor
+# local-wine with traits classification/wine-13/probs-3. Trained and uploaded once.
 # plus infra.sh's (MULAMBDA_HOME, MULAMBDA_KAFKA_PORT, ...; see deploy/local/README.md).
 set -euo pipefail
 # shellcheck source=deploy/local/platform.sh
@@ -49,6 +57,20 @@ except MulambdaError as exc:
 EOF
 ) || die "bad MULAMBDA_SYNTHETIC_MODELS or MULAMBDA_TIME_SCALE"
 
+# Resolved before anything starts: MLServer lives in a venv of its own (infra.sh).
+MLSERVER_BIN=""
+if [[ $WITH_MLSERVER != 0 ]]; then
+  if MLSERVER_BIN=$("$INFRA" mlserver-bin 2>/dev/null) && [[ -x $MLSERVER_BIN ]]; then
+    for var in MLSERVER_PORT MLSERVER_GRPC_PORT MLSERVER_METRICS_PORT; do
+      ((${!var} != 0)) || die "MULAMBDA_$var must name a port for MLServer, not 0"
+    done
+  elif [[ $WITH_MLSERVER == 1 ]]; then
+    die "MULAMBDA_WITH_MLSERVER=1 but MLServer is not installed: deploy/local/infra.sh install mlserver"
+  else
+    MLSERVER_BIN=""
+  fi
+fi
+
 lock_platform
 
 # Ports of workers about to start must be free (0 means any port); checked before
@@ -63,6 +85,11 @@ check_free executor "$EXECUTOR_PORT" MULAMBDA_EXECUTOR_PORT
 check_free selector "$SELECTOR_METRICS_PORT" MULAMBDA_SELECTOR_METRICS_PORT
 check_free router "$ROUTER_METRICS_PORT" MULAMBDA_ROUTER_METRICS_PORT
 check_free probe "$PROBE_PORT" MULAMBDA_PROBE_PORT
+if [[ -n $MLSERVER_BIN ]]; then
+  check_free mlserver "$MLSERVER_PORT" MULAMBDA_MLSERVER_PORT
+  check_free mlserver "$MLSERVER_GRPC_PORT" MULAMBDA_MLSERVER_GRPC_PORT
+  check_free mlserver "$MLSERVER_METRICS_PORT" MULAMBDA_MLSERVER_METRICS_PORT
+fi
 
 log "infra: starting Kafka, Redis and MinIO (infra.sh start)"
 exports=$("$INFRA" start 7>&-) || die "infra.sh start failed (see above)"
@@ -135,6 +162,50 @@ launch probe "mulambda clients serve-probe --port $PROBE_PORT --client-id $DEMO_
   "$MULAMBDA_BIN" clients serve-probe --port "$PROBE_PORT" --client-id "$DEMO_CLIENT_ID" \
   --register
 
+# --- the real model (MLServer) ---------------------------------------------------------
+
+mlserver_models=$REAL_DIR/mlserver-models
+real_facts=$REAL_DIR/$REAL_MODEL.facts.json
+# quiet LOG-NAME COMMAND...: runs the command with its output in the workers' folder,
+# shown only when it fails.
+quiet() {
+  local out=$WORKERS_DIR/$1.log
+  shift
+  if ! "$@" >"$out" 2>&1; then
+    sed 's/^/    /' "$out" >&2
+    fail "$* failed"
+  fi
+}
+if [[ -n $MLSERVER_BIN ]] && ! worker_pid mlserver >/dev/null; then
+  trained=$REAL_DIR/trained/$REAL_MODEL
+  if [[ ! -f $trained/model-settings.json || ! -f $real_facts ]]; then
+    log "real model: training $REAL_MODEL (scikit-learn, wine data) with MLServer's python"
+    quiet train-wine "$(dirname "$MLSERVER_BIN")/python" "$SCRIPT_DIR/train_wine.py" \
+      "$trained" "$REAL_MODEL" "$REAL_MODEL_VERSION" "$real_facts"
+  fi
+  if ! "$MULAMBDA_BIN" models list "$REAL_MODEL" 2>/dev/null |
+    grep -qE "^$REAL_MODEL"$'\t'"(.*,)?$REAL_MODEL_VERSION(,|\$)"; then
+    log "real model: uploading $REAL_MODEL version $REAL_MODEL_VERSION to MinIO"
+    quiet models-upload "$MULAMBDA_BIN" models upload "$trained" --name "$REAL_MODEL" \
+      --version "$REAL_MODEL_VERSION"
+  fi
+  # MLServer serves what MinIO holds, as a deployment would pull it.
+  mkdir -p "$mlserver_models"
+  quiet models-download "$MULAMBDA_BIN" models download "$REAL_MODEL" \
+    "$mlserver_models/$REAL_MODEL" --version "$REAL_MODEL_VERSION" --force
+  # parallel_workers 0: MLServer's parallel workers die at start with uvloop 0.23.
+  cat >"$mlserver_models/settings.json" <<EOF
+{"host": "127.0.0.1", "http_port": $MLSERVER_PORT, "grpc_port": $MLSERVER_GRPC_PORT,
+ "metrics_port": $MLSERVER_METRICS_PORT, "parallel_workers": 0, "debug": false,
+ "server_name": "mulambda-local"}
+EOF
+fi
+if [[ -n $MLSERVER_BIN ]]; then
+  # --chdir: MLServer writes its metrics folder into its working directory.
+  launch mlserver "mlserver start $mlserver_models" --chdir="$mlserver_models" -- \
+    "$MLSERVER_BIN" start "$mlserver_models"
+fi
+
 executor_ready() {
   local model status
   for model in "${SYNTHETIC_MODELS[@]}"; do
@@ -156,25 +227,47 @@ while read -r model accuracy delay_ms; do
     --model-data-delay-ms-per-element "$delay_ms" --heartbeat-interval 2
 done <<<"$PROFILES"
 
+EXECUTOR_IDS=()
+for model in "${SYNTHETIC_MODELS[@]}"; do EXECUTOR_IDS+=("$(executor_id "$model")"); done
+companion_workers=()
+for model in "${SYNTHETIC_MODELS[@]}"; do companion_workers+=("companion-$model"); done
+if [[ -n $MLSERVER_BIN ]]; then
+  mlserver_ready() {
+    curl -sf -m 2 -o /dev/null "http://127.0.0.1:$MLSERVER_PORT/v2/health/ready" &&
+      curl -sf -m 2 -o /dev/null "http://127.0.0.1:$MLSERVER_PORT/v2/models/$REAL_MODEL/ready"
+  }
+  wait_until "MLServer on :$MLSERVER_PORT ($REAL_MODEL)" mlserver_ready mlserver
+  real_accuracy=$("$VENV/bin/python" -c \
+    'import json, sys; print(json.load(open(sys.argv[1]))["accuracy"])' "$real_facts")
+  id=$(executor_id "$REAL_MODEL")
+  launch "companion-$REAL_MODEL" "mulambda companion --executor-id $id " \
+    MULAMBDA_METRICS_PORT=0 -- \
+    "$MULAMBDA_BIN" companion --executor-id "$id" --protocol oip-v2 \
+    --endpoint "http://127.0.0.1:$MLSERVER_PORT" \
+    --model-name "$REAL_MODEL" --model-version "$REAL_MODEL_VERSION" \
+    --model-type "${REAL_MODEL_TRAITS[0]}" --input-format "${REAL_MODEL_TRAITS[1]}" \
+    --output-format "${REAL_MODEL_TRAITS[2]}" --accuracy "$real_accuracy" \
+    --heartbeat-interval 2
+  EXECUTOR_IDS+=("$id")
+  companion_workers+=("companion-$REAL_MODEL")
+fi
+
 selector_ready() { curl -sf -m 2 -o /dev/null "http://127.0.0.1:$SELECTOR_METRICS_PORT/readyz"; }
 router_ready() { curl -sf -m 2 -o /dev/null "http://127.0.0.1:$ROUTER_METRICS_PORT/readyz"; }
 wait_until "selector (:$SELECTOR_METRICS_PORT/readyz)" selector_ready selector
 wait_until "router (:$ROUTER_METRICS_PORT/readyz)" router_ready router
 
-companion_workers=()
-for model in "${SYNTHETIC_MODELS[@]}"; do companion_workers+=("companion-$model"); done
-
 # The registrations are on the compacted topics: what every selector will see.
 registered() {
   local listed model
   listed=$("$MULAMBDA_BIN" executors list 2>/dev/null) || return 1
-  for model in "${SYNTHETIC_MODELS[@]}"; do
-    grep -q "^$(executor_id "$model")"$'\t' <<<"$listed" || return 1
+  for id in "${EXECUTOR_IDS[@]}"; do
+    grep -q "^$id"$'\t' <<<"$listed" || return 1
   done
   listed=$("$MULAMBDA_BIN" clients list 2>/dev/null) || return 1
   grep -q "^$DEMO_CLIENT_ID"$'\t' <<<"$listed"
 }
-wait_until "registrations (${#SYNTHETIC_MODELS[@]} executors, client $DEMO_CLIENT_ID)" \
+wait_until "registrations (${#EXECUTOR_IDS[@]} executors, client $DEMO_CLIENT_ID)" \
   registered "${companion_workers[@]}" probe
 
 log "platform up in $((SECONDS - T0))s; worker logs in $WORKERS_DIR"
@@ -197,6 +290,18 @@ Publish a request and wait for its result:
       --model-type classification --input-format feature --output-format confidence \\
       --latency 0.8 --accuracy 0.2 \\
       --body '{"instances": [0, 1]}'
+EOF
+if [[ -n $MLSERVER_BIN ]]; then
+  cat <<EOF
+
+The real model ($REAL_MODEL on MLServer :$MLSERVER_PORT, executor $(executor_id "$REAL_MODEL")):
+
+  $venv_bin/mulambda infer --client-id $DEMO_CLIENT_ID \\
+      --model-type ${REAL_MODEL_TRAITS[0]} --input-format ${REAL_MODEL_TRAITS[1]} --output-format ${REAL_MODEL_TRAITS[2]} \\
+      --body '{"instances": [[13.2, 1.78, 2.14, 11.2, 100, 2.65, 2.76, 0.26, 1.28, 4.38, 1.05, 3.4, 1050]]}'
+EOF
+fi
+cat <<EOF
 
 List executors: $venv_bin/mulambda executors list
 Stop everything: deploy/local/down.sh
