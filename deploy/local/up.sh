@@ -298,7 +298,7 @@ The real model ($REAL_MODEL on MLServer :$MLSERVER_PORT, executor $(executor_id 
 
   $venv_bin/mulambda infer --client-id $DEMO_CLIENT_ID \\
       --model-type ${REAL_MODEL_TRAITS[0]} --input-format ${REAL_MODEL_TRAITS[1]} --output-format ${REAL_MODEL_TRAITS[2]} \\
-      --body '{"instances": [[13.2, 1.78, 2.14, 11.2, 100, 2.65, 2.76, 0.26, 1.28, 4.38, 1.05, 3.4, 1050]]}'
+      --body '{"instances": [[14.23, 1.71, 2.43, 15.6, 127, 2.8, 3.06, 0.28, 2.29, 5.64, 1.04, 3.92, 1065]]}'
 EOF
 fi
 cat <<EOF
