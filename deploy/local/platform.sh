@@ -38,6 +38,11 @@ REAL_MODEL=wine
 REAL_MODEL_VERSION=1
 REAL_MODEL_TRAITS=(classification wine-13 probs-3)
 REAL_DIR=$STATE_DIR/real
+# With MULAMBDA_WITH_TENSORFLOW=1 the wine classifier also runs as a Keras SavedModel on
+# `mulambda executor serve` (TF Serving REST), under the same traits.
+WITH_TENSORFLOW=${MULAMBDA_WITH_TENSORFLOW:-0}
+TF_MODEL=wine-keras
+TF_EXECUTOR_PORT=${MULAMBDA_TF_EXECUTOR_PORT:-8505}
 WORKER_STOP_TIMEOUT=25 # the runner's grace (10 s) + its stop bound (5 s), with room
 
 die() {
@@ -54,7 +59,7 @@ require_port() { # name value (0 allowed: any free port)
 check_config() {
   local var
   for var in EXECUTOR_PORT SELECTOR_METRICS_PORT ROUTER_METRICS_PORT PROBE_PORT \
-    MLSERVER_PORT MLSERVER_GRPC_PORT MLSERVER_METRICS_PORT; do
+    MLSERVER_PORT MLSERVER_GRPC_PORT MLSERVER_METRICS_PORT TF_EXECUTOR_PORT; do
     require_port "MULAMBDA_$var" "${!var}"
   done
   case $WITH_MLSERVER in auto | 0 | 1) ;; *) die "MULAMBDA_WITH_MLSERVER must be auto, 0 or 1" ;; esac

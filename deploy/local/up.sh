@@ -9,7 +9,9 @@
 # Waits (MULAMBDA_UP_TIMEOUT, 60 s) until the selector is ready and the companions have
 # registered, then prints how to send a request. Pids and logs of the workers live in
 # $MULAMBDA_HOME/workers/ (default .mulambda/workers/). Optional environment:
-#   MULAMBDA_WITH_TENSORFLOW=1          also install the tensorflow extra
+#   MULAMBDA_WITH_TENSORFLOW=1          also install the tensorflow extra and serve the
+#                                       wine classifier as a SavedModel (below)
+#   MULAMBDA_TF_EXECUTOR_PORT=8505      the executor serving that SavedModel
 #   MULAMBDA_EXECUTOR_PORT=8501         TF Serving REST port of the executor
 #   MULAMBDA_SELECTOR_METRICS_PORT=9180 selector's /metrics /healthz /readyz
 #   MULAMBDA_ROUTER_METRICS_PORT=9181   router's /metrics /healthz /readyz
@@ -25,6 +27,9 @@
 # (`mulambda models upload`), pulled back into MLServer's models folder, served by
 # MLServer (Open Inference Protocol v2) and registered by a companion as executor
 # local-wine with traits classification/wine-13/probs-3. Trained and uploaded once.
+# With MULAMBDA_WITH_TENSORFLOW=1, also a Keras wine classifier (train_wine_keras.py)
+# uploaded as SavedModel wine-keras, pulled and served by a second `mulambda executor
+# serve` and registered as local-wine-keras (tfserving-rest) under the same traits.
 # plus infra.sh's (MULAMBDA_HOME, MULAMBDA_KAFKA_PORT, ...; see deploy/local/README.md).
 set -euo pipefail
 # shellcheck source=deploy/local/platform.sh
@@ -33,7 +38,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/platform.sh"
 check_config
 T0=$SECONDS
 extras="dev"
-if [[ ${MULAMBDA_WITH_TENSORFLOW:-0} == 1 ]]; then extras="dev,tensorflow"; fi
+if [[ $WITH_TENSORFLOW == 1 ]]; then extras="dev,tensorflow"; fi
 ensure_venv "$extras"
 
 # Each model registers its profile's confidences[0] as accuracy and its per-element delay
@@ -89,6 +94,9 @@ if [[ -n $MLSERVER_BIN ]]; then
   check_free mlserver "$MLSERVER_PORT" MULAMBDA_MLSERVER_PORT
   check_free mlserver "$MLSERVER_GRPC_PORT" MULAMBDA_MLSERVER_GRPC_PORT
   check_free mlserver "$MLSERVER_METRICS_PORT" MULAMBDA_MLSERVER_METRICS_PORT
+fi
+if [[ $WITH_TENSORFLOW == 1 ]]; then
+  check_free tf-executor "$TF_EXECUTOR_PORT" MULAMBDA_TF_EXECUTOR_PORT
 fi
 
 log "infra: starting Kafka, Redis and MinIO (infra.sh start)"
@@ -162,7 +170,7 @@ launch probe "mulambda clients serve-probe --port $PROBE_PORT --client-id $DEMO_
   "$MULAMBDA_BIN" clients serve-probe --port "$PROBE_PORT" --client-id "$DEMO_CLIENT_ID" \
   --register
 
-# --- the real model (MLServer) ---------------------------------------------------------
+# --- the real models (MLServer; TensorFlow) -------------------------------------------
 
 mlserver_models=$REAL_DIR/mlserver-models
 real_facts=$REAL_DIR/$REAL_MODEL.facts.json
@@ -176,6 +184,15 @@ quiet() {
     fail "$* failed"
   fi
 }
+# uploaded NAME: MinIO holds version REAL_MODEL_VERSION of model NAME.
+uploaded() {
+  "$MULAMBDA_BIN" models list "$1" 2>/dev/null |
+    grep -qE "^$1"$'\t'"(.*,)?$REAL_MODEL_VERSION(,|\$)"
+}
+accuracy_of() { # facts.json written by a training script
+  "$VENV/bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["accuracy"])' "$1"
+}
+
 if [[ -n $MLSERVER_BIN ]] && ! worker_pid mlserver >/dev/null; then
   trained=$REAL_DIR/trained/$REAL_MODEL
   if [[ ! -f $trained/model-settings.json || ! -f $real_facts ]]; then
@@ -183,8 +200,7 @@ if [[ -n $MLSERVER_BIN ]] && ! worker_pid mlserver >/dev/null; then
     quiet train-wine "$(dirname "$MLSERVER_BIN")/python" "$SCRIPT_DIR/train_wine.py" \
       "$trained" "$REAL_MODEL" "$REAL_MODEL_VERSION" "$real_facts"
   fi
-  if ! "$MULAMBDA_BIN" models list "$REAL_MODEL" 2>/dev/null |
-    grep -qE "^$REAL_MODEL"$'\t'"(.*,)?$REAL_MODEL_VERSION(,|\$)"; then
+  if ! uploaded "$REAL_MODEL"; then
     log "real model: uploading $REAL_MODEL version $REAL_MODEL_VERSION to MinIO"
     quiet models-upload "$MULAMBDA_BIN" models upload "$trained" --name "$REAL_MODEL" \
       --version "$REAL_MODEL_VERSION"
@@ -205,6 +221,32 @@ if [[ -n $MLSERVER_BIN ]]; then
   launch mlserver "mlserver start $mlserver_models" --chdir="$mlserver_models" -- \
     "$MLSERVER_BIN" start "$mlserver_models"
 fi
+
+tf_facts=$REAL_DIR/$TF_MODEL.facts.json
+if [[ $WITH_TENSORFLOW == 1 ]] && ! worker_pid tf-executor >/dev/null; then
+  tf_trained=$REAL_DIR/trained/$TF_MODEL
+  if [[ ! -f $tf_trained/saved_model.pb || ! -f $tf_facts ]]; then
+    log "real model: training $TF_MODEL (Keras, wine data)"
+    rm -rf "$tf_trained"
+    quiet train-wine-keras "$VENV/bin/python" "$SCRIPT_DIR/train_wine_keras.py" \
+      "$tf_trained" "$tf_facts"
+  fi
+  if ! uploaded "$TF_MODEL"; then
+    log "real model: uploading SavedModel $TF_MODEL version $REAL_MODEL_VERSION to MinIO"
+    quiet models-upload-keras "$MULAMBDA_BIN" models upload "$tf_trained" \
+      --name "$TF_MODEL" --version "$REAL_MODEL_VERSION"
+  fi
+fi
+if [[ $WITH_TENSORFLOW == 1 ]]; then
+  # Pulls the SavedModel from MinIO at start, as a deployed executor would.
+  launch tf-executor "mulambda executor serve --port $TF_EXECUTOR_PORT --model $TF_MODEL" \
+    TF_CPP_MIN_LOG_LEVEL=2 -- \
+    "$MULAMBDA_BIN" executor serve --port "$TF_EXECUTOR_PORT" \
+    --model "$TF_MODEL:$REAL_MODEL_VERSION" --model-dir "$REAL_DIR/tf-models"
+fi
+# Training (a first run's half minute for Keras) is not start-up: the workers' wait for
+# readiness counts from here.
+DEADLINE=$((SECONDS + UP_TIMEOUT))
 
 executor_ready() {
   local model status
@@ -237,8 +279,7 @@ if [[ -n $MLSERVER_BIN ]]; then
       curl -sf -m 2 -o /dev/null "http://127.0.0.1:$MLSERVER_PORT/v2/models/$REAL_MODEL/ready"
   }
   wait_until "MLServer on :$MLSERVER_PORT ($REAL_MODEL)" mlserver_ready mlserver
-  real_accuracy=$("$VENV/bin/python" -c \
-    'import json, sys; print(json.load(open(sys.argv[1]))["accuracy"])' "$real_facts")
+  real_accuracy=$(accuracy_of "$real_facts")
   id=$(executor_id "$REAL_MODEL")
   launch "companion-$REAL_MODEL" "mulambda companion --executor-id $id " \
     MULAMBDA_METRICS_PORT=0 -- \
@@ -250,6 +291,26 @@ if [[ -n $MLSERVER_BIN ]]; then
     --heartbeat-interval 2
   EXECUTOR_IDS+=("$id")
   companion_workers+=("companion-$REAL_MODEL")
+fi
+if [[ $WITH_TENSORFLOW == 1 ]]; then
+  tf_ready() {
+    local status
+    status=$(curl -sf -m 2 "http://127.0.0.1:$TF_EXECUTOR_PORT/v1/models/$TF_MODEL") &&
+      [[ $status == *'"AVAILABLE"'* ]]
+  }
+  wait_until "executor on :$TF_EXECUTOR_PORT ($TF_MODEL from MinIO)" tf_ready tf-executor
+  tf_accuracy=$(accuracy_of "$tf_facts")
+  id=$(executor_id "$TF_MODEL")
+  launch "companion-$TF_MODEL" "mulambda companion --executor-id $id " \
+    MULAMBDA_METRICS_PORT=0 -- \
+    "$MULAMBDA_BIN" companion --executor-id "$id" \
+    --endpoint "http://127.0.0.1:$TF_EXECUTOR_PORT" \
+    --model-name "$TF_MODEL" --model-version "$REAL_MODEL_VERSION" \
+    --model-type "${REAL_MODEL_TRAITS[0]}" --input-format "${REAL_MODEL_TRAITS[1]}" \
+    --output-format "${REAL_MODEL_TRAITS[2]}" --accuracy "$tf_accuracy" \
+    --heartbeat-interval 2
+  EXECUTOR_IDS+=("$id")
+  companion_workers+=("companion-$TF_MODEL")
 fi
 
 selector_ready() { curl -sf -m 2 -o /dev/null "http://127.0.0.1:$SELECTOR_METRICS_PORT/readyz"; }
@@ -291,10 +352,17 @@ Publish a request and wait for its result:
       --latency 0.8 --accuracy 0.2 \\
       --body '{"instances": [0, 1]}'
 EOF
+real_served=""
 if [[ -n $MLSERVER_BIN ]]; then
+  real_served="$REAL_MODEL on MLServer :$MLSERVER_PORT (executor $(executor_id "$REAL_MODEL"))"
+fi
+if [[ $WITH_TENSORFLOW == 1 ]]; then
+  real_served="${real_served:+$real_served, }$TF_MODEL on :$TF_EXECUTOR_PORT (executor $(executor_id "$TF_MODEL"))"
+fi
+if [[ -n $real_served ]]; then
   cat <<EOF
 
-The real model ($REAL_MODEL on MLServer :$MLSERVER_PORT, executor $(executor_id "$REAL_MODEL")):
+The real wine classifier: $real_served.
 
   $venv_bin/mulambda infer --client-id $DEMO_CLIENT_ID \\
       --model-type ${REAL_MODEL_TRAITS[0]} --input-format ${REAL_MODEL_TRAITS[1]} --output-format ${REAL_MODEL_TRAITS[2]} \\
