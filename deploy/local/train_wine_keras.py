@@ -17,19 +17,18 @@ import os
 import sys
 from pathlib import Path
 
+# Before keras is imported: TensorFlow reads its log level at import.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402 (after the log level, which TensorFlow reads at import)
-import numpy as np  # noqa: E402
-from sklearn.datasets import load_wine  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
+import keras
+import numpy as np
+from sklearn.datasets import load_wine
+from sklearn.model_selection import train_test_split
 
 saved_model_dir, facts_path = Path(sys.argv[1]), Path(sys.argv[2])
 x, y = load_wine(return_X_y=True)
 x = x.astype(np.float32)
-x_train, x_test, y_train, y_test = train_test_split(
-    x, y, test_size=0.3, random_state=0, stratify=y
-)
+x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.3, random_state=0, stratify=y)
 keras.utils.set_random_seed(0)
 normalize = keras.layers.Normalization()
 normalize.adapt(x_train)
