@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Stop what deploy/local/up.sh started: the workers (by their pid files, only when the
-# process's command line is still ours), then Kafka, Redis and MinIO (infra.sh stop).
+# process's command line is still ours; MLServer with the real model is one of them),
+# then Kafka, Redis and MinIO (infra.sh stop).
 #
 #   deploy/local/down.sh                # workers and infrastructure
 #   deploy/local/down.sh --keep-infra   # workers only
@@ -17,7 +18,7 @@ for arg in "$@"; do
   case $arg in
     --keep-infra) keep_infra=1 ;;
     -h | --help)
-      sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *) die "unknown argument '$arg' (expected --keep-infra)" ;;

@@ -28,6 +28,21 @@ read -r -a SYNTHETIC_MODELS <<<"${MULAMBDA_SYNTHETIC_MODELS:-FastBad MidOK SlowG
 TIME_SCALE=${MULAMBDA_TIME_SCALE:-0.2}
 DEMO_CLIENT_ID=${MULAMBDA_DEMO_CLIENT_ID:-demo-client}
 UP_TIMEOUT=${MULAMBDA_UP_TIMEOUT:-60}
+# The real model: a scikit-learn wine classifier served by MLServer (OIP v2). auto: when
+# MLServer is installed (`infra.sh mlserver-bin` succeeds); 1: required; 0: never.
+WITH_MLSERVER=${MULAMBDA_WITH_MLSERVER:-auto}
+MLSERVER_PORT=${MULAMBDA_MLSERVER_PORT:-8502}
+MLSERVER_GRPC_PORT=${MULAMBDA_MLSERVER_GRPC_PORT:-8503}
+MLSERVER_METRICS_PORT=${MULAMBDA_MLSERVER_METRICS_PORT:-8504}
+REAL_MODEL=wine
+REAL_MODEL_VERSION=1
+REAL_MODEL_TRAITS=(classification wine-13 probs-3)
+REAL_DIR=$STATE_DIR/real
+# With MULAMBDA_WITH_TENSORFLOW=1 the wine classifier also runs as a Keras SavedModel on
+# `mulambda executor serve` (TF Serving REST), under the same traits.
+WITH_TENSORFLOW=${MULAMBDA_WITH_TENSORFLOW:-0}
+TF_MODEL=wine-keras
+TF_EXECUTOR_PORT=${MULAMBDA_TF_EXECUTOR_PORT:-8505}
 WORKER_STOP_TIMEOUT=25 # the runner's grace (10 s) + its stop bound (5 s), with room
 
 die() {
@@ -43,9 +58,11 @@ require_port() { # name value (0 allowed: any free port)
 
 check_config() {
   local var
-  for var in EXECUTOR_PORT SELECTOR_METRICS_PORT ROUTER_METRICS_PORT PROBE_PORT; do
+  for var in EXECUTOR_PORT SELECTOR_METRICS_PORT ROUTER_METRICS_PORT PROBE_PORT \
+    MLSERVER_PORT MLSERVER_GRPC_PORT MLSERVER_METRICS_PORT TF_EXECUTOR_PORT; do
     require_port "MULAMBDA_$var" "${!var}"
   done
+  case $WITH_MLSERVER in auto | 0 | 1) ;; *) die "MULAMBDA_WITH_MLSERVER must be auto, 0 or 1" ;; esac
   [[ $UP_TIMEOUT =~ ^[0-9]+$ ]] || die "MULAMBDA_UP_TIMEOUT must be a whole number of seconds"
   ((${#SYNTHETIC_MODELS[@]})) || die "MULAMBDA_SYNTHETIC_MODELS names no model"
 }

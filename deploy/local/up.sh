@@ -9,7 +9,9 @@
 # Waits (MULAMBDA_UP_TIMEOUT, 60 s) until the selector is ready and the companions have
 # registered, then prints how to send a request. Pids and logs of the workers live in
 # $MULAMBDA_HOME/workers/ (default .mulambda/workers/). Optional environment:
-#   MULAMBDA_WITH_TENSORFLOW=1          also install the tensorflow extra
+#   MULAMBDA_WITH_TENSORFLOW=1          also install the tensorflow extra and serve the
+#                                       wine classifier as a SavedModel (below)
+#   MULAMBDA_TF_EXECUTOR_PORT=8505      the executor serving that SavedModel
 #   MULAMBDA_EXECUTOR_PORT=8501         TF Serving REST port of the executor
 #   MULAMBDA_SELECTOR_METRICS_PORT=9180 selector's /metrics /healthz /readyz
 #   MULAMBDA_ROUTER_METRICS_PORT=9181   router's /metrics /healthz /readyz
@@ -17,6 +19,17 @@
 #   MULAMBDA_SYNTHETIC_MODELS="FastBad MidOK SlowGood"   prototype profiles to serve
 #   MULAMBDA_TIME_SCALE=0.2             multiplies the synthetic models' delays
 #   MULAMBDA_DEMO_CLIENT_ID=demo-client
+#   MULAMBDA_WITH_MLSERVER=auto         the real model (below): auto when MLServer is
+#                                       installed (infra.sh install mlserver), 1, or 0
+#   MULAMBDA_MLSERVER_PORT=8502         its REST port (also _GRPC_PORT=8503, _METRICS_PORT=8504)
+# The real model: a scikit-learn wine classifier trained by MLServer's Python
+# (deploy/local/train_wine.py) into $MULAMBDA_HOME/real/, uploaded to MinIO
+# (`mulambda models upload`), pulled back into MLServer's models folder, served by
+# MLServer (Open Inference Protocol v2) and registered by a companion as executor
+# local-wine with traits classification/wine-13/probs-3. Trained and uploaded once.
+# With MULAMBDA_WITH_TENSORFLOW=1, also a Keras wine classifier (train_wine_keras.py)
+# uploaded as SavedModel wine-keras, pulled and served by a second `mulambda executor
+# serve` and registered as local-wine-keras (tfserving-rest) under the same traits.
 # plus infra.sh's (MULAMBDA_HOME, MULAMBDA_KAFKA_PORT, ...; see deploy/local/README.md).
 set -euo pipefail
 # shellcheck source=deploy/local/platform.sh
@@ -25,7 +38,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/platform.sh"
 check_config
 T0=$SECONDS
 extras="dev"
-if [[ ${MULAMBDA_WITH_TENSORFLOW:-0} == 1 ]]; then extras="dev,tensorflow"; fi
+if [[ $WITH_TENSORFLOW == 1 ]]; then extras="dev,tensorflow"; fi
 ensure_venv "$extras"
 
 # Each model registers its profile's confidences[0] as accuracy and its per-element delay
@@ -49,6 +62,20 @@ except MulambdaError as exc:
 EOF
 ) || die "bad MULAMBDA_SYNTHETIC_MODELS or MULAMBDA_TIME_SCALE"
 
+# Resolved before anything starts: MLServer lives in a venv of its own (infra.sh).
+MLSERVER_BIN=""
+if [[ $WITH_MLSERVER != 0 ]]; then
+  if MLSERVER_BIN=$("$INFRA" mlserver-bin 2>/dev/null) && [[ -x $MLSERVER_BIN ]]; then
+    for var in MLSERVER_PORT MLSERVER_GRPC_PORT MLSERVER_METRICS_PORT; do
+      ((${!var} != 0)) || die "MULAMBDA_$var must name a port for MLServer, not 0"
+    done
+  elif [[ $WITH_MLSERVER == 1 ]]; then
+    die "MULAMBDA_WITH_MLSERVER=1 but MLServer is not installed: deploy/local/infra.sh install mlserver"
+  else
+    MLSERVER_BIN=""
+  fi
+fi
+
 lock_platform
 
 # Ports of workers about to start must be free (0 means any port); checked before
@@ -63,6 +90,14 @@ check_free executor "$EXECUTOR_PORT" MULAMBDA_EXECUTOR_PORT
 check_free selector "$SELECTOR_METRICS_PORT" MULAMBDA_SELECTOR_METRICS_PORT
 check_free router "$ROUTER_METRICS_PORT" MULAMBDA_ROUTER_METRICS_PORT
 check_free probe "$PROBE_PORT" MULAMBDA_PROBE_PORT
+if [[ -n $MLSERVER_BIN ]]; then
+  check_free mlserver "$MLSERVER_PORT" MULAMBDA_MLSERVER_PORT
+  check_free mlserver "$MLSERVER_GRPC_PORT" MULAMBDA_MLSERVER_GRPC_PORT
+  check_free mlserver "$MLSERVER_METRICS_PORT" MULAMBDA_MLSERVER_METRICS_PORT
+fi
+if [[ $WITH_TENSORFLOW == 1 ]]; then
+  check_free tf-executor "$TF_EXECUTOR_PORT" MULAMBDA_TF_EXECUTOR_PORT
+fi
 
 log "infra: starting Kafka, Redis and MinIO (infra.sh start)"
 exports=$("$INFRA" start 7>&-) || die "infra.sh start failed (see above)"
@@ -135,6 +170,84 @@ launch probe "mulambda clients serve-probe --port $PROBE_PORT --client-id $DEMO_
   "$MULAMBDA_BIN" clients serve-probe --port "$PROBE_PORT" --client-id "$DEMO_CLIENT_ID" \
   --register
 
+# --- the real models (MLServer; TensorFlow) -------------------------------------------
+
+mlserver_models=$REAL_DIR/mlserver-models
+real_facts=$REAL_DIR/$REAL_MODEL.facts.json
+# quiet LOG-NAME COMMAND...: runs the command with its output in the workers' folder,
+# shown only when it fails.
+quiet() {
+  local out=$WORKERS_DIR/$1.log
+  shift
+  if ! "$@" >"$out" 2>&1; then
+    sed 's/^/    /' "$out" >&2
+    fail "$* failed"
+  fi
+}
+# uploaded NAME: MinIO holds version REAL_MODEL_VERSION of model NAME.
+uploaded() {
+  "$MULAMBDA_BIN" models list "$1" 2>/dev/null |
+    grep -qE "^$1"$'\t'"(.*,)?$REAL_MODEL_VERSION(,|\$)"
+}
+accuracy_of() { # facts.json written by a training script
+  "$VENV/bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["accuracy"])' "$1"
+}
+
+if [[ -n $MLSERVER_BIN ]] && ! worker_pid mlserver >/dev/null; then
+  trained=$REAL_DIR/trained/$REAL_MODEL
+  if [[ ! -f $trained/model-settings.json || ! -f $real_facts ]]; then
+    log "real model: training $REAL_MODEL (scikit-learn, wine data) with MLServer's python"
+    quiet train-wine "$(dirname "$MLSERVER_BIN")/python" "$SCRIPT_DIR/train_wine.py" \
+      "$trained" "$REAL_MODEL" "$REAL_MODEL_VERSION" "$real_facts"
+  fi
+  if ! uploaded "$REAL_MODEL"; then
+    log "real model: uploading $REAL_MODEL version $REAL_MODEL_VERSION to MinIO"
+    quiet models-upload "$MULAMBDA_BIN" models upload "$trained" --name "$REAL_MODEL" \
+      --version "$REAL_MODEL_VERSION"
+  fi
+  # MLServer serves what MinIO holds, as a deployment would pull it.
+  mkdir -p "$mlserver_models"
+  quiet models-download "$MULAMBDA_BIN" models download "$REAL_MODEL" \
+    "$mlserver_models/$REAL_MODEL" --version "$REAL_MODEL_VERSION" --force
+  # parallel_workers 0: MLServer's parallel workers die at start with uvloop 0.23.
+  cat >"$mlserver_models/settings.json" <<EOF
+{"host": "127.0.0.1", "http_port": $MLSERVER_PORT, "grpc_port": $MLSERVER_GRPC_PORT,
+ "metrics_port": $MLSERVER_METRICS_PORT, "parallel_workers": 0, "debug": false,
+ "server_name": "mulambda-local"}
+EOF
+fi
+if [[ -n $MLSERVER_BIN ]]; then
+  # --chdir: MLServer writes its metrics folder into its working directory.
+  launch mlserver "mlserver start $mlserver_models" --chdir="$mlserver_models" -- \
+    "$MLSERVER_BIN" start "$mlserver_models"
+fi
+
+tf_facts=$REAL_DIR/$TF_MODEL.facts.json
+if [[ $WITH_TENSORFLOW == 1 ]] && ! worker_pid tf-executor >/dev/null; then
+  tf_trained=$REAL_DIR/trained/$TF_MODEL
+  if [[ ! -f $tf_trained/saved_model.pb || ! -f $tf_facts ]]; then
+    log "real model: training $TF_MODEL (Keras, wine data)"
+    rm -rf "$tf_trained"
+    quiet train-wine-keras "$VENV/bin/python" "$SCRIPT_DIR/train_wine_keras.py" \
+      "$tf_trained" "$tf_facts"
+  fi
+  if ! uploaded "$TF_MODEL"; then
+    log "real model: uploading SavedModel $TF_MODEL version $REAL_MODEL_VERSION to MinIO"
+    quiet models-upload-keras "$MULAMBDA_BIN" models upload "$tf_trained" \
+      --name "$TF_MODEL" --version "$REAL_MODEL_VERSION"
+  fi
+fi
+if [[ $WITH_TENSORFLOW == 1 ]]; then
+  # Pulls the SavedModel from MinIO at start, as a deployed executor would.
+  launch tf-executor "mulambda executor serve --port $TF_EXECUTOR_PORT --model $TF_MODEL" \
+    TF_CPP_MIN_LOG_LEVEL=2 -- \
+    "$MULAMBDA_BIN" executor serve --port "$TF_EXECUTOR_PORT" \
+    --model "$TF_MODEL:$REAL_MODEL_VERSION" --model-dir "$REAL_DIR/tf-models"
+fi
+# Training (a first run's half minute for Keras) is not start-up: the workers' wait for
+# readiness counts from here.
+DEADLINE=$((SECONDS + UP_TIMEOUT))
+
 executor_ready() {
   local model status
   for model in "${SYNTHETIC_MODELS[@]}"; do
@@ -156,25 +269,66 @@ while read -r model accuracy delay_ms; do
     --model-data-delay-ms-per-element "$delay_ms" --heartbeat-interval 2
 done <<<"$PROFILES"
 
+EXECUTOR_IDS=()
+for model in "${SYNTHETIC_MODELS[@]}"; do EXECUTOR_IDS+=("$(executor_id "$model")"); done
+companion_workers=()
+for model in "${SYNTHETIC_MODELS[@]}"; do companion_workers+=("companion-$model"); done
+if [[ -n $MLSERVER_BIN ]]; then
+  mlserver_ready() {
+    curl -sf -m 2 -o /dev/null "http://127.0.0.1:$MLSERVER_PORT/v2/health/ready" &&
+      curl -sf -m 2 -o /dev/null "http://127.0.0.1:$MLSERVER_PORT/v2/models/$REAL_MODEL/ready"
+  }
+  wait_until "MLServer on :$MLSERVER_PORT ($REAL_MODEL)" mlserver_ready mlserver
+  real_accuracy=$(accuracy_of "$real_facts")
+  id=$(executor_id "$REAL_MODEL")
+  launch "companion-$REAL_MODEL" "mulambda companion --executor-id $id " \
+    MULAMBDA_METRICS_PORT=0 -- \
+    "$MULAMBDA_BIN" companion --executor-id "$id" --protocol oip-v2 \
+    --endpoint "http://127.0.0.1:$MLSERVER_PORT" \
+    --model-name "$REAL_MODEL" --model-version "$REAL_MODEL_VERSION" \
+    --model-type "${REAL_MODEL_TRAITS[0]}" --input-format "${REAL_MODEL_TRAITS[1]}" \
+    --output-format "${REAL_MODEL_TRAITS[2]}" --accuracy "$real_accuracy" \
+    --heartbeat-interval 2
+  EXECUTOR_IDS+=("$id")
+  companion_workers+=("companion-$REAL_MODEL")
+fi
+if [[ $WITH_TENSORFLOW == 1 ]]; then
+  tf_ready() {
+    local status
+    status=$(curl -sf -m 2 "http://127.0.0.1:$TF_EXECUTOR_PORT/v1/models/$TF_MODEL") &&
+      [[ $status == *'"AVAILABLE"'* ]]
+  }
+  wait_until "executor on :$TF_EXECUTOR_PORT ($TF_MODEL from MinIO)" tf_ready tf-executor
+  tf_accuracy=$(accuracy_of "$tf_facts")
+  id=$(executor_id "$TF_MODEL")
+  launch "companion-$TF_MODEL" "mulambda companion --executor-id $id " \
+    MULAMBDA_METRICS_PORT=0 -- \
+    "$MULAMBDA_BIN" companion --executor-id "$id" \
+    --endpoint "http://127.0.0.1:$TF_EXECUTOR_PORT" \
+    --model-name "$TF_MODEL" --model-version "$REAL_MODEL_VERSION" \
+    --model-type "${REAL_MODEL_TRAITS[0]}" --input-format "${REAL_MODEL_TRAITS[1]}" \
+    --output-format "${REAL_MODEL_TRAITS[2]}" --accuracy "$tf_accuracy" \
+    --heartbeat-interval 2
+  EXECUTOR_IDS+=("$id")
+  companion_workers+=("companion-$TF_MODEL")
+fi
+
 selector_ready() { curl -sf -m 2 -o /dev/null "http://127.0.0.1:$SELECTOR_METRICS_PORT/readyz"; }
 router_ready() { curl -sf -m 2 -o /dev/null "http://127.0.0.1:$ROUTER_METRICS_PORT/readyz"; }
 wait_until "selector (:$SELECTOR_METRICS_PORT/readyz)" selector_ready selector
 wait_until "router (:$ROUTER_METRICS_PORT/readyz)" router_ready router
 
-companion_workers=()
-for model in "${SYNTHETIC_MODELS[@]}"; do companion_workers+=("companion-$model"); done
-
 # The registrations are on the compacted topics: what every selector will see.
 registered() {
   local listed model
   listed=$("$MULAMBDA_BIN" executors list 2>/dev/null) || return 1
-  for model in "${SYNTHETIC_MODELS[@]}"; do
-    grep -q "^$(executor_id "$model")"$'\t' <<<"$listed" || return 1
+  for id in "${EXECUTOR_IDS[@]}"; do
+    grep -q "^$id"$'\t' <<<"$listed" || return 1
   done
   listed=$("$MULAMBDA_BIN" clients list 2>/dev/null) || return 1
   grep -q "^$DEMO_CLIENT_ID"$'\t' <<<"$listed"
 }
-wait_until "registrations (${#SYNTHETIC_MODELS[@]} executors, client $DEMO_CLIENT_ID)" \
+wait_until "registrations (${#EXECUTOR_IDS[@]} executors, client $DEMO_CLIENT_ID)" \
   registered "${companion_workers[@]}" probe
 
 log "platform up in $((SECONDS - T0))s; worker logs in $WORKERS_DIR"
@@ -197,6 +351,25 @@ Publish a request and wait for its result:
       --model-type classification --input-format feature --output-format confidence \\
       --latency 0.8 --accuracy 0.2 \\
       --body '{"instances": [0, 1]}'
+EOF
+real_served=""
+if [[ -n $MLSERVER_BIN ]]; then
+  real_served="$REAL_MODEL on MLServer :$MLSERVER_PORT (executor $(executor_id "$REAL_MODEL"))"
+fi
+if [[ $WITH_TENSORFLOW == 1 ]]; then
+  real_served="${real_served:+$real_served, }$TF_MODEL on :$TF_EXECUTOR_PORT (executor $(executor_id "$TF_MODEL"))"
+fi
+if [[ -n $real_served ]]; then
+  cat <<EOF
+
+The real wine classifier: $real_served.
+
+  $venv_bin/mulambda infer --client-id $DEMO_CLIENT_ID \\
+      --model-type ${REAL_MODEL_TRAITS[0]} --input-format ${REAL_MODEL_TRAITS[1]} --output-format ${REAL_MODEL_TRAITS[2]} \\
+      --body '{"instances": [[14.23, 1.71, 2.43, 15.6, 127, 2.8, 3.06, 0.28, 2.29, 5.64, 1.04, 3.92, 1065]]}'
+EOF
+fi
+cat <<EOF
 
 List executors: $venv_bin/mulambda executors list
 Stop everything: deploy/local/down.sh

@@ -68,7 +68,29 @@ def input_size_of(request: InferenceRequest) -> int:
     if isinstance(inputs, dict):
         first = next(iter(inputs.values()), None)
         return len(first) if isinstance(first, list) else 1
-    return len(inputs) if isinstance(inputs, list) else 1
+    if isinstance(inputs, list):
+        rows = _oip_rows(inputs)
+        return len(inputs) if rows is None else rows
+    return 1
+
+
+def _oip_rows(inputs: list[Any]) -> int | None:
+    """Rows of an OIP v2 body (``inputs``: typed tensors {name, shape, datatype, data}):
+    the first dimension of the first tensor's shape, 1 for a scalar; None when the list
+    is not OIP tensors (a TF Serving row list, say)."""
+    first = inputs[0] if inputs else None
+    if not isinstance(first, dict):
+        return None
+    shape = first.get("shape")
+    if not isinstance(shape, list):
+        return None
+    if not shape:
+        return 1  # a scalar tensor: one element
+    rows = shape[0]
+    # bool is an int subclass; a negative or boolean dimension is not a row count.
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+        return None
+    return rows
 
 
 Selection = Literal["fresh", "cached"]

@@ -145,6 +145,24 @@ def _selected(route: Route, reply: SelectionReply) -> Step:
         ({"inputs": [[1], [2]]}, 2),
         ({"inputs": 5}, 1),
         ({"instances": "not-a-list", "inputs": [1, 2]}, 2),  # instances must be a list
+        # OIP v2 typed tensors: rows of the first tensor's shape, not the tensor count
+        (
+            {
+                "inputs": [
+                    {"name": "x", "shape": [4, 13], "datatype": "FP64", "data": [0.0] * 52},
+                    {"name": "y", "shape": [9], "datatype": "INT64", "data": list(range(9))},
+                ]
+            },
+            4,
+        ),
+        ({"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [0.5]}]}, 1),
+        ({"inputs": [{"name": "x", "shape": [0, 13], "datatype": "FP64", "data": []}]}, 0),
+        ({"inputs": [{"name": "s", "shape": [], "datatype": "FP64", "data": [1.0]}]}, 1),
+        # not OIP tensors after all: the length of the list, as before
+        ({"inputs": [{"name": "x"}, {"name": "y"}]}, 2),
+        ({"inputs": [{"name": "x", "shape": ["n", 3]}, {"name": "y"}]}, 2),
+        ({"inputs": [{"name": "x", "shape": [True]}]}, 1),
+        ({"inputs": []}, 0),
     ],
 )
 def test_input_size_counts_rows_of_the_body(body: dict[str, Any], expected: int) -> None:
