@@ -134,7 +134,8 @@ def checkout(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
     started is stopped afterwards (``down.sh``, which also stops the infrastructure)."""
     venv = Path(sys.prefix)
     stamp = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()[:16]
-    if not (venv / f".mulambda-installed-{stamp}-dev").exists():
+    installed = [s.name for s in venv.glob(f".mulambda-installed-{stamp}-*")]
+    if not any("-dev" in name.removeprefix(f".mulambda-installed-{stamp}") for name in installed):
         # up.sh would `pip install -e` this checkout into the shared venv.
         pytest.fail(f"{venv} is not installed for this pyproject.toml (deploy/local/up.sh once)")
     found = subprocess.run(
