@@ -65,6 +65,11 @@ def free_ports(count: int, exclude: Iterable[int] = ()) -> list[int]:
             sock.close()
 
 
+def free_port() -> int:
+    """One TCP port free on 127.0.0.1 right now."""
+    return free_ports(1)[0]
+
+
 def clean_environ() -> dict[str, str]:
     """This process's environment without its ``MULAMBDA_*`` settings.
 

@@ -15,15 +15,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from mulambda.bench.infra import free_port
 from tests.conftest import INFRA, REPO
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -31,11 +26,11 @@ def private_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     env = {
         **os.environ,
         "MULAMBDA_HOME": str(tmp_path / "home"),
-        "MULAMBDA_KAFKA_PORT": str(_free_port()),
-        "MULAMBDA_KAFKA_CONTROLLER_PORT": str(_free_port()),
-        "MULAMBDA_REDIS_PORT": str(_free_port()),
-        "MULAMBDA_MINIO_PORT": str(_free_port()),
-        "MULAMBDA_MINIO_CONSOLE_PORT": str(_free_port()),
+        "MULAMBDA_KAFKA_PORT": str(free_port()),
+        "MULAMBDA_KAFKA_CONTROLLER_PORT": str(free_port()),
+        "MULAMBDA_REDIS_PORT": str(free_port()),
+        "MULAMBDA_MINIO_PORT": str(free_port()),
+        "MULAMBDA_MINIO_CONSOLE_PORT": str(free_port()),
         "MULAMBDA_START_TIMEOUT": "90",
     }
     yield env

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from typing import Any, Final
 
 import pytest
 
+from mulambda.bench.infra import free_port
 from tests.conftest import INFRA, REPO
 
 pytestmark = pytest.mark.integration
@@ -107,12 +107,6 @@ def first_json(output: str) -> dict[str, Any]:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_readme_blocks_are_found_after_their_mark() -> None:
     markdown = (
         "text\n<!-- readme-test -->\n```sh\necho one\n```\n\n```sh\necho skipped\n```\n"
@@ -152,7 +146,7 @@ def checkout(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
     env = {
         k: v for k, v in os.environ.items() if not k.startswith("MULAMBDA_") or k in KEPT_VARIABLES
     }
-    env.update({f"MULAMBDA_{name}": str(_free_port()) for name in PORT_VARIABLES})
+    env.update({f"MULAMBDA_{name}": str(free_port()) for name in PORT_VARIABLES})
     env.update(
         {
             "MULAMBDA_HOME": str(root / ".mulambda"),

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 import time
 import uuid
@@ -32,6 +31,7 @@ import pytest_asyncio
 from minio import Minio
 from minio.deleteobjects import DeleteObject
 
+from mulambda.bench.infra import free_port
 from mulambda.errors import ExecutorError
 from mulambda.executors.tfserving import BadRequest, TFServingClient
 from mulambda.models.layout import MANIFEST_NAME
@@ -127,12 +127,6 @@ def bucket(infra: Infra) -> Iterator[str]:
         raw.remove_bucket(name)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def _wait_available(client: TFServingClient, executor: Executor) -> None:
     """Until the served model reports AVAILABLE; fails fast if the process died or gave up."""
     deadline = time.monotonic() + LOAD_TIMEOUT_S
@@ -171,7 +165,7 @@ async def executor(
     assert manifest.version == 1
 
     work = tmp_path_factory.mktemp("wine-executor")
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         **infra.env(),

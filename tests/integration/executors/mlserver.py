@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -29,6 +28,7 @@ import pytest
 from minio import Minio
 from minio.deleteobjects import DeleteObject
 
+from mulambda.bench.infra import free_port
 from mulambda.models.store import ModelStore
 from tests.conftest import Infra
 
@@ -76,14 +76,6 @@ def mlserver_binary() -> Path:
     if not os.access(path, os.X_OK):
         pytest.fail(f"no executable mlserver at {path}; run: {INSTALL_HINT}")
     return path
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def train_wine_model(folder: Path, name: str, version: int = 1) -> dict[str, Any]:

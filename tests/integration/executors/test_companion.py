@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 import time
 import uuid
@@ -18,6 +17,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from mulambda.bench.infra import free_port
 from mulambda.emulator import ExecutorServer, SyntheticModel
 from mulambda.emulator.profiles import SyntheticProfile, profile_by_name
 from mulambda.errors import ConfigurationError
@@ -76,13 +76,6 @@ async def executor() -> AsyncIterator[ExecutorServer]:
 
 def _uid(stem: str) -> str:
     return f"{stem}-{uuid.uuid4().hex[:8]}"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def _companion(
@@ -376,7 +369,7 @@ async def _timed_out(companion: Companion, count: int) -> bool:
 async def test_endpoint_down_reports_unknown_then_recovers(
     infra: Infra, own_catalog: Catalog
 ) -> None:
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     executor_id = _uid("ex-down")
     reg = registration(

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from mulambda.bench.infra import free_port
 from mulambda.errors import ConfigurationError
 from mulambda.executors.companion import Companion
 from mulambda.executors.oip import OIPClient
@@ -28,7 +29,7 @@ from mulambda.wire.catalog import Catalog, Topic, load_catalog
 from mulambda.wire.events import ExecutorProtocol, ExecutorStatus, ModelState
 from tests.conftest import Infra
 from tests.factories import registration
-from tests.integration.executors.mlserver import MLServer, free_port, wine_served_from_minio
+from tests.integration.executors.mlserver import MLServer, wine_served_from_minio
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -24,6 +23,7 @@ import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from mulambda.bench.infra import free_port
 from mulambda.errors import MulambdaError
 from mulambda.kafka import Producer, start_bounded
 from mulambda.routing.requester import Requester
@@ -756,12 +756,6 @@ async def test_null_status_record_is_dead_lettered_not_taken_for_a_client_tombst
     await state.deregister(executor)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _private_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
     # A second real Redis this test may kill: the session's must stay up for the others.
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -779,7 +773,7 @@ async def test_store_outage_is_bounded_then_the_view_is_rewritten(
     state = State(producer, catalog)
     traits = _traits()
     uid = _uid()
-    port = _free_port()
+    port = free_port()
     redis_proc = _private_redis(port, tmp_path)
     url = f"redis://127.0.0.1:{port}/0"
     sid = f"sel-{uid}"

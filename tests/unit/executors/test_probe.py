@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 
+from mulambda.bench.infra import free_port
 from mulambda.errors import RequestTimeout, TransportError
 from mulambda.executors.probe import ProbeServer, apply_client_record, measure_latency
 from mulambda.kafka import Record
@@ -33,13 +33,6 @@ async def _silent_server() -> tuple[asyncio.Server, list[asyncio.StreamWriter], 
 
     server = await asyncio.start_server(accept, "127.0.0.1", 0)
     return server, held, server.sockets[0].getsockname()[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 async def test_probe_server_answers_with_its_client_id(session: aiohttp.ClientSession) -> None:
@@ -107,7 +100,7 @@ async def test_measure_latency_refused_and_non_2xx_are_transport_errors(
     session: aiohttp.ClientSession,
 ) -> None:
     with pytest.raises(TransportError, match=r"probe http://127\.0\.0\.1"):
-        await measure_latency(session, f"http://127.0.0.1:{_free_port()}/probe", 2.0)
+        await measure_latency(session, f"http://127.0.0.1:{free_port()}/probe", 2.0)
     async with ProbeServer() as server:
         with pytest.raises(TransportError, match="answered HTTP 404"):
             await measure_latency(session, server.url + "x", 2.0)

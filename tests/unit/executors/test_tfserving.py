@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -16,6 +15,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from mulambda.bench.infra import free_port
 from mulambda.emulator import ExecutorServer, ServedModel, SyntheticModel
 from mulambda.emulator.profiles import profile_by_name
 from mulambda.errors import ConfigurationError, ExecutorError, MulambdaError
@@ -85,12 +85,6 @@ def answering(status: int, body: bytes, content_type: str = "application/json") 
         return web.Response(status=status, body=body, content_type=content_type)
 
     return handler
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- every verb against the executor -------------------------------------------------
