@@ -16,6 +16,7 @@ from mulambda import __version__
 COMMANDS: dict[str, str] = {
     "clients": "mulambda.cli.clients:clients",
     "companion": "mulambda.cli.companion:companion",
+    "deploy": "mulambda.cli.deploy:deploy",
     "executor": "mulambda.cli.executor:executor",
     "executors": "mulambda.cli.executors:executors",
     "infer": "mulambda.cli.infer:infer",
