@@ -10,13 +10,14 @@ from mulambda.wire.catalog import load_catalog
 
 @click.group()
 def deploy() -> None:
-    """Generated parts of deploy/k8s (Strimzi KafkaTopics from the topic catalog)."""
+    """Generated parts of deploy/k8s (Strimzi KafkaTopics and KafkaUsers from the catalog)."""
 
 
 @deploy.command()
 @click.option("--check", is_flag=True, help="Exit 1 if a file is out of date, write nothing.")
 def generate(check: bool) -> None:
-    """Write deploy/k8s/base/kafka-topics.yaml from the topic catalog (source checkouts only)."""
+    """Write deploy/k8s/base/kafka-topics.yaml and kafka-users.yaml from the topic catalog
+    and its access table (source checkouts only)."""
     copy = manifest_copy(load_catalog())
     if copy is None:
         raise click.ClickException(

@@ -1,4 +1,6 @@
-"""Strimzi resources generated from the topic catalog: one ``KafkaTopic`` per catalog entry.
+"""Strimzi resources generated from the topic catalog: one ``KafkaTopic`` per catalog entry
+and one ``KafkaUser`` per role (SCRAM-SHA-512, with the ACLs of
+:func:`mulambda.security.acls.role_acls`).
 
 Pure: catalog in, plain dicts out. ``mulambda deploy generate`` writes them to
 ``deploy/k8s/base/`` and ``--check`` fails when the committed files drifted from the
@@ -12,6 +14,7 @@ from typing import Any, Final
 
 import yaml
 
+from mulambda.security.acls import ROLES, AclRule, role_acls
 from mulambda.wire.catalog import Catalog, CatalogCopy
 
 STRIMZI_API: Final = "kafka.strimzi.io/v1"
@@ -25,6 +28,19 @@ CLUSTER_LABEL: Final = "strimzi.io/cluster"
 """Label by which Strimzi's operators tie a topic or user to its ``Kafka``."""
 
 TOPICS_FILE: Final = "kafka-topics.yaml"
+USERS_FILE: Final = "kafka-users.yaml"
+
+USER_PREFIX: Final = "mulambda-"
+"""A role's KafkaUser (and so its SCRAM user name, and the Secret Strimzi puts its password
+in) is ``mulambda-<role>``."""
+
+_RESOURCE_TYPES: Final = {
+    "topic": "topic",
+    "group": "group",
+    "transactional_id": "transactionalId",
+    "cluster": "cluster",
+}
+_PATTERN_TYPES: Final = {"literal": "literal", "prefixed": "prefix"}
 
 HEADER: Final = (
     "# Generated from mulambda/wire/topics/catalog.yaml by `mulambda deploy generate`;"
@@ -54,13 +70,50 @@ def kafka_topics(catalog: Catalog, cluster: str = KAFKA_CLUSTER) -> list[dict[st
     return topics
 
 
+def user_name(role: str) -> str:
+    """The KafkaUser (SCRAM user, Secret) of ``role``."""
+    return f"{USER_PREFIX}{role}"
+
+
+def _acl(rule: AclRule) -> dict[str, Any]:
+    resource: dict[str, Any] = {"type": _RESOURCE_TYPES[rule.resource_type]}
+    # Kafka has one cluster resource; Strimzi names it implicitly.
+    if rule.resource_type != "cluster":
+        resource["name"] = rule.name
+        resource["patternType"] = _PATTERN_TYPES[rule.pattern]
+    return {"type": "allow", "resource": resource, "operations": list(rule.operations)}
+
+
+def kafka_users(catalog: Catalog, cluster: str = KAFKA_CLUSTER) -> list[dict[str, Any]]:
+    """A SCRAM-SHA-512 ``KafkaUser`` per role with exactly the role's ACLs. Strimzi's User
+    Operator generates each password into a Secret named as the user (key ``password``)."""
+    return [
+        {
+            "apiVersion": STRIMZI_API,
+            "kind": "KafkaUser",
+            "metadata": {"name": user_name(role), "labels": {CLUSTER_LABEL: cluster}},
+            "spec": {
+                "authentication": {"type": "scram-sha-512"},
+                "authorization": {
+                    "type": "simple",
+                    "acls": [_acl(rule) for rule in role_acls(role, catalog)],
+                },
+            },
+        }
+        for role in ROLES
+    ]
+
+
 def _document(objects: list[dict[str, Any]]) -> str:
     return HEADER + yaml.safe_dump_all(objects, sort_keys=False, width=100)
 
 
 def generated_files(catalog: Catalog) -> dict[str, str]:
     """File name in ``deploy/k8s/base/`` → its text."""
-    return {TOPICS_FILE: _document(kafka_topics(catalog))}
+    return {
+        TOPICS_FILE: _document(kafka_topics(catalog)),
+        USERS_FILE: _document(kafka_users(catalog)),
+    }
 
 
 def kubernetes_base_dir() -> Path | None:
