@@ -24,6 +24,9 @@ KAFKA_CLUSTER: Final = "mulambda"
 """Name of the ``Kafka`` resource in deploy/k8s; its bootstrap Service is
 ``mulambda-kafka-bootstrap``."""
 
+CLUSTER_CA_SECRET: Final = f"{KAFKA_CLUSTER}-cluster-ca-cert"
+"""The Secret in which Strimzi publishes the brokers' CA (key ``ca.crt``)."""
+
 CLUSTER_LABEL: Final = "strimzi.io/cluster"
 """Label by which Strimzi's operators tie a topic or user to its ``Kafka``."""
 

@@ -62,6 +62,18 @@ def _pod_specs(objects: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, A
             yield workload["metadata"]["name"], workload["spec"]["template"]["spec"]
 
 
+def _launched(replicas: int) -> tuple[str, dict[str, Any]]:
+    manifest = executor_deployment(registration("wine-1"), LaunchOptions(replicas=replicas))
+    return f"launched x{replicas}", manifest["spec"]["template"]["spec"]
+
+
+def _every_pod_spec(objects: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The rendered workloads' pod specs and those `mulambda executors launch` applies."""
+    yield from _pod_specs(objects)
+    yield _launched(1)
+    yield _launched(3)
+
+
 def _config(objects: list[dict[str, Any]]) -> dict[str, str]:
     return dict(by_kind(objects, "ConfigMap")["mulambda-config"]["data"])
 
@@ -132,11 +144,11 @@ def test_workers_are_non_root_read_only_and_bounded(
     rendered: tuple[str, list[dict[str, Any]]],
 ) -> None:
     _, objects = rendered
-    for name, spec in _pod_specs(objects):
+    for name, spec in _every_pod_spec(objects):
         assert spec["securityContext"]["runAsNonRoot"] is True, name
         assert spec["securityContext"]["runAsUser"] != 0, name
         assert spec["automountServiceAccountToken"] is False, name
-        for container in spec["containers"]:
+        for container in spec.get("initContainers", []) + spec["containers"]:
             security = container["securityContext"]
             assert security["readOnlyRootFilesystem"] is True, name
             assert security["allowPrivilegeEscalation"] is False, name
@@ -442,7 +454,8 @@ def test_only_routers_reach_executors_rest_port(
 def test_files_the_config_names_are_mounted(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     _, objects = rendered
     files = [v for k, v in _config(objects).items() if k.endswith("FILE")]
-    for name, spec in _pod_specs(objects):
+    assert files, "the config names no file (the brokers' CA)"
+    for name, spec in _every_pod_spec(objects):
         for container in spec["containers"]:
             refs = container.get("envFrom", [])
             if {"configMapRef": {"name": "mulambda-config"}} not in refs:
@@ -450,3 +463,32 @@ def test_files_the_config_names_are_mounted(rendered: tuple[str, list[dict[str, 
             mounts = [m["mountPath"] for m in container.get("volumeMounts", [])]
             for path in files:
                 assert any(path.startswith(m.rstrip("/") + "/") for m in mounts), (name, path)
+
+
+def test_every_probed_container_has_a_startup_probe(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, objects = rendered
+    for name, spec in _every_pod_spec(objects):
+        for container in spec["containers"]:
+            assert "readinessProbe" in container, (name, container["name"])
+            startup = container["startupProbe"]
+            # Liveness and readiness only count once it passed: it must allow for start-up.
+            assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, name
+
+
+def test_launched_companions_use_their_kafka_user_and_the_brokers_ca(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, objects = rendered
+    for replicas in (1, 3):
+        name, spec = _launched(replicas)
+        companion = next(c for c in spec["containers"] if c["name"] == "companion")
+        env = _env(companion)
+        user = strimzi.user_name("companion")
+        assert user in by_kind(objects, "KafkaUser")
+        assert env["MULAMBDA_KAFKA_SASL_USERNAME"] == user
+        assert env["MULAMBDA_KAFKA_SASL_PASSWORD"]["secretKeyRef"]["name"] == user
+        (ca,) = [v for v in spec["volumes"] if "secret" in v]
+        assert ca["secret"]["secretName"] == strimzi.CLUSTER_CA_SECRET
+        assert _secret_refs(spec) <= {"mulambda-secrets", user, strimzi.CLUSTER_CA_SECRET}, name
