@@ -492,3 +492,35 @@ def test_launched_companions_use_their_kafka_user_and_the_brokers_ca(
         (ca,) = [v for v in spec["volumes"] if "secret" in v]
         assert ca["secret"]["secretName"] == strimzi.CLUSTER_CA_SECRET
         assert _secret_refs(spec) <= {"mulambda-secrets", user, strimzi.CLUSTER_CA_SECRET}, name
+
+
+def test_only_their_clients_reach_dragonfly_and_minio(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, objects = rendered
+    pods = {
+        name: workload["spec"]["template"]["metadata"]["labels"]
+        for kind in WORKLOADS
+        for name, workload in by_kind(objects, kind).items()
+    }
+    pods["executor"] = executor_deployment(registration())["spec"]["template"]["metadata"]["labels"]
+    expected = {
+        "dragonfly": {"mulambda-selector", "mulambda-router"},
+        "minio": {"executor"},
+    }
+    for server, clients in expected.items():
+        policies = [
+            p
+            for p in by_kind(objects, "NetworkPolicy").values()
+            if _selects(p["spec"]["podSelector"], pods[server])
+        ]
+        assert policies, server
+        peers = [peer for p in policies for rule in p["spec"]["ingress"] for peer in rule["from"]]
+        assert all(set(peer) == {"podSelector"} for peer in peers), server
+        reaching = {
+            name
+            for name, labels in pods.items()
+            for peer in peers
+            if _selects(peer["podSelector"], labels)
+        }
+        assert reaching == clients, server
