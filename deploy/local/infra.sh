@@ -290,6 +290,46 @@ run_logged() { # step-description log-name command...
   fi
 }
 
+# go_install_to BIN CGO_ENABLED LOG-NAME MODULE@VERSION: `go install` into a temp GOBIN
+# beside BIN and rename, so a killed build never leaves a half-written binary at BIN (the
+# module's binary is named as BIN).
+go_install_to() {
+  local bin=$1 cgo=$2 logname=$3 target=$4 bindir tmp
+  bindir=$(dirname "$bin")
+  mkdir -p "$bindir"
+  rm -rf "$bindir"/.tmp.*
+  tmp=$(mktemp -d "$bindir/.tmp.XXXXXX")
+  if ! run_logged "${logname%-install} install (go install $target)" "$logname" \
+    env GOBIN="$tmp" CGO_ENABLED="$cgo" go install "$target"; then
+    rm -rf "$tmp"
+    exit 1
+  fi
+  mv -f "$tmp/$(basename "$bin")" "$bin"
+  rm -rf "$tmp"
+}
+
+# maven_classpath POM LIBS LOG-NAME [REQUIRED-JAR]: POM's runtime dependencies copied by
+# Maven into a temp dir beside LIBS, renamed to LIBS on success: LIBS existing always means
+# complete. Run under the install's lock (leftovers of interrupted runs are removed).
+maven_classpath() {
+  local pom=$1 libs=$2 logname=$3 required=${4:-} tmp
+  mkdir -p "$(dirname "$libs")"
+  rm -rf "$libs".tmp.*
+  tmp=$(mktemp -d "$libs.tmp.XXXXXX")
+  if ! run_logged "${logname%-install} install (mvn dependency:copy-dependencies)" "$logname" \
+    mvn -B -q -Dstyle.color=never -f "$pom" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$tmp"; then
+    rm -rf "$tmp"
+    exit 1
+  fi
+  if [[ -n $required && ! -f $tmp/$required ]]; then
+    rm -rf "$tmp"
+    die "${logname%-install} install: Maven finished but $required is missing; see $LOG_DIR/$logname.log"
+  fi
+  rm -rf "$libs" # only ever an incomplete copy made by other means
+  mv -T "$tmp" "$libs"
+}
+
 # --- Kafka --------------------------------------------------------------------
 
 kafka_installed() { [[ -f $KAFKA_LIBS/$KAFKA_MAIN_JAR ]]; }
@@ -302,25 +342,7 @@ kafka_install() {
   # Someone may have finished while we waited for the lock.
   if ! kafka_installed; then
     log "kafka: resolving $KAFKA_VERSION jars with Maven (log: $LOG_DIR/kafka-install.log)"
-    mkdir -p "$KAFKA_HOME"
-    # Leftovers of interrupted downloads; safe to remove while we hold the lock.
-    rm -rf "$KAFKA_HOME"/libs.tmp.*
-    local tmp
-    tmp=$(mktemp -d "$KAFKA_HOME/libs.tmp.XXXXXX")
-    # Download into a temp dir and rename on success: `libs` existing then
-    # always means complete.
-    if ! run_logged "kafka install (mvn dependency:copy-dependencies)" kafka-install \
-      mvn -B -q -Dstyle.color=never -f "$SCRIPT_DIR/kafka/pom.xml" dependency:copy-dependencies \
-      -DincludeScope=runtime -DoutputDirectory="$tmp"; then
-      rm -rf "$tmp"
-      exit 1
-    fi
-    [[ -f $tmp/$KAFKA_MAIN_JAR ]] || {
-      rm -rf "$tmp"
-      die "kafka install: Maven finished but $KAFKA_MAIN_JAR is missing; see $LOG_DIR/kafka-install.log"
-    }
-    rm -rf "$KAFKA_LIBS" # only ever an incomplete copy made by other means
-    mv -T "$tmp" "$KAFKA_LIBS"
+    maven_classpath "$SCRIPT_DIR/kafka/pom.xml" "$KAFKA_LIBS" kafka-install "$KAFKA_MAIN_JAR"
     log "kafka: installed $(find "$KAFKA_LIBS" -name '*.jar' | wc -l) jars into $KAFKA_LIBS"
   fi
   unlock 8
@@ -479,7 +501,7 @@ minio_install() {
   minio_installed && { log "minio: $MINIO_VERSION already in $MINIO_BIN"; return 0; }
   lock 8 "$CACHE_DIR/locks/minio-$MINIO_VERSION.lock"
   if ! minio_installed; then
-    local bindir tmp
+    local bindir
     bindir=$(dirname "$MINIO_BIN")
     mkdir -p "$bindir"
     rm -rf "$bindir"/.tmp.*
@@ -491,16 +513,7 @@ minio_install() {
     else
       require_cmd go "MinIO is built from source; install Go >= 1.24"
       log "minio: building $MINIO_MODULE@$MINIO_VERSION; takes several minutes on a cold Go cache (log: $LOG_DIR/minio-install.log)"
-      # Build into a temp GOBIN and rename, so a killed build never leaves a
-      # half-written binary at $MINIO_BIN.
-      tmp=$(mktemp -d "$bindir/.tmp.XXXXXX")
-      if ! run_logged "minio install (go install $MINIO_MODULE@$MINIO_VERSION)" minio-install \
-        env GOBIN="$tmp" CGO_ENABLED=0 go install "$MINIO_MODULE@$MINIO_VERSION"; then
-        rm -rf "$tmp"
-        exit 1
-      fi
-      mv -f "$tmp/minio" "$MINIO_BIN"
-      rm -rf "$tmp"
+      go_install_to "$MINIO_BIN" 0 minio-install "$MINIO_MODULE@$MINIO_VERSION"
     fi
     log "minio: installed $MINIO_BIN"
   fi
@@ -596,21 +609,10 @@ kine_install() {
   kine_installed && { log "kine: $KINE_VERSION already in $KINE_BIN"; return 0; }
   lock 8 "$CACHE_DIR/locks/kine-$KINE_VERSION.lock"
   if ! kine_installed; then
-    local bindir tmp
     require_cmd go "kine is built from source; install Go >= 1.24"
-    bindir=$(dirname "$KINE_BIN")
-    mkdir -p "$bindir"
-    rm -rf "$bindir"/.tmp.*
-    tmp=$(mktemp -d "$bindir/.tmp.XXXXXX")
     log "kine: building $KINE_MODULE@$KINE_VERSION; about 2 minutes on a cold Go cache (log: $LOG_DIR/kine-install.log)"
     # SQLite is a cgo driver: kine needs CGO (and a C compiler) for it.
-    if ! run_logged "kine install (go install $KINE_MODULE@$KINE_VERSION)" kine-install \
-      env GOBIN="$tmp" CGO_ENABLED=1 go install "$KINE_MODULE@$KINE_VERSION"; then
-      rm -rf "$tmp"
-      exit 1
-    fi
-    mv -f "$tmp/kine" "$KINE_BIN"
-    rm -rf "$tmp"
+    go_install_to "$KINE_BIN" 1 kine-install "$KINE_MODULE@$KINE_VERSION"
     log "kine: installed $KINE_BIN"
   fi
   unlock 8
@@ -645,16 +647,7 @@ crds_install() {
     local tmp libs=$STRIMZI_HOME/libs kind class keda_dir
     if [[ ! -d $libs ]]; then
       log "crds: resolving Strimzi $STRIMZI_VERSION jars with Maven (log: $LOG_DIR/crds-install.log)"
-      mkdir -p "$STRIMZI_HOME"
-      rm -rf "$STRIMZI_HOME"/libs.tmp.*
-      tmp=$(mktemp -d "$STRIMZI_HOME/libs.tmp.XXXXXX")
-      if ! run_logged "crds install (mvn dependency:copy-dependencies)" crds-install \
-        mvn -B -q -Dstyle.color=never -f "$SCRIPT_DIR/strimzi/pom.xml" dependency:copy-dependencies \
-        -DincludeScope=runtime -DoutputDirectory="$tmp"; then
-        rm -rf "$tmp"
-        exit 1
-      fi
-      mv -T "$tmp" "$libs"
+      maven_classpath "$SCRIPT_DIR/strimzi/pom.xml" "$libs" crds-install
     fi
     mkdir -p "$(dirname "$CRD_DIR")"
     rm -rf "$CRD_DIR".tmp.*
