@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import subprocess
+import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -109,3 +111,66 @@ def test_the_api_server_refuses_what_it_should(cluster: KubeApi) -> None:
     result = _dry_run(cluster, [unknown])
     assert result.returncode != 0
     assert "Dragonfly" in result.stderr
+
+
+def test_the_launcher_role_grants_what_the_launcher_applies_and_nothing_else(
+    cluster: KubeApi, tmp_path: Path
+) -> None:
+    # The overlay's ServiceAccount, Role and RoleBinding, applied for real in a namespace of
+    # this test's own; then RBAC itself answers for the account's token.
+    namespace = f"launcher-{uuid.uuid4().hex[:6]}"
+    rbac = [
+        copy.deepcopy(o)
+        for o in render("dev")
+        if o["kind"] in {"ServiceAccount", "Role", "RoleBinding"}
+    ]
+    for obj in rbac:
+        obj["metadata"]["namespace"] = namespace
+        for subject in obj.get("subjects", []):
+            subject["namespace"] = namespace
+    cluster.kubectl("create", "namespace", namespace)
+    try:
+        cluster.kubectl(
+            "apply", "--server-side", "--field-manager=mulambda-tests", "-f", "-",
+            input=yaml.safe_dump_all(rbac),
+        )  # fmt: skip
+        (account,) = [o["metadata"]["name"] for o in rbac if o["kind"] == "ServiceAccount"]
+        token = cluster.service_account_token(namespace, account)
+        config = cluster.kubeconfig_for_token(token, tmp_path / "launcher.kubeconfig")
+
+        def can(verb: str, resource: str, where: str = namespace) -> bool:
+            answer = cluster.kubectl(
+                "--kubeconfig", str(config), "auth", "can-i", verb, resource, "-n", where,
+                check=False,
+            )  # fmt: skip
+            return answer.stdout.strip() == "yes"
+
+        for resource in ("statefulsets.apps", "deployments.apps", "services"):
+            for verb in ("get", "list", "create", "patch", "delete"):
+                assert can(verb, resource), (verb, resource)
+        assert not can("get", "secrets")
+        assert not can("create", "pods")
+        assert not can("create", "pods/exec")
+        assert not can("create", "roles.rbac.authorization.k8s.io")
+        assert not can("create", "statefulsets.apps", "default")
+        # A real request, not just the authorizer's opinion: a server-side dry run of a
+        # launched StatefulSet is allowed, one in another namespace is refused.
+        manifest = executor_deployment(
+            registration("wine-1"), LaunchOptions(replicas=2, namespace=namespace)
+        )
+        allowed = cluster.kubectl(
+            "--kubeconfig", str(config), "apply", "--server-side", "--dry-run=server",
+            "--field-manager=mulambda-launcher", "-f", "-", input=yaml.safe_dump(manifest),
+            check=False,
+        )  # fmt: skip
+        assert allowed.returncode == 0, allowed.stderr
+        manifest["metadata"]["namespace"] = "default"
+        refused = cluster.kubectl(
+            "--kubeconfig", str(config), "apply", "--server-side", "--dry-run=server",
+            "--field-manager=mulambda-launcher", "-f", "-", input=yaml.safe_dump(manifest),
+            check=False,
+        )  # fmt: skip
+        assert refused.returncode != 0
+        assert "forbidden" in refused.stderr
+    finally:
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false")
