@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import tomllib
 from importlib import resources
 from typing import Any
 
@@ -210,3 +211,15 @@ def test_restart_policies_and_health_checks(compose: dict[str, Any]) -> None:
                 "service_completed_successfully" if dependency in ONE_SHOT else "service_healthy"
             )
             assert condition == {"condition": wanted}, (name, dependency)
+
+
+def test_image_builds_ask_for_extras_the_package_has(compose: dict[str, Any]) -> None:
+    extras = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    builds = [s["build"] for s in compose["services"].values() if "build" in s]
+    asked = [b["args"]["EXTRAS"] for b in builds if "EXTRAS" in b.get("args", {})]
+    assert asked, "no image is built with the tensorflow extra for the real model"
+    for value in asked:
+        assert set(value.split(",")) <= set(extras), value
+    assert any("tensorflow" in value.split(",") for value in asked)
