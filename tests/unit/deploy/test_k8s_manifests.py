@@ -27,6 +27,7 @@ from tests.unit.deploy.manifests import (
     KUBERNETES_VERSION,
     OVERLAYS,
     by_kind,
+    documents,
     kustomize_command,
     render,
 )
@@ -524,3 +525,16 @@ def test_only_their_clients_reach_dragonfly_and_minio(
             if _selects(peer["podSelector"], labels)
         }
         assert reaching == clients, server
+
+
+def test_compose_and_kubernetes_pin_the_same_server_images(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, objects = rendered
+    compose = documents(DEPLOY / "compose" / "compose.yaml")[0]["services"]
+    for server in ("dragonfly", "minio"):
+        (container,) = by_kind(objects, "StatefulSet")[server]["spec"]["template"]["spec"][
+            "containers"
+        ]
+        assert container["image"] == compose[server]["image"], server
+    assert compose["tfserving"]["image"] == LaunchOptions().serving_image
