@@ -456,6 +456,11 @@ class Companion(Lifecycle):
                 f"{self._catalog.name(Topic.EXECUTOR_REGISTRATIONS)}: register it with "
                 "`mulambda executors register`, or give the companion its traits"
             )
+        if found.launch is not None:
+            raise ConfigurationError(
+                f"{self.executor_id} is a launch request, not an executor: `mulambda launcher`"
+                " runs its replicas, which register as its id plus -<ordinal>"
+            )
         model_path(found.model_name, version=found.model_version)
         _check_protocol(found, self._tfs)
         self._registration = found
