@@ -110,8 +110,8 @@ def plan(
     """
     wanted = set(scope) if scope is not None else None
     found: dict[ObjectRef, ObservedObject] = {}
-    for obj in observed:
-        found[obj.ref] = obj
+    for seen in observed:
+        found[seen.ref] = seen
     applies: list[Action] = []
     conflicts: list[DesiredObject] = []
     needed: set[ObjectRef] = set()
@@ -128,11 +128,11 @@ def plan(
         elif have.spec_hash != obj.spec_hash:
             applies.append(Action(Verb.UPDATE, obj.ref, obj.launch_id, obj))
     deletes = [
-        Action(Verb.DELETE, obj.ref, obj.launch_id or "")
-        for ref, obj in sorted(found.items())
-        if obj.managed
+        Action(Verb.DELETE, ref, seen.launch_id or "")
+        for ref, seen in sorted(found.items())
+        if seen.managed
         and ref not in needed
-        and (wanted is None or obj.launch_id in wanted)
+        and (wanted is None or seen.launch_id in wanted)
         and not any(c.ref == ref for c in conflicts)
     ]
     return Plan(tuple(applies + deletes), tuple(conflicts))
