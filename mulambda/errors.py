@@ -121,7 +121,12 @@ class ModelStoreError(MulambdaError):
 
 class LaunchError(MulambdaError):
     """A launch request the launcher cannot carry out: an invalid spec, or an object of
-    the same name it does not own; never retriable (the status event says why)."""
+    the same name it does not own; never retriable (the status event says why).
+    ``status`` is the cluster's HTTP status, when it answered one."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class LaunchForbidden(LaunchError):
