@@ -186,7 +186,7 @@ class LocalProcessBackend(Lifecycle):
                     stdout=out,
                     stderr=asyncio.subprocess.STDOUT,
                     env=self._env,
-                    start_new_session=True,
+                    process_group=0,  # a group of its own, leading it
                 )
                 try:
                     companion = await asyncio.create_subprocess_exec(
