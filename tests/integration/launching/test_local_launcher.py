@@ -77,14 +77,12 @@ async def _until(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
 def doubler(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A SavedModel (TF Serving layout ``base/1/``) answering ``y = 2 x``."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    tf = pytest.importorskip("tensorflow", reason="the tensorflow extra is not installed")
-
-    class Doubler(tf.Module):  # type: ignore[misc]
-        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x")])
-        def serve(self, x: Any) -> Any:
-            return {"y": x * 2.0}
-
-    module = Doubler()
+    tf: Any = pytest.importorskip("tensorflow", reason="the tensorflow extra is not installed")
+    module = tf.Module()
+    module.serve = tf.function(
+        lambda x: {"y": x * 2.0},
+        input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x")],
+    )
     base = tmp_path_factory.mktemp("doubler")
     tf.saved_model.save(module, str(base / "1"), signatures={"serving_default": module.serve})
     return base / "1"
