@@ -28,7 +28,7 @@ from mulambda.launching.plan import (
     SPEC_HASH_ANNOTATION,
     ObjectRef,
 )
-from mulambda.wire.events import LaunchSpec
+from mulambda.wire.events import ExecutorRegistration, LaunchSpec
 from tests.factories import registration
 
 pytestmark = pytest.mark.unit
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.unit
 BASE = LaunchOptions(namespace="ml", mulambda_image="mulambda:test")
 
 
-def _launch(launch_id: str = "wine", **spec: object) -> object:
+def _launch(launch_id: str = "wine", **spec: object) -> ExecutorRegistration:
     return registration(launch_id, launch=LaunchSpec.model_validate(spec))
 
 
