@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from minio import Minio
@@ -32,7 +33,6 @@ from mulambda.executors.tfserving import TFServingClient
 from mulambda.kafka import Producer, Record, replay
 from mulambda.launching.local import LocalProcessBackend
 from mulambda.launching.worker import Launcher
-from mulambda.models.store import ModelStore
 from mulambda.routing.requester import Requester
 from mulambda.selection.selector import Selector
 from mulambda.selection.store import ViewStore
@@ -164,15 +164,6 @@ async def test_upload_launch_answer_select_stop_one_tombstone(
     tmp_path: Path,
 ) -> None:
     model = f"dbl{_uid()}"
-    async with ModelStore(
-        infra.minio_endpoint,
-        infra.minio_access_key,
-        infra.minio_secret_key,
-        bucket=bucket,
-        secure=False,
-    ) as store:
-        await store.upload(doubler, model, 1)
-
     env = {
         **clean_environ(),
         **infra.env(),
@@ -182,6 +173,18 @@ async def test_upload_launch_answer_select_stop_one_tombstone(
         "PYTHONPATH": str(REPO),
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
+
+    async def mulambda(*args: str) -> str:
+        """The administrator's command, as a process of its own."""
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mulambda", *args, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await process.communicate()
+        assert process.returncode == 0, err.decode()
+        return out.decode()
+
+    await mulambda("models", "upload", str(doubler), "--name", model, "--version", "1")
     backend = LocalProcessBackend(
         tmp_path / "launcher", command=(sys.executable, "-m", "mulambda"), env=env, stop_grace_s=8
     )
@@ -203,7 +206,6 @@ async def test_upload_launch_answer_select_stop_one_tombstone(
         reply_topic=own_catalog.name(Topic.SELECTION_REPLIES),
         reply_model=SelectionReply,
     )
-    registrations = own_catalog.name(Topic.EXECUTOR_REGISTRATIONS)
 
     async def selectable() -> list[str]:
         ask = SelectionRequest(
@@ -217,11 +219,26 @@ async def test_upload_launch_answer_select_stop_one_tombstone(
     async def registered() -> dict[str, ExecutorRegistration]:
         return await read_executors(infra.kafka(), own_catalog)
 
-    async with launcher, requester, Producer(infra.kafka("test-launch-admin")) as admin:
-        await _until(lambda: asyncio.sleep(0, launcher.ready()), 30, "the launcher to be ready")
-        await admin.send_and_wait(
-            registrations, _launch(launch_id, model, traits, replicas=2), key=launch_id
-        )
+    async with launcher, requester:
+        assert launcher.ready()
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{launcher.health_port}/readyz") as ready,
+        ):
+            assert ready.status == 200
+        published = await mulambda(
+            "executors", "launch", "--publish", "--executor-id", launch_id,
+            "--model-name", model, "--model-version", "1", "--model-type", traits.model_type,
+            "--input-format", traits.input_format, "--output-format", traits.output_format,
+            "--accuracy", "0.8", "--heartbeat-interval", "1", "--replicas", "2",
+        )  # fmt: skip
+        assert published.splitlines() == [
+            f"published launch request {launch_id}",
+            f"replicas register as {replicas[0]} ... {replicas[1]}",
+        ]
+        listed = await mulambda("executors", "list")
+        assert f"{launch_id}\t{model}\t1\t" in listed
+        assert "\tlaunch x2" in listed
 
         async def both_selectable() -> bool:
             return await selectable() == replicas
@@ -272,7 +289,7 @@ async def test_upload_launch_answer_select_stop_one_tombstone(
 
         # The tombstone: every process gone, every replica deregistered.
         groups = [backend.group_of(r) for r in replicas]
-        await admin.send_and_wait(registrations, None, key=launch_id)
+        assert f"deregistered {launch_id}" in await mulambda("executors", "deregister", launch_id)
 
         async def all_gone() -> bool:
             known = await registered()
