@@ -92,9 +92,29 @@ class LaunchBook:
                 raise LaunchError(
                     f"launch request keyed {key!r} names launch id {value.executor_id!r}"
                 )
+            other = self._collision(key)
+            if other is not None:
+                # wine-0 is a replica of launch wine: its companion's tombstone would
+                # withdraw a launch of that id, and the launch would retire the replica.
+                raise LaunchError(
+                    f"launch {key!r} collides with launch {other!r}: one's id is a replica id"
+                    " of the other (<launch id>-<ordinal>)"
+                )
             self._launches[key] = value
             return True
         return self._launches.pop(key, None) is not None
+
+    def _collision(self, launch_id: str) -> str | None:
+        for other in self._launches:
+            for replica, launch in ((launch_id, other), (other, launch_id)):
+                ordinal = replica.removeprefix(f"{launch}-")
+                if other != launch_id and ordinal != replica and ordinal.isdigit():
+                    return other
+        return None
+
+    def replayed(self, partition: int, offset: int) -> bool:
+        """Whether a record lies before the start-up replay's end (already reconciled)."""
+        return offset < self._ends.get(partition, 0)
 
     def note(self, partition: int, offset: int, key: str | None) -> None:
         """Remember a replayed record's position (see the class docstring)."""

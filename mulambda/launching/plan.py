@@ -138,13 +138,14 @@ def plan(
     return Plan(tuple(applies + deletes), tuple(conflicts))
 
 
-def outcome(actions: Sequence[Action], *, withdrawn: bool) -> LaunchAction:
-    """What a launch's actions amount to, for its status event."""
+def outcome(actions: Sequence[Action], *, withdrawn: bool, existed: bool) -> LaunchAction:
+    """What a launch's actions amount to, for its status event; ``existed``: some object
+    of the launch was there before (a new replica of a running launch is an update)."""
     if withdrawn:
         return LaunchAction.DELETED
     if not actions:
         return LaunchAction.UNCHANGED
-    if all(a.verb is Verb.CREATE for a in actions):
+    if not existed and all(a.verb is Verb.CREATE for a in actions):
         return LaunchAction.CREATED
     return LaunchAction.UPDATED
 

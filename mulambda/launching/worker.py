@@ -32,7 +32,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from mulambda.errors import LaunchError, MulambdaError
+from mulambda.errors import KafkaUnavailable, LaunchError, MulambdaError
 from mulambda.kafka import (
     ConsumerLoop,
     DeadLetterer,
@@ -98,6 +98,10 @@ class Launcher(Lifecycle):
         self._loop: ConsumerLoop | None = None
         self._resync: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._unsettled: set[str] = set()
+        """Launch ids whose latest reconciliation failed."""
+        self._backend_problem: str | None = None
+        """Why the backend could not list its objects last time (None: it could)."""
         self._state = "new"  # new → starting → running → stopping → stopped
         self._ended = asyncio.Event()
         self.registry = CollectorRegistry()
@@ -141,12 +145,15 @@ class Launcher(Lifecycle):
         """Why the launcher cannot follow launch requests now, or None."""
         if self._state != "running" or self._loop is None:
             return self._state
-        return producer_problem(self._producer.health) or consumer_problem(
-            self._loop.consumer, "registration consumer", needs_assignment=True
+        return (
+            producer_problem(self._producer.health)
+            or consumer_problem(self._loop.consumer, "registration consumer", needs_assignment=True)
+            or self._backend_problem
         )
 
     async def start(self) -> None:
-        """Replay, reconcile everything once, then follow the topic in the group."""
+        """Replay, reconcile everything once, then join the group; returns once following
+        (``ready``), or raises (everything started is stopped again)."""
         if self._state != "new":
             return
         self._state = "starting"
@@ -170,6 +177,13 @@ class Launcher(Lifecycle):
                 auto_offset_reset="earliest",
             )
             await self._loop.start()
+            # Ready means following: wait until the group hands over the partition.
+            try:
+                await self._loop.wait_assigned(timeout_s=max(30.0, self._kafka.request_timeout_s))
+            except TimeoutError as exc:
+                raise KafkaUnavailable(
+                    f"the launcher group {self._group_id} assigned no partition in time"
+                ) from exc
         except BaseException:
             await self._close()
             raise
@@ -253,7 +267,11 @@ class Launcher(Lifecycle):
         except LaunchError as exc:
             await self._report(key, LaunchAction.FAILED, exc.reason)
             raise
-        if about_a_launch:
+        if self.book.replayed(record.partition, record.offset) and key not in self._unsettled:
+            return  # the start-up reconciliation carried it out
+        # A launch whose last attempt failed is tried again even when this record changes
+        # nothing (a retried tombstone finds the launch already out of the book).
+        if about_a_launch or key in self._unsettled:
             await self.reconcile(key)
 
     # --- reconciliation -------------------------------------------------------------
@@ -275,9 +293,12 @@ class Launcher(Lifecycle):
                         " left alone"
                     )
             except MulambdaError as exc:
+                self._unsettled.add(launch_id)
                 await self._report(launch_id, LaunchAction.FAILED, exc.reason)
                 raise
-            action = outcome(result.actions, withdrawn=launch is None)
+            self._unsettled.discard(launch_id)
+            existed = any(o.launch_id == launch_id for o in observed)
+            action = outcome(result.actions, withdrawn=launch is None, existed=existed)
             await self._report(launch_id, action, describe(result.actions))
             return action
 
@@ -297,7 +318,10 @@ class Launcher(Lifecycle):
                 observed = await self.backend.observe()
             except MulambdaError as exc:
                 log.error("cannot list what the launcher runs: %s", exc.reason)
+                self._backend_problem = f"{self.backend.name} backend: {exc.reason}"
+                self._unsettled |= set(self.book.launches)
                 return
+            self._backend_problem = None
             scope = {o.launch_id for o in observed if o.launch_id} | set(self.book.launches)
             result = plan(desired, observed, scope=scope - failed)
             by_launch: dict[str, list[Action]] = defaultdict(list)
@@ -315,11 +339,18 @@ class Launcher(Lifecycle):
                 try:
                     await self._carry_out(actions, observed)
                 except MulambdaError as exc:
+                    failed.add(launch_id)
                     await self._report(launch_id, LaunchAction.FAILED, exc.reason)
                     continue
-                done = outcome(actions, withdrawn=launch_id not in self.book.launches)
+                self._unsettled.discard(launch_id)
+                done = outcome(
+                    actions,
+                    withdrawn=launch_id not in self.book.launches,
+                    existed=any(o.launch_id == launch_id for o in observed),
+                )
                 if actions or report_unchanged:
                     await self._report(launch_id, done, describe(actions))
+            self._unsettled |= failed
 
     async def _carry_out(self, actions: Iterable[Action], observed: list[ObservedObject]) -> None:
         found = {o.ref: o for o in observed}

@@ -35,6 +35,21 @@ def test_a_launch_keyed_by_another_id_is_refused() -> None:
         LaunchBook().apply("beer", launch("wine"))
 
 
+def test_a_launch_named_like_another_launchs_replica_is_refused() -> None:
+    book = LaunchBook()
+    book.apply("wine", launch())
+    for clashing in ("wine-0", "wine-12"):
+        with pytest.raises(LaunchError, match="collides with launch 'wine'"):
+            book.apply(clashing, launch(clashing))
+    book.apply("wine-x", launch("wine-x"))  # not an ordinal: no replica has that id
+    book.apply("wine", launch(replicas=3))  # the same launch again is no collision
+    fresh = LaunchBook()
+    fresh.apply("beer-1", launch("beer-1"))
+    with pytest.raises(LaunchError, match="collides with launch 'beer-1'"):
+        fresh.apply("beer", launch("beer"))
+    assert sorted(fresh.launches) == ["beer-1"]
+
+
 def test_only_the_latest_replayed_record_of_a_key_is_handled_again() -> None:
     book = LaunchBook()
     for offset, key in enumerate(["wine", "beer", "wine"]):
@@ -44,6 +59,9 @@ def test_only_the_latest_replayed_record_of_a_key_is_handled_again() -> None:
     assert book.superseded(0, 2, "wine") is False
     assert book.superseded(0, 3, "wine") is False  # after the replay: always handled
     assert book.superseded(1, 0, "wine") is False
+    assert book.replayed(0, 2) is True
+    assert book.replayed(0, 3) is False
+    assert book.replayed(1, 0) is False
 
 
 def test_check_launch_refuses_what_cannot_run() -> None:

@@ -43,10 +43,12 @@ def test_missing_objects_are_created_and_equal_ones_left_alone() -> None:
         ("create", "StatefulSet/mulambda-executor-wine"),
     ]
     assert first.actions[0].desired == want(SVC)
-    assert outcome(first.of("wine"), withdrawn=False) is LaunchAction.CREATED
+    assert outcome(first.of("wine"), withdrawn=False, existed=False) is LaunchAction.CREATED
+    # A new object of a launch that was running already is an update.
+    assert outcome(first.of("wine"), withdrawn=False, existed=True) is LaunchAction.UPDATED
     again = plan([want(STS), want(SVC)], [have(STS), have(SVC)])
     assert again.actions == ()
-    assert outcome(again.of("wine"), withdrawn=False) is LaunchAction.UNCHANGED
+    assert outcome(again.of("wine"), withdrawn=False, existed=True) is LaunchAction.UNCHANGED
     assert describe(again.actions) == "nothing to do"
 
 
@@ -58,7 +60,7 @@ def test_a_changed_spec_is_an_update_and_an_unwanted_object_a_delete() -> None:
         ("create", "StatefulSet/mulambda-executor-wine"),
         ("delete", "Deployment/mulambda-executor-wine"),
     ]
-    assert outcome(result.actions, withdrawn=False) is LaunchAction.UPDATED
+    assert outcome(result.actions, withdrawn=False, existed=True) is LaunchAction.UPDATED
     updated = plan([want(STS, digest="h2")], [have(STS, digest="h1")])
     assert verbs(updated.actions) == [("update", "StatefulSet/mulambda-executor-wine")]
     assert describe(updated.actions) == "update StatefulSet/mulambda-executor-wine"
@@ -71,7 +73,7 @@ def test_a_withdrawn_launch_deletes_only_what_the_launcher_owns() -> None:
         ("delete", "Service/mulambda-executor-wine"),
         ("delete", "StatefulSet/mulambda-executor-wine"),
     ]
-    assert outcome(result.actions, withdrawn=True) is LaunchAction.DELETED
+    assert outcome(result.actions, withdrawn=True, existed=True) is LaunchAction.DELETED
 
 
 def test_an_object_of_the_same_name_the_launcher_does_not_own_is_a_conflict() -> None:
