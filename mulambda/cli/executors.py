@@ -186,6 +186,18 @@ def build_registration(
         raise BadArguments(describe_invalid(exc)) from exc
 
 
+def publish_registration(registration: ExecutorRegistration) -> None:
+    """Publish ``registration`` on the settings' topic and wait for the broker's ack."""
+    settings = load_settings()
+    catalog = load_catalog(settings.topic_prefix)
+
+    async def go() -> None:
+        async with Producer(KafkaConfig.from_settings(settings, "mulambda-cli")) as producer:
+            await register_executor(producer, catalog, registration)
+
+    run_async(go())
+
+
 def describe_executor(reg: ExecutorRegistration) -> str:
     """One tab-separated line: id, model, version, traits, accuracy, endpoint (for a launch
     request, ``launch xN``: it has no endpoint of its own)."""
@@ -215,14 +227,7 @@ def register(heartbeat_interval: float, **options: Any) -> None:
     Its companion then runs with --confirm-existing and heartbeats for it.
     """
     registration = build_registration(heartbeat_interval_s=heartbeat_interval, **options)
-    settings = load_settings()
-    catalog = load_catalog(settings.topic_prefix)
-
-    async def go() -> None:
-        async with Producer(KafkaConfig.from_settings(settings, "mulambda-cli")) as producer:
-            await register_executor(producer, catalog, registration)
-
-    run_async(go())
+    publish_registration(registration)
     click.echo(f"registered {registration.executor_id}")
 
 
@@ -404,14 +409,7 @@ def _publish_launch(spec: LaunchSpec, heartbeat_interval: float, options: dict[s
         check_launch(registration)
     except LaunchError as exc:
         raise BadArguments(exc.reason) from None
-    settings = load_settings()
-    catalog = load_catalog(settings.topic_prefix)
-
-    async def go() -> None:
-        async with Producer(KafkaConfig.from_settings(settings, "mulambda-cli")) as producer:
-            await register_executor(producer, catalog, registration)
-
-    run_async(go())
+    publish_registration(registration)
     first, last = (
         replica_id(registration.executor_id, 0),
         replica_id(registration.executor_id, spec.replicas - 1),

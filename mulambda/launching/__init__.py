@@ -1,5 +1,6 @@
 """The launcher: runs the executors administrators ask for in launch requests.
 
+backend     LaunchBackend: what the worker needs of a backend
 desired     LaunchBook: the launch requests in force, folded from registrations (pure)
 plan        what to create, update and delete; ownership marks (pure)
 kube_requests  the Kubernetes API requests of the Kubernetes backend (pure)

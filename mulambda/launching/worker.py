@@ -54,7 +54,7 @@ from mulambda.launching.plan import (
     outcome,
     plan,
 )
-from mulambda.runtime.lifecycle import Lifecycle
+from mulambda.runtime.lifecycle import Lifecycle, wait_ended
 from mulambda.runtime.observability import HealthServer
 from mulambda.wire.catalog import Catalog, Topic
 from mulambda.wire.events import ExecutorRegistration, ExecutorStatus, LaunchAction, ModelState
@@ -221,19 +221,9 @@ class Launcher(Lifecycle):
     async def wait(self) -> None:
         """Return when stopped; raise when following the topic failed for good."""
         loop = self._loop
-        waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._ended.wait())}
-        follow = loop.done if loop is not None else None
-        if follow is not None:
-            waiters.add(follow)
-        try:
-            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                if waiter is not follow:
-                    waiter.cancel()
-        if follow is not None and follow in done and not self._ended.is_set():
-            exc = None if follow.cancelled() else follow.exception()
-            raise MulambdaError(f"following launch requests ended: {exc!r}")
+        await wait_ended(
+            self._ended, loop.done if loop is not None else None, "following launch requests"
+        )
 
     # --- desired state --------------------------------------------------------------
 

@@ -23,7 +23,7 @@ import pytest_asyncio
 
 from mulambda.errors import LaunchError, LaunchForbidden
 from mulambda.executors.launcher import LaunchOptions, workload_name
-from mulambda.kafka import Producer, Record, replay
+from mulambda.kafka import Producer
 from mulambda.launching.kubernetes import KubernetesBackend, KubeServer
 from mulambda.launching.plan import (
     LAUNCH_ID_ANNOTATION,
@@ -36,14 +36,13 @@ from mulambda.launching.plan import (
 from mulambda.launching.worker import Launcher
 from mulambda.wire.catalog import Catalog, Topic
 from mulambda.wire.events import (
-    DeadLetter,
     ExecutorRegistration,
-    ExecutorStatus,
     LaunchAction,
     LaunchSpec,
 )
 from tests.conftest import REPO, Infra
 from tests.factories import registration
+from tests.integration.launching.support import dead_letters, launch_reports, until
 from tests.kube import KubeApi
 
 pytestmark = pytest.mark.integration
@@ -93,17 +92,6 @@ def _get(kube_api: KubeApi, namespace: str, kind: str, name: str) -> dict[str, A
         return None
     document: dict[str, Any] = json.loads(done.stdout)
     return document
-
-
-async def _until(check: Callable[[], Awaitable[Any]], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
-        await asyncio.sleep(0.3)
 
 
 async def _reconcile(backend: KubernetesBackend, *launches: ExecutorRegistration) -> None:
@@ -209,17 +197,6 @@ async def test_what_the_role_does_not_allow_is_refused_clearly(
         kube_api.kubectl("delete", "namespace", elsewhere, "--wait=false", check=False)
 
 
-async def _statuses(infra: Infra, catalog: Catalog, launch_id: str) -> list[ExecutorStatus]:
-    found: list[ExecutorStatus] = []
-
-    def keep(record: Record[Any]) -> None:
-        if record.key_str == launch_id and isinstance(record.value, ExecutorStatus):
-            found.append(record.value)
-
-    await replay(infra.kafka(), {catalog.name(Topic.EXECUTOR_STATUS): ExecutorStatus}, keep)
-    return sorted(found, key=lambda s: s.timestamp)
-
-
 async def test_the_launcher_worker_follows_launch_requests_on_kafka(
     infra: Infra, own_catalog: Catalog, kube_api: KubeApi, namespace: str
 ) -> None:
@@ -234,7 +211,7 @@ async def test_the_launcher_worker_follows_launch_requests_on_kafka(
     name = workload_name("beer")
 
     async def actions() -> list[LaunchAction | None]:
-        return [s.launch_action for s in await _statuses(infra, own_catalog, "beer")]
+        return [s.launch_action for s in await launch_reports(infra, own_catalog, "beer")]
 
     async def replicas() -> int | None:
         found = _get(kube_api, namespace, "statefulset", name)
@@ -285,22 +262,13 @@ async def test_a_forbidden_launch_is_reported_and_dead_lettered(
         async with launcher, Producer(infra.kafka("test-kube-admin")) as admin:
             topic = own_catalog.name(Topic.EXECUTOR_REGISTRATIONS)
             await admin.send_and_wait(topic, _launch("cider", replicas=1), key="cider")
-            letters: list[DeadLetter] = []
-
-            async def lettered() -> bool:
-                letters.clear()
-                await replay(
-                    infra.kafka(),
-                    {own_catalog.name(Topic.DEAD_LETTERS): DeadLetter},
-                    lambda r: letters.append(r.value) if isinstance(r.value, DeadLetter) else None,
-                )
-                return bool(letters)
-
-            await _until(lettered, 30, "the dead letter")
+            letters = await until(
+                lambda: dead_letters(infra, own_catalog, "cider"), 30, "the dead letter"
+            )
             assert letters[0].original_key == b"cider"
             assert letters[0].error_type == "LaunchForbidden"
             assert "403" in letters[0].reason
-            reports = await _statuses(infra, own_catalog, "cider")
+            reports = await launch_reports(infra, own_catalog, "cider")
             assert reports
             assert {r.launch_action for r in reports} == {LaunchAction.FAILED}
     finally:

@@ -9,22 +9,20 @@ backends are tested against real processes and a real API server next door.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import pytest
 
 from mulambda.errors import TransportError
-from mulambda.kafka import Producer, Record, replay
+from mulambda.kafka import Producer
 from mulambda.launching.local import render_replicas
 from mulambda.launching.plan import DesiredObject, ObjectRef, ObservedObject
 from mulambda.launching.worker import Launcher
 from mulambda.wire.catalog import Catalog, Topic
-from mulambda.wire.events import ExecutorRegistration, ExecutorStatus, LaunchAction, LaunchSpec
+from mulambda.wire.events import ExecutorRegistration, LaunchAction, LaunchSpec
 from tests.conftest import Infra
 from tests.factories import registration
+from tests.integration.launching.support import launch_reports, until
 
 pytestmark = pytest.mark.integration
 
@@ -73,27 +71,6 @@ def _launch(launch_id: str, replicas: int, accuracy: float = 0.9) -> ExecutorReg
     )
 
 
-async def _eventually(check: Callable[[], Awaitable[bool] | bool], what: str) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        result = check()
-        if await result if isinstance(result, Awaitable) else result:
-            return
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.1)
-
-
-async def _reports(infra: Infra, catalog: Catalog) -> list[tuple[str, LaunchAction | None]]:
-    found: list[ExecutorStatus] = []
-
-    def keep(record: Record[Any]) -> None:
-        if isinstance(record.value, ExecutorStatus):
-            found.append(record.value)
-
-    await replay(infra.kafka(), {catalog.name(Topic.EXECUTOR_STATUS): ExecutorStatus}, keep)
-    return [(s.executor_id, s.launch_action) for s in sorted(found, key=lambda s: s.timestamp)]
-
-
 async def test_restarts_withdrawals_while_down_and_superseded_records(
     infra: Infra, own_catalog: Catalog
 ) -> None:
@@ -114,7 +91,7 @@ async def test_restarts_withdrawals_while_down_and_superseded_records(
         async with worker():
             await admin.send_and_wait(topic, _launch("a", 1), key="a")
             await admin.send_and_wait(topic, _launch("a", 2), key="a")
-            await _eventually(lambda: len(backend.objects) == 2, "a's two replicas")
+            await until(lambda: len(backend.objects) == 2, 30, "a's two replicas")
         assert backend.actions == [("create", "a-0"), ("create", "a-1")]
 
         # While the launcher is down: a new launch, and a withdrawn one.
@@ -134,7 +111,7 @@ async def test_restarts_withdrawals_while_down_and_superseded_records(
             await admin.send_and_wait(topic, registration("b-0"), key="b-0")
             await admin.send_and_wait(topic, None, key="b-0")
             await admin.send_and_wait(topic, _launch("b", 1, accuracy=0.5), key="b")
-            await _eventually(lambda: ("update", "b-0") in backend.actions, "b's update")
+            await until(lambda: ("update", "b-0") in backend.actions, 30, "b's update")
         assert sorted(backend.actions) == [
             ("create", "b-0"), ("delete", "a-0"), ("delete", "a-1"), ("update", "b-0"),
         ]  # fmt: skip
@@ -147,7 +124,9 @@ async def test_restarts_withdrawals_while_down_and_superseded_records(
             assert fresh.ready()
         assert backend.actions == []
 
-        reports = await _reports(infra, own_catalog)
+        reports = [
+            (r.executor_id, r.launch_action) for r in await launch_reports(infra, own_catalog)
+        ]
         assert reports[:2] == [("a", LaunchAction.CREATED), ("a", LaunchAction.UPDATED)]
         assert ("a", LaunchAction.DELETED) in reports
         assert ("b", LaunchAction.CREATED) in reports
@@ -168,12 +147,13 @@ async def test_a_failed_withdrawal_is_retried_until_it_succeeds(
     )
     async with launcher, Producer(infra.kafka("test-launcher-admin")) as admin:
         await admin.send_and_wait(topic, _launch("c", 1), key="c")
-        await _eventually(lambda: len(backend.objects) == 1, "c's replica")
+        await until(lambda: len(backend.objects) == 1, 30, "c's replica")
         backend.fail_deletes = 2
         await admin.send_and_wait(topic, None, key="c")
-        await _eventually(lambda: not backend.objects, "c's replica to be deleted")
+        await until(lambda: not backend.objects, 30, "c's replica to be deleted")
     assert backend.actions == [("create", "c-0"), ("delete", "c-0")]
-    reports = await _reports(infra, own_catalog)
+    found = await launch_reports(infra, own_catalog)
+    reports = [(r.executor_id, r.launch_action) for r in found]
     assert reports == [
         ("c", LaunchAction.CREATED),
         ("c", LaunchAction.FAILED),

@@ -15,22 +15,19 @@ import asyncio
 import os
 import signal
 import sys
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import pytest_asyncio
-from minio import Minio
-from minio.deleteobjects import DeleteObject
 
 from mulambda.bench.infra import clean_environ
 from mulambda.executors.companion import read_executors
 from mulambda.executors.tfserving import TFServingClient
-from mulambda.kafka import Producer, Record, replay
+from mulambda.kafka import Producer
 from mulambda.launching.local import LocalProcessBackend
 from mulambda.launching.worker import Launcher
 from mulambda.routing.requester import Requester
@@ -38,10 +35,8 @@ from mulambda.selection.selector import Selector
 from mulambda.selection.store import ViewStore
 from mulambda.wire.catalog import Catalog, Topic
 from mulambda.wire.events import (
-    DeadLetter,
     ExecutorProtocol,
     ExecutorRegistration,
-    ExecutorStatus,
     LaunchAction,
     LaunchSpec,
     SelectionReply,
@@ -50,7 +45,8 @@ from mulambda.wire.events import (
     Traits,
     utcnow,
 )
-from tests.conftest import REPO, Infra
+from tests.conftest import REPO, Infra, remove_bucket
+from tests.integration.launching.support import dead_letters, launch_reports, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.tensorflow]
 
@@ -60,17 +56,6 @@ READY_TIMEOUT_S = 150.0
 
 def _uid() -> str:
     return uuid.uuid4().hex[:8]
-
-
-async def _until(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
-        await asyncio.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -93,16 +78,7 @@ def bucket(infra: Infra) -> Iterator[str]:
     """A bucket of this module's own, emptied and removed afterwards."""
     name = f"mulambda-test-launch-{_uid()}"
     yield name
-    raw = Minio(
-        infra.minio_endpoint,
-        access_key=infra.minio_access_key,
-        secret_key=infra.minio_secret_key,
-        secure=False,
-    )
-    if raw.bucket_exists(name):
-        keys = [o.object_name for o in raw.list_objects(name, recursive=True) if o.object_name]
-        assert not list(raw.remove_objects(name, [DeleteObject(k) for k in keys]))
-        raw.remove_bucket(name)
+    remove_bucket(infra, name)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -134,17 +110,6 @@ def _launch(launch_id: str, model: str, traits: Traits, **spec: Any) -> Executor
         heartbeat_interval_s=1.0,
         launch=LaunchSpec(**spec),
     )
-
-
-async def _reports(infra: Infra, catalog: Catalog, launch_id: str) -> list[ExecutorStatus]:
-    found: list[ExecutorStatus] = []
-
-    def keep(record: Record[Any]) -> None:
-        if record.key_str == launch_id and isinstance(record.value, ExecutorStatus):
-            found.append(record.value)
-
-    await replay(infra.kafka(), {catalog.name(Topic.EXECUTOR_STATUS): ExecutorStatus}, keep)
-    return sorted(found, key=lambda s: s.timestamp)
 
 
 def _alive(group: int) -> bool:
@@ -244,11 +209,11 @@ async def test_upload_launch_answer_select_stop_one_tombstone(
             return await selectable() == replicas
 
         try:
-            await _until(both_selectable, READY_TIMEOUT_S, "both replicas to be selectable")
+            await until(both_selectable, READY_TIMEOUT_S, "both replicas to be selectable")
         except AssertionError:
             logs = "\n".join(p.read_text()[-3000:] for p in (tmp_path / "launcher").glob("*.log"))
             raise AssertionError(f"replicas not selectable; their logs:\n{logs}") from None
-        reports = await _reports(infra, own_catalog, launch_id)
+        reports = await launch_reports(infra, own_catalog, launch_id)
         assert [r.launch_action for r in reports] == [LaunchAction.CREATED]
         assert "create replica/" in (reports[0].detail or "")
 
@@ -274,18 +239,18 @@ async def test_upload_launch_answer_select_stop_one_tombstone(
         async def first_gone() -> bool:
             return replicas[0] not in await registered() and not _alive(first)
 
-        await _until(first_gone, 30, f"{replicas[0]} to deregister")
+        await until(first_gone, 30, f"{replicas[0]} to deregister")
         assert replicas[1] in await registered()
 
         async def only_second() -> bool:
             return await selectable() == [replicas[1]]
 
-        await _until(only_second, 15, "the selector to offer only the other replica")
+        await until(only_second, 15, "the selector to offer only the other replica")
 
         # A resync notices the dead replica and starts it again; the other keeps running.
         await launcher.reconcile_all()
         assert backend.group_of(replicas[1]) == second
-        await _until(both_selectable, READY_TIMEOUT_S, "the restarted replica")
+        await until(both_selectable, READY_TIMEOUT_S, "the restarted replica")
 
         # The tombstone: every process gone, every replica deregistered.
         groups = [backend.group_of(r) for r in replicas]
@@ -296,8 +261,8 @@ async def test_upload_launch_answer_select_stop_one_tombstone(
             alive = [g for g in groups if g is not None and _alive(g)]
             return not alive and not any(r in known for r in [launch_id, *replicas])
 
-        await _until(all_gone, 30, "the launch's processes to be gone")
-        reports = await _reports(infra, own_catalog, launch_id)
+        await until(all_gone, 30, "the launch's processes to be gone")
+        reports = await launch_reports(infra, own_catalog, launch_id)
         assert reports[-1].launch_action is LaunchAction.DELETED
         assert await selectable() == []
 
@@ -323,21 +288,11 @@ async def test_an_invalid_launch_is_reported_failed_and_dead_lettered(
         await admin.send_and_wait(
             own_catalog.name(Topic.EXECUTOR_REGISTRATIONS), bad, key=launch_id
         )
-        letters: list[DeadLetter] = []
-
-        async def lettered() -> bool:
-            letters.clear()
-            await replay(
-                infra.kafka(),
-                {own_catalog.name(Topic.DEAD_LETTERS): DeadLetter},
-                lambda r: letters.append(r.value) if isinstance(r.value, DeadLetter) else None,
-            )
-            return any(letter.original_key == launch_id.encode() for letter in letters)
-
-        await _until(lettered, 30, "the dead letter")
-        letter = next(x for x in letters if x.original_key == launch_id.encode())
+        (letter,) = await until(
+            lambda: dead_letters(infra, own_catalog, launch_id), 30, "the dead letter"
+        )
         assert "TF Serving executors only" in letter.reason
         assert letter.error_type == "LaunchError"
-        reports = await _reports(infra, own_catalog, launch_id)
+        reports = await launch_reports(infra, own_catalog, launch_id)
         assert [r.launch_action for r in reports] == [LaunchAction.FAILED]
         assert backend.group_of(f"{launch_id}-0") is None
