@@ -160,3 +160,25 @@ async def test_a_failed_withdrawal_is_retried_until_it_succeeds(
         ("c", LaunchAction.FAILED),
         ("c", LaunchAction.DELETED),
     ]
+
+
+async def test_a_companion_refuses_to_confirm_a_launch_request(
+    infra: Infra, own_catalog: Catalog
+) -> None:
+    from mulambda.errors import ConfigurationError
+    from mulambda.executors.companion import Companion
+    from mulambda.executors.tfserving import TFServingClient
+
+    topic = own_catalog.name(Topic.EXECUTOR_REGISTRATIONS)
+    async with Producer(infra.kafka("test-launcher-admin")) as admin:
+        await admin.send_and_wait(topic, _launch("d", 1), key="d")
+    companion = Companion(
+        infra.kafka("test-companion"),
+        own_catalog,
+        None,
+        executor_id="d",
+        tfserving=TFServingClient("http://127.0.0.1:1"),
+    )
+    with pytest.raises(ConfigurationError, match="d is a launch request, not an executor"):
+        await companion.start()
+    await companion.stop()
