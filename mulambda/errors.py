@@ -19,7 +19,9 @@ The hierarchy::
     │   └── NoCandidate               nothing passes the hard criteria or SLO
     ├── ExecutorError                 a TF Serving endpoint answered with an error
     │   (subclasses per HTTP status live in ``mulambda.executors.tfserving``)
-    └── ModelStoreError               model upload/download refused (layout, exists)
+    ├── ModelStoreError               model upload/download refused (layout, exists)
+    └── LaunchError                   a launch request that cannot be carried out
+        └── LaunchForbidden           the cluster's RBAC refused the launcher (403)
 
 Errors from aiokafka, redis and aiohttp are translated at the module that talks to
 them, so callers only ever catch ``MulambdaError``. ``retriable`` tells a worker
@@ -115,3 +117,17 @@ class ExecutorError(MulambdaError):
 
 class ModelStoreError(MulambdaError):
     """A model upload, listing or download that cannot be done as asked."""
+
+
+class LaunchError(MulambdaError):
+    """A launch request the launcher cannot carry out: an invalid spec, or an object of
+    the same name it does not own; never retriable (the status event says why).
+    ``status`` is the cluster's HTTP status, when it answered one."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class LaunchForbidden(LaunchError):
+    """The cluster refused the launcher a request (HTTP 403: its Role does not allow it)."""

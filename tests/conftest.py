@@ -188,3 +188,21 @@ def kube_api() -> Iterator[KubeApi]:
             pytest.fail(reason)
         pytest.skip(reason)
     yield from running_kube_api()
+
+
+def remove_bucket(infra: Infra, bucket: str) -> None:
+    """Empty and remove a bucket a test made (nothing when it does not exist)."""
+    from minio import Minio
+    from minio.deleteobjects import DeleteObject
+
+    raw = Minio(
+        infra.minio_endpoint,
+        access_key=infra.minio_access_key,
+        secret_key=infra.minio_secret_key,
+        secure=False,
+    )
+    if raw.bucket_exists(bucket):
+        keys = [o.object_name for o in raw.list_objects(bucket, recursive=True)]
+        errors = list(raw.remove_objects(bucket, [DeleteObject(k) for k in keys if k]))
+        assert not errors, errors
+        raw.remove_bucket(bucket)

@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "executors": "mulambda.cli.executors:executors",
     "infer": "mulambda.cli.infer:infer",
     "infra": "mulambda.cli.infra:infra",
+    "launcher": "mulambda.cli.launcher:launcher",
     "models": "mulambda.cli.models:models",
     "router": "mulambda.cli.router:router",
     "selector": "mulambda.cli.selector:selector",

@@ -61,7 +61,7 @@ from mulambda.kafka import (
     TopicPartition,
     replay,
 )
-from mulambda.runtime.lifecycle import Lifecycle
+from mulambda.runtime.lifecycle import Lifecycle, wait_ended
 from mulambda.runtime.observability import HealthServer
 from mulambda.wire.catalog import Catalog, Topic
 from mulambda.wire.events import (
@@ -456,6 +456,11 @@ class Companion(Lifecycle):
                 f"{self._catalog.name(Topic.EXECUTOR_REGISTRATIONS)}: register it with "
                 "`mulambda executors register`, or give the companion its traits"
             )
+        if found.launch is not None:
+            raise ConfigurationError(
+                f"{self.executor_id} is a launch request, not an executor: `mulambda launcher`"
+                " runs its replicas, which register as its id plus -<ordinal>"
+            )
         model_path(found.model_name, version=found.model_version)
         _check_protocol(found, self._tfs)
         self._registration = found
@@ -529,21 +534,11 @@ class Companion(Lifecycle):
 
     async def wait(self) -> None:
         """Return when stopped; raise when following the client topic failed for good."""
-        waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._ended.wait())}
-        follow = self._client_loop.done if self._client_loop is not None else None
-        if follow is not None:
-            waiters.add(follow)
-        try:
-            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                if waiter is not follow:
-                    waiter.cancel()
-        if follow is not None and follow in done and not self._ended.is_set():
-            exc = None if follow.cancelled() else follow.exception()
-            raise MulambdaError(
-                f"following {self._catalog.name(Topic.CLIENT_REGISTRATIONS)} ended: {exc!r}"
-            )
+        await wait_ended(
+            self._ended,
+            self._client_loop.done if self._client_loop is not None else None,
+            f"following {self._catalog.name(Topic.CLIENT_REGISTRATIONS)}",
+        )
 
     # --- status --------------------------------------------------------------------
 

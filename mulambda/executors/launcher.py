@@ -80,21 +80,33 @@ class LaunchOptions:
     replicas: int = 1
     cpu: str | None = None
     memory: str | None = None
+    ordinal_ids: bool = False
+    """Register ``<id>-<ordinal>`` even for one replica (a StatefulSet whatever the count):
+    the launcher's choice, so scaling never renames or replaces the executors."""
 
 
-def _name(executor_id: str) -> str:
+def workload_name(executor_id: str) -> str:
+    """Name of the workload (and Service) running ``executor_id``."""
     # Kubernetes names are DNS labels: lowercase alphanumerics and '-', at most 63.
     # Executor ids start with an alphanumeric (events.Identifier), so this is never empty.
     cleaned = "".join(c if c.isalnum() else "-" for c in executor_id.lower()).strip("-")
     return f"mulambda-executor-{cleaned}"[:63].rstrip("-")
 
 
-def _companion_args(reg: ExecutorRegistration, executor_id: str) -> list[str]:
+def companion_args(
+    reg: ExecutorRegistration,
+    executor_id: str,
+    *,
+    endpoint: str = f"http://$(POD_IP):{TF_SERVING_REST_PORT}",
+    status_endpoint: str | None = f"http://127.0.0.1:{TF_SERVING_REST_PORT}",
+    node: str = "$(NODE_NAME)",
+) -> list[str]:
+    """``mulambda companion`` arguments registering ``executor_id`` with ``reg``'s model,
+    traits and accuracy at ``endpoint`` (by default the pod's, for the sidecar)."""
     args = [
         "companion",
         "--executor-id", executor_id,
-        "--endpoint", f"http://$(POD_IP):{TF_SERVING_REST_PORT}",
-        "--status-endpoint", f"http://127.0.0.1:{TF_SERVING_REST_PORT}",
+        "--endpoint", endpoint,
         "--model-name", reg.model_name,
         "--model-type", reg.traits.model_type,
         "--input-format", reg.traits.input_format,
@@ -102,9 +114,11 @@ def _companion_args(reg: ExecutorRegistration, executor_id: str) -> list[str]:
         "--accuracy", repr(reg.accuracy),
         "--model-data-delay-ms-per-element", repr(reg.model_data_delay_ms_per_element),
         "--zone", reg.zone,
-        "--node", "$(NODE_NAME)",
+        "--node", node,
         "--heartbeat-interval", repr(reg.heartbeat_interval_s),
     ]  # fmt: skip
+    if status_endpoint is not None:
+        args += ["--status-endpoint", status_endpoint]
     if reg.model_version is not None:
         args += ["--model-version", str(reg.model_version)]
     return args
@@ -118,8 +132,8 @@ def executor_deployment(
     A Deployment for one replica; a StatefulSet (one executor id per pod) for several.
     """
     options = options or LaunchOptions()
-    replicated = options.replicas > 1
-    name = _name(reg.executor_id)
+    replicated = options.replicas > 1 or options.ordinal_ids
+    name = workload_name(reg.executor_id)
     labels = {"app.kubernetes.io/name": "mulambda-executor", "mulambda.dev/executor": name}
     env_from = [
         {"configMapRef": {"name": options.config_map}},
@@ -203,7 +217,7 @@ def executor_deployment(
                         {
                             "name": "companion",
                             "image": options.mulambda_image,
-                            "args": _companion_args(reg, executor_id),
+                            "args": companion_args(reg, executor_id),
                             "env": downward + companion_env,
                             "envFrom": env_from,
                             "ports": [{"name": "health", "containerPort": COMPANION_HEALTH_PORT}],
@@ -282,6 +296,25 @@ def _harden(pod: dict[str, Any]) -> None:
             "valueFrom": {"secretKeyRef": {"name": user, "key": "password", "optional": True}},
         },
     ]
+
+
+def executor_service(
+    reg: ExecutorRegistration, options: LaunchOptions | None = None
+) -> dict[str, Any]:
+    """The headless Service a StatefulSet of ``reg`` names (stable pod DNS names)."""
+    options = options or LaunchOptions()
+    name = workload_name(reg.executor_id)
+    labels = {"app.kubernetes.io/name": "mulambda-executor", "mulambda.dev/executor": name}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": options.namespace, "labels": labels},
+        "spec": {
+            "clusterIP": "None",
+            "selector": labels,
+            "ports": [{"name": "rest", "port": TF_SERVING_REST_PORT, "targetPort": "rest"}],
+        },
+    }
 
 
 async def apply_deployment(manifest: dict[str, Any], *, kubeconfig: str | None = None) -> str:

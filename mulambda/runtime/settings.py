@@ -150,3 +150,39 @@ class Settings(BaseSettings):
 
     router_metadata_timeout_s: float = Field(default=1.0, gt=0)
     """Longest a request waits for cluster metadata to vet its reply address."""
+
+    # --- launcher --------------------------------------------------------------------
+
+    launcher_backend: Literal["auto", "local", "kubernetes"] = "auto"
+    """Where ``mulambda launcher`` runs launched executors: ``kubernetes`` (server-side
+    apply of a StatefulSet and Service per launch), ``local`` (``executor serve`` and
+    ``companion`` processes on this machine), or ``auto``: kubernetes inside a pod
+    (``KUBERNETES_SERVICE_HOST`` set) or with ``launcher_kubeconfig`` set, else local."""
+
+    launcher_group_id: str = "mulambda-launcher"
+    """Consumer group of the launchers (one active launcher per deployment suffices)."""
+
+    launcher_resync_interval_s: float = Field(default=30.0, gt=0)
+    """Seconds between full reconciliations (restarting dead replicas, undoing drift)."""
+
+    launcher_state_dir: str | None = None
+    """Local backend: replica logs and pulled models (default: a new temporary folder)."""
+
+    launcher_local_host: str = Field(default="127.0.0.1", min_length=1)
+    """Local backend: interface the replicas' executors bind and register."""
+
+    launcher_namespace: str = Field(default="mulambda", min_length=1)
+    """Kubernetes backend: namespace of the launched workloads."""
+
+    launcher_kubeconfig: str | None = None
+    """Kubernetes backend: kubeconfig file; unset inside a pod (its service account)."""
+
+    launcher_mulambda_image: str = "ghcr.io/mulambda/mulambda:0.1.0"
+    """Kubernetes backend: image of the model fetcher and companion when a launch names
+    none."""
+
+    launcher_config_map: str = "mulambda-config"
+    """Kubernetes backend: ConfigMap of ``MULAMBDA_*`` settings the launched pods load."""
+
+    launcher_secret_name: str = "mulambda-secrets"  # noqa: S105 - a Secret's name
+    """Kubernetes backend: Secret of credentials the launched pods load."""

@@ -106,6 +106,10 @@ class StateApplier:
             elif topic == self.client_registrations:
                 view.remove_client(name)
                 out.append(ClientRemoved(name))
+        elif isinstance(value, ExecutorRegistration) and value.launch is not None:
+            # A launch request is no executor (LaunchSpec): for selection, none is under it.
+            view.remove_executor(value.executor_id)
+            out.append(ExecutorRemoved(value.executor_id))
         elif isinstance(value, ExecutorRegistration):
             view.apply_registration(value, at)
             out.append(value)

@@ -149,20 +149,33 @@ class Slo(BaseModel):
 
 
 class LaunchSpec(BaseModel):
-    """How an administrator asked for the executor to be launched (informational)."""
+    """How an administrator asks the launcher (``mulambda launcher``) to run an executor.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    A registration carrying one is a *launch request*, never a selectable executor: the
+    selector ignores it (and forgets any executor registered under its id). Its
+    ``executor_id`` is the launch id L; the launcher runs ``replicas`` executors whose
+    companions register ``L-0``, ``L-1``, ... with the launch's model, traits and accuracy
+    and their own endpoints, so every replica is selectable only once it runs and one
+    replica's deregistration leaves the others alone. A tombstone for L (or a registration
+    without a launch spec under L) removes what the launcher runs for it.
+    """
 
-    image: str = "tensorflow/serving:2.18.0"
-    """Serving image; the companion runs beside it."""
-    model_uri: str | None = None
-    """``s3://bucket/models/{name}`` the init container copies from."""
-    replicas: int = Field(default=1, ge=1)
-    """Replicas requested."""
-    cpu: str | None = None
-    """CPU request, Kubernetes notation."""
-    memory: str | None = None
-    """Memory request, Kubernetes notation."""
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    replicas: int = Field(default=1, ge=1, le=100)
+    """Executors to run, one executor id each (``<launch id>-<ordinal>``)."""
+    image: str = Field(default="tensorflow/serving:2.18.0", min_length=1, max_length=500)
+    """Serving image (Kubernetes backend); the local backend runs ``mulambda executor
+    serve`` instead."""
+    mulambda_image: str | None = Field(default=None, min_length=1, max_length=500)
+    """Image of the model-fetching init container and the companion sidecar (Kubernetes
+    backend); None uses the launcher's ``MULAMBDA_LAUNCHER_MULAMBDA_IMAGE``."""
+    cpu: str | None = Field(default=None, pattern=r"^[0-9]+(\.[0-9]+)?m?$", max_length=20)
+    """CPU request of the serving container, Kubernetes notation (``500m``, ``2``)."""
+    memory: str | None = Field(
+        default=None, pattern=r"^[0-9]+(\.[0-9]+)?([EPTGMk]i?)?$", max_length=20
+    )
+    """Memory request of the serving container, Kubernetes notation (``512Mi``)."""
 
 
 class ExecutorProtocol(StrEnum):
@@ -203,7 +216,8 @@ class ExecutorRegistration(WireModel):
     heartbeat_interval_s: float = Field(default=5.0, gt=0, le=3600, allow_inf_nan=False)
     """How often the companion publishes status; the selector expires it after a few."""
     launch: LaunchSpec | None = None
-    """Launch spec when an administrator launched it through MuLambda."""
+    """Set only on an administrator's launch request (see :class:`LaunchSpec`): then this
+    is not an executor, and ``endpoint`` is not dialled (any valid URL will do)."""
 
 
 class ClientRegistration(WireModel):
@@ -230,6 +244,21 @@ class ModelState(StrEnum):
     UNKNOWN = "UNKNOWN"
 
 
+class LaunchAction(StrEnum):
+    """What the launcher did about a launch request (on its status events)."""
+
+    CREATED = "created"
+    """The launch's objects or processes did not exist and were created."""
+    UPDATED = "updated"
+    """Some were created, changed or removed to match the request."""
+    UNCHANGED = "unchanged"
+    """Everything already matched the request."""
+    DELETED = "deleted"
+    """The request was withdrawn; everything run for it was removed."""
+    FAILED = "failed"
+    """The request is invalid or could not be carried out; ``detail`` says why."""
+
+
 class ExecutorStatus(WireModel):
     """Heartbeat of an executor (key: executor id)."""
 
@@ -247,6 +276,10 @@ class ExecutorStatus(WireModel):
     """Why the state is not AVAILABLE, when known."""
     heartbeat_interval_s: float = Field(default=5.0, gt=0, le=3600, allow_inf_nan=False)
     """Interval until the next heartbeat; staleness is judged against it."""
+    launch_action: LaunchAction | None = None
+    """Set on the launcher's report about a launch request (key: the launch id, which the
+    selector knows no executor by): what it did; ``detail`` names the objects or the
+    reason of a failure. None on companions' heartbeats."""
 
 
 class LatencySource(StrEnum):

@@ -148,7 +148,10 @@ def test_workers_are_non_root_read_only_and_bounded(
     for name, spec in _every_pod_spec(objects):
         assert spec["securityContext"]["runAsNonRoot"] is True, name
         assert spec["securityContext"]["runAsUser"] != 0, name
-        assert spec["automountServiceAccountToken"] is False, name
+        # Only the launcher talks to the Kubernetes API, as its own ServiceAccount.
+        launcher = name == "mulambda-launcher"
+        assert spec["automountServiceAccountToken"] is launcher, name
+        assert spec.get("serviceAccountName") == ("mulambda-launcher" if launcher else None)
         for container in spec.get("initContainers", []) + spec["containers"]:
             security = container["securityContext"]
             assert security["readOnlyRootFilesystem"] is True, name
@@ -365,6 +368,31 @@ def test_configmaps_set_only_known_settings(rendered: tuple[str, list[dict[str, 
     Settings.model_validate(
         {k.removeprefix("MULAMBDA_").lower(): v for k, v in _config(objects).items()}
     )
+
+
+def test_the_launcher_runs_its_command_on_the_kubernetes_backend_and_probes_it(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, objects = rendered
+    deployment = by_kind(objects, "Deployment")["mulambda-launcher"]
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert isinstance(cli, click.Group)
+    assert cli.get_command(click.Context(cli), container["args"][0]) is not None
+    assert container["args"] == ["launcher"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MULAMBDA_LAUNCHER_BACKEND"]["value"] == "kubernetes"
+    namespace = env["MULAMBDA_LAUNCHER_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert namespace == "metadata.namespace"  # where its Role is bound
+    (metrics,) = container["ports"]
+    assert metrics["containerPort"] == int(_config(objects)["MULAMBDA_METRICS_PORT"])
+    probes = {k: container[k]["httpGet"] for k in container if k.endswith("Probe")}
+    assert probes == {
+        "startupProbe": {"path": "/healthz", "port": "metrics"},
+        "livenessProbe": {"path": "/healthz", "port": "metrics"},
+        "readinessProbe": {"path": "/readyz", "port": "metrics"},
+    }
 
 
 def test_launcher_role_allows_exactly_what_the_launcher_applies(
