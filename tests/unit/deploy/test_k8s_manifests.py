@@ -263,7 +263,7 @@ def test_workers_use_their_own_kafka_user_and_the_tls_listener(
     assert config["MULAMBDA_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
     assert kafka["spec"]["kafka"]["authorization"]["type"] == "simple"
     users = by_kind(objects, "KafkaUser")
-    for worker in WORKERS:
+    for worker in (*WORKERS, "launcher"):
         spec = by_kind(objects, "Deployment")[f"mulambda-{worker}"]["spec"]["template"]["spec"]
         env = _env(spec["containers"][0])
         user = strimzi.user_name(worker)
