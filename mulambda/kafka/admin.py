@@ -16,7 +16,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
 from mulambda.errors import ConfigurationError, KafkaUnavailable, MulambdaError
-from mulambda.kafka.config import KafkaConfig, start_bounded
+from mulambda.kafka.config import KafkaConfig, kafka_error, start_bounded
 from mulambda.kafka.records import TopicPartition
 from mulambda.runtime.lifecycle import Lifecycle
 from mulambda.wire.catalog import Catalog
@@ -105,7 +105,7 @@ class Admin(Lifecycle):
                 resources = [ConfigResource(ConfigResourceType.TOPIC, n) for n in wanted]
                 described = await admin.describe_configs(resources)
         except (TimeoutError, KafkaError) as exc:
-            raise KafkaUnavailable(f"describe topics failed: {exc!r}") from exc
+            raise kafka_error(exc, "describe topics failed") from exc
         out: dict[str, dict[str, Any]] = {
             t["topic"]: {"partitions": len(t["partitions"]), "config": {}, "overrides": {}}
             for t in meta
@@ -173,7 +173,7 @@ class Admin(Lifecycle):
                     )
                     changes.append(TopicChange(name, action, "; ".join(notes)))
         except (TimeoutError, KafkaError) as exc:
-            raise KafkaUnavailable(f"apply topics failed: {exc!r}") from exc
+            raise kafka_error(exc, "apply topics failed") from exc
         return changes
 
     async def _wait_visible(self, names: Sequence[str]) -> None:
@@ -191,7 +191,7 @@ class Admin(Lifecycle):
             async with asyncio.timeout(self._config.request_timeout_s):
                 await self._require().delete_topics(list(names))
         except (TimeoutError, KafkaError) as exc:
-            raise KafkaUnavailable(f"delete topics failed: {exc!r}") from exc
+            raise kafka_error(exc, "delete topics failed") from exc
 
 
 async def partitions_of(config: KafkaConfig, *topics: str) -> list[TopicPartition]:

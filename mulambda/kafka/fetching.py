@@ -15,7 +15,7 @@ from typing import TypeAlias
 from aiokafka.errors import KafkaError
 
 from mulambda.errors import KafkaUnavailable
-from mulambda.kafka.config import KafkaConsumer
+from mulambda.kafka.config import KafkaConsumer, kafka_error
 from mulambda.kafka.records import RawRecord, TopicPartition
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ async def fetch(
             *partitions, timeout_ms=timeout_ms, max_records=max_records
         )
     except KafkaError as exc:
-        raise KafkaUnavailable(f"{what} failed: {exc}") from exc
+        raise kafka_error(exc, f"{what} failed") from exc
     return batches
 
 
@@ -83,8 +83,8 @@ async def assign_at_end(consumer: KafkaConsumer, partitions: Sequence[TopicParti
         for tp in partitions:
             await consumer.position(tp)
     except KafkaError as exc:
-        raise KafkaUnavailable(
-            f"cannot position at the end of {len(partitions)} partition(s): {exc}"
+        raise kafka_error(
+            exc, f"cannot position at the end of {len(partitions)} partition(s)"
         ) from exc
 
 
@@ -115,7 +115,7 @@ async def commit_unset_positions(consumer: KafkaConsumer) -> None:
         if unset:
             await consumer.commit(unset)
     except KafkaError as exc:
-        raise KafkaUnavailable(f"start positions not committed: {exc}") from exc
+        raise kafka_error(exc, "start positions not committed") from exc
 
 
 def lag_of(consumer: KafkaConsumer, positions: Mapping[TopicPartition, int]) -> int:

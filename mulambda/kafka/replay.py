@@ -9,9 +9,9 @@ from typing import Any, Generic, TypeVar
 
 from aiokafka.errors import KafkaError
 
-from mulambda.errors import DecodeError, KafkaUnavailable, RequestTimeout
+from mulambda.errors import DecodeError, RequestTimeout
 from mulambda.kafka.admin import partitions_of
-from mulambda.kafka.config import KafkaConfig, KafkaConsumer, start_consumer
+from mulambda.kafka.config import KafkaConfig, KafkaConsumer, kafka_error, start_consumer
 from mulambda.kafka.fetching import assign_at_end, fetch
 from mulambda.kafka.records import RawRecord, Record, TopicPartition
 from mulambda.wire.codec import DEFAULT_MAX_RECORD_BYTES, decode
@@ -68,7 +68,7 @@ async def replay(
                     remaining.discard(tp)
         return dict(end)
     except KafkaError as exc:
-        raise KafkaUnavailable(f"replay failed: {exc}") from exc
+        raise kafka_error(exc, "replay failed") from exc
     finally:
         await consumer.stop()
 
