@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from mulambda.bench.infra import PrivateInfra
-from mulambda.kafka import Admin, Producer, replay
+from mulambda.kafka import Admin, Producer, Record, replay
 from mulambda.kafka.acls import apply_acls
 from mulambda.kafka.fetching import ACCESS_DENIED_BACKOFF_S
 from mulambda.routing.router import Router
@@ -55,14 +55,14 @@ async def dead_letters_about(
     secured: PrivateInfra, catalog: Catalog, marker: str
 ) -> list[DeadLetter]:
     found: list[DeadLetter] = []
+
+    def keep(record: Record[DeadLetter]) -> None:
+        letter = record.value
+        if letter is not None and marker.encode() in (letter.original_value or b""):
+            found.append(letter)
+
     await replay(
-        secured.kafka_as("administrator"),
-        {catalog.name(Topic.DEAD_LETTERS): DeadLetter},
-        lambda record: (
-            found.append(record.value)
-            if marker.encode() in (record.value.original_value or b"")
-            else None
-        ),
+        secured.kafka_as("administrator"), {catalog.name(Topic.DEAD_LETTERS): DeadLetter}, keep
     )
     return found
 
