@@ -13,10 +13,10 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, for_code
 
 from mulambda.errors import ConfigurationError, KafkaUnavailable, MulambdaError
-from mulambda.kafka.config import KafkaConfig, kafka_error, start_bounded
+from mulambda.kafka.config import KafkaConfig, access_error, kafka_error, start_bounded
 from mulambda.kafka.records import TopicPartition
 from mulambda.runtime.lifecycle import Lifecycle
 from mulambda.wire.catalog import Catalog
@@ -147,7 +147,10 @@ class Admin(Lifecycle):
                     for err in response.topic_errors:
                         name, code = err[0], err[1]
                         if code not in (0, 36):  # 36: already exists (a concurrent apply)
-                            raise ConfigurationError(f"create {name} failed: error code {code}")
+                            error = for_code(code)(name)
+                            raise access_error(error, f"create {name} failed") or (
+                                ConfigurationError(f"create {name} failed: error code {code}")
+                            )
                     await self._wait_visible(missing)
                     changes += [TopicChange(n, "created") for n in missing]
                 for name, spec in names.items():

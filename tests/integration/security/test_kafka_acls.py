@@ -15,6 +15,7 @@ import pytest
 from mulambda.bench.infra import PrivateInfra
 from mulambda.errors import AuthenticationError, AuthorizationError
 from mulambda.kafka import (
+    Admin,
     Producer,
     TopicPartition,
     await_delivery,
@@ -25,7 +26,7 @@ from mulambda.kafka import (
 from mulambda.kafka.acls import apply_acls
 from mulambda.security import ROLES, role_acls
 from mulambda.security.acls import DEFAULT_ROUTER_GROUP, DEFAULT_SELECTOR_GROUP
-from mulambda.wire.catalog import Catalog, Topic
+from mulambda.wire.catalog import Catalog, Topic, load_catalog
 from tests.integration.security.conftest import BROKER_USER
 
 pytestmark = pytest.mark.integration
@@ -228,3 +229,11 @@ def test_the_cli_exits_with_the_reason_on_bad_credentials(secured: PrivateInfra)
     assert "SaslAuthenticationFailed" in done.stderr
     assert "wrong-password" not in done.stderr + done.stdout
     assert "Traceback" not in done.stderr
+
+
+async def test_only_the_administrator_creates_topics(secured: PrivateInfra) -> None:
+    intruding = load_catalog("intruder.")
+    for role in ("producer", "router", "companion"):
+        async with Admin(secured.kafka_as(role)) as admin:
+            with pytest.raises(AuthorizationError, match=r"create intruder\.mulambda"):
+                await admin.apply(intruding)
