@@ -22,7 +22,8 @@ _denied: weakref.WeakKeyDictionary[KafkaConsumer, str] = weakref.WeakKeyDictiona
 def mark_denied(consumer: KafkaConsumer, reason: str | None) -> None:
     """Record that ``consumer``'s fetches are refused for ``reason`` (None: they work)."""
     if reason is None:
-        _denied.pop(consumer, None)
+        if _denied:  # almost always empty: the hot fetch loop pays nothing
+            _denied.pop(consumer, None)
     else:
         _denied[consumer] = reason
 
@@ -86,7 +87,7 @@ def consumer_problem(
     the cluster, no partition where it needs one, or cut off from the broker."""
     if consumer is None:
         return f"{what} not started"
-    denied = _denied.get(consumer)
+    denied = _denied.get(consumer) if _denied else None
     if denied is not None:
         return f"{what}: {denied}"
     if needs_assignment and not consumer.assignment():

@@ -34,8 +34,16 @@ async def replay(
     ``executors list``. Returns the end offsets reached, so a live consumer can resume
     exactly there.
     """
+    # "earliest", as the seek below: aiokafka starts a reset to the consumer's default
+    # as soon as partitions are assigned, and when that answer comes back after
+    # seek_to_beginning (a TLS round trip is enough) it overrides the seek. With
+    # "latest" the replay then started at the end and read nothing.
     consumer = await start_consumer(
-        config, "replay", max_record_bytes=max_record_bytes, fetch_max_wait_ms=50
+        config,
+        "replay",
+        auto_offset_reset="earliest",
+        max_record_bytes=max_record_bytes,
+        fetch_max_wait_ms=50,
     )
     try:
         partitions = await partitions_of(config, *topics)

@@ -206,29 +206,62 @@ async def test_only_a_super_user_may_grant_acls(
     assert granted == {"User:producer": sum(len(r.operations) for r in rules)}
 
 
-def test_the_cli_exits_with_the_reason_on_bad_credentials(secured: PrivateInfra) -> None:
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("MULAMBDA_")},
+def cli_env(secured: PrivateInfra, user: str, password: str | None = None) -> dict[str, str]:
+    """The environment of a ``mulambda`` command run as ``user`` on the secured broker."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MULAMBDA_")}
+    env |= {
         "MULAMBDA_KAFKA_BOOTSTRAP_SERVERS": secured.bootstrap_servers,
         "MULAMBDA_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
         "MULAMBDA_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
-        "MULAMBDA_KAFKA_SASL_USERNAME": "administrator",
-        "MULAMBDA_KAFKA_SASL_PASSWORD": "wrong-password",
+        "MULAMBDA_KAFKA_SASL_USERNAME": user,
         "MULAMBDA_KAFKA_SSL_CAFILE": str(secured.kafka_ca_file()),
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "mulambda", "topics", "list"],
+    if password is None:
+        env["MULAMBDA_KAFKA_SASL_PASSWORD_FILE"] = str(secured.kafka_user_password_file(user))
+    else:
+        env["MULAMBDA_KAFKA_SASL_PASSWORD"] = password
+    return env
+
+
+def mulambda(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mulambda", *args],
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_the_cli_exits_with_the_reason_on_bad_credentials(secured: PrivateInfra) -> None:
+    done = mulambda(cli_env(secured, "administrator", WRONG_PASSWORD), "topics", "list")
     assert done.returncode == 1, done
     assert "Kafka refused the credentials" in done.stderr
     assert "SaslAuthenticationFailed" in done.stderr
-    assert "wrong-password" not in done.stderr + done.stdout
+    assert WRONG_PASSWORD not in done.stderr + done.stdout
     assert "Traceback" not in done.stderr
+
+
+def test_a_producer_application_cannot_register_an_executor(
+    secured: PrivateInfra, secured_catalog: Catalog
+) -> None:
+    register = [
+        "executors", "register", "--executor-id", "ex-forged", "--endpoint",
+        "http://10.0.0.66:8501", "--model-name", "wine", "--model-type", "classification",
+        "--input-format", "wine-13", "--output-format", "probs-3", "--accuracy", "0.99",
+    ]  # fmt: skip
+    forged = mulambda(cli_env(secured, "producer"), *register)
+    assert forged.returncode == 1, forged
+    assert "not authorised by the cluster's ACLs" in forged.stderr
+    assert "Traceback" not in forged.stderr
+    genuine = mulambda(cli_env(secured, "companion"), *register)
+    assert genuine.returncode == 0, genuine.stderr
+    listed = mulambda(cli_env(secured, "launcher"), "executors", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "ex-forged" in listed.stdout
+    removed = mulambda(cli_env(secured, "administrator"), "executors", "deregister", "ex-forged")
+    assert removed.returncode == 0, removed.stderr
 
 
 async def test_only_the_administrator_creates_topics(secured: PrivateInfra) -> None:
