@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -116,3 +119,31 @@ async def secured_redis(
     finally:
         process.terminate()
         await process.wait()
+
+
+def cli_env(secured: PrivateInfra, user: str, password: str | None = None) -> dict[str, str]:
+    """The environment of a ``mulambda`` command run as ``user`` on the secured broker."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MULAMBDA_")}
+    env |= {
+        "MULAMBDA_KAFKA_BOOTSTRAP_SERVERS": secured.bootstrap_servers,
+        "MULAMBDA_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "MULAMBDA_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "MULAMBDA_KAFKA_SASL_USERNAME": user,
+        "MULAMBDA_KAFKA_SSL_CAFILE": str(secured.kafka_ca_file()),
+    }
+    if password is None:
+        env["MULAMBDA_KAFKA_SASL_PASSWORD_FILE"] = str(secured.kafka_user_password_file(user))
+    else:
+        env["MULAMBDA_KAFKA_SASL_PASSWORD"] = password
+    return env
+
+
+def mulambda(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mulambda", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

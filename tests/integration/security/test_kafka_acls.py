@@ -5,9 +5,6 @@ AuthenticationError, and the CLI exits non-zero with the reason."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 
 import pytest
@@ -27,7 +24,7 @@ from mulambda.kafka.acls import apply_acls
 from mulambda.security import ROLES, role_acls
 from mulambda.security.acls import DEFAULT_ROUTER_GROUP, DEFAULT_SELECTOR_GROUP
 from mulambda.wire.catalog import Catalog, Topic, load_catalog
-from tests.integration.security.conftest import BROKER_USER
+from tests.integration.security.conftest import BROKER_USER, cli_env, mulambda
 
 pytestmark = pytest.mark.integration
 
@@ -204,34 +201,6 @@ async def test_only_a_super_user_may_grant_acls(
         await apply_acls(secured.kafka_as("administrator"), {"User:intruder": rules})
     granted = await apply_acls(secured.kafka_as(BROKER_USER), {"User:producer": rules})
     assert granted == {"User:producer": sum(len(r.operations) for r in rules)}
-
-
-def cli_env(secured: PrivateInfra, user: str, password: str | None = None) -> dict[str, str]:
-    """The environment of a ``mulambda`` command run as ``user`` on the secured broker."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MULAMBDA_")}
-    env |= {
-        "MULAMBDA_KAFKA_BOOTSTRAP_SERVERS": secured.bootstrap_servers,
-        "MULAMBDA_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-        "MULAMBDA_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
-        "MULAMBDA_KAFKA_SASL_USERNAME": user,
-        "MULAMBDA_KAFKA_SSL_CAFILE": str(secured.kafka_ca_file()),
-    }
-    if password is None:
-        env["MULAMBDA_KAFKA_SASL_PASSWORD_FILE"] = str(secured.kafka_user_password_file(user))
-    else:
-        env["MULAMBDA_KAFKA_SASL_PASSWORD"] = password
-    return env
-
-
-def mulambda(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mulambda", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_the_cli_exits_with_the_reason_on_bad_credentials(secured: PrivateInfra) -> None:

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -27,9 +25,10 @@ from mulambda.bench.infra import PrivateInfra, free_ports
 from mulambda.kafka import Producer, Record, await_delivery, replay
 from mulambda.runtime.settings import SECRET_SETTINGS
 from mulambda.wire.catalog import Catalog, Topic
-from mulambda.wire.events import DeadLetter, InferenceRequest, InferenceResult, deadline_in
+from mulambda.wire.events import DeadLetter, InferenceResult, deadline_in
 from tests.factories import TRAITS
-from tests.integration.security.conftest import SecuredRedis
+from tests.integration.routing.support import inference_request
+from tests.integration.security.conftest import SecuredRedis, cli_env, mulambda
 
 pytestmark = pytest.mark.integration
 
@@ -39,17 +38,9 @@ REDIS_KEY_PREFIX = "mulambda-sec:leaks:"
 def worker_env(
     secured: PrivateInfra, redis: SecuredRedis, role: str, canaries: dict[str, str], port: int
 ) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MULAMBDA_")}
-    # Every secret setting carries a value nobody else has; the real ones where they
-    # must work. The Kafka password file wins over the canary in the variable.
-    env |= {f"MULAMBDA_{name.upper()}": value for name, value in canaries.items()}
-    env |= {
-        "MULAMBDA_KAFKA_BOOTSTRAP_SERVERS": secured.bootstrap_servers,
-        "MULAMBDA_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-        "MULAMBDA_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
-        "MULAMBDA_KAFKA_SASL_USERNAME": role,
-        "MULAMBDA_KAFKA_SASL_PASSWORD_FILE": str(secured.kafka_user_password_file(role)),
-        "MULAMBDA_KAFKA_SSL_CAFILE": str(secured.kafka_ca_file()),
+    # Every secret setting carries a value nobody else has, the real ones where they
+    # must work; the Kafka password file wins over the canary in the variable.
+    return canaried(cli_env(secured, role), canaries) | {
         "MULAMBDA_REDIS_URL": f"redis://127.0.0.1:{redis.port}/0",
         "MULAMBDA_REDIS_USERNAME": redis.username,
         "MULAMBDA_REDIS_PASSWORD": redis.password,
@@ -58,7 +49,11 @@ def worker_env(
         "MULAMBDA_METRICS_PORT": str(port),
         "MULAMBDA_SHUTDOWN_GRACE_S": "2",
     }
-    return env
+
+
+def canaried(env: dict[str, str], canaries: dict[str, str]) -> dict[str, str]:
+    """``env`` plus a canary in every secret setting it does not set itself."""
+    return {f"MULAMBDA_{name.upper()}": value for name, value in canaries.items()} | env
 
 
 class Worker:
@@ -141,12 +136,8 @@ async def test_no_secret_reaches_logs_metrics_results_or_dead_letters(
             await worker.wait_ready()
         # An answerable request without a candidate (an error result) and garbage for
         # both consumed topics (dead letters).
-        request = InferenceRequest(
-            reply_topic=secured_catalog.name(Topic.INFERENCE_RESULTS),
-            deadline=deadline_in(10),
-            client_id=marker,
-            traits=TRAITS,
-            body={"instances": [[0.1] * 13]},
+        request = inference_request(
+            secured_catalog, TRAITS, client_id=marker, deadline=deadline_in(10)
         )
         async with Producer(secured.kafka_as("producer")) as app:
             await app.send_and_wait(
@@ -245,22 +236,8 @@ async def answers(
 
 def failing_cli(secured: PrivateInfra, canaries: dict[str, str]) -> str:
     """A CLI run whose Kafka password (a canary) the broker refuses: its message."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MULAMBDA_")}
-    env |= {f"MULAMBDA_{name.upper()}": value for name, value in canaries.items()}
-    env |= {
-        "MULAMBDA_KAFKA_BOOTSTRAP_SERVERS": secured.bootstrap_servers,
-        "MULAMBDA_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-        "MULAMBDA_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
-        "MULAMBDA_KAFKA_SASL_USERNAME": "administrator",
-        "MULAMBDA_KAFKA_SSL_CAFILE": str(secured.kafka_ca_file()),
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "mulambda", "executors", "list"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    env = canaried(cli_env(secured, "administrator"), canaries)
+    env.pop("MULAMBDA_KAFKA_SASL_PASSWORD_FILE")
+    done = mulambda(env, "executors", "list")
     assert done.returncode != 0
     return done.stdout + done.stderr

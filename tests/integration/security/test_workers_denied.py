@@ -12,15 +12,17 @@ import uuid
 import pytest
 
 from mulambda.bench.infra import PrivateInfra
-from mulambda.kafka import Admin, Producer, Record, replay
+from mulambda.errors import ConfigurationError
+from mulambda.kafka import Admin, Producer, Record, partitions_of, replay
 from mulambda.kafka.acls import apply_acls
 from mulambda.kafka.fetching import ACCESS_DENIED_BACKOFF_S
 from mulambda.routing.router import Router
 from mulambda.security import AclRule
 from mulambda.security.acls import DEFAULT_ROUTER_GROUP
 from mulambda.wire.catalog import Catalog, Topic, load_catalog
-from mulambda.wire.events import DeadLetter, InferenceRequest, deadline_in
+from mulambda.wire.events import DeadLetter, deadline_in
 from tests.factories import TRAITS
+from tests.integration.routing.support import inference_request
 from tests.integration.security.conftest import BROKER_USER
 
 pytestmark = pytest.mark.integration
@@ -80,6 +82,16 @@ async def test_a_result_the_router_may_not_write_is_dead_lettered_without_spinni
         {"User:router": [AclRule("topic", FOREIGN, "prefixed", ("Describe",))]},
     )
     reply_topic = foreign.name(Topic.INFERENCE_RESULTS)
+    # ACLs reach the authorizer through the metadata log, a moment later: the router
+    # must see the topic from its start, or its reply vetting calls it missing.
+    give_up = time.monotonic() + 15
+    while True:
+        try:
+            await partitions_of(secured.kafka_as("router"), reply_topic)
+            break
+        except ConfigurationError:
+            assert time.monotonic() < give_up, "the router never saw the foreign topic"
+            await asyncio.sleep(0.2)
     worker = router(
         secured,
         secured_catalog,
@@ -88,12 +100,12 @@ async def test_a_result_the_router_may_not_write_is_dead_lettered_without_spinni
     )
     marker = f"denied-{uuid.uuid4().hex[:8]}"
     async with worker:
-        request = InferenceRequest(
+        request = inference_request(
+            secured_catalog,
+            TRAITS,
             reply_topic=reply_topic,
-            deadline=deadline_in(3),
             client_id=marker,
-            traits=TRAITS,
-            body={"instances": [[0.1] * 13]},
+            deadline=deadline_in(3),
         )
         async with Producer(secured.kafka_as("producer")) as app:
             await app.send_and_wait(
