@@ -6,6 +6,11 @@ The hierarchy::
     ├── ConfigurationError            bad settings or arguments; never retriable
     ├── DecodeError                   bytes that are not a valid message; dead-lettered
     │   └── OversizeError             a record larger than the configured bound
+    ├── AccessDenied                  credentials or permissions refused; never retriable
+    │   ├── AuthenticationError       the server rejected who we are (bad password,
+    │   │                             unknown user, untrusted certificate)
+    │   └── AuthorizationError        the principal may not do this (a Kafka ACL, a
+    │                                 Redis ACL rule): fix the ACLs, not the request
     ├── TransportError                Kafka, Redis, S3 or HTTP failed underneath us
     │   ├── KafkaUnavailable          broker unreachable or timed out (retriable)
     │   ├── StoreUnavailable          Redis/DragonflyDB unreachable (retriable)
@@ -58,6 +63,18 @@ class DecodeError(MulambdaError):
 
 class OversizeError(DecodeError):
     """A record body above the configured size bound."""
+
+
+class AccessDenied(MulambdaError):
+    """A server refused our credentials or this operation; retrying cannot help."""
+
+
+class AuthenticationError(AccessDenied):
+    """The server rejected who we are: bad password, unknown user, untrusted certificate."""
+
+
+class AuthorizationError(AccessDenied):
+    """The principal is not allowed this operation (topic, group, transactional id)."""
 
 
 class TransportError(MulambdaError):

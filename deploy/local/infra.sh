@@ -68,6 +68,11 @@ KINE_PORT=${MULAMBDA_KINE_PORT:-2379}
 MINIO_ACCESS_KEY=${MULAMBDA_MINIO_ACCESS_KEY:-mulambda}
 MINIO_SECRET_KEY=${MULAMBDA_MINIO_SECRET_KEY:-mulambda-secret}
 START_TIMEOUT=${MULAMBDA_START_TIMEOUT:-60}
+# plaintext (default, the quick start) or sasl_ssl: SCRAM-SHA-512 users per role over
+# TLS, with ACLs from mulambda.security (see README, "Security").
+KAFKA_SECURITY=${MULAMBDA_KAFKA_SECURITY:-plaintext}
+# The interpreter that applies the ACLs (it imports mulambda from this checkout).
+MULAMBDA_PY=${MULAMBDA_PYTHON:-${MULAMBDA_VENV:-$REPO_ROOT/.venv}/bin/python}
 STOP_TIMEOUT=15
 
 # Relative paths would break once we cd or hand them to a detached process.
@@ -377,7 +382,8 @@ kafka_format() {
   fi
   log "kafka: formatting storage in $data (cluster id $(<"$dir/cluster-id"))"
   if ! java "${KAFKA_JVM_OPTS[@]}" kafka.tools.StorageTool format --ignore-formatted \
-    -t "$(<"$dir/cluster-id")" -c "$dir/server.properties" >"$dir/format.log" 2>&1; then
+    -t "$(<"$dir/cluster-id")" -c "$dir/server.properties" "${KAFKA_SCRAM_ARGS[@]}" \
+    >"$dir/format.log" 2>&1; then
     show_log_tail "$dir/format.log"
     die "kafka: storage format failed; see $dir/format.log"
   fi
@@ -385,14 +391,112 @@ kafka_format() {
 
 # Config and storage, done before anything is launched.
 kafka_prepare() {
-  local dir
+  local dir formatted
   require_cmd java "install a JDK >= 11, e.g. apt-get install -y openjdk-17-jre-headless"
   dir=$(comp_dir kafka)
   mkdir -p "$dir/data"
+  # Users exist from the storage format on: a store formatted in the other mode has
+  # none (or the wrong listeners), and wiping it is the user's call.
+  formatted=$(cat "$dir/security" 2>/dev/null || echo plaintext)
+  if [[ -f $dir/data/meta.properties && $formatted != "$KAFKA_SECURITY" ]]; then
+    die "kafka: $dir/data was formatted for MULAMBDA_KAFKA_SECURITY=$formatted, not $KAFKA_SECURITY; remove $dir/data (its topics are lost) or use another MULAMBDA_HOME"
+  fi
   render "$SCRIPT_DIR/kafka/server.properties.tmpl" "$dir/server.properties" \
     KAFKA_PORT="$KAFKA_PORT" KAFKA_CONTROLLER_PORT="$KAFKA_CONTROLLER_PORT" \
     KAFKA_DATA_DIR="$dir/data"
+  KAFKA_SCRAM_ARGS=()
+  if [[ $KAFKA_SECURITY == sasl_ssl ]]; then kafka_secure "$dir"; fi
   kafka_format
+  echo "$KAFKA_SECURITY" >"$dir/security"
+}
+
+# --- secured Kafka (MULAMBDA_KAFKA_SECURITY=sasl_ssl) ----------------------------
+
+KAFKA_BROKER_USER=mulambda-broker
+
+kafka_roles() { # the roles of mulambda.security, one per line
+  [[ -x $MULAMBDA_PY ]] || die "kafka: $MULAMBDA_PY not found: the secured broker needs mulambda's Python (set MULAMBDA_PYTHON or MULAMBDA_VENV)"
+  PYTHONPATH=$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH} "$MULAMBDA_PY" -m mulambda acls roles
+}
+
+# A random secret in FILE (made once, readable by its owner only).
+secret_file() { # file
+  [[ -s $1 ]] && return 0
+  (umask 077 && openssl rand -hex 24 >"$1.tmp" && mv -f "$1.tmp" "$1")
+}
+
+# CA and broker certificate (CN=$KAFKA_BROKER_USER, SAN 127.0.0.1 and localhost),
+# made once per MULAMBDA_HOME; clients trust tls/ca.pem.
+kafka_tls() { # tls-dir
+  local tls=$1
+  [[ -s $tls/broker.p12 && -s $tls/ca.pem ]] && return 0
+  require_cmd openssl "needed to make the local CA; apt-get install -y openssl"
+  log "kafka: making a CA and broker certificate in $tls"
+  (
+    umask 077
+    cd "$tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 825 -keyout ca.key -out ca.pem \
+      -subj "/CN=MuLambda local CA" -addext "basicConstraints=critical,CA:TRUE" \
+      -addext "keyUsage=critical,keyCertSign,cRLSign"
+    openssl req -newkey rsa:2048 -nodes -sha256 -keyout broker.key -out broker.csr \
+      -subj "/CN=$KAFKA_BROKER_USER"
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n' >broker.ext
+    openssl x509 -req -sha256 -days 825 -in broker.csr -CA ca.pem -CAkey ca.key \
+      -CAcreateserial -extfile broker.ext -out broker.pem
+    openssl pkcs12 -export -in broker.pem -inkey broker.key -certfile ca.pem -name broker \
+      -passout "file:keystore.password" -out broker.p12.tmp
+    mv -f broker.p12.tmp broker.p12
+    chmod 644 ca.pem
+  ) >"$tls/openssl.log" 2>&1 || { show_log_tail "$tls/openssl.log"; die "kafka: making certificates failed"; }
+}
+
+# Users (one per role, plus the broker's), TLS material and the listener config.
+kafka_secure() { # kafka-dir
+  local dir=$1 tls=$1/tls users=$1/users role roles
+  mkdir -p "$tls" "$users"
+  chmod 700 "$tls" "$users"
+  require_cmd openssl "needed for the local CA and passwords; apt-get install -y openssl"
+  secret_file "$tls/keystore.password"
+  kafka_tls "$tls"
+  roles=$(kafka_roles) || die "kafka: cannot list the roles (mulambda acls roles)"
+  for role in $KAFKA_BROKER_USER $roles; do
+    secret_file "$users/$role.password"
+    KAFKA_SCRAM_ARGS+=(--add-scram "SCRAM-SHA-512=[name=$role,password=$(<"$users/$role.password")]")
+  done
+  render "$SCRIPT_DIR/kafka/sasl_ssl.properties.tmpl" "$dir/security.properties" \
+    KAFKA_PORT="$KAFKA_PORT" KAFKA_CONTROLLER_PORT="$KAFKA_CONTROLLER_PORT" \
+    BROKER_USER="$KAFKA_BROKER_USER" BROKER_PASSWORD="$(<"$users/$KAFKA_BROKER_USER.password")" \
+    TLS_DIR="$tls" KEYSTORE_PASSWORD="$(<"$tls/keystore.password")"
+  cat "$dir/security.properties" >>"$dir/server.properties"
+  rm -f "$dir/security.properties"
+  chmod 600 "$dir/server.properties"
+}
+
+kafka_secured() { [[ $(cat "$(comp_dir kafka)/security" 2>/dev/null) == sasl_ssl ]]; }
+
+# Client settings of USER on the secured broker, as exports.
+kafka_secure_env() { # user
+  local dir
+  dir=$(comp_dir kafka)
+  printf 'export MULAMBDA_KAFKA_SECURITY_PROTOCOL=SASL_SSL\n'
+  printf 'export MULAMBDA_KAFKA_SASL_MECHANISM=SCRAM-SHA-512\n'
+  printf 'export MULAMBDA_KAFKA_SSL_CAFILE=%q\n' "$dir/tls/ca.pem"
+  printf 'export MULAMBDA_KAFKA_SASL_USERNAME=%q\n' "$1"
+  printf 'export MULAMBDA_KAFKA_SASL_PASSWORD_FILE=%q\n' "$dir/users/$1.password"
+}
+
+# Every role's ACLs (mulambda acls apply), as the broker's super user; topic names
+# carry MULAMBDA_TOPIC_PREFIX. Idempotent: existing ACLs are left as they are.
+kafka_apply_acls() {
+  log "kafka: applying the ACLs of every role (mulambda acls apply)"
+  if ! (
+    eval "$(kafka_secure_env "$KAFKA_BROKER_USER")"
+    export MULAMBDA_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_PORT
+    PYTHONPATH=$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH} "$MULAMBDA_PY" -m mulambda acls apply
+  ) >"$(comp_dir kafka)/acls.log" 2>&1; then
+    show_log_tail "$(comp_dir kafka)/acls.log"
+    return 1
+  fi
 }
 
 kafka_launch() {
@@ -870,9 +974,11 @@ stop_component() {
   log "$comp: stopped"
 }
 
-# The connection settings for the MuLambda services, as shell exports.
+# The connection settings for the MuLambda services, as shell exports (on a secured
+# broker: the administrator's; each worker sets its role's user and password file).
 env_lines() {
   printf 'export MULAMBDA_KAFKA_BOOTSTRAP_SERVERS=%q\n' "127.0.0.1:$KAFKA_PORT"
+  if kafka_secured; then kafka_secure_env administrator; fi
   printf 'export MULAMBDA_REDIS_URL=%q\n' "redis://127.0.0.1:$REDIS_PORT/0"
   printf 'export MULAMBDA_MINIO_ENDPOINT=%q\n' "127.0.0.1:$MINIO_PORT"
   printf 'export MULAMBDA_MINIO_ACCESS_KEY=%q\n' "$MINIO_ACCESS_KEY"
@@ -945,6 +1051,9 @@ cmd_start() {
     wait_ready "$comp" || failed=1
   done
   ((failed == 0)) || exit 1
+  if [[ " ${to_launch[*]} " == *" kafka "* ]] && kafka_secured; then
+    kafka_apply_acls || { stop_component kafka || true; die "kafka: applying ACLs failed"; }
+  fi
   # The settings name Kafka, Redis and MinIO: not written for `start kube` alone.
   if [[ " $* " =~ \ (kafka|redis|minio)\  ]]; then
     write_env_file
@@ -1034,6 +1143,10 @@ main() {
     require_port "MULAMBDA_$var" "${!var}"
   done
   require_int MULAMBDA_START_TIMEOUT "$START_TIMEOUT"
+  case $KAFKA_SECURITY in
+    plaintext | sasl_ssl) ;;
+    *) die "MULAMBDA_KAFKA_SECURITY must be plaintext or sasl_ssl, got '$KAFKA_SECURITY'" ;;
+  esac
 
   case $cmd in
     install) cmd_install "${comps[@]}" ;;

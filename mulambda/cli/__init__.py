@@ -14,6 +14,7 @@ import click
 from mulambda import __version__
 
 COMMANDS: dict[str, str] = {
+    "acls": "mulambda.cli.acls:acls",
     "clients": "mulambda.cli.clients:clients",
     "companion": "mulambda.cli.companion:companion",
     "deploy": "mulambda.cli.deploy:deploy",

@@ -12,6 +12,7 @@ from mulambda.cli.common import load_settings
 from mulambda.errors import MulambdaError
 from mulambda.kafka import KafkaConfig, Membership
 from mulambda.runtime.observability import HealthServer, configure_logging
+from mulambda.runtime.redis_connection import RedisConfig
 from mulambda.runtime.runner import serve
 from mulambda.selection.selector import Selector
 from mulambda.selection.store import ViewStore
@@ -50,7 +51,7 @@ def selector(selector_id: str | None) -> None:
             KafkaConfig.from_settings(settings, sid),
             load_catalog(settings.topic_prefix),
             ViewStore(
-                settings.redis_url,
+                RedisConfig.from_settings(settings),
                 key_prefix=f"{settings.redis_key_prefix}{settings.topic_prefix}",
                 missed_heartbeats=settings.selector_missed_heartbeats,
             ),

@@ -6,10 +6,14 @@ they can be built in tests and embedded in other programs without an environment
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Literal, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SECRET_FILE_SUFFIX = "_file"  # noqa: S105 - a name suffix, not a secret
+"""A setting ``<name>_file`` names a file whose content becomes setting ``<name>``."""
 
 
 class Settings(BaseSettings):
@@ -31,6 +35,10 @@ class Settings(BaseSettings):
 
     kafka_sasl_password: SecretStr | None = None
     """SASL password."""
+
+    kafka_sasl_password_file: str | None = None
+    """File holding the SASL password (a mounted Secret); read at start, overrides
+    ``kafka_sasl_password``."""
 
     kafka_ssl_cafile: str | None = None
     """CA bundle for verifying brokers when the protocol uses SSL."""
@@ -77,7 +85,27 @@ class Settings(BaseSettings):
     """Prefix on every topic name, so tests and deployments can share a broker."""
 
     redis_url: str = "redis://127.0.0.1:6379/0"
-    """Redis/DragonflyDB URL of the metadata store (DB 0 only: Dragonfly clusters use it)."""
+    """Redis/DragonflyDB URL of the metadata store (DB 0 only: Dragonfly clusters use it);
+    ``rediss://`` for TLS. Credentials belong in ``redis_username``/``redis_password``
+    (a password in the URL is accepted, but the URL is no secret setting)."""
+
+    redis_username: str | None = None
+    """Redis ACL user (``AUTH username password``); unset: the default user."""
+
+    redis_password: SecretStr | None = None
+    """Password of the Redis ACL user (or of ``requirepass``)."""
+
+    redis_password_file: str | None = None
+    """File holding the Redis password (a mounted Secret); overrides ``redis_password``."""
+
+    redis_ssl_cafile: str | None = None
+    """CA bundle verifying the Redis server (``rediss://`` URLs only)."""
+
+    redis_ssl_certfile: str | None = None
+    """Client certificate for Redis mutual TLS (``rediss://`` only)."""
+
+    redis_ssl_keyfile: str | None = None
+    """Private key of the Redis client certificate."""
 
     minio_endpoint: str = "127.0.0.1:9000"
     """``host:port`` of the MinIO/S3 endpoint holding saved models."""
@@ -87,6 +115,12 @@ class Settings(BaseSettings):
 
     minio_secret_key: SecretStr = SecretStr("mulambda-secret")
     """S3 secret key."""
+
+    minio_access_key_file: str | None = None
+    """File holding the S3 access key (a mounted Secret); overrides ``minio_access_key``."""
+
+    minio_secret_key_file: str | None = None
+    """File holding the S3 secret key (a mounted Secret); overrides ``minio_secret_key``."""
 
     minio_secure: bool = False
     """Use HTTPS towards MinIO."""
@@ -186,3 +220,32 @@ class Settings(BaseSettings):
 
     launcher_secret_name: str = "mulambda-secrets"  # noqa: S105 - a Secret's name
     """Kubernetes backend: Secret of credentials the launched pods load."""
+
+    @model_validator(mode="after")
+    def _read_secret_files(self) -> Self:
+        # Secrets come from the environment or from files (Kubernetes Secrets mounted as
+        # volumes); a file wins over the variable. Its content is taken without the
+        # trailing newline editors and `echo` add.
+        for name in type(self).model_fields:
+            if not name.endswith(SECRET_FILE_SUFFIX):
+                continue
+            path = getattr(self, name)
+            target = name.removesuffix(SECRET_FILE_SUFFIX)
+            if path is None or target not in type(self).model_fields:
+                continue
+            try:
+                text = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"cannot read {name} {path}: {type(exc).__name__}") from exc
+            if not text:
+                raise ValueError(f"{name} {path} is empty")
+            current = getattr(self, target)
+            secret = isinstance(current, SecretStr) or target in SECRET_SETTINGS
+            setattr(self, target, SecretStr(text) if secret else text)
+        return self
+
+
+SECRET_SETTINGS = frozenset(
+    name for name, info in Settings.model_fields.items() if "SecretStr" in str(info.annotation)
+)
+"""Settings that hold secrets (typed SecretStr): never logged, shown or sent anywhere."""
