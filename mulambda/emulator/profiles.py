@@ -98,15 +98,6 @@ class SyntheticProfile:
         """The accuracy the prototype registered the executor with: ``confidences[0]``."""
         return self.confidences[0]
 
-    @property
-    def answered_accuracy(self) -> float:
-        """The confidence it answers for feature 0: ``confidence(0)``.
-
-        What an executor should register so that accuracy-aware policies see the
-        accuracy its answers carry (the prototype registered :attr:`accuracy`).
-        """
-        return self.confidence(0)
-
     def mean_delay_s(self, input_size: int, in_flight: int, *, time_scale: float = 1.0) -> float:
         """The expected :meth:`delay_s` (jitter at its mean ``J / 2``), without drawing."""
         if input_size < 0 or in_flight < 0:

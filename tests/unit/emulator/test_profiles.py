@@ -243,12 +243,6 @@ def test_profile_by_name_unknown() -> None:
         profile_by_name("Nope")
 
 
-def test_answered_accuracy_is_the_confidence_of_feature_0() -> None:
-    slow_good = profile_by_name("SlowGood")
-    assert slow_good.accuracy == 1.0
-    assert slow_good.answered_accuracy == pytest.approx(1.0 / 3**0.9)
-
-
 def test_mean_delay_is_the_formula_with_jitter_at_its_mean() -> None:
     p = profile_by_name("MidOK")  # D 75 ms, alpha 0.02, beta 0.3, J 30 ms
     assert p.mean_delay_s(10, 2, time_scale=0.5) == pytest.approx(
