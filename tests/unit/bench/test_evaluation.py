@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 
@@ -47,34 +48,32 @@ def test_predicted_service_below_and_at_capacity() -> None:
 def test_utility_oracle_weighs_load_and_accuracy() -> None:
     fast = Offer("fast", FAST_BAD, 0.0, FAST_BAD.accuracy)
     slow = Offer("slow", SLOW_GOOD, 0.0, SLOW_GOOD.accuracy)
-    kwargs = {"input_size": 1, "overhead_ms": 2.0, "time_scale": 0.1}
-    chosen, rtt, score = oracle_for_utility(
-        [fast, slow], {}, w_latency=0.0, w_accuracy=1.0, **kwargs
-    )
+    oracle = functools.partial(oracle_for_utility, input_size=1, overhead_ms=2.0, time_scale=0.1)
+    chosen, rtt, score = oracle([fast, slow], {}, w_latency=0.0, w_accuracy=1.0)
     assert (chosen, score) == ("slow", 1.0)
     assert rtt == pytest.approx(2.0 + SLOW_GOOD.mean_delay_s(1, 0, time_scale=0.1) * 1000)
-    chosen, _, score = oracle_for_utility([fast, slow], {}, w_latency=1.0, w_accuracy=0.0, **kwargs)
+    chosen, _, score = oracle([fast, slow], {}, w_latency=1.0, w_accuracy=0.0)
     assert chosen == "fast"
     # A loaded fast executor loses to an idle slow one on latency.
     loads = {"fast": Load(serving=10)}
-    chosen, _, _ = oracle_for_utility([fast, slow], loads, w_latency=1.0, w_accuracy=0.0, **kwargs)
+    chosen, _, _ = oracle([fast, slow], loads, w_latency=1.0, w_accuracy=0.0)
     assert chosen == "slow"
     with pytest.raises(ValueError, match="at least one offer"):
-        oracle_for_utility([], {}, w_latency=1.0, w_accuracy=0.0, **kwargs)
+        oracle([], {}, w_latency=1.0, w_accuracy=0.0)
 
 
 def test_slo_oracle_takes_the_most_accurate_offer_in_time() -> None:
     fast = Offer("fast", FAST_BAD, 0.0, FAST_BAD.accuracy)
     slow = Offer("slow", SLOW_GOOD, 0.0, SLOW_GOOD.accuracy)
-    kwargs = {"input_size": 1, "overhead_ms": 0.0, "time_scale": 1.0, "min_accuracy": 0.0}
-    assert oracle_for_slo([fast, slow], {}, max_latency_ms=1000, **kwargs)[0] == "slow"
-    assert oracle_for_slo([fast, slow], {}, max_latency_ms=100, **kwargs)[0] == "fast"
-    chosen, rtt, accuracy = oracle_for_slo([fast, slow], {}, max_latency_ms=1, **kwargs)
+    oracle = functools.partial(oracle_for_slo, input_size=1, overhead_ms=0.0, time_scale=1.0)
+    assert oracle([fast, slow], {}, max_latency_ms=1000, min_accuracy=0.0)[0] == "slow"
+    assert oracle([fast, slow], {}, max_latency_ms=100, min_accuracy=0.0)[0] == "fast"
+    chosen, rtt, accuracy = oracle([fast, slow], {}, max_latency_ms=1, min_accuracy=0.0)
     assert (chosen, accuracy) == (None, 0.0)
     assert math.isnan(rtt)
-    strict = {**kwargs, "min_accuracy": 0.9}  # slow is accurate enough, but late
-    assert oracle_for_slo([fast, slow], {}, max_latency_ms=1000, **strict)[0] == "slow"
-    assert oracle_for_slo([fast, slow], {}, max_latency_ms=100, **strict)[0] is None
+    # Only slow is accurate enough; it is late for 100 ms.
+    assert oracle([fast, slow], {}, max_latency_ms=1000, min_accuracy=0.9)[0] == "slow"
+    assert oracle([fast, slow], {}, max_latency_ms=100, min_accuracy=0.9)[0] is None
 
 
 def test_slo_outcome_counts_late_and_failed_as_zero() -> None:
