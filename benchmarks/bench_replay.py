@@ -59,7 +59,7 @@ from mulambda.bench.evaluation import (
     utility,
 )
 from mulambda.bench.inprocess import InProcessPlatform, Node, Outcome, Placement
-from mulambda.bench.reporting import ecdf_grid, write_csv, write_json
+from mulambda.bench.reporting import ecdf_grid, flat_intervals, write_csv, write_json
 from mulambda.emulator.profiles import PROTOTYPE_PROFILES, SyntheticProfile, parse_profiles
 from mulambda.kafka import KafkaConfig
 from mulambda.runtime.settings import Settings
@@ -300,11 +300,6 @@ def _add_oracle(
 # --- summary ---------------------------------------------------------------------------
 
 
-def _interval(values: Sequence[float]) -> dict[str, float]:
-    i = mean_interval(values)
-    return {"mean": i.mean, "ci95": i.half, "repeats": i.n}
-
-
 def summarise(rows: Sequence[Row], options: Options) -> dict[str, Any]:
     """Per cell (placement, use case) and policy: utility per repeat, its interval, %
     of oracle; verdicts of weighted against the baselines; adaptive's average."""
@@ -331,7 +326,7 @@ def summarise(rows: Sequence[Row], options: Options) -> dict[str, Any]:
         for policy, figures in policies.items():
             entry: dict[str, Any] = {"placement": placement, "usecase": usecase, "policy": policy}
             for name, values in figures.items():
-                entry[name] = _interval(values)
+                entry[name] = mean_interval(values).as_dict()
             if policy == "weighted":
                 for baseline in ("random", "round-robin"):
                     if baseline in policies:
@@ -350,23 +345,14 @@ def summarise(rows: Sequence[Row], options: Options) -> dict[str, Any]:
                 if o > 0:
                     by_repeat[repeat].append(100 * u / o)
         if by_repeat:
-            averages[policy] = _interval([statistics.fmean(v) for v in by_repeat.values()])
+            averages[policy] = mean_interval(
+                [statistics.fmean(v) for v in by_repeat.values()]
+            ).as_dict()
     return {
         "cells": table,
         "pct_of_oracle_average": averages,
         "weighted_vs": {k: dict(v) for k, v in verdicts.items()},
     }
-
-
-def _flat(entry: Mapping[str, Any]) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in entry.items():
-        if isinstance(value, dict):
-            flat[key] = value["mean"]
-            flat[f"{key}_ci95"] = value["ci95"]
-        else:
-            flat[key] = value
-    return flat
 
 
 def print_summary(summary: Mapping[str, Any]) -> None:
@@ -528,7 +514,7 @@ async def main(options: Options) -> int:
     summary["config"]["elapsed_s"] = round(time.monotonic() - started, 1)
     out = options.out_dir
     write_csv(out / "requests.csv.gz", [asdict(r) for r in rows])
-    write_csv(out / "summary.csv", [_flat(e) for e in summary["cells"]])
+    write_csv(out / "summary.csv", [flat_intervals(e) for e in summary["cells"]])
     write_json(out / "summary.json", summary)
     plot(rows, options, out)
     print_summary(summary)

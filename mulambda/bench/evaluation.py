@@ -14,15 +14,17 @@ offer among the run's executors;
 a failed request scores 0. The bucket score is the prototype's
 (:func:`~mulambda.selection.policies.bucket_latency_score`), not a policy's own.
 
-Oracle: for each request, the executor that maximises the same utility given what the
-policies cannot know exactly — every executor's true profile (mean delay ``D + alpha *
-size + beta * in_flight + J/2``, its capacity, its accuracy), the exact
+Oracle of the replay (:func:`oracle_for_utility`): for each request, the executor that
+maximises the same utility given what the policies cannot know exactly — every
+executor's true profile (mean delay ``D + alpha * size + beta * in_flight + J/2``, its
+capacity, its accuracy), the exact
 number of requests each executor was serving and queueing when this request reached its
 executor, and this request's own path overhead (its round trip minus the answering
 executor's network delay and service time). It does not know the jitter draw, and it
 decides per request as if its choice did not change the others' load, so it is a
 reference, not a schedule that is guaranteed achievable: a policy can beat it on a
-request by luck of jitter.
+request by luck of jitter. The overload scenario's oracle (:func:`simulate_slo_oracle`)
+instead schedules the same arrivals itself with exact queues.
 
 Statistics: a run's figure is a mean over its requests; repeated runs give a mean with
 a Student-t confidence interval, and two policies whose difference's interval contains
@@ -44,14 +46,15 @@ __all__ = [
     "Interval",
     "Load",
     "Offer",
+    "SloChoice",
     "Verdict",
     "compare",
     "ecdf",
     "mean_interval",
-    "oracle_for_slo",
     "oracle_for_utility",
     "predicted_service_ms",
     "ramp_offsets",
+    "simulate_slo_oracle",
     "slo_outcome",
     "utility",
 ]
@@ -136,31 +139,65 @@ def oracle_for_utility(
     return executor_id, -neg_rtt, score
 
 
-def oracle_for_slo(
+@dataclass(frozen=True, slots=True)
+class SloChoice:
+    """The SLO oracle's decision for one request."""
+
+    executor_id: str
+    rtt_ms: float
+    accuracy: float
+    attained: bool
+
+
+def simulate_slo_oracle(
+    arrivals_s: Sequence[float],
     offers: Sequence[Offer],
-    loads: Mapping[str, Load],
     *,
     input_size: int,
     overhead_ms: float,
     max_latency_ms: float,
     min_accuracy: float,
     time_scale: float,
-) -> tuple[str | None, float, float]:
-    """``(executor_id, predicted rtt ms, accuracy)`` of the most accurate offer that meets
-    both SLOs by prediction (ties: the faster); ``(None, nan, 0.0)`` when none does."""
-    best: tuple[float, float, str] | None = None
-    for offer in offers:
-        accuracy = offer.accuracy
-        if accuracy < min_accuracy:
-            continue
-        rtt = _predicted_rtt_ms(offer, input_size, loads, overhead_ms, time_scale)
-        if rtt > max_latency_ms:
-            continue
-        if best is None or (accuracy, -rtt) > (best[0], -best[1]):
-            best = (accuracy, rtt, offer.executor_id)
-    if best is None:
-        return None, math.nan, 0.0
-    return best[2], best[1], best[0]
+) -> list[SloChoice]:
+    """A clairvoyant greedy schedule of the same arrivals: each request, in arrival
+    order, goes to the most accurate executor (at least ``min_accuracy``) that answers it
+    within ``max_latency_ms``, else to the one that answers soonest (a violation).
+
+    It knows every executor's exact queue (it simulates it: FIFO over ``capacity``
+    slots, or unbounded) and its mean service time (``SyntheticProfile.mean_delay_s``,
+    ``in_flight`` = slots busy when the request starts), plus ``overhead_ms`` (the
+    measured path overhead) and each offer's network delay; its own choices load the
+    queues, so the schedule is one a dispatcher could have produced. Greedy, not
+    optimal: holding a request back to keep a slot free for a later one is not tried.
+    """
+    if not offers:
+        raise ValueError("the oracle needs at least one offer")
+    busy: dict[str, list[float]] = {o.executor_id: [] for o in offers}
+    choices = []
+    for t in arrivals_s:
+        options = []
+        for offer in offers:
+            ends = busy[offer.executor_id]
+            capacity = offer.profile.capacity
+            start = max(t, min(ends)) if capacity is not None and len(ends) >= capacity else t
+            in_flight = sum(1 for end in ends if end > start)
+            if capacity is not None:
+                in_flight = min(in_flight, capacity - 1)
+            service = offer.profile.mean_delay_s(input_size, in_flight, time_scale=time_scale)
+            finish = start + service
+            rtt = (finish - t) * 1000 + offer.net_ms + overhead_ms
+            attained = rtt <= max_latency_ms and offer.accuracy >= min_accuracy
+            options.append((attained, offer.accuracy if attained else -rtt, finish, rtt, offer))
+        attained, _, finish, rtt, offer = max(options, key=lambda o: (o[0], o[1]))
+        ends = busy[offer.executor_id]
+        capacity = offer.profile.capacity
+        if capacity is not None and len(ends) >= capacity:
+            ends.remove(min(ends))  # the slot it waited for
+        else:
+            ends[:] = [end for end in ends if end > t]
+        ends.append(finish)
+        choices.append(SloChoice(offer.executor_id, rtt, offer.accuracy, attained))
+    return choices
 
 
 def slo_outcome(
@@ -224,6 +261,10 @@ class Interval:
     @property
     def high(self) -> float:
         return self.mean + self.half
+
+    def as_dict(self) -> dict[str, float]:
+        """``{"mean", "ci95", "repeats"}``, the form the result files use."""
+        return {"mean": self.mean, "ci95": self.half, "repeats": self.n}
 
 
 def mean_interval(values: Sequence[float]) -> Interval:

@@ -17,7 +17,7 @@ from typing import Any
 
 from mulambda.bench.evaluation import ecdf
 
-__all__ = ["Series", "ecdf_grid", "line_panels", "write_csv", "write_json"]
+__all__ = ["Series", "ecdf_grid", "flat_intervals", "line_panels", "write_csv", "write_json"]
 
 Series = Mapping[str, Sequence[float]]
 """Label → values (one line of a plot per label)."""
@@ -37,6 +37,19 @@ def write_json(path: Path, document: Mapping[str, Any]) -> None:
     """``document`` as indented JSON; NaN and infinities become ``null``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_clean(dict(document)), indent=2, sort_keys=False) + "\n")
+
+
+def flat_intervals(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A summary entry with ``{"mean", "ci95", ...}`` values as ``key`` and ``key_ci95``
+    columns (a CSV row)."""
+    flat: dict[str, Any] = {}
+    for key, value in entry.items():
+        if isinstance(value, Mapping):
+            flat[key] = value["mean"]
+            flat[f"{key}_ci95"] = value["ci95"]
+        else:
+            flat[key] = value
+    return flat
 
 
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -15,10 +15,10 @@ from mulambda.bench.evaluation import (
     compare,
     ecdf,
     mean_interval,
-    oracle_for_slo,
     oracle_for_utility,
     predicted_service_ms,
     ramp_offsets,
+    simulate_slo_oracle,
     slo_outcome,
     utility,
 )
@@ -62,18 +62,32 @@ def test_utility_oracle_weighs_load_and_accuracy() -> None:
         oracle([], {}, w_latency=1.0, w_accuracy=0.0)
 
 
-def test_slo_oracle_takes_the_most_accurate_offer_in_time() -> None:
-    fast = Offer("fast", FAST_BAD, 0.0, FAST_BAD.accuracy)
-    slow = Offer("slow", SLOW_GOOD, 0.0, SLOW_GOOD.accuracy)
-    oracle = functools.partial(oracle_for_slo, input_size=1, overhead_ms=0.0, time_scale=1.0)
-    assert oracle([fast, slow], {}, max_latency_ms=1000, min_accuracy=0.0)[0] == "slow"
-    assert oracle([fast, slow], {}, max_latency_ms=100, min_accuracy=0.0)[0] == "fast"
-    chosen, rtt, accuracy = oracle([fast, slow], {}, max_latency_ms=1, min_accuracy=0.0)
-    assert (chosen, accuracy) == (None, 0.0)
-    assert math.isnan(rtt)
-    # Only slow is accurate enough; it is late for 100 ms.
-    assert oracle([fast, slow], {}, max_latency_ms=1000, min_accuracy=0.9)[0] == "slow"
-    assert oracle([fast, slow], {}, max_latency_ms=100, min_accuracy=0.9)[0] is None
+def test_slo_oracle_fills_the_accurate_executor_then_spills() -> None:
+    accurate = dataclasses.replace(SLOW_GOOD, D=100, alpha=0, beta=0, J=0, capacity=1)
+    quick = dataclasses.replace(FAST_BAD, D=10, alpha=0, beta=0, J=0, capacity=1)
+    offers = [Offer("acc", accurate, 0.0, 0.95), Offer("quick", quick, 0.0, 0.6)]
+    oracle = functools.partial(
+        simulate_slo_oracle, offers=offers, input_size=0, overhead_ms=5.0, time_scale=1.0
+    )
+    # Three requests 10 ms apart: the first takes "acc" (105 ms), the second would wait
+    # 90 ms there (195 ms > 150), so "quick"; the third finds "quick" free again.
+    choices = oracle([0.0, 0.01, 0.02], max_latency_ms=150, min_accuracy=0.5)
+    assert [c.executor_id for c in choices] == ["acc", "quick", "quick"]
+    assert [c.rtt_ms for c in choices] == pytest.approx([105, 15, 15])
+    assert all(c.attained for c in choices)
+    # Nobody accurate enough: each goes where it is answered soonest, a violation.
+    strict = oracle([0.0, 0.01], max_latency_ms=150, min_accuracy=0.99)
+    assert [(c.executor_id, c.attained) for c in strict] == [("quick", False), ("quick", False)]
+    # Queueing: with one slot, the second request waits for the first to finish.
+    alone = simulate_slo_oracle(
+        [0.0, 0.0], [offers[0]], input_size=0, overhead_ms=0.0, max_latency_ms=150,
+        min_accuracy=0.0, time_scale=1.0,
+    )  # fmt: skip
+    assert [c.rtt_ms for c in alone] == pytest.approx([100, 200])
+    assert [c.attained for c in alone] == [True, False]
+    with pytest.raises(ValueError, match="at least one offer"):
+        simulate_slo_oracle([0.0], [], input_size=0, overhead_ms=0, max_latency_ms=1,
+                            min_accuracy=0, time_scale=1)  # fmt: skip
 
 
 def test_slo_outcome_counts_late_and_failed_as_zero() -> None:
