@@ -260,7 +260,7 @@ def summarise(rows: Sequence[Row]) -> dict[str, Any]:
         f["effective_accuracy"].append(statistics.fmean(r.effective_accuracy for r in group))
         f["failed"].append(len(group) - len(ok))
         for q in (50, 95, 99):
-            f[f"p{q}_ms"].append(percentile(ok, q / 100) or math.nan)
+            f[f"p{q}_ms"].append(percentile(ok, q) or math.nan)
     table = []
     for label, f in figures.items():
         entry: dict[str, Any] = {"policy": label}
