@@ -329,10 +329,14 @@ def summarise(rows: Sequence[Row], options: Options) -> dict[str, Any]:
                 entry[name] = mean_interval(values).as_dict()
             if policy == "weighted":
                 for baseline in ("random", "round-robin"):
-                    if baseline in policies:
-                        verdict = compare(figures["utility"], policies[baseline]["utility"])
-                        entry[f"vs_{baseline}"] = verdict
-                        verdicts[baseline][verdict] += 1
+                    if baseline not in policies:
+                        continue
+                    # On utility itself, and on % of oracle, which divides out what a
+                    # run's machine noise does to every request's round trip.
+                    for metric, suffix in (("utility", ""), ("pct_oracle", " (% of oracle)")):
+                        verdict = compare(figures[metric], policies[baseline][metric])
+                        entry[f"vs_{baseline}{suffix.replace(' ', '_')}"] = verdict
+                        verdicts[f"{baseline}{suffix}"][verdict] += 1
             table.append(entry)
     # Each policy's % of oracle averaged over the cells, per repeat, then over repeats.
     averages: dict[str, dict[str, float]] = {}
@@ -365,7 +369,11 @@ def print_summary(summary: Mapping[str, Any]) -> None:
     )
     for e in summary["cells"]:
         u, pct = e["utility"], e["pct_oracle"]
-        verdicts = " ".join(f"{k[3:]}={v}" for k, v in e.items() if k.startswith("vs_"))
+        verdicts = " ".join(
+            f"{k[3:].replace('_(%_of_oracle)', '%')}={v}"
+            for k, v in e.items()
+            if k.startswith("vs_")
+        )
         print(
             f"{e['placement']:<10} {e['usecase']:<4} {e['policy']:<17} "
             f"{u['mean']:>7.3f} ± {u['ci95']:<5.3f} {pct['mean']:>6.1f} ± {pct['ci95']:<5.1f} "

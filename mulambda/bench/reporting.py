@@ -117,9 +117,12 @@ def ecdf_grid(
             if i == len(rows) - 1:
                 ax.set_xlabel(xlabel, fontsize=8)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=len(labels) or 1, fontsize=8)
     fig.suptitle(title, fontsize=10, y=0.995)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.legend(
+        handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.97), ncol=len(labels) or 1,
+        fontsize=8,
+    )  # fmt: skip
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
@@ -146,9 +149,12 @@ def line_panels(
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 5) or 1, fontsize=8)
     fig.suptitle(title, fontsize=10, y=0.995)
-    fig.tight_layout(rect=(0, 0, 1, 0.86))
+    fig.legend(
+        handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.93),
+        ncol=min(len(labels), 5) or 1, fontsize=8,
+    )  # fmt: skip
+    fig.tight_layout(rect=(0, 0, 1, 0.78))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
