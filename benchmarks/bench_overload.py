@@ -49,7 +49,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,7 @@ from mulambda.bench.evaluation import (
     slo_outcome,
 )
 from mulambda.bench.inprocess import InProcessPlatform, Node, Outcome, Placement
-from mulambda.bench.reporting import flat_intervals, line_panels, write_csv, write_json
+from mulambda.bench.reporting import config_of, line_panels, write_results
 from mulambda.bench.verify import percentile
 from mulambda.emulator.profiles import SyntheticProfile
 from mulambda.kafka import KafkaConfig
@@ -455,15 +455,11 @@ async def main(options: Options) -> int:
     bar.close()
     rows.extend(oracle_rows(options, rows, options.repeats))
     summary = summarise(rows)
-    summary["config"] = {
-        k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()
-    }
+    summary["config"] = config_of(options)
     summary["config"]["profiles"] = [p.to_mapping() for p in PROFILES]
     summary["config"]["elapsed_s"] = round(time.monotonic() - started, 1)
     out = options.out_dir
-    write_csv(out / "requests.csv.gz", [asdict(r) for r in rows])
-    write_csv(out / "summary.csv", [flat_intervals(e) for e in summary["policies"]])
-    write_json(out / "summary.json", summary)
+    write_results(out, rows, summary["policies"], summary)
     plot(rows, options, out)
     print_summary(summary)
     print(f"\n{len(rows)} rows in {time.monotonic() - started:.0f}s; results in {out}")

@@ -44,7 +44,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ from mulambda.bench.evaluation import (
     utility,
 )
 from mulambda.bench.inprocess import InProcessPlatform, Node, Outcome, Placement
-from mulambda.bench.reporting import ecdf_grid, flat_intervals, write_csv, write_json
+from mulambda.bench.reporting import config_of, ecdf_grid, write_results
 from mulambda.emulator.profiles import PROTOTYPE_PROFILES, SyntheticProfile, parse_profiles
 from mulambda.kafka import KafkaConfig
 from mulambda.runtime.settings import Settings
@@ -516,14 +516,10 @@ async def main(options: Options) -> int:
                         bar.update()
     bar.close()
     summary = summarise(rows, options)
-    summary["config"] = {
-        k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()
-    }
+    summary["config"] = config_of(options)
     summary["config"]["elapsed_s"] = round(time.monotonic() - started, 1)
     out = options.out_dir
-    write_csv(out / "requests.csv.gz", [asdict(r) for r in rows])
-    write_csv(out / "summary.csv", [flat_intervals(e) for e in summary["cells"]])
-    write_json(out / "summary.json", summary)
+    write_results(out, rows, summary["cells"], summary)
     plot(rows, options, out)
     print_summary(summary)
     print(f"\n{len(rows)} requests in {time.monotonic() - started:.0f}s; results in {out}")

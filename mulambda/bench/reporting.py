@@ -12,12 +12,22 @@ import io
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from mulambda.bench.evaluation import ecdf
 
-__all__ = ["Series", "ecdf_grid", "flat_intervals", "line_panels", "write_csv", "write_json"]
+__all__ = [
+    "Series",
+    "config_of",
+    "ecdf_grid",
+    "flat_intervals",
+    "line_panels",
+    "write_csv",
+    "write_json",
+    "write_results",
+]
 
 Series = Mapping[str, Sequence[float]]
 """Label → values (one line of a plot per label)."""
@@ -70,6 +80,24 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
             packed.write(data)
     else:
         path.write_bytes(data)
+
+
+def config_of(options: Any) -> dict[str, Any]:
+    """A dataclass of options as JSON-ready values (paths as strings)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()}
+
+
+def write_results(
+    out_dir: Path,
+    rows: Sequence[Any],
+    table: Sequence[Mapping[str, Any]],
+    summary: Mapping[str, Any],
+) -> None:
+    """An evaluation's files: ``requests.csv.gz`` (``rows``, dataclasses),
+    ``summary.csv`` (``table`` flattened by :func:`flat_intervals`), ``summary.json``."""
+    write_csv(out_dir / "requests.csv.gz", [asdict(r) for r in rows])
+    write_csv(out_dir / "summary.csv", [flat_intervals(e) for e in table])
+    write_json(out_dir / "summary.json", summary)
 
 
 def _pyplot() -> Any:
