@@ -24,6 +24,9 @@ ExecutorUnavailable   503     yes        503/502, connection refused/reset (stat
 DeadlineExceeded      504     yes        504/408, or our own timeout (status None)
 GarbageResponse       any     yes        a success status with a body that is not the
                                          expected JSON document
+NonFiniteOutput       200     yes        an inference answer holding NaN or ±Infinity
+                                         (a GarbageResponse: JSON results cannot carry
+                                         them, and writing ``null`` would hide them)
 ====================  ======  =========  ===========================================
 """
 
@@ -33,6 +36,7 @@ import contextlib
 import enum
 import json
 import logging
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -57,6 +61,7 @@ __all__ = [
     "GarbageResponse",
     "ModelNotFound",
     "ModelVersionStatus",
+    "NonFiniteOutput",
     "ResourceExhausted",
     "TFServingClient",
     "TFServingError",
@@ -65,6 +70,7 @@ __all__ = [
     "encode_json",
     "error_for_status",
     "model_path",
+    "non_finite_path",
     "parse_model_status",
 ]
 
@@ -171,6 +177,15 @@ class GarbageResponse(TFServingError):
     retriable = True
 
 
+class NonFiniteOutput(GarbageResponse):
+    """An inference answer with NaN or ±Infinity in it: the number's path is named.
+
+    TF Serving writes such tokens; a JSON result (and orjson, pydantic's serialiser)
+    cannot carry them and would write ``null`` instead, silently. Retriable like any
+    garbage: another executor may answer with finite numbers.
+    """
+
+
 ERROR_BY_STATUS: Final[Mapping[int, type[TFServingError]]] = {
     400: BadRequest,
     404: ModelNotFound,
@@ -215,14 +230,54 @@ def encode_json(value: Any) -> bytes:
 def decode_json(data: bytes) -> Any:
     """Parse JSON bytes, accepting ``NaN``/``Infinity``/``-Infinity`` tokens.
 
-    Raises ``ValueError`` when ``data`` is not JSON.
+    Raises ``ValueError`` when ``data`` is not JSON (or nested too deeply to parse).
     """
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
-        # orjson refuses non-finite tokens (and a few other legal oddities); the
-        # standard library accepts them, as TF Serving does.
+        pass
+    # orjson refuses non-finite tokens (and a few other legal oddities); the standard
+    # library accepts them, as TF Serving does.
+    try:
         return json.loads(data)
+    except RecursionError:
+        # Nesting deeper than the interpreter's stack: garbage, not a crash.
+        raise ValueError("JSON nested too deeply") from None
+
+
+def non_finite_path(value: Any, path: str = "") -> str | None:
+    """Where the first NaN or ±Infinity in a decoded JSON document is (``a.b[2]``: the
+    path and the value), or None when every number is finite."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{path or '<root>'} = {value}"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = non_finite_path(item, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = non_finite_path(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
+def decode_finite_json(data: bytes) -> Any:
+    """:func:`decode_json`, but :class:`NonFiniteOutput` (naming where) for a document
+    holding NaN or ±Infinity. Costs nothing extra on the common path: orjson refuses such
+    numbers, so only a document it refused is searched."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        document = decode_json(data)
+    try:
+        where = non_finite_path(document)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    if where is not None:
+        raise NonFiniteOutput(f"answer holds a non-finite number, which JSON cannot carry: {where}")
+    return document
 
 
 # --- status documents ----------------------------------------------------------------
@@ -497,7 +552,7 @@ class TFServingClient(Lifecycle):
             data = encode_json(body)
         except TypeError as exc:
             raise ConfigurationError(f"{verb} body is not JSON-serialisable: {exc}") from None
-        document = await self._call("POST", path, data, timeout_s)
+        document = await self._call("POST", path, data, timeout_s, finite=True)
         if not isinstance(document, dict) or not any(k in document for k in _RESPONSE_KEYS[verb]):
             raise GarbageResponse(
                 f"{verb} response from {self.base_url} lacks "
@@ -554,8 +609,12 @@ class TFServingClient(Lifecycle):
         path: str,
         data: bytes | None,
         timeout_s: float | None,
+        *,
+        finite: bool = False,
     ) -> Any:
-        """One HTTP exchange; every aiohttp failure is translated here."""
+        """One HTTP exchange; every aiohttp failure is translated here. ``finite``: an
+        answer holding NaN or ±Infinity raises :class:`NonFiniteOutput` (inference
+        outputs, which results carry as JSON)."""
         session = self._session
         if session is None or session.closed:
             raise ConfigurationError("TFServingClient is not started")
@@ -614,7 +673,11 @@ class TFServingClient(Lifecycle):
         if status >= 400:
             raise error_for_status(status, _error_message(raw), url=url)
         try:
-            return decode_json(raw)
+            return decode_finite_json(raw) if finite else decode_json(raw)
+        except NonFiniteOutput as exc:
+            raise NonFiniteOutput(
+                f"HTTP {status} from {url}: {exc}", status=status, url=url
+            ) from None
         except ValueError:
             raise GarbageResponse(
                 f"HTTP {status} from {url} is not JSON: {raw[:200]!r}", status=status, url=url

@@ -2,6 +2,11 @@
 
 Pure: no Kafka here. Decoding failures raise :class:`~mulambda.errors.DecodeError` whose
 message is the dead-letter reason.
+
+Decoding is strict about JSON types: ``"5"`` is not an integer, ``5.0`` not a count, a
+number not a timestamp. What the published JSON Schemas (``topics/schemas``) accept is
+what :func:`decode` accepts, bar the few rules a schema cannot state (a deadline's UTC
+offset, a body's payload key), which ``tests/unit/wire/test_schemas.py`` lists.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ def decode(model: type[M], data: bytes | None, *, max_bytes: int = DEFAULT_MAX_R
     if len(data) > max_bytes:
         raise OversizeError(f"record of {len(data)} bytes exceeds the {max_bytes}-byte bound")
     try:
-        return model.model_validate_json(data)
+        return model.model_validate_json(data, strict=True)
     except ValidationError as exc:
         raise DecodeError(describe_validation_error(model, exc)) from exc
 

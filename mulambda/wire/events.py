@@ -6,7 +6,11 @@ drift. Every message carries ``schema_version``, ``message_id`` and ``timestamp`
 requests also carry ``correlation_id``, ``reply_topic`` and ``deadline``.
 
 Compatibility rule: add optional fields freely; anything else bumps ``schema_version``.
-Unknown fields are ignored on decode so older consumers survive newer producers.
+Unknown fields are ignored on decode, at every level (the nested ``traits``, ``weights``,
+``slo``, ``launch`` and candidates too), so older consumers survive newer producers. A
+message of a ``schema_version`` this build does not read is refused, never guessed at.
+The producer SDK refuses unknown keys in what an application passes it
+(:mod:`mulambda.routing.client`), where they are typos rather than newer fields.
 """
 
 from __future__ import annotations
@@ -53,7 +57,13 @@ class WireModel(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = Field(
+        default=SCHEMA_VERSION,
+        json_schema_extra={
+            "minimum": SUPPORTED_SCHEMA_VERSIONS[0],
+            "maximum": SUPPORTED_SCHEMA_VERSIONS[-1],
+        },
+    )
     """Version of this message's schema; bumped on incompatible change."""
     message_id: str = Field(default_factory=new_message_id, min_length=1, max_length=64)
     """Unique id of this message (not of the request it answers)."""
@@ -109,7 +119,7 @@ def deadline_in(seconds: float) -> datetime:
 class Traits(BaseModel):
     """Hard criteria: an executor is a candidate only if all three are equal."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     model_type: str = Field(min_length=1, max_length=100)
     """What the model does, e.g. ``image-classification``, ``sentiment``."""
@@ -126,7 +136,7 @@ class Traits(BaseModel):
 class SoftWeights(BaseModel):
     """Soft criteria: how much the client cares about latency versus accuracy."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     latency: Importance = 0.5
     """Importance of a low estimated latency, in [0, 1]."""
@@ -137,7 +147,7 @@ class SoftWeights(BaseModel):
 class Slo(BaseModel):
     """Optional hard service-level objectives of one request."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     max_latency_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     """Candidates whose estimated latency exceeds this are excluded."""
@@ -151,7 +161,7 @@ class Slo(BaseModel):
 class LaunchSpec(BaseModel):
     """How an administrator asked for the executor to be launched (informational)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     image: str = "tensorflow/serving:2.18.0"
     """Serving image; the companion runs beside it."""
