@@ -52,6 +52,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _with_offset(field: str, value: datetime) -> datetime:
+    """``value`` if it says its UTC offset: JSON Schema's ``date-time`` (RFC 3339) needs one."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{field} needs a UTC offset (RFC 3339, e.g. 2026-01-01T12:00:00Z)")
+    return value
+
+
 class WireModel(BaseModel):
     """Base of every message: frozen, unknown fields ignored, envelope fields present."""
 
@@ -68,9 +75,14 @@ class WireModel(BaseModel):
     message_id: str = Field(default_factory=new_message_id, min_length=1, max_length=64)
     """Unique id of this message (not of the request it answers)."""
     timestamp: datetime = Field(default_factory=utcnow)
-    """When the message was produced (UTC)."""
+    """When the message was produced: RFC 3339 with a UTC offset, like ``deadline``."""
 
     type_name: ClassVar[str] = "message"
+
+    @field_validator("timestamp")
+    @classmethod
+    def _timestamp_has_offset(cls, timestamp: datetime) -> datetime:
+        return _with_offset("timestamp", timestamp)
 
     @field_validator("schema_version")
     @classmethod
@@ -99,9 +111,7 @@ class RequestModel(WireModel):
     @field_validator("deadline")
     @classmethod
     def _deadline_has_offset(cls, deadline: datetime) -> datetime:
-        if deadline.tzinfo is None or deadline.utcoffset() is None:
-            raise ValueError("deadline needs a UTC offset (RFC 3339, e.g. 2026-01-01T12:00:00Z)")
-        return deadline
+        return _with_offset("deadline", deadline)
 
     def expired(self, now: datetime | None = None) -> bool:
         """Whether the deadline has passed."""
@@ -366,6 +376,9 @@ class SelectionReply(WireModel):
 
 InferenceVerb = Literal["predict", "classify", "regress"]
 
+PAYLOAD_KEYS = ("instances", "inputs", "examples")
+"""An inference request's body holds at least one of these (TF Serving's and OIP's)."""
+
 
 class InferenceRequest(RequestModel):
     """An application's inference request; the router selects and calls an executor."""
@@ -384,7 +397,9 @@ class InferenceRequest(RequestModel):
     """Selection policy; None uses the selector's default."""
     verb: InferenceVerb = "predict"
     """TF Serving API verb."""
-    body: dict[str, Any]
+    body: dict[str, Any] = Field(
+        json_schema_extra={"anyOf": [{"required": [key]} for key in PAYLOAD_KEYS]}
+    )
     """The request body: TF Serving's (``instances``/``inputs`` or ``examples``), or an Open
     Inference Protocol v2 one (``inputs`` a list of typed tensors); the result's ``output``
     is in the same dialect, whichever protocol the executor speaks."""
@@ -394,7 +409,7 @@ class InferenceRequest(RequestModel):
     @field_validator("body")
     @classmethod
     def _body_has_payload(cls, body: dict[str, Any]) -> dict[str, Any]:
-        keys = {"instances", "inputs", "examples"} & body.keys()
+        keys = set(PAYLOAD_KEYS) & body.keys()
         if not keys:
             raise ValueError("body needs 'instances', 'inputs' or 'examples'")
         return body
