@@ -6,6 +6,8 @@ The hierarchy::
     ├── ConfigurationError            bad settings or arguments; never retriable
     ├── DecodeError                   bytes that are not a valid message; dead-lettered
     │   └── OversizeError             a record larger than the configured bound
+    ├── UntrustedRecord               a valid registration that fails its signature or
+    │                                 the endpoint allow-list; dead-lettered, not applied
     ├── TransportError                Kafka, Redis, S3 or HTTP failed underneath us
     │   ├── KafkaUnavailable          broker unreachable or timed out (retriable)
     │   ├── StoreUnavailable          Redis/DragonflyDB unreachable (retriable)
@@ -56,6 +58,11 @@ class DecodeError(MulambdaError):
 
 class OversizeError(DecodeError):
     """A record body above the configured size bound."""
+
+
+class UntrustedRecord(MulambdaError):
+    """A registration (or tombstone) whose signature is missing, wrong or replayed, or
+    whose endpoint is outside the allow-list: never applied, dead-lettered."""
 
 
 class TransportError(MulambdaError):

@@ -6,10 +6,14 @@ they can be built in tests and embedded in other programs without an environment
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mulambda.errors import ConfigurationError
+from mulambda.wire.signatures import executor_key
 
 
 class Settings(BaseSettings):
@@ -150,3 +154,49 @@ class Settings(BaseSettings):
 
     router_metadata_timeout_s: float = Field(default=1.0, gt=0)
     """Longest a request waits for cluster metadata to vet its reply address."""
+
+    # --- registration authenticity (mulambda.wire.signatures) ------------------------
+
+    registration_secret: SecretStr | None = None
+    """The deployment's registration secret (selectors, administrators): set, selectors
+    apply only executor registrations and tombstones signed with the executor's key
+    derived from it. Unset: nothing is verified (the quick start)."""
+
+    registration_secret_file: str | None = None
+    """File holding ``registration_secret`` (a mounted Secret); read when that is unset."""
+
+    registration_key: SecretStr | None = None
+    """One executor's own signing key (its companion's), as ``mulambda executors key``
+    prints it (hex); unused when ``registration_secret`` is set, which derives it."""
+
+    registration_key_file: str | None = None
+    """File holding ``registration_key``; read when that is unset."""
+
+    executor_endpoint_allow: str = ""
+    """Comma-separated hosts and networks executor endpoints may point at: CIDRs or
+    addresses (``10.0.0.0/8``), host names, ``*.zone`` wildcards. A registration whose
+    endpoint is elsewhere is dead-lettered. Empty: any endpoint."""
+
+    @model_validator(mode="after")
+    def _read_secret_files(self) -> Settings:
+        for field in ("registration_secret", "registration_key"):
+            path = getattr(self, f"{field}_file")
+            if getattr(self, field) is None and path:
+                try:
+                    text = Path(path).read_text(encoding="utf-8").strip()
+                except OSError as exc:
+                    raise ValueError(f"{field}_file {path}: {exc.strerror}") from None
+                setattr(self, field, SecretStr(text))
+        return self
+
+    def signing_key(self, executor_id: str) -> bytes | None:
+        """The key that signs ``executor_id``'s registrations, if one is configured."""
+        if self.registration_secret is not None:
+            secret = self.registration_secret.get_secret_value().encode()
+            return executor_key(secret, executor_id)
+        if self.registration_key is not None:
+            try:
+                return bytes.fromhex(self.registration_key.get_secret_value())
+            except ValueError:
+                raise ConfigurationError("MULAMBDA_REGISTRATION_KEY is not hex") from None
+        return None
