@@ -603,6 +603,22 @@ class TFServingClient(Lifecycle):
 
     # transport
 
+    async def _read_bounded(self, response: aiohttp.ClientResponse, url: str) -> bytes:
+        """The body, read in chunks and refused once past ``max_response_bytes``: a body
+        without a length (chunked, or endless) must not fill memory before the timeout."""
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > self.max_response_bytes:
+                raise GarbageResponse(
+                    f"response from {url} exceeds {self.max_response_bytes} bytes",
+                    status=response.status,
+                    url=url,
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     async def _call(
         self,
         method: Literal["GET", "POST"],
@@ -630,8 +646,15 @@ class TFServingClient(Lifecycle):
         if data is not None:
             headers["Content-Type"] = "application/json"
         try:
+            # No redirects: an executor is called only at its registered (and vetted)
+            # endpoint, never sent on to wherever its answer points.
             async with session.request(
-                method, URL(url, encoded=True), data=data, headers=headers, timeout=timeout
+                method,
+                URL(url, encoded=True),
+                data=data,
+                headers=headers,
+                timeout=timeout,
+                allow_redirects=False,
             ) as response:
                 status = response.status
                 if (
@@ -644,7 +667,15 @@ class TFServingClient(Lifecycle):
                         status=status,
                         url=url,
                     )
-                raw = await response.read()
+                if 300 <= status < 400:
+                    target = response.headers.get("Location", "?")[:200]
+                    raise GarbageResponse(
+                        f"HTTP {status} from {url}: redirect to {target} not followed "
+                        "(executors answer at their registered endpoint)",
+                        status=status,
+                        url=url,
+                    )
+                raw = await self._read_bounded(response, url)
         except TFServingError:
             raise
         except TimeoutError:
@@ -664,12 +695,6 @@ class TFServingClient(Lifecycle):
                 f"{method} {url}: {type(exc).__name__}: {exc}", status=None, url=url
             ) from exc
 
-        if len(raw) > self.max_response_bytes:
-            raise GarbageResponse(
-                f"response from {url} exceeds {self.max_response_bytes} bytes",
-                status=status,
-                url=url,
-            )
         if status >= 400:
             raise error_for_status(status, _error_message(raw), url=url)
         try:

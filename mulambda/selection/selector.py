@@ -85,7 +85,7 @@ from mulambda.runtime.lifecycle import Lifecycle
 from mulambda.selection.admission import RegistrationGate
 from mulambda.selection.answers import Answerer, ReplyTargets, UndeliverableReply
 from mulambda.selection.policies import PolicyState
-from mulambda.selection.state import StateApplier, record_time
+from mulambda.selection.state import MAX_STATE_RECORD_BYTES, StateApplier, record_time
 from mulambda.selection.store import Snapshot, StoreEvent, ViewStore
 from mulambda.selection.store_sync import (
     StoreSync,
@@ -394,6 +394,7 @@ class Selector(Lifecycle):
                     raw.offset,
                     exc.reason,
                 ),
+                max_record_bytes=MAX_STATE_RECORD_BYTES,
             ),
         )
         for key, reason in snapshot.invalid.items():

@@ -16,8 +16,9 @@ What the store learns
     the last raw value. (The event types are in ``mulambda.selection.store_data``.)
 
 Invalid records
-    A value that does not decode, and a null value on a topic that is not compacted
-    (junk there, not a tombstone), raise DecodeError: the worker dead-letters them.
+    A value above :data:`MAX_STATE_RECORD_BYTES`, a value that does not decode, and a
+    null value on a topic that is not compacted (junk there, not a tombstone), raise
+    DecodeError: the worker dead-letters them.
     A tombstone without a key names nothing and is ignored.
 
 Time
@@ -45,6 +46,10 @@ from mulambda.wire.events import (
     LatencySource,
     WireModel,
 )
+
+MAX_STATE_RECORD_BYTES = 64 * 1024
+"""State records are small (a registration's longest fields are its 500-character endpoint
+and 200-character ids); larger ones are refused unread, live and on replay alike."""
 
 
 def record_time(timestamp_ms: int | None, now: float) -> float:
@@ -79,7 +84,7 @@ class StateApplier:
         """A state record's message, or None for a tombstone; DecodeError if invalid."""
         if value is None and topic in self.compacted:
             return None
-        return decode(self.models[topic], value)
+        return decode(self.models[topic], value, max_bytes=MAX_STATE_RECORD_BYTES)
 
     def apply(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -600,3 +601,37 @@ def test_json_helpers() -> None:
     # A null beside a type only orjson can write keeps orjson's output.
     when = datetime(2024, 1, 2, tzinfo=UTC)
     assert encode_json({"at": when, "x": None}) == b'{"at":"2024-01-02T00:00:00+00:00","x":null}'
+
+
+async def test_redirects_are_not_followed() -> None:
+    calls: list[str] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        calls.append(request.path)
+        if request.path.startswith("/elsewhere"):
+            return web.json_response({"predictions": [1]})
+        raise web.HTTPFound("/elsewhere")
+
+    async with fake_server(handler) as url, TFServingClient(url) as c:
+        with pytest.raises(GarbageResponse, match="redirect to /elsewhere not followed"):
+            await c.predict("m", instances=[1])
+    assert calls == ["/v1/models/m:predict"]
+
+
+async def test_a_body_without_length_is_refused_once_past_the_bound() -> None:
+    sent = 0
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        nonlocal sent
+        response = web.StreamResponse(status=200)
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            while sent < 10_000_000:
+                await response.write(b" " * 65536)
+                sent += 65536
+        return response
+
+    async with fake_server(endless) as url, TFServingClient(url, max_response_bytes=300_000) as c:
+        with pytest.raises(GarbageResponse, match="exceeds 300000 bytes"):
+            await c.predict("m", instances=[1])
+    assert sent < 10_000_000  # refused while streaming, not after buffering it all
