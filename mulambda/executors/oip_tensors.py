@@ -43,8 +43,8 @@ from mulambda.executors.tfserving import (
     GarbageResponse,
     NonFiniteOutput,
     TFServingError,
-    non_finite_path,
 )
+from mulambda.wire.codec import non_finite_path
 
 __all__ = [
     "DEFAULT_INPUT_NAME",

@@ -36,7 +36,6 @@ import contextlib
 import enum
 import json
 import logging
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from yarl import URL
 
 from mulambda.errors import ConfigurationError, ExecutorError
 from mulambda.runtime.lifecycle import Lifecycle
+from mulambda.wire.codec import non_finite_path
 from mulambda.wire.events import InferenceVerb, ModelState
 
 __all__ = [
@@ -70,7 +70,6 @@ __all__ = [
     "encode_json",
     "error_for_status",
     "model_path",
-    "non_finite_path",
     "parse_model_status",
 ]
 
@@ -243,24 +242,6 @@ def decode_json(data: bytes) -> Any:
     except RecursionError:
         # Nesting deeper than the interpreter's stack: garbage, not a crash.
         raise ValueError("JSON nested too deeply") from None
-
-
-def non_finite_path(value: Any, path: str = "") -> str | None:
-    """Where the first NaN or ±Infinity in a decoded JSON document is (``a.b[2]``: the
-    path and the value), or None when every number is finite."""
-    if isinstance(value, float):
-        return None if math.isfinite(value) else f"{path or '<root>'} = {value}"
-    if isinstance(value, dict):
-        for key, item in value.items():
-            found = non_finite_path(item, f"{path}.{key}" if path else str(key))
-            if found is not None:
-                return found
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            found = non_finite_path(item, f"{path}[{index}]")
-            if found is not None:
-                return found
-    return None
 
 
 def decode_finite_json(data: bytes) -> Any:

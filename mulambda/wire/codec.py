@@ -12,6 +12,7 @@ offset, a body's payload key), which ``tests/unit/wire/test_schemas.py`` lists.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -108,3 +109,22 @@ def peek_reply_address(
     if not (isinstance(message_id, str) and 0 < len(message_id) <= 64):
         message_id = None
     return ReplyAddress(topic, partition, corr, message_id)
+
+
+def non_finite_path(value: Any, path: str = "") -> str | None:
+    """Where the first NaN or ±Infinity in a decoded JSON document is (``a.b[2]``: the
+    path and the value), or None when every number is finite. JSON cannot carry them:
+    pydantic and orjson would write ``null`` instead, silently."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{path or '<root>'} = {value}"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = non_finite_path(item, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = non_finite_path(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None

@@ -38,9 +38,9 @@ from mulambda.executors.tfserving import (
     encode_json,
     error_for_status,
     model_path,
-    non_finite_path,
     parse_model_status,
 )
+from mulambda.wire.codec import non_finite_path
 from mulambda.wire.events import ModelState
 
 pytestmark = pytest.mark.unit
