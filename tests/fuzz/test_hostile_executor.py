@@ -55,6 +55,8 @@ class Nasty:
         self.garbage = b"{}"
         """What the ``garbage`` model answers (set per example)."""
         self._runner: web.AppRunner | None = None
+        self._closing = asyncio.Event()
+        """Set on exit: silent and endless answers end, so no handler outlives the server."""
         self.url = ""
 
     async def __aenter__(self) -> Nasty:
@@ -68,6 +70,8 @@ class Nasty:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._closing.set()
+        await asyncio.sleep(0.1)
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -83,12 +87,13 @@ class Nasty:
         if "redirect" in path:
             raise web.HTTPTemporaryRedirect("http://127.0.0.1:9/v1/models/x:predict")
         if "silent" in path:
-            await asyncio.sleep(3600)
+            await self._closing.wait()
+            return web.Response(status=503)
         response = web.StreamResponse(status=200)
         await response.prepare(request)
         endless, sent = "endless" in path, 0
         with contextlib.suppress(ConnectionError):
-            while endless or sent <= HUGE_BYTES:
+            while not self._closing.is_set() if endless else sent <= HUGE_BYTES:
                 await response.write(b" " * 65536)
                 sent += 65536
                 if endless:
