@@ -65,7 +65,7 @@ from mulambda.kafka import (
 from mulambda.runtime.lifecycle import Lifecycle
 from mulambda.runtime.observability import HealthServer
 from mulambda.wire.catalog import Catalog, Topic
-from mulambda.wire.codec import encode
+from mulambda.wire.codec import MAX_STATE_RECORD_BYTES, encode
 from mulambda.wire.events import (
     ClientRegistration,
     ExecutorProtocol,
@@ -223,6 +223,7 @@ async def read_executors(config: KafkaConfig, catalog: Catalog) -> dict[str, Exe
         on_invalid=lambda raw, exc: log.warning(
             "skipping undecodable %s@%d: %s", topic, raw.offset, exc.reason
         ),
+        max_record_bytes=MAX_STATE_RECORD_BYTES,
     )
     return executors
 
@@ -705,6 +706,7 @@ class Companion(Lifecycle):
             {topic: ClientRegistration},
             lambda record: apply_client_record(self._clients, record),
             on_invalid=invalid,
+            max_record_bytes=MAX_STATE_RECORD_BYTES,
         )
         self.stats.clients = len(self._clients)
 
@@ -736,6 +738,7 @@ class Companion(Lifecycle):
             on_invalid=invalid,
             partitions=sorted(ends, key=lambda tp: tp.partition),
             auto_offset_reset="earliest",
+            max_record_bytes=MAX_STATE_RECORD_BYTES,
         )
         await self._client_loop.start()
 

@@ -85,7 +85,7 @@ from mulambda.runtime.lifecycle import Lifecycle
 from mulambda.selection.admission import RegistrationGate
 from mulambda.selection.answers import Answerer, ReplyTargets, UndeliverableReply
 from mulambda.selection.policies import PolicyState
-from mulambda.selection.state import MAX_STATE_RECORD_BYTES, StateApplier, record_time
+from mulambda.selection.state import StateApplier, record_time
 from mulambda.selection.store import Snapshot, StoreEvent, ViewStore
 from mulambda.selection.store_sync import (
     StoreSync,
@@ -94,7 +94,7 @@ from mulambda.selection.store_sync import (
 )
 from mulambda.selection.view import ExecutorView
 from mulambda.wire.catalog import Catalog, Topic
-from mulambda.wire.codec import ReplyAddress
+from mulambda.wire.codec import MAX_STATE_RECORD_BYTES, ReplyAddress
 from mulambda.wire.events import (
     ClientRegistration,
     ExecutorRegistration,

@@ -37,7 +37,7 @@ from mulambda.selection.store_data import (
 )
 from mulambda.selection.view import ExecutorView
 from mulambda.wire.catalog import Catalog, Topic
-from mulambda.wire.codec import decode
+from mulambda.wire.codec import MAX_STATE_RECORD_BYTES, decode
 from mulambda.wire.events import (
     ClientRegistration,
     ExecutorRegistration,
@@ -46,10 +46,6 @@ from mulambda.wire.events import (
     LatencySource,
     WireModel,
 )
-
-MAX_STATE_RECORD_BYTES = 64 * 1024
-"""State records are small (a registration's longest fields are its 500-character endpoint
-and 200-character ids); larger ones are refused unread, live and on replay alike."""
 
 
 def record_time(timestamp_ms: int | None, now: float) -> float:

@@ -27,6 +27,11 @@ M = TypeVar("M", bound=WireModel)
 DEFAULT_MAX_RECORD_BYTES = 1_048_576
 """Kafka's default ``max.message.bytes``; larger bodies are refused before parsing."""
 
+MAX_STATE_RECORD_BYTES = 64 * 1024
+"""Bound on state records (registrations, status, latencies): they are small (a
+registration's longest fields are its 500-character endpoint and 200-character ids);
+larger ones are refused unread by every reader, live and on replay alike."""
+
 
 def encode(message: WireModel) -> bytes:
     """Serialise a message to compact JSON bytes."""

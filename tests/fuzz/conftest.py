@@ -29,9 +29,9 @@ from mulambda.routing.router import Router
 from mulambda.runtime.observability import HealthServer
 from mulambda.selection.admission import EndpointAllowList, RegistrationGate
 from mulambda.selection.selector import MAX_REQUEST_BYTES, Selector
-from mulambda.selection.state import MAX_STATE_RECORD_BYTES
 from mulambda.selection.store import ViewStore
 from mulambda.wire.catalog import Catalog, Topic, load_catalog
+from mulambda.wire.codec import MAX_STATE_RECORD_BYTES
 from mulambda.wire.events import ExecutorRegistration
 from mulambda.wire.signatures import executor_key
 from tests.conftest import Infra

@@ -228,6 +228,7 @@ async def test_hostile_records_are_refused_valid_ones_served(
         build(topic, kind, seed, ctx, serial=batch * BATCH + i)
         for i, ((topic, kind), seed) in enumerate(picks)
     ]
+    skipped_before = platform.companion.stats.invalid_client_records
     consumer = await start_consumer(infra.kafka("fz-outcomes"), "outcomes", fetch_max_wait_ms=50)
     try:
         names = [
@@ -311,6 +312,11 @@ async def test_hostile_records_are_refused_valid_ones_served(
             assert not answers, what
             tally.dead_lettered += 1
 
+    # The companion reads client registrations too: it skips (and counts) the bad ones,
+    # which the selector dead-letters, and it had read the batch (its sentinel client).
+    bad_clients = sum(1 for r in records if r.topic is Topic.CLIENT_REGISTRATIONS and not r.served)
+    skipped = platform.companion.stats.invalid_client_records - skipped_before
+    assert skipped == bad_clients, (skipped, bad_clients)
     async with aiohttp.ClientSession() as session:
         await _ready(platform, session)
     _no_crash(watch)
