@@ -11,6 +11,8 @@ The hierarchy::
     │   │                             unknown user, untrusted certificate)
     │   └── AuthorizationError        the principal may not do this (a Kafka ACL, a
     │                                 Redis ACL rule): fix the ACLs, not the request
+    ├── UntrustedRecord               a valid registration that fails its signature or
+    │                                 the endpoint allow-list; dead-lettered, not applied
     ├── TransportError                Kafka, Redis, S3 or HTTP failed underneath us
     │   ├── KafkaUnavailable          broker unreachable or timed out (retriable)
     │   ├── StoreUnavailable          Redis/DragonflyDB unreachable (retriable)
@@ -75,6 +77,11 @@ class AuthenticationError(AccessDenied):
 
 class AuthorizationError(AccessDenied):
     """The principal is not allowed this operation (topic, group, transactional id)."""
+
+
+class UntrustedRecord(MulambdaError):
+    """A registration (or tombstone) whose signature is missing, wrong or replayed, or
+    whose endpoint is outside the allow-list: never applied, dead-lettered."""
 
 
 class TransportError(MulambdaError):

@@ -22,6 +22,7 @@ from mulambda.kafka import KafkaConfig, Producer
 from mulambda.launching.desired import check_launch, replica_id
 from mulambda.wire.catalog import Topic, load_catalog
 from mulambda.wire.events import ExecutorProtocol, ExecutorRegistration, LaunchSpec, Traits
+from mulambda.wire.signatures import executor_key
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -193,7 +194,12 @@ def publish_registration(registration: ExecutorRegistration) -> None:
 
     async def go() -> None:
         async with Producer(KafkaConfig.from_settings(settings, "mulambda-cli")) as producer:
-            await register_executor(producer, catalog, registration)
+            await register_executor(
+                producer,
+                catalog,
+                registration,
+                signing_key=settings.signing_key(registration.executor_id),
+            )
 
     run_async(go())
 
@@ -244,12 +250,29 @@ def deregister(executor_id: str) -> None:
     async def go() -> bool:
         known = executor_id in await read_executors(config, catalog)
         async with Producer(config) as producer:
-            await deregister_executor(producer, catalog, executor_id)
+            await deregister_executor(
+                producer, catalog, executor_id, signing_key=settings.signing_key(executor_id)
+            )
         return known
 
     if not run_async(go()):
         click.echo(f"note: {executor_id} was not registered; tombstone written anyway", err=True)
     click.echo(f"deregistered {executor_id}")
+
+
+@executors.command()
+@click.argument("executor_id")
+def key(executor_id: str) -> None:
+    """Print EXECUTOR_ID's signing key (hex), derived from MULAMBDA_REGISTRATION_SECRET.
+
+    Give it to that executor's companion only (MULAMBDA_REGISTRATION_KEY or _FILE, e.g.
+    from a Kubernetes Secret): it signs that id's registrations and no other's.
+    """
+    settings = load_settings()
+    if settings.registration_secret is None:
+        raise BadArguments("MULAMBDA_REGISTRATION_SECRET (or _FILE) is not set")
+    secret = settings.registration_secret.get_secret_value().encode()
+    click.echo(executor_key(secret, executor_id).hex())
 
 
 @executors.command(name="list")

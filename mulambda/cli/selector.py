@@ -14,6 +14,7 @@ from mulambda.kafka import KafkaConfig, Membership
 from mulambda.runtime.observability import HealthServer, configure_logging
 from mulambda.runtime.redis_connection import RedisConfig
 from mulambda.runtime.runner import serve
+from mulambda.selection.admission import EndpointAllowList, RegistrationGate
 from mulambda.selection.selector import Selector
 from mulambda.selection.store import ViewStore
 from mulambda.wire.catalog import load_catalog
@@ -64,6 +65,12 @@ def selector(selector_id: str | None) -> None:
                 instance_id=settings.kafka_group_instance_id,
                 session_timeout_s=settings.kafka_session_timeout_s,
                 heartbeat_interval_s=settings.kafka_heartbeat_interval_s,
+            ),
+            registrations=RegistrationGate(
+                None
+                if settings.registration_secret is None
+                else settings.registration_secret.get_secret_value().encode(),
+                EndpointAllowList.parse(settings.executor_endpoint_allow),
             ),
         )
     except MulambdaError as exc:

@@ -12,6 +12,9 @@ from typing import Literal, Self
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mulambda.errors import ConfigurationError
+from mulambda.wire.signatures import executor_key
+
 SECRET_FILE_SUFFIX = "_file"  # noqa: S105 - a name suffix, not a secret
 """A setting ``<name>_file`` names a file whose content becomes setting ``<name>``."""
 
@@ -220,6 +223,40 @@ class Settings(BaseSettings):
 
     launcher_secret_name: str = "mulambda-secrets"  # noqa: S105 - a Secret's name
     """Kubernetes backend: Secret of credentials the launched pods load."""
+
+    # --- registration authenticity (mulambda.wire.signatures) ------------------------
+
+    registration_secret: SecretStr | None = None
+    """The deployment's registration secret (selectors, administrators): set, selectors
+    apply only executor registrations and tombstones signed with the executor's key
+    derived from it. Unset: nothing is verified (the quick start)."""
+
+    registration_secret_file: str | None = None
+    """File holding ``registration_secret`` (a mounted Secret); wins over the variable."""
+
+    registration_key: SecretStr | None = None
+    """One executor's own signing key (its companion's), as ``mulambda executors key``
+    prints it (hex); unused when ``registration_secret`` is set, which derives it."""
+
+    registration_key_file: str | None = None
+    """File holding ``registration_key``; wins over the variable."""
+
+    executor_endpoint_allow: str = ""
+    """Comma-separated hosts and networks executor endpoints may point at: CIDRs or
+    addresses (``10.0.0.0/8``), host names, ``*.zone`` wildcards. A registration whose
+    endpoint is elsewhere is dead-lettered. Empty: any endpoint."""
+
+    def signing_key(self, executor_id: str) -> bytes | None:
+        """The key that signs ``executor_id``'s registrations, if one is configured."""
+        if self.registration_secret is not None:
+            secret = self.registration_secret.get_secret_value().encode()
+            return executor_key(secret, executor_id)
+        if self.registration_key is not None:
+            try:
+                return bytes.fromhex(self.registration_key.get_secret_value())
+            except ValueError:
+                raise ConfigurationError("MULAMBDA_REGISTRATION_KEY is not hex") from None
+        return None
 
     @model_validator(mode="after")
     def _read_secret_files(self) -> Self:

@@ -6,7 +6,11 @@ drift. Every message carries ``schema_version``, ``message_id`` and ``timestamp`
 requests also carry ``correlation_id``, ``reply_topic`` and ``deadline``.
 
 Compatibility rule: add optional fields freely; anything else bumps ``schema_version``.
-Unknown fields are ignored on decode so older consumers survive newer producers.
+Unknown fields are ignored on decode, at every level (the nested ``traits``, ``weights``,
+``slo``, ``launch`` and candidates too), so older consumers survive newer producers. A
+message of a ``schema_version`` this build does not read is refused, never guessed at.
+The producer SDK refuses unknown keys in what an application passes it
+(:mod:`mulambda.routing.client`), where they are typos rather than newer fields.
 """
 
 from __future__ import annotations
@@ -48,19 +52,37 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _with_offset(field: str, value: datetime) -> datetime:
+    """``value`` if it says its UTC offset: JSON Schema's ``date-time`` (RFC 3339) needs one."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{field} needs a UTC offset (RFC 3339, e.g. 2026-01-01T12:00:00Z)")
+    return value
+
+
 class WireModel(BaseModel):
     """Base of every message: frozen, unknown fields ignored, envelope fields present."""
 
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = Field(
+        default=SCHEMA_VERSION,
+        json_schema_extra={
+            "minimum": SUPPORTED_SCHEMA_VERSIONS[0],
+            "maximum": SUPPORTED_SCHEMA_VERSIONS[-1],
+        },
+    )
     """Version of this message's schema; bumped on incompatible change."""
     message_id: str = Field(default_factory=new_message_id, min_length=1, max_length=64)
     """Unique id of this message (not of the request it answers)."""
     timestamp: datetime = Field(default_factory=utcnow)
-    """When the message was produced (UTC)."""
+    """When the message was produced: RFC 3339 with a UTC offset, like ``deadline``."""
 
     type_name: ClassVar[str] = "message"
+
+    @field_validator("timestamp")
+    @classmethod
+    def _timestamp_has_offset(cls, timestamp: datetime) -> datetime:
+        return _with_offset("timestamp", timestamp)
 
     @field_validator("schema_version")
     @classmethod
@@ -89,9 +111,7 @@ class RequestModel(WireModel):
     @field_validator("deadline")
     @classmethod
     def _deadline_has_offset(cls, deadline: datetime) -> datetime:
-        if deadline.tzinfo is None or deadline.utcoffset() is None:
-            raise ValueError("deadline needs a UTC offset (RFC 3339, e.g. 2026-01-01T12:00:00Z)")
-        return deadline
+        return _with_offset("deadline", deadline)
 
     def expired(self, now: datetime | None = None) -> bool:
         """Whether the deadline has passed."""
@@ -109,7 +129,7 @@ def deadline_in(seconds: float) -> datetime:
 class Traits(BaseModel):
     """Hard criteria: an executor is a candidate only if all three are equal."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     model_type: str = Field(min_length=1, max_length=100)
     """What the model does, e.g. ``image-classification``, ``sentiment``."""
@@ -126,7 +146,7 @@ class Traits(BaseModel):
 class SoftWeights(BaseModel):
     """Soft criteria: how much the client cares about latency versus accuracy."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     latency: Importance = 0.5
     """Importance of a low estimated latency, in [0, 1]."""
@@ -137,7 +157,7 @@ class SoftWeights(BaseModel):
 class Slo(BaseModel):
     """Optional hard service-level objectives of one request."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     max_latency_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     """Candidates whose estimated latency exceeds this are excluded."""
@@ -389,6 +409,9 @@ class SelectionReply(WireModel):
 
 InferenceVerb = Literal["predict", "classify", "regress"]
 
+PAYLOAD_KEYS = ("instances", "inputs", "examples")
+"""An inference request's body holds at least one of these (TF Serving's and OIP's)."""
+
 
 class InferenceRequest(RequestModel):
     """An application's inference request; the router selects and calls an executor."""
@@ -407,7 +430,9 @@ class InferenceRequest(RequestModel):
     """Selection policy; None uses the selector's default."""
     verb: InferenceVerb = "predict"
     """TF Serving API verb."""
-    body: dict[str, Any]
+    body: dict[str, Any] = Field(
+        json_schema_extra={"anyOf": [{"required": [key]} for key in PAYLOAD_KEYS]}
+    )
     """The request body: TF Serving's (``instances``/``inputs`` or ``examples``), or an Open
     Inference Protocol v2 one (``inputs`` a list of typed tensors); the result's ``output``
     is in the same dialect, whichever protocol the executor speaks."""
@@ -417,7 +442,7 @@ class InferenceRequest(RequestModel):
     @field_validator("body")
     @classmethod
     def _body_has_payload(cls, body: dict[str, Any]) -> dict[str, Any]:
-        keys = {"instances", "inputs", "examples"} & body.keys()
+        keys = set(PAYLOAD_KEYS) & body.keys()
         if not keys:
             raise ValueError("body needs 'instances', 'inputs' or 'examples'")
         return body
