@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from mulambda.cli.common import load_settings
+from mulambda.cli.common import load_settings, registration_gate
 from mulambda.executors.launcher import LaunchOptions
 from mulambda.kafka import KafkaConfig
 from mulambda.launching.backend import LaunchBackend
@@ -68,6 +68,8 @@ def launcher() -> None:
     settings = load_settings()
     configure_logging(settings.log_level)
 
+    gate = registration_gate(settings)
+
     async def factory() -> Service:
         return Launcher(
             KafkaConfig.from_settings(settings, f"mulambda-launcher-{socket.gethostname()}"),
@@ -78,6 +80,7 @@ def launcher() -> None:
             health_host=settings.metrics_host,
             health_port=settings.metrics_port,
             shutdown_grace_s=settings.shutdown_grace_s,
+            registrations=gate,
         )
 
     sys.exit(run(factory, grace_s=settings.shutdown_grace_s + 10.0))

@@ -8,13 +8,12 @@ import socket
 
 import click
 
-from mulambda.cli.common import load_settings
+from mulambda.cli.common import load_settings, registration_gate
 from mulambda.errors import MulambdaError
 from mulambda.kafka import KafkaConfig, Membership
 from mulambda.runtime.observability import HealthServer, configure_logging
 from mulambda.runtime.redis_connection import RedisConfig
 from mulambda.runtime.runner import serve
-from mulambda.selection.admission import EndpointAllowList, RegistrationGate
 from mulambda.selection.selector import Selector
 from mulambda.selection.store import ViewStore
 from mulambda.wire.catalog import load_catalog
@@ -66,12 +65,7 @@ def selector(selector_id: str | None) -> None:
                 session_timeout_s=settings.kafka_session_timeout_s,
                 heartbeat_interval_s=settings.kafka_heartbeat_interval_s,
             ),
-            registrations=RegistrationGate(
-                None
-                if settings.registration_secret is None
-                else settings.registration_secret.get_secret_value().encode(),
-                EndpointAllowList.parse(settings.executor_endpoint_allow),
-            ),
+            registrations=registration_gate(settings),
         )
     except MulambdaError as exc:
         raise click.ClickException(exc.reason) from exc

@@ -32,7 +32,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from mulambda.errors import KafkaUnavailable, LaunchError, MulambdaError
+from mulambda.errors import KafkaUnavailable, LaunchError, MulambdaError, UntrustedRecord
 from mulambda.kafka import (
     ConsumerLoop,
     DeadLetterer,
@@ -56,6 +56,7 @@ from mulambda.launching.plan import (
 )
 from mulambda.runtime.lifecycle import Lifecycle, wait_ended
 from mulambda.runtime.observability import HealthServer
+from mulambda.selection.admission import RegistrationGate
 from mulambda.wire.catalog import Catalog, Topic
 from mulambda.wire.events import ExecutorRegistration, ExecutorStatus, LaunchAction, ModelState
 
@@ -85,6 +86,7 @@ class Launcher(Lifecycle):
         health_host: str = "127.0.0.1",
         health_port: int | None = None,
         shutdown_grace_s: float = 10.0,
+        registrations: RegistrationGate | None = None,
     ) -> None:
         self._kafka = kafka
         self._catalog = catalog
@@ -94,6 +96,12 @@ class Launcher(Lifecycle):
         self._shutdown_grace_s = shutdown_grace_s
         self.book = LaunchBook()
         """The launch requests in force."""
+        # Launch requests are checked like the selector checks registrations: with a
+        # registration secret, an unsigned or forged one launches nothing.
+        self._gate = registrations or RegistrationGate()
+        self._refused: dict[tuple[int, int], UntrustedRecord] = {}
+        """Records the replay refused, by (partition, offset): dead-lettered once the
+        group reaches them."""
         self._producer = Producer(kafka)
         self._loop: ConsumerLoop | None = None
         self._resync: asyncio.Task[None] | None = None
@@ -231,6 +239,13 @@ class Launcher(Lifecycle):
         topic = self._catalog.name(Topic.EXECUTOR_REGISTRATIONS)
 
         def apply(record: Record[Any]) -> None:
+            try:
+                self._gate.admit(record.key, record.raw, record.headers.items(), record.value)
+            except UntrustedRecord as exc:
+                log.warning("ignoring %s@%d: %s", topic, record.offset, exc.reason)
+                self._refused[(record.partition, record.offset)] = exc
+                self.book.note(record.partition, record.offset, None)
+                return
             self.book.note(record.partition, record.offset, record.key_str)
             if record.key_str is None:
                 return
@@ -249,6 +264,13 @@ class Launcher(Lifecycle):
         )
 
     async def _handle(self, record: Record[Any]) -> None:
+        where = (record.partition, record.offset)
+        if self.book.replayed(*where):
+            refused = self._refused.pop(where, None)
+            if refused is not None:
+                raise refused  # dead-lettered by the consumer loop
+        else:
+            self._gate.admit(record.key, record.raw, record.headers.items(), record.value)
         key = record.key_str
         if key is None or self.book.superseded(record.partition, record.offset, key):
             return

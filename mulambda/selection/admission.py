@@ -132,7 +132,8 @@ class RegistrationGate:
             )
         what = "registration" if registration is not None else "deregistration (tombstone)"
         signature = self._verified(executor_id, key, value, headers, what)
-        if registration is not None:
+        # A launch request names no endpoint of its own: its replicas register theirs.
+        if registration is not None and registration.launch is None:
             problem = self._allow.problem(registration.endpoint)
             if problem is not None:
                 raise UntrustedRecord(f"registration of {executor_id}: {problem}")

@@ -14,15 +14,18 @@ import uuid
 import pytest
 
 from mulambda.errors import TransportError
+from mulambda.executors.companion import register_executor
 from mulambda.kafka import Producer
 from mulambda.launching.local import render_replicas
 from mulambda.launching.plan import DesiredObject, ObjectRef, ObservedObject
 from mulambda.launching.worker import Launcher
+from mulambda.selection.admission import RegistrationGate
 from mulambda.wire.catalog import Catalog, Topic
-from mulambda.wire.events import ExecutorRegistration, LaunchAction, LaunchSpec
+from mulambda.wire.events import DeadLetter, ExecutorRegistration, LaunchAction, LaunchSpec
+from mulambda.wire.signatures import executor_key
 from tests.conftest import Infra
 from tests.factories import registration
-from tests.integration.launching.support import launch_reports, until
+from tests.integration.launching.support import dead_letters, launch_reports, until
 
 pytestmark = pytest.mark.integration
 
@@ -182,3 +185,44 @@ async def test_a_companion_refuses_to_confirm_a_launch_request(
     with pytest.raises(ConfigurationError, match="d is a launch request, not an executor"):
         await companion.start()
     await companion.stop()
+
+
+async def test_with_a_registration_secret_only_signed_launch_requests_launch(
+    infra: Infra, own_catalog: Catalog
+) -> None:
+    backend = RecordingBackend()
+    secret = b"launch-test-secret"
+    topic = own_catalog.name(Topic.EXECUTOR_REGISTRATIONS)
+
+    def worker() -> Launcher:
+        return Launcher(
+            infra.kafka("test-launcher-signed"),
+            own_catalog,
+            backend,
+            group_id=f"test-launcher-{uuid.uuid4().hex[:8]}",
+            shutdown_grace_s=2.0,
+            registrations=RegistrationGate(secret),
+        )
+
+    async with Producer(infra.kafka("test-launcher-admin")) as admin:
+        # Before the launcher starts: a forged launch (another id's key) lies in the
+        # replayed part of the topic.
+        await register_executor(
+            admin, own_catalog, _launch("early", 1), signing_key=executor_key(secret, "other")
+        )
+        async with worker():
+            await admin.send_and_wait(topic, _launch("unsigned", 1), key="unsigned")
+            await register_executor(
+                admin, own_catalog, _launch("signed", 1), signing_key=executor_key(secret, "signed")
+            )
+            await until(lambda: backend.objects, 30, "the signed launch's replica")
+            for key in ("early", "unsigned"):
+
+                async def letters_of(key: str = key) -> list[DeadLetter]:
+                    return await dead_letters(infra, own_catalog, key)
+
+                letters = await until(letters_of, 30, f"{key}'s dead letter")
+                assert len(letters) == 1
+                assert letters[0].error_type == "UntrustedRecord"
+        assert [r.name for r in backend.objects] == ["signed-0"]
+        assert backend.actions == [("create", "signed-0")]
