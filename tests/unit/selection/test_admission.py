@@ -7,7 +7,7 @@ import pytest
 from mulambda.errors import ConfigurationError, UntrustedRecord
 from mulambda.selection.admission import EndpointAllowList, RegistrationGate
 from mulambda.wire.codec import encode
-from mulambda.wire.events import ExecutorRegistration
+from mulambda.wire.events import ExecutorRegistration, LaunchSpec
 from mulambda.wire.signatures import executor_key, sign
 from tests.factories import registration
 
@@ -123,3 +123,14 @@ def test_a_registration_outside_the_allow_list_is_refused_and_not_in_force() -> 
     inside = registration("ex-1", endpoint="http://10.0.0.5:8501")
     gate.admit(*signed(inside, "ex-1", 1000), inside)  # the refused one set no time
     gate.admit(*signed(None, "ex-1", 1001), None)  # tombstones carry no endpoint
+
+
+def test_a_launch_request_names_no_endpoint_so_the_allow_list_leaves_it_alone() -> None:
+    gate = RegistrationGate(SECRET, EndpointAllowList(["10.0.0.0/8"]))
+    launch = registration("wine", endpoint="http://launch.invalid", launch=LaunchSpec(replicas=2))
+    gate.admit(*signed(launch, "wine", 1000), launch)
+    forged = registration("wine", endpoint="http://launch.invalid", launch=LaunchSpec(replicas=3))
+    value = encode(forged)
+    by_another = sign(executor_key(SECRET, "other"), b"wine", value, 1001).header()
+    with pytest.raises(UntrustedRecord, match="signature does not verify"):
+        gate.admit(b"wine", value, [by_another], forged)
