@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -57,3 +58,12 @@ async def dead_letters(infra: Infra, catalog: Catalog, key: str) -> list[DeadLet
 
     await replay(infra.kafka(), {catalog.name(Topic.DEAD_LETTERS): DeadLetter}, keep)
     return found
+
+
+def group_alive(group: int) -> bool:
+    """Whether process group ``group`` still has a member."""
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True

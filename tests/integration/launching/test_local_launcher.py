@@ -46,7 +46,7 @@ from mulambda.wire.events import (
     utcnow,
 )
 from tests.conftest import REPO, Infra, remove_bucket
-from tests.integration.launching.support import dead_letters, launch_reports, until
+from tests.integration.launching.support import dead_letters, group_alive, launch_reports, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.tensorflow]
 
@@ -110,14 +110,6 @@ def _launch(launch_id: str, model: str, traits: Traits, **spec: Any) -> Executor
         heartbeat_interval_s=1.0,
         launch=LaunchSpec(**spec),
     )
-
-
-def _alive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 async def test_upload_launch_answer_select_stop_one_tombstone(
@@ -237,7 +229,7 @@ async def test_upload_launch_answer_select_stop_one_tombstone(
         os.killpg(first, signal.SIGTERM)
 
         async def first_gone() -> bool:
-            return replicas[0] not in await registered() and not _alive(first)
+            return replicas[0] not in await registered() and not group_alive(first)
 
         await until(first_gone, 30, f"{replicas[0]} to deregister")
         assert replicas[1] in await registered()
@@ -258,7 +250,7 @@ async def test_upload_launch_answer_select_stop_one_tombstone(
 
         async def all_gone() -> bool:
             known = await registered()
-            alive = [g for g in groups if g is not None and _alive(g)]
+            alive = [g for g in groups if g is not None and group_alive(g)]
             return not alive and not any(r in known for r in [launch_id, *replicas])
 
         await until(all_gone, 30, "the launch's processes to be gone")

@@ -8,7 +8,6 @@ own is reaped and no longer listed; processes the backend did not start are not 
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from mulambda.launching.local import LocalProcessBackend, render_replicas
 from mulambda.wire.events import LaunchSpec
 from tests.factories import registration
-from tests.integration.launching.support import until
+from tests.integration.launching.support import group_alive, until
 
 pytestmark = pytest.mark.integration
 
@@ -34,14 +33,6 @@ if "--model" in args and args[args.index("--model") + 1].startswith("quits"):
 print("started", args[0], flush=True)
 time.sleep(120)
 """
-
-
-def _alive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 async def test_groups_are_stopped_escalated_and_reaped(tmp_path: Path) -> None:
@@ -73,7 +64,7 @@ async def test_groups_are_stopped_escalated_and_reaped(tmp_path: Path) -> None:
                 return "q-0" not in {o.ref.name for o in await backend.observe()}
 
             await until(reaped, 20, "the ended replica to be reaped")
-            assert not _alive(quitter_group)  # its companion was killed with it
+            assert not group_alive(quitter_group)  # its companion was killed with it
             assert backend.group_of("w-0") == groups[0]
 
             started = time.monotonic()
@@ -82,7 +73,7 @@ async def test_groups_are_stopped_escalated_and_reaped(tmp_path: Path) -> None:
         assert time.monotonic() - started < 10
         for group in groups:
             assert group is not None
-            assert not _alive(group)
+            assert not group_alive(group)
         assert await backend.observe() == []
         assert bystander.returncode is None  # not the backend's: untouched
     finally:
