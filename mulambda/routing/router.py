@@ -492,7 +492,7 @@ class Router(Lifecycle):
             return
         elapsed_ms = (time.perf_counter() - called) * 1000
         await self._observe(request, candidate.executor_id, elapsed_ms, route.input_size)
-        route.call_succeeded(output)
+        route.call_succeeded(output, elapsed_ms)
 
     async def _select(
         self, request: InferenceRequest, size: int, timeout_s: float
