@@ -169,6 +169,7 @@ class Router(Lifecycle):
         exactly_once: bool = False,
         transaction_timeout_s: float = 10.0,
         transaction_interval_s: float = 0.02,
+        linger_ms: int = 2,
     ) -> None:
         """``reply_topics``: names and prefixes (ending in ``*``) results may go to;
         empty means the catalog's default (see
@@ -208,13 +209,14 @@ class Router(Lifecycle):
         self.metrics.suspect_endpoints.set_function(
             lambda: len(self._suspects.suspects(time.time()))
         )
-        self._producer = Producer(kafka, delivery_timeout_s=delivery_timeout_s)
+        self._producer = Producer(kafka, linger_ms=linger_ms, delivery_timeout_s=delivery_timeout_s)
         self._transactions = (
             TransactionalProducer(
                 kafka,
                 transactional_id=f"{group_id}.{router_id}",
                 group_id=group_id,
                 transaction_timeout_s=transaction_timeout_s,
+                linger_ms=linger_ms,
             )
             if exactly_once
             else None

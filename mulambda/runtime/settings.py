@@ -57,6 +57,14 @@ class Settings(BaseSettings):
     kafka_heartbeat_interval_s: float = Field(default=1.0, gt=0)
     """Group heartbeat interval; keep it under a third of the session timeout."""
 
+    kafka_linger_ms: int = Field(default=2, ge=0, le=1000)
+    """Router producer linger. aiokafka sends a produce request at once when none is
+    in flight and keeps the next at least this long after it started, so records batch
+    only under load; larger values make fewer, bigger requests."""
+
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
+    """Event loop of the router and selector workers; ``uvloop`` needs the package."""
+
     delivery_mode: Literal["at-least-once", "exactly-once"] = "at-least-once"
     """How routers publish results. ``at-least-once`` (default, fastest): results are
     acknowledged before the request's offset commits and redeliveries are filtered by
