@@ -83,7 +83,7 @@ def run(factory: Callable[[], Awaitable[Service]], *, grace_s: float = 10.0) -> 
 
 def run_loop(main: Coroutine[Any, Any, T], event_loop: str = "asyncio") -> T:
     """Run ``main`` to completion in a fresh event loop: asyncio's, or uvloop's (faster
-    transports and timers; MulambdaError naming the package when it is missing)."""
+    transports and timers; asyncio's when the package is missing)."""
     if event_loop == "asyncio":
         return asyncio.run(main)
     if event_loop != "uvloop":
@@ -91,9 +91,9 @@ def run_loop(main: Coroutine[Any, Any, T], event_loop: str = "asyncio") -> T:
         raise MulambdaError(f"unknown event loop {event_loop!r}; known: asyncio, uvloop")
     try:
         import uvloop
-    except ImportError:
-        main.close()
-        raise MulambdaError("MULAMBDA_EVENT_LOOP=uvloop needs the uvloop package") from None
+    except ImportError:  # an optional speed-up: a platform without wheels runs asyncio
+        log.info("uvloop is not installed; running the asyncio event loop")
+        return asyncio.run(main)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)
 

@@ -57,13 +57,16 @@ class Settings(BaseSettings):
     kafka_heartbeat_interval_s: float = Field(default=1.0, gt=0)
     """Group heartbeat interval; keep it under a third of the session timeout."""
 
-    kafka_linger_ms: int = Field(default=2, ge=0, le=1000)
-    """Router producer linger. aiokafka sends a produce request at once when none is
-    in flight and keeps the next at least this long after it started, so records batch
-    only under load; larger values make fewer, bigger requests."""
+    kafka_linger_ms: int = Field(default=0, ge=0, le=1000)
+    """Router producer linger. aiokafka sends a produce request at once when none is in
+    flight and holds the next until the one before is acknowledged and this long after
+    it started: with 0, records batch only under load (while a request is in flight),
+    and a result never waits behind a linger (at 100 requests/s, linger 2 ms measured
+    p50 13 ms end to end, 0 ms 8 ms)."""
 
-    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
-    """Event loop of the router and selector workers; ``uvloop`` needs the package."""
+    event_loop: Literal["asyncio", "uvloop"] = "uvloop"
+    """Event loop of the router and selector workers: ``uvloop`` (default; CPython's
+    ``asyncio`` where the package is missing) or ``asyncio``."""
 
     delivery_mode: Literal["at-least-once", "exactly-once"] = "at-least-once"
     """How routers publish results. ``at-least-once`` (default, fastest): results are
