@@ -230,17 +230,9 @@ class FullPathSweep:
                 while tally.outstanding > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
             finally:
-                for task in (watch, lag):
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                await _cancel(watch, lag)
             after = self._cpu(roles)
-        figures = tally.figures(duration_s)
-        figures.update(
-            offered_per_s=rate,
-            duration_s=duration_s,
-            cpu=_cpu_figures(before, after, tally.answered),
-        )
+        figures = _phase_figures(tally, rate, duration_s, before, after)
         figures["saturated"] = self._saturated(rate, figures)
         return figures
 
@@ -294,17 +286,31 @@ class FullPathSweep:
             if tasks:
                 await asyncio.wait(set(tasks), timeout=spec.deadline_s + 5)
         finally:
-            watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watch
-        after = self._cpu(roles)
-        figures = tally.figures(duration_s)
-        figures.update(
-            offered_per_s=rate,
-            duration_s=duration_s,
-            cpu=_cpu_figures(before, after, tally.answered),
-        )
-        return figures
+            await _cancel(watch)
+        return _phase_figures(tally, rate, duration_s, before, self._cpu(roles))
+
+
+async def _cancel(*tasks: asyncio.Task[None]) -> None:
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _phase_figures(
+    tally: Tally,
+    rate: float,
+    duration_s: float,
+    before: Mapping[str, float],
+    after: Mapping[str, float],
+) -> dict[str, Any]:
+    figures = tally.figures(duration_s)
+    figures.update(
+        offered_per_s=rate,
+        duration_s=duration_s,
+        cpu=_cpu_figures(before, after, tally.answered),
+    )
+    return figures
 
 
 def _cpu_figures(

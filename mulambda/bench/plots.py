@@ -53,10 +53,7 @@ def write_plots(results: Mapping[str, Any], stem: Path) -> list[Path]:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("Full path: router → selection → executor → result")
-    path = stem.with_name(stem.name + "-latency.png")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(fig, stem, "latency"))
 
     fig, ax = plt.subplots(figsize=(8, 5))
     roles = sorted({role for p in platform for role in p["cpu"]["ms_per_request"]})
@@ -71,8 +68,14 @@ def write_plots(results: Mapping[str, Any], stem: Path) -> list[Path]:
     ax.set_ylabel("CPU ms per answered request")
     ax.legend(fontsize=8)
     ax.set_title("CPU per request by process")
-    path = stem.with_name(stem.name + "-cpu.png")
+    written.append(_save(fig, stem, "cpu"))
+    return written
+
+
+def _save(fig: Any, stem: Path, name: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    path = stem.with_name(f"{stem.name}-{name}.png")
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
-    written.append(path)
-    return written
+    return path
