@@ -64,9 +64,11 @@ class Settings(BaseSettings):
     and a result never waits behind a linger (at 100 requests/s, linger 2 ms measured
     p50 13 ms end to end, 0 ms 8 ms)."""
 
-    event_loop: Literal["asyncio", "uvloop"] = "uvloop"
-    """Event loop of the router and selector workers: ``uvloop`` (default; CPython's
-    ``asyncio`` where the package is missing) or ``asyncio``."""
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
+    """Event loop of the router and selector workers: ``asyncio`` (default) or ``uvloop``
+    (asyncio where the package is missing). Not the default: in paired runs of
+    ``bench_selector.py --only latency`` the selector's round trip was slower with uvloop
+    (p99 47-71 ms against 23-42 ms with asyncio, on a loaded machine)."""
 
     delivery_mode: Literal["at-least-once", "exactly-once"] = "at-least-once"
     """How routers publish results. ``at-least-once`` (default, fastest): results are
