@@ -6,6 +6,13 @@ The hierarchy::
     ├── ConfigurationError            bad settings or arguments; never retriable
     ├── DecodeError                   bytes that are not a valid message; dead-lettered
     │   └── OversizeError             a record larger than the configured bound
+    ├── AccessDenied                  credentials or permissions refused; never retriable
+    │   ├── AuthenticationError       the server rejected who we are (bad password,
+    │   │                             unknown user, untrusted certificate)
+    │   └── AuthorizationError        the principal may not do this (a Kafka ACL, a
+    │                                 Redis ACL rule): fix the ACLs, not the request
+    ├── UntrustedRecord               a valid registration that fails its signature or
+    │                                 the endpoint allow-list; dead-lettered, not applied
     ├── TransportError                Kafka, Redis, S3 or HTTP failed underneath us
     │   ├── KafkaUnavailable          broker unreachable or timed out (retriable)
     │   ├── StoreUnavailable          Redis/DragonflyDB unreachable (retriable)
@@ -19,7 +26,9 @@ The hierarchy::
     │   └── NoCandidate               nothing passes the hard criteria or SLO
     ├── ExecutorError                 a TF Serving endpoint answered with an error
     │   (subclasses per HTTP status live in ``mulambda.executors.tfserving``)
-    └── ModelStoreError               model upload/download refused (layout, exists)
+    ├── ModelStoreError               model upload/download refused (layout, exists)
+    └── LaunchError                   a launch request that cannot be carried out
+        └── LaunchForbidden           the cluster's RBAC refused the launcher (403)
 
 Errors from aiokafka, redis and aiohttp are translated at the module that talks to
 them, so callers only ever catch ``MulambdaError``. ``retriable`` tells a worker
@@ -56,6 +65,23 @@ class DecodeError(MulambdaError):
 
 class OversizeError(DecodeError):
     """A record body above the configured size bound."""
+
+
+class AccessDenied(MulambdaError):
+    """A server refused our credentials or this operation; retrying cannot help."""
+
+
+class AuthenticationError(AccessDenied):
+    """The server rejected who we are: bad password, unknown user, untrusted certificate."""
+
+
+class AuthorizationError(AccessDenied):
+    """The principal is not allowed this operation (topic, group, transactional id)."""
+
+
+class UntrustedRecord(MulambdaError):
+    """A registration (or tombstone) whose signature is missing, wrong or replayed, or
+    whose endpoint is outside the allow-list: never applied, dead-lettered."""
 
 
 class TransportError(MulambdaError):
@@ -115,3 +141,17 @@ class ExecutorError(MulambdaError):
 
 class ModelStoreError(MulambdaError):
     """A model upload, listing or download that cannot be done as asked."""
+
+
+class LaunchError(MulambdaError):
+    """A launch request the launcher cannot carry out: an invalid spec, or an object of
+    the same name it does not own; never retriable (the status event says why).
+    ``status`` is the cluster's HTTP status, when it answered one."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class LaunchForbidden(LaunchError):
+    """The cluster refused the launcher a request (HTTP 403: its Role does not allow it)."""

@@ -21,6 +21,7 @@ import pytest_asyncio
 
 from mulambda.kafka import Admin, KafkaConfig
 from mulambda.wire.catalog import Catalog, load_catalog
+from tests.kube import KubeApi, kube_installed, running_kube_api
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -168,3 +169,40 @@ async def catalog(infra: Infra, topic_prefix: str) -> AsyncIterator[Catalog]:
         await admin.apply(cat)
         yield cat
         await admin.delete([cat.name(t) for t in cat.specs])
+
+
+@pytest.fixture(scope="session")
+def kube_api() -> Iterator[KubeApi]:
+    """A real Kubernetes API server (kube-apiserver on kine, tests/kube.py): the one this
+    ``MULAMBDA_HOME`` runs, else started for the session and stopped at its end.
+
+    Skipped when ``infra.sh install kube`` has not built it, except in CI (``CI=true``),
+    where a missing server is a failure: CI's install step builds it.
+    """
+    if not kube_installed():
+        reason = (
+            "no Kubernetes API server: kube-apiserver, kubectl, kine or the CRDs are not built;"
+            " run: bash deploy/local/infra.sh install kube"
+        )
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    yield from running_kube_api()
+
+
+def remove_bucket(infra: Infra, bucket: str) -> None:
+    """Empty and remove a bucket a test made (nothing when it does not exist)."""
+    from minio import Minio
+    from minio.deleteobjects import DeleteObject
+
+    raw = Minio(
+        infra.minio_endpoint,
+        access_key=infra.minio_access_key,
+        secret_key=infra.minio_secret_key,
+        secure=False,
+    )
+    if raw.bucket_exists(bucket):
+        keys = [o.object_name for o in raw.list_objects(bucket, recursive=True)]
+        errors = list(raw.remove_objects(bucket, [DeleteObject(k) for k in keys if k]))
+        assert not errors, errors
+        raw.remove_bucket(bucket)

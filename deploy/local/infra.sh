@@ -5,12 +5,18 @@
 #   deploy/local/infra.sh install|start|status|stop|restart [kafka|redis|minio ...]
 #   deploy/local/infra.sh install mlserver
 #   deploy/local/infra.sh mlserver-bin
+#   deploy/local/infra.sh install|start|status|stop kube
+#   deploy/local/infra.sh installed [COMPONENT ...]
+#   deploy/local/infra.sh kubectl-bin
 #
 # No component argument means all three (and, for install, mlserver too). Every
 # command is idempotent. mlserver (Seldon MLServer, an Open Inference Protocol v2
 # server) is install-only: it gets its own venv in the cache, never mulambda's, and
 # the tests that need it start and stop its processes themselves; `mlserver-bin`
-# prints where its `mlserver` executable is.
+# prints where its `mlserver` executable is. kube (a real kube-apiserver on kine,
+# with the CRDs of Strimzi and KEDA to install into it) is installed by `install`
+# without arguments but started only when named: `start kube`. `installed` exits 0
+# when every named component (default: all) is installed, 1 otherwise.
 # Progress goes to stderr; `start` prints `export ...` lines on stdout, so
 #   eval "$(deploy/local/infra.sh start)"
 # works, and the same lines are written to $MULAMBDA_HOME/env for `source`.
@@ -31,9 +37,22 @@ MINIO_VERSION=v0.0.0-20250907161309-07c3a429bfed
 # fight TensorFlow's and ours in a shared one.
 MLSERVER_VERSION=1.7.1
 
+# The test Kubernetes API server: kube-apiserver and kubectl built from this release
+# (its staging modules at the matching v0.x), kine as its etcd on SQLite.
+KUBE_VERSION=v1.37.2
+KUBE_STAGING_VERSION=v0.37.2
+KINE_MODULE=github.com/k3s-io/kine
+KINE_VERSION=v0.17.5
+# Must match <strimzi.version> in deploy/local/strimzi/pom.xml.
+STRIMZI_VERSION=1.2.0
+KEDA_MODULE=github.com/kedacore/keda/v2
+KEDA_VERSION=v2.21.0
+
 ALL_COMPONENTS=(kafka redis minio)
 # Installed by `install` without arguments, never started by this script.
 INSTALL_ONLY_COMPONENTS=(mlserver)
+# Installed by `install` without arguments, started only when named (`start kube`).
+OPTIONAL_COMPONENTS=(kube)
 
 # --- configuration (all optional, see README) --------------------------------
 
@@ -44,9 +63,16 @@ KAFKA_CONTROLLER_PORT=${MULAMBDA_KAFKA_CONTROLLER_PORT:-9093}
 REDIS_PORT=${MULAMBDA_REDIS_PORT:-6379}
 MINIO_PORT=${MULAMBDA_MINIO_PORT:-9000}
 MINIO_CONSOLE_PORT=${MULAMBDA_MINIO_CONSOLE_PORT:-9001}
+KUBE_PORT=${MULAMBDA_KUBE_PORT:-6443}
+KINE_PORT=${MULAMBDA_KINE_PORT:-2379}
 MINIO_ACCESS_KEY=${MULAMBDA_MINIO_ACCESS_KEY:-mulambda}
 MINIO_SECRET_KEY=${MULAMBDA_MINIO_SECRET_KEY:-mulambda-secret}
 START_TIMEOUT=${MULAMBDA_START_TIMEOUT:-60}
+# plaintext (default, the quick start) or sasl_ssl: SCRAM-SHA-512 users per role over
+# TLS, with ACLs from mulambda.security (see README, "Security").
+KAFKA_SECURITY=${MULAMBDA_KAFKA_SECURITY:-plaintext}
+# The interpreter that applies the ACLs (it imports mulambda from this checkout).
+MULAMBDA_PY=${MULAMBDA_PYTHON:-${MULAMBDA_VENV:-$REPO_ROOT/.venv}/bin/python}
 STOP_TIMEOUT=15
 
 # Relative paths would break once we cd or hand them to a detached process.
@@ -62,6 +88,12 @@ MINIO_BIN=$CACHE_DIR/minio/$MINIO_VERSION/bin/minio
 # adopted (hard link) when its embedded module version is the pinned one.
 MINIO_LEGACY_BIN=$CACHE_DIR/minio/bin/minio
 MLSERVER_HOME=$CACHE_DIR/mlserver-$MLSERVER_VERSION
+KUBE_HOME=$CACHE_DIR/kubernetes-$KUBE_VERSION
+KUBE_APISERVER_BIN=$KUBE_HOME/bin/kube-apiserver
+KUBECTL_BIN=$KUBE_HOME/bin/kubectl
+KINE_BIN=$CACHE_DIR/kine-$KINE_VERSION/bin/kine
+STRIMZI_HOME=$CACHE_DIR/strimzi-$STRIMZI_VERSION
+CRD_DIR=$CACHE_DIR/crds/strimzi-$STRIMZI_VERSION-keda-$KEDA_VERSION
 MLSERVER_BIN=$MLSERVER_HOME/current/bin/mlserver
 # The interpreter the venv is made from (MLServer 1.7 supports Python 3.9-3.12).
 MLSERVER_PYTHON=${MULAMBDA_MLSERVER_PYTHON:-python3}
@@ -75,11 +107,17 @@ usage() { # [exit-code]: 0 prints to stdout (asked for help), else stderr
   local code=${1:-2}
   if ((code != 0)); then exec 1>&2; fi
   cat <<EOF
-usage: ${0##*/} install|start|status|stop|restart [kafka|redis|minio ...]
-       ${0##*/} install mlserver | mlserver-bin
+usage: ${0##*/} install|start|status|stop|restart [kafka|redis|minio|kube ...]
+       ${0##*/} install mlserver | mlserver-bin | kubectl-bin | crd-dir | installed [COMPONENT ...]
   install  fetch/build artefacts into \$MULAMBDA_CACHE_DIR ($CACHE_DIR);
            without components also MLServer $MLSERVER_VERSION (install-only)
+           and kube (kube-apiserver $KUBE_VERSION, kubectl, kine $KINE_VERSION, CRDs)
+  installed     exit 0 if every named component (default: all) is installed, else 1
   mlserver-bin  print the path of the installed mlserver executable
+  kubectl-bin   print the path of the installed kubectl
+  crd-dir       print the directory holding the generated CRDs (Strimzi, KEDA)
+  start kube    kine + kube-apiserver on 127.0.0.1:$KUBE_PORT (never started by default);
+                admin kubeconfig: \$MULAMBDA_HOME/kube/admin.kubeconfig
   start    install if needed, start, wait until ready, print export lines
   status   one line per component; exit 0 if all running, 3 otherwise
   stop     stop the processes recorded in our pid files
@@ -113,6 +151,8 @@ comp_ports() {
     kafka) echo "$KAFKA_PORT $KAFKA_CONTROLLER_PORT" ;;
     redis) echo "$REDIS_PORT" ;;
     minio) echo "$MINIO_PORT $MINIO_CONSOLE_PORT" ;;
+    kine) echo "$KINE_PORT" ;;
+    kube) echo "$KUBE_PORT" ;;
   esac
 }
 
@@ -124,6 +164,8 @@ comp_pattern() {
     kafka) echo 'kafka\.Kafka' ;;
     redis) echo 'redis-server|dragonfly' ;;
     minio) echo 'minio server' ;;
+    kine) echo 'kine .*--listen-address' ;;
+    kube) echo 'kube-apiserver' ;;
   esac
 }
 
@@ -253,6 +295,46 @@ run_logged() { # step-description log-name command...
   fi
 }
 
+# go_install_to BIN CGO_ENABLED LOG-NAME MODULE@VERSION: `go install` into a temp GOBIN
+# beside BIN and rename, so a killed build never leaves a half-written binary at BIN (the
+# module's binary is named as BIN).
+go_install_to() {
+  local bin=$1 cgo=$2 logname=$3 target=$4 bindir tmp
+  bindir=$(dirname "$bin")
+  mkdir -p "$bindir"
+  rm -rf "$bindir"/.tmp.*
+  tmp=$(mktemp -d "$bindir/.tmp.XXXXXX")
+  if ! run_logged "${logname%-install} install (go install $target)" "$logname" \
+    env GOBIN="$tmp" CGO_ENABLED="$cgo" go install "$target"; then
+    rm -rf "$tmp"
+    exit 1
+  fi
+  mv -f "$tmp/$(basename "$bin")" "$bin"
+  rm -rf "$tmp"
+}
+
+# maven_classpath POM LIBS LOG-NAME [REQUIRED-JAR]: POM's runtime dependencies copied by
+# Maven into a temp dir beside LIBS, renamed to LIBS on success: LIBS existing always means
+# complete. Run under the install's lock (leftovers of interrupted runs are removed).
+maven_classpath() {
+  local pom=$1 libs=$2 logname=$3 required=${4:-} tmp
+  mkdir -p "$(dirname "$libs")"
+  rm -rf "$libs".tmp.*
+  tmp=$(mktemp -d "$libs.tmp.XXXXXX")
+  if ! run_logged "${logname%-install} install (mvn dependency:copy-dependencies)" "$logname" \
+    mvn -B -q -Dstyle.color=never -f "$pom" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$tmp"; then
+    rm -rf "$tmp"
+    exit 1
+  fi
+  if [[ -n $required && ! -f $tmp/$required ]]; then
+    rm -rf "$tmp"
+    die "${logname%-install} install: Maven finished but $required is missing; see $LOG_DIR/$logname.log"
+  fi
+  rm -rf "$libs" # only ever an incomplete copy made by other means
+  mv -T "$tmp" "$libs"
+}
+
 # --- Kafka --------------------------------------------------------------------
 
 kafka_installed() { [[ -f $KAFKA_LIBS/$KAFKA_MAIN_JAR ]]; }
@@ -265,25 +347,7 @@ kafka_install() {
   # Someone may have finished while we waited for the lock.
   if ! kafka_installed; then
     log "kafka: resolving $KAFKA_VERSION jars with Maven (log: $LOG_DIR/kafka-install.log)"
-    mkdir -p "$KAFKA_HOME"
-    # Leftovers of interrupted downloads; safe to remove while we hold the lock.
-    rm -rf "$KAFKA_HOME"/libs.tmp.*
-    local tmp
-    tmp=$(mktemp -d "$KAFKA_HOME/libs.tmp.XXXXXX")
-    # Download into a temp dir and rename on success: `libs` existing then
-    # always means complete.
-    if ! run_logged "kafka install (mvn dependency:copy-dependencies)" kafka-install \
-      mvn -B -q -Dstyle.color=never -f "$SCRIPT_DIR/kafka/pom.xml" dependency:copy-dependencies \
-      -DincludeScope=runtime -DoutputDirectory="$tmp"; then
-      rm -rf "$tmp"
-      exit 1
-    fi
-    [[ -f $tmp/$KAFKA_MAIN_JAR ]] || {
-      rm -rf "$tmp"
-      die "kafka install: Maven finished but $KAFKA_MAIN_JAR is missing; see $LOG_DIR/kafka-install.log"
-    }
-    rm -rf "$KAFKA_LIBS" # only ever an incomplete copy made by other means
-    mv -T "$tmp" "$KAFKA_LIBS"
+    maven_classpath "$SCRIPT_DIR/kafka/pom.xml" "$KAFKA_LIBS" kafka-install "$KAFKA_MAIN_JAR"
     log "kafka: installed $(find "$KAFKA_LIBS" -name '*.jar' | wc -l) jars into $KAFKA_LIBS"
   fi
   unlock 8
@@ -318,7 +382,8 @@ kafka_format() {
   fi
   log "kafka: formatting storage in $data (cluster id $(<"$dir/cluster-id"))"
   if ! java "${KAFKA_JVM_OPTS[@]}" kafka.tools.StorageTool format --ignore-formatted \
-    -t "$(<"$dir/cluster-id")" -c "$dir/server.properties" >"$dir/format.log" 2>&1; then
+    -t "$(<"$dir/cluster-id")" -c "$dir/server.properties" "${KAFKA_SCRAM_ARGS[@]}" \
+    >"$dir/format.log" 2>&1; then
     show_log_tail "$dir/format.log"
     die "kafka: storage format failed; see $dir/format.log"
   fi
@@ -326,14 +391,112 @@ kafka_format() {
 
 # Config and storage, done before anything is launched.
 kafka_prepare() {
-  local dir
+  local dir formatted
   require_cmd java "install a JDK >= 11, e.g. apt-get install -y openjdk-17-jre-headless"
   dir=$(comp_dir kafka)
   mkdir -p "$dir/data"
+  # Users exist from the storage format on: a store formatted in the other mode has
+  # none (or the wrong listeners), and wiping it is the user's call.
+  formatted=$(cat "$dir/security" 2>/dev/null || echo plaintext)
+  if [[ -f $dir/data/meta.properties && $formatted != "$KAFKA_SECURITY" ]]; then
+    die "kafka: $dir/data was formatted for MULAMBDA_KAFKA_SECURITY=$formatted, not $KAFKA_SECURITY; remove $dir/data (its topics are lost) or use another MULAMBDA_HOME"
+  fi
   render "$SCRIPT_DIR/kafka/server.properties.tmpl" "$dir/server.properties" \
     KAFKA_PORT="$KAFKA_PORT" KAFKA_CONTROLLER_PORT="$KAFKA_CONTROLLER_PORT" \
     KAFKA_DATA_DIR="$dir/data"
+  KAFKA_SCRAM_ARGS=()
+  if [[ $KAFKA_SECURITY == sasl_ssl ]]; then kafka_secure "$dir"; fi
   kafka_format
+  echo "$KAFKA_SECURITY" >"$dir/security"
+}
+
+# --- secured Kafka (MULAMBDA_KAFKA_SECURITY=sasl_ssl) ----------------------------
+
+KAFKA_BROKER_USER=mulambda-broker
+
+kafka_roles() { # the roles of mulambda.security, one per line
+  [[ -x $MULAMBDA_PY ]] || die "kafka: $MULAMBDA_PY not found: the secured broker needs mulambda's Python (set MULAMBDA_PYTHON or MULAMBDA_VENV)"
+  PYTHONPATH=$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH} "$MULAMBDA_PY" -m mulambda acls roles
+}
+
+# A random secret in FILE (made once, readable by its owner only).
+secret_file() { # file
+  [[ -s $1 ]] && return 0
+  (umask 077 && openssl rand -hex 24 >"$1.tmp" && mv -f "$1.tmp" "$1")
+}
+
+# CA and broker certificate (CN=$KAFKA_BROKER_USER, SAN 127.0.0.1 and localhost),
+# made once per MULAMBDA_HOME; clients trust tls/ca.pem.
+kafka_tls() { # tls-dir
+  local tls=$1
+  [[ -s $tls/broker.p12 && -s $tls/ca.pem ]] && return 0
+  require_cmd openssl "needed to make the local CA; apt-get install -y openssl"
+  log "kafka: making a CA and broker certificate in $tls"
+  (
+    umask 077
+    cd "$tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 825 -keyout ca.key -out ca.pem \
+      -subj "/CN=MuLambda local CA" -addext "basicConstraints=critical,CA:TRUE" \
+      -addext "keyUsage=critical,keyCertSign,cRLSign"
+    openssl req -newkey rsa:2048 -nodes -sha256 -keyout broker.key -out broker.csr \
+      -subj "/CN=$KAFKA_BROKER_USER"
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n' >broker.ext
+    openssl x509 -req -sha256 -days 825 -in broker.csr -CA ca.pem -CAkey ca.key \
+      -CAcreateserial -extfile broker.ext -out broker.pem
+    openssl pkcs12 -export -in broker.pem -inkey broker.key -certfile ca.pem -name broker \
+      -passout "file:keystore.password" -out broker.p12.tmp
+    mv -f broker.p12.tmp broker.p12
+    chmod 644 ca.pem
+  ) >"$tls/openssl.log" 2>&1 || { show_log_tail "$tls/openssl.log"; die "kafka: making certificates failed"; }
+}
+
+# Users (one per role, plus the broker's), TLS material and the listener config.
+kafka_secure() { # kafka-dir
+  local dir=$1 tls=$1/tls users=$1/users role roles
+  mkdir -p "$tls" "$users"
+  chmod 700 "$tls" "$users"
+  require_cmd openssl "needed for the local CA and passwords; apt-get install -y openssl"
+  secret_file "$tls/keystore.password"
+  kafka_tls "$tls"
+  roles=$(kafka_roles) || die "kafka: cannot list the roles (mulambda acls roles)"
+  for role in $KAFKA_BROKER_USER $roles; do
+    secret_file "$users/$role.password"
+    KAFKA_SCRAM_ARGS+=(--add-scram "SCRAM-SHA-512=[name=$role,password=$(<"$users/$role.password")]")
+  done
+  render "$SCRIPT_DIR/kafka/sasl_ssl.properties.tmpl" "$dir/security.properties" \
+    KAFKA_PORT="$KAFKA_PORT" KAFKA_CONTROLLER_PORT="$KAFKA_CONTROLLER_PORT" \
+    BROKER_USER="$KAFKA_BROKER_USER" BROKER_PASSWORD="$(<"$users/$KAFKA_BROKER_USER.password")" \
+    TLS_DIR="$tls" KEYSTORE_PASSWORD="$(<"$tls/keystore.password")"
+  cat "$dir/security.properties" >>"$dir/server.properties"
+  rm -f "$dir/security.properties"
+  chmod 600 "$dir/server.properties"
+}
+
+kafka_secured() { [[ $(cat "$(comp_dir kafka)/security" 2>/dev/null) == sasl_ssl ]]; }
+
+# Client settings of USER on the secured broker, as exports.
+kafka_secure_env() { # user
+  local dir
+  dir=$(comp_dir kafka)
+  printf 'export MULAMBDA_KAFKA_SECURITY_PROTOCOL=SASL_SSL\n'
+  printf 'export MULAMBDA_KAFKA_SASL_MECHANISM=SCRAM-SHA-512\n'
+  printf 'export MULAMBDA_KAFKA_SSL_CAFILE=%q\n' "$dir/tls/ca.pem"
+  printf 'export MULAMBDA_KAFKA_SASL_USERNAME=%q\n' "$1"
+  printf 'export MULAMBDA_KAFKA_SASL_PASSWORD_FILE=%q\n' "$dir/users/$1.password"
+}
+
+# Every role's ACLs (mulambda acls apply), as the broker's super user; topic names
+# carry MULAMBDA_TOPIC_PREFIX. Idempotent: existing ACLs are left as they are.
+kafka_apply_acls() {
+  log "kafka: applying the ACLs of every role (mulambda acls apply)"
+  if ! (
+    eval "$(kafka_secure_env "$KAFKA_BROKER_USER")"
+    export MULAMBDA_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_PORT
+    PYTHONPATH=$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH} "$MULAMBDA_PY" -m mulambda acls apply
+  ) >"$(comp_dir kafka)/acls.log" 2>&1; then
+    show_log_tail "$(comp_dir kafka)/acls.log"
+    return 1
+  fi
 }
 
 kafka_launch() {
@@ -442,7 +605,7 @@ minio_install() {
   minio_installed && { log "minio: $MINIO_VERSION already in $MINIO_BIN"; return 0; }
   lock 8 "$CACHE_DIR/locks/minio-$MINIO_VERSION.lock"
   if ! minio_installed; then
-    local bindir tmp
+    local bindir
     bindir=$(dirname "$MINIO_BIN")
     mkdir -p "$bindir"
     rm -rf "$bindir"/.tmp.*
@@ -454,16 +617,7 @@ minio_install() {
     else
       require_cmd go "MinIO is built from source; install Go >= 1.24"
       log "minio: building $MINIO_MODULE@$MINIO_VERSION; takes several minutes on a cold Go cache (log: $LOG_DIR/minio-install.log)"
-      # Build into a temp GOBIN and rename, so a killed build never leaves a
-      # half-written binary at $MINIO_BIN.
-      tmp=$(mktemp -d "$bindir/.tmp.XXXXXX")
-      if ! run_logged "minio install (go install $MINIO_MODULE@$MINIO_VERSION)" minio-install \
-        env GOBIN="$tmp" CGO_ENABLED=0 go install "$MINIO_MODULE@$MINIO_VERSION"; then
-        rm -rf "$tmp"
-        exit 1
-      fi
-      mv -f "$tmp/minio" "$MINIO_BIN"
-      rm -rf "$tmp"
+      go_install_to "$MINIO_BIN" 0 minio-install "$MINIO_MODULE@$MINIO_VERSION"
     fi
     log "minio: installed $MINIO_BIN"
   fi
@@ -490,6 +644,238 @@ minio_launch() {
 
 minio_ready() {
   curl -sf -m 2 -o /dev/null "http://127.0.0.1:$MINIO_PORT/minio/health/ready"
+}
+
+# --- Kubernetes API server (kine + kube-apiserver; `start kube`, never by default) ---
+#
+# A real kube-apiserver with kine (etcd's API over SQLite) as its storage, for tests
+# that apply manifests: no kubelet, no controllers, so nothing applied ever runs.
+# kube-apiserver and kubectl are built from k8s.io/kubernetes: a throw-away module
+# requires it and pins every staging module (k8s.io/api, ...) that its own go.mod
+# replaces with a local path to the matching v0.x release.
+
+kube_installed() {
+  [[ -x $KUBE_APISERVER_BIN && -x $KUBECTL_BIN ]] && kine_installed && crds_installed
+}
+
+kube_build() {
+  local src=$KUBE_HOME/src bindir tmp staging
+  require_cmd go "kube-apiserver is built from source; install Go >= 1.26"
+  mkdir -p "$src"
+  log "kube: resolving k8s.io/kubernetes@$KUBE_VERSION (log: $LOG_DIR/kube-install.log)"
+  run_logged "kube install (go mod download k8s.io/kubernetes@$KUBE_VERSION)" kube-install \
+    env GOFLAGS=-mod=mod go mod download "k8s.io/kubernetes@$KUBE_VERSION" || exit 1
+  # The staging modules, read from the release's own replace block.
+  staging=$(sed -n '/^replace (/,/^)/p' \
+    "$(go env GOMODCACHE)/k8s.io/kubernetes@$KUBE_VERSION/go.mod" | awk '$2 == "=>" { print $1 }')
+  [[ -n $staging ]] || die "kube install: no replace block in k8s.io/kubernetes@$KUBE_VERSION's go.mod"
+  {
+    printf 'module mulambda.local/kube-tools\n\ngo %s\n\nrequire k8s.io/kubernetes %s\n\n' \
+      "$(go env GOVERSION | sed -E 's/^go([0-9]+\.[0-9]+).*/\1/')" "$KUBE_VERSION"
+    local module
+    for module in $staging; do printf 'replace %s => %s %s\n' "$module" "$module" "$KUBE_STAGING_VERSION"; done
+  } >"$src/go.mod"
+  # go mod tidy keeps only what a package of the module imports.
+  printf '//go:build tools\n\npackage tools\n\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver"\n\t_ "k8s.io/kubernetes/cmd/kubectl"\n)\n' >"$src/tools.go"
+  rm -f "$src/go.sum"
+  (cd "$src" && run_logged "kube install (go mod tidy)" kube-install go mod tidy) || exit 1
+  bindir=$(dirname "$KUBE_APISERVER_BIN")
+  mkdir -p "$bindir"
+  rm -rf "$bindir"/.tmp.*
+  tmp=$(mktemp -d "$bindir/.tmp.XXXXXX")
+  log "kube: building kube-apiserver and kubectl $KUBE_VERSION; about 8 minutes on a cold Go cache with 2 cores (log: $LOG_DIR/kube-install.log)"
+  if ! (cd "$src" && run_logged "kube install (go build kube-apiserver kubectl)" kube-install \
+    go build -o "$tmp/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl); then
+    rm -rf "$tmp"
+    exit 1
+  fi
+  mv -f "$tmp/kube-apiserver" "$KUBE_APISERVER_BIN"
+  mv -f "$tmp/kubectl" "$KUBECTL_BIN"
+  rm -rf "$tmp"
+  log "kube: installed $KUBE_APISERVER_BIN and $KUBECTL_BIN"
+}
+
+kube_install() {
+  if [[ -x $KUBE_APISERVER_BIN && -x $KUBECTL_BIN ]]; then
+    log "kube: $KUBE_VERSION already in $(dirname "$KUBE_APISERVER_BIN")"
+  else
+    lock 8 "$CACHE_DIR/locks/kube-$KUBE_VERSION.lock"
+    [[ -x $KUBE_APISERVER_BIN && -x $KUBECTL_BIN ]] || kube_build
+    unlock 8
+  fi
+  kine_install
+  crds_install
+}
+
+kine_installed() { [[ -x $KINE_BIN ]]; }
+
+kine_install() {
+  kine_installed && { log "kine: $KINE_VERSION already in $KINE_BIN"; return 0; }
+  lock 8 "$CACHE_DIR/locks/kine-$KINE_VERSION.lock"
+  if ! kine_installed; then
+    require_cmd go "kine is built from source; install Go >= 1.24"
+    log "kine: building $KINE_MODULE@$KINE_VERSION; about 2 minutes on a cold Go cache (log: $LOG_DIR/kine-install.log)"
+    # SQLite is a cgo driver: kine needs CGO (and a C compiler) for it.
+    go_install_to "$KINE_BIN" 1 kine-install "$KINE_MODULE@$KINE_VERSION"
+    log "kine: installed $KINE_BIN"
+  fi
+  unlock 8
+}
+
+# The CustomResourceDefinitions of what deploy/k8s uses besides core Kubernetes: Strimzi's,
+# generated from its Maven artifacts, and KEDA's, as shipped in its Go module.
+crds_installed() { [[ -f $CRD_DIR/.complete ]]; }
+
+# A Java that runs Strimzi's generator (class files for Java 21).
+strimzi_java() {
+  local candidate version
+  for candidate in ${MULAMBDA_STRIMZI_JAVA:-} "$(command -v java 2>/dev/null)" /usr/lib/jvm/*/bin/java; do
+    [[ -n $candidate && -x $candidate ]] || continue
+    version=$("$candidate" -XshowSettings:properties -version 2>&1 |
+      awk -F' = ' '/java.specification.version/ { print $2 }')
+    if [[ $version =~ ^[0-9]+$ ]] && ((version >= 21)); then
+      echo "$candidate"
+      return 0
+    fi
+  done
+  return 1
+}
+
+crds_install() {
+  crds_installed && { log "crds: Strimzi $STRIMZI_VERSION and KEDA $KEDA_VERSION already in $CRD_DIR"; return 0; }
+  require_cmd mvn "apt-get install -y maven"
+  local java
+  java=$(strimzi_java) || die "Strimzi $STRIMZI_VERSION's CRD generator needs Java >= 21; set MULAMBDA_STRIMZI_JAVA"
+  lock 8 "$CACHE_DIR/locks/crds-$STRIMZI_VERSION-$KEDA_VERSION.lock"
+  if ! crds_installed; then
+    local tmp libs=$STRIMZI_HOME/libs kind class keda_dir
+    if [[ ! -d $libs ]]; then
+      log "crds: resolving Strimzi $STRIMZI_VERSION jars with Maven (log: $LOG_DIR/crds-install.log)"
+      maven_classpath "$SCRIPT_DIR/strimzi/pom.xml" "$libs" crds-install
+    fi
+    mkdir -p "$(dirname "$CRD_DIR")"
+    rm -rf "$CRD_DIR".tmp.*
+    tmp=$(mktemp -d "$CRD_DIR.tmp.XXXXXX")
+    local args=()
+    for kind in topic.KafkaTopic kafka.Kafka nodepool.KafkaNodePool user.KafkaUser; do
+      class=io.strimzi.api.kafka.model.$kind
+      args+=("$class=$tmp/strimzi-${kind#*.}.yaml")
+    done
+    log "crds: generating Strimzi's Kafka, KafkaNodePool, KafkaTopic and KafkaUser CRDs"
+    if ! run_logged "crds install (Strimzi CrdGenerator)" crds-install \
+      "$java" -cp "$libs/*" io.strimzi.crdgenerator.CrdGenerator --yaml "${args[@]}"; then
+      rm -rf "$tmp"
+      exit 1
+    fi
+    log "crds: KEDA $KEDA_VERSION's ScaledObject and TriggerAuthentication CRDs from its Go module"
+    if ! keda_dir=$(cd "$tmp" && GOFLAGS=-mod=mod go mod download -json "$KEDA_MODULE@$KEDA_VERSION" |
+      awk -F'"' '$2 == "Dir" { print $4 }') || [[ -z $keda_dir ]]; then
+      rm -rf "$tmp"
+      die "crds install: go mod download $KEDA_MODULE@$KEDA_VERSION failed"
+    fi
+    for kind in scaledobjects triggerauthentications; do
+      cp "$keda_dir/config/crd/bases/keda.sh_$kind.yaml" "$tmp/keda-$kind.yaml" || {
+        rm -rf "$tmp"
+        die "crds install: $KEDA_MODULE@$KEDA_VERSION has no config/crd/bases/keda.sh_$kind.yaml"
+      }
+    done
+    chmod 644 "$tmp"/*.yaml
+    touch "$tmp/.complete"
+    chmod 755 "$tmp"
+    rm -rf "$CRD_DIR"
+    mv -T "$tmp" "$CRD_DIR"
+    log "crds: installed $(find "$CRD_DIR" -name '*.yaml' | wc -l) CRDs into $CRD_DIR"
+  fi
+  unlock 8
+}
+
+kine_prepare() { mkdir -p "$(comp_dir kine)"; }
+
+kine_launch() {
+  local dir
+  dir=$(comp_dir kine)
+  rotate_log "$dir/kine.log"
+  # Metrics off (0): kine would otherwise take :8080 on every interface.
+  detach kine "$dir/kine.log" "$KINE_BIN" --listen-address "127.0.0.1:$KINE_PORT" \
+    --endpoint "sqlite://$dir/state.db?_journal=WAL&cache=shared" --metrics-bind-address 0
+}
+
+kine_ready() { port_open "$KINE_PORT"; }
+
+# Credentials and keys of the API server, made once per MULAMBDA_HOME: a CA and a
+# serving certificate for 127.0.0.1, the service-account signing key, and a static
+# token for an administrator in system:masters.
+kube_prepare() {
+  require_cmd openssl "apt-get install -y openssl"
+  require_cmd curl "needed for the API server's readiness check; apt-get install -y curl"
+  local dir pki
+  dir=$(comp_dir kube)
+  pki=$dir/pki
+  mkdir -p "$pki"
+  chmod 700 "$pki"
+  if [[ ! -s $pki/apiserver.crt ]]; then
+    log "kube: making a CA, a serving certificate and service-account keys in $pki"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=mulambda-test-ca" \
+      -keyout "$pki/ca.key" -out "$pki/ca.crt" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
+      -keyout "$pki/apiserver.key" -out "$pki/apiserver.csr" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n' >"$pki/san.ext"
+    openssl x509 -req -in "$pki/apiserver.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
+      -CAcreateserial -days 3650 -extfile "$pki/san.ext" -out "$pki/apiserver.crt.tmp" 2>/dev/null
+    openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
+    openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+    # Renamed last: the serving certificate existing means all of the above do.
+    mv -f "$pki/apiserver.crt.tmp" "$pki/apiserver.crt"
+  fi
+  if [[ ! -s $dir/admin.token ]]; then
+    (umask 077 && openssl rand -hex 32 >"$dir/admin.token.tmp" && mv -f "$dir/admin.token.tmp" "$dir/admin.token")
+  fi
+  (umask 077 && printf '%s,mulambda-admin,mulambda-admin,"system:masters"\n' "$(<"$dir/admin.token")" >"$pki/tokens.csv")
+  # The administrator's kubeconfig (its port follows MULAMBDA_KUBE_PORT).
+  (umask 077 && cat >"$dir/admin.kubeconfig.tmp" <<KUBECONFIG && mv -f "$dir/admin.kubeconfig.tmp" "$dir/admin.kubeconfig"
+apiVersion: v1
+kind: Config
+clusters:
+  - name: mulambda-test
+    cluster: {server: "https://127.0.0.1:$KUBE_PORT", certificate-authority: "$pki/ca.crt"}
+users:
+  - name: mulambda-admin
+    user: {token: "$(<"$dir/admin.token")"}
+contexts:
+  - name: mulambda-test
+    context: {cluster: mulambda-test, user: mulambda-admin}
+current-context: mulambda-test
+KUBECONFIG
+  )
+}
+
+kube_launch() {
+  local dir pki waited=0
+  dir=$(comp_dir kube)
+  pki=$dir/pki
+  # kube-apiserver gives up on storage it cannot reach at start-up.
+  until kine_ready; do
+    ((waited++ < 60)) || { log "ERROR: kube: kine is not listening on $KINE_PORT"; return 1; }
+    sleep 0.5
+  done
+  rotate_log "$dir/kube.log"
+  detach kube "$dir/kube.log" "$KUBE_APISERVER_BIN" \
+    --etcd-servers="http://127.0.0.1:$KINE_PORT" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$KUBE_PORT" \
+    --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
+    --cert-dir="$dir/certs" \
+    --endpoint-reconciler-type=none \
+    --token-auth-file="$pki/tokens.csv" \
+    --authorization-mode=RBAC \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$pki/sa.pub" \
+    --service-account-signing-key-file="$pki/sa.key" \
+    --service-cluster-ip-range=10.96.0.0/16 \
+    --profiling=false
+}
+
+kube_ready() {
+  curl -sf -m 2 -o /dev/null --cacert "$(comp_dir kube)/pki/ca.crt" "https://127.0.0.1:$KUBE_PORT/readyz"
 }
 
 # --- MLServer (install only) -----------------------------------------------------
@@ -588,9 +974,11 @@ stop_component() {
   log "$comp: stopped"
 }
 
-# The connection settings for the MuLambda services, as shell exports.
+# The connection settings for the MuLambda services, as shell exports (on a secured
+# broker: the administrator's; each worker sets its role's user and password file).
 env_lines() {
   printf 'export MULAMBDA_KAFKA_BOOTSTRAP_SERVERS=%q\n' "127.0.0.1:$KAFKA_PORT"
+  if kafka_secured; then kafka_secure_env administrator; fi
   printf 'export MULAMBDA_REDIS_URL=%q\n' "redis://127.0.0.1:$REDIS_PORT/0"
   printf 'export MULAMBDA_MINIO_ENDPOINT=%q\n' "127.0.0.1:$MINIO_PORT"
   printf 'export MULAMBDA_MINIO_ACCESS_KEY=%q\n' "$MINIO_ACCESS_KEY"
@@ -608,6 +996,14 @@ write_env_file() {
 cmd_install() {
   local comp
   for comp in "$@"; do "${comp}_install"; done
+}
+
+cmd_installed() {
+  local comp missing=0
+  for comp in "$@"; do
+    "${comp}_installed" || { log "$comp: not installed"; missing=1; }
+  done
+  return "$missing"
 }
 
 cmd_start() {
@@ -655,9 +1051,15 @@ cmd_start() {
     wait_ready "$comp" || failed=1
   done
   ((failed == 0)) || exit 1
-  write_env_file
-  log "connection settings written to $STATE_DIR/env"
-  env_lines
+  if [[ " ${to_launch[*]} " == *" kafka "* ]] && kafka_secured; then
+    kafka_apply_acls || { stop_component kafka || true; die "kafka: applying ACLs failed"; }
+  fi
+  # The settings name Kafka, Redis and MinIO: not written for `start kube` alone.
+  if [[ " $* " =~ \ (kafka|redis|minio)\  ]]; then
+    write_env_file
+    log "connection settings written to $STATE_DIR/env"
+    env_lines
+  fi
 }
 
 cmd_stop() {
@@ -695,31 +1097,60 @@ main() {
       echo "$MLSERVER_BIN"
       return 0
       ;;
+    kubectl-bin)
+      [[ $# -eq 1 ]] || usage
+      [[ -x $KUBECTL_BIN ]] || die "kubectl is not installed; run: bash deploy/local/infra.sh install kube"
+      echo "$KUBECTL_BIN"
+      return 0
+      ;;
+    crd-dir)
+      [[ $# -eq 1 ]] || usage
+      crds_installed || die "the CRDs are not installed; run: bash deploy/local/infra.sh install kube"
+      echo "$CRD_DIR"
+      return 0
+      ;;
   esac
   shift
   for arg in "$@"; do
     case $arg in
       kafka | redis | minio) [[ " ${comps[*]} " == *" $arg "* ]] || comps+=("$arg") ;;
       mlserver)
-        [[ $cmd == install ]] || die "mlserver is install-only: tests start and stop its processes"
+        [[ $cmd == install || $cmd == installed ]] || die "mlserver is install-only: tests start and stop its processes"
         [[ " ${comps[*]} " == *" $arg "* ]] || comps+=("$arg")
         ;;
-      *) log "unknown component '$arg' (expected kafka, redis, minio or mlserver)"; usage ;;
+      kube)
+        # Two processes: kine (storage) first, the API server after it; stopped in reverse.
+        if [[ $cmd == install || $cmd == installed ]]; then
+          comps+=(kube)
+        elif [[ $cmd == stop ]]; then
+          comps+=(kube kine)
+        else
+          comps+=(kine kube)
+        fi
+        ;;
+      *) log "unknown component '$arg' (expected kafka, redis, minio, kube or mlserver)"; usage ;;
     esac
   done
   if ((${#comps[@]} == 0)); then
     comps=("${ALL_COMPONENTS[@]}")
-    if [[ $cmd == install ]]; then comps+=("${INSTALL_ONLY_COMPONENTS[@]}"); fi
+    if [[ $cmd == install || $cmd == installed ]]; then
+      comps+=("${OPTIONAL_COMPONENTS[@]}" "${INSTALL_ONLY_COMPONENTS[@]}")
+    fi
   fi
 
   local var
-  for var in KAFKA_PORT KAFKA_CONTROLLER_PORT REDIS_PORT MINIO_PORT MINIO_CONSOLE_PORT; do
+  for var in KAFKA_PORT KAFKA_CONTROLLER_PORT REDIS_PORT MINIO_PORT MINIO_CONSOLE_PORT KUBE_PORT KINE_PORT; do
     require_port "MULAMBDA_$var" "${!var}"
   done
   require_int MULAMBDA_START_TIMEOUT "$START_TIMEOUT"
+  case $KAFKA_SECURITY in
+    plaintext | sasl_ssl) ;;
+    *) die "MULAMBDA_KAFKA_SECURITY must be plaintext or sasl_ssl, got '$KAFKA_SECURITY'" ;;
+  esac
 
   case $cmd in
     install) cmd_install "${comps[@]}" ;;
+    installed) cmd_installed "${comps[@]}" ;;
     start) cmd_start "${comps[@]}" ;;
     stop) cmd_stop "${comps[@]}" ;;
     restart) cmd_stop "${comps[@]}" && cmd_start "${comps[@]}" ;;

@@ -22,6 +22,8 @@ log "mypy --strict"
 "$VENV/bin/mypy"
 log "topic catalog up to date"
 "$VENV/bin/mulambda" topics generate --check
+log "deploy/k8s KafkaTopics and KafkaUsers up to date"
+"$VENV/bin/mulambda" deploy generate --check
 log "pytest"
 export MULAMBDA_FAULTS="${MULAMBDA_FAULTS:-1}"
 exec "$VENV/bin/pytest" "$@"

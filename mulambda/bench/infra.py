@@ -21,12 +21,14 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
 from mulambda.errors import MulambdaError
+from mulambda.kafka.config import KafkaConfig
 from mulambda.runtime.lifecycle import Lifecycle
 
 log = logging.getLogger(__name__)
@@ -111,8 +113,11 @@ class PrivateInfra(Lifecycle):
         ports: dict[str, int] | None = None,
         start_timeout_s: float = 180.0,
         keep_home: bool = False,
+        kafka_security: str = "plaintext",
     ) -> None:
         self.components = tuple(components)
+        self.kafka_security = kafka_security
+        """``MULAMBDA_KAFKA_SECURITY`` of the broker: plaintext, or sasl_ssl (users per role)."""
         unknown = [c for c in self.components if c not in COMPONENTS]
         if unknown:
             raise PlatformError(f"unknown infrastructure {unknown}; known: {list(COMPONENTS)}")
@@ -160,7 +165,40 @@ class PrivateInfra(Lifecycle):
             "MULAMBDA_MINIO_PORT": str(self.ports["minio"]),
             "MULAMBDA_MINIO_CONSOLE_PORT": str(self.ports["minio_console"]),
             "MULAMBDA_START_TIMEOUT": str(int(self._start_timeout_s)),
+            "MULAMBDA_KAFKA_SECURITY": self.kafka_security,
+            # The secured broker's ACLs are applied by this interpreter's mulambda.
+            "MULAMBDA_PYTHON": sys.executable,
         }
+
+    def kafka_user_password_file(self, user: str) -> Path:
+        """Where the secured broker keeps ``user``'s SCRAM password (a role, or
+        ``mulambda-broker``, its super user)."""
+        return self.require_home() / "kafka" / "users" / f"{user}.password"
+
+    def kafka_ca_file(self) -> Path:
+        """The CA certificate the secured broker's certificate is signed with."""
+        return self.require_home() / "kafka" / "tls" / "ca.pem"
+
+    def kafka_as(
+        self, user: str, *, password: str | None = None, request_timeout_s: float = 10.0
+    ) -> KafkaConfig:
+        """Client settings of ``user`` on the secured broker (its own password unless
+        ``password`` is given)."""
+        if self.kafka_security != "sasl_ssl":
+            raise PlatformError("the private broker is not secured (kafka_security='sasl_ssl')")
+        secret = password
+        if secret is None:
+            secret = self.kafka_user_password_file(user).read_text(encoding="utf-8").strip()
+        return KafkaConfig(
+            bootstrap_servers=self.bootstrap_servers,
+            security_protocol="SASL_SSL",
+            sasl_mechanism="SCRAM-SHA-512",
+            sasl_username=user,
+            sasl_password=secret,
+            ssl_cafile=str(self.kafka_ca_file()),
+            request_timeout_s=request_timeout_s,
+            client_id=f"mulambda-{user}",
+        )
 
     async def start(self) -> None:
         """Create the home, start the reaper, then every component; ready on return."""

@@ -14,12 +14,15 @@ import click
 from mulambda import __version__
 
 COMMANDS: dict[str, str] = {
+    "acls": "mulambda.cli.acls:acls",
     "clients": "mulambda.cli.clients:clients",
     "companion": "mulambda.cli.companion:companion",
+    "deploy": "mulambda.cli.deploy:deploy",
     "executor": "mulambda.cli.executor:executor",
     "executors": "mulambda.cli.executors:executors",
     "infer": "mulambda.cli.infer:infer",
     "infra": "mulambda.cli.infra:infra",
+    "launcher": "mulambda.cli.launcher:launcher",
     "models": "mulambda.cli.models:models",
     "router": "mulambda.cli.router:router",
     "selector": "mulambda.cli.selector:selector",

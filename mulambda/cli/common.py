@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from mulambda.errors import MulambdaError
 from mulambda.runtime.settings import Settings
+from mulambda.selection.admission import EndpointAllowList, RegistrationGate
 
 T = TypeVar("T")
 
@@ -35,3 +36,14 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coro)
     except MulambdaError as exc:
         raise click.ClickException(exc.reason) from exc
+
+
+def registration_gate(settings: Settings) -> RegistrationGate:
+    """The registration checks the settings ask for (signatures, endpoint allow-list);
+    a bad allow-list entry is a usage error with its reason."""
+    secret = settings.registration_secret
+    try:
+        allow = EndpointAllowList.parse(settings.executor_endpoint_allow)
+    except MulambdaError as exc:
+        raise click.ClickException(exc.reason) from exc
+    return RegistrationGate(None if secret is None else secret.get_secret_value().encode(), allow)

@@ -149,6 +149,7 @@ def companion(
             health_host=metrics_host or settings.metrics_host,
             health_port=settings.metrics_port,
             shutdown_timeout_s=max(settings.shutdown_grace_s, 1.0),
+            signing_key=settings.signing_key(executor_id),
         )
 
     sys.exit(run(factory, grace_s=settings.shutdown_grace_s))

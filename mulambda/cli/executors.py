@@ -15,12 +15,14 @@ import click
 from pydantic import TypeAdapter, ValidationError
 
 from mulambda.cli.common import load_settings, run_async
-from mulambda.errors import ConfigurationError
+from mulambda.errors import ConfigurationError, LaunchError
 from mulambda.executors.companion import deregister_executor, read_executors, register_executor
 from mulambda.executors.tfserving import model_path
 from mulambda.kafka import KafkaConfig, Producer
+from mulambda.launching.desired import check_launch, replica_id
 from mulambda.wire.catalog import Topic, load_catalog
-from mulambda.wire.events import ExecutorProtocol, ExecutorRegistration, Traits
+from mulambda.wire.events import ExecutorProtocol, ExecutorRegistration, LaunchSpec, Traits
+from mulambda.wire.signatures import executor_key
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -185,13 +187,30 @@ def build_registration(
         raise BadArguments(describe_invalid(exc)) from exc
 
 
+def publish_registration(registration: ExecutorRegistration) -> None:
+    """Publish ``registration`` on the settings' topic and wait for the broker's ack."""
+    settings = load_settings()
+    catalog = load_catalog(settings.topic_prefix)
+
+    async def go() -> None:
+        async with Producer(KafkaConfig.from_settings(settings, "mulambda-cli")) as producer:
+            await register_executor(
+                producer,
+                catalog,
+                registration,
+                signing_key=settings.signing_key(registration.executor_id),
+            )
+
+    run_async(go())
+
+
 def describe_executor(reg: ExecutorRegistration) -> str:
-    """One tab-separated line: id, model, version, traits, accuracy, endpoint."""
+    """One tab-separated line: id, model, version, traits, accuracy, endpoint (for a launch
+    request, ``launch xN``: it has no endpoint of its own)."""
     version = "-" if reg.model_version is None else str(reg.model_version)
     traits = "/".join(reg.traits.key())
-    return "\t".join(
-        [reg.executor_id, reg.model_name, version, traits, f"{reg.accuracy:g}", reg.endpoint]
-    )
+    where = reg.endpoint if reg.launch is None else f"launch x{reg.launch.replicas}"
+    return "\t".join([reg.executor_id, reg.model_name, version, traits, f"{reg.accuracy:g}", where])
 
 
 @click.group()
@@ -214,14 +233,7 @@ def register(heartbeat_interval: float, **options: Any) -> None:
     Its companion then runs with --confirm-existing and heartbeats for it.
     """
     registration = build_registration(heartbeat_interval_s=heartbeat_interval, **options)
-    settings = load_settings()
-    catalog = load_catalog(settings.topic_prefix)
-
-    async def go() -> None:
-        async with Producer(KafkaConfig.from_settings(settings, "mulambda-cli")) as producer:
-            await register_executor(producer, catalog, registration)
-
-    run_async(go())
+    publish_registration(registration)
     click.echo(f"registered {registration.executor_id}")
 
 
@@ -238,12 +250,29 @@ def deregister(executor_id: str) -> None:
     async def go() -> bool:
         known = executor_id in await read_executors(config, catalog)
         async with Producer(config) as producer:
-            await deregister_executor(producer, catalog, executor_id)
+            await deregister_executor(
+                producer, catalog, executor_id, signing_key=settings.signing_key(executor_id)
+            )
         return known
 
     if not run_async(go()):
         click.echo(f"note: {executor_id} was not registered; tombstone written anyway", err=True)
     click.echo(f"deregistered {executor_id}")
+
+
+@executors.command()
+@click.argument("executor_id")
+def key(executor_id: str) -> None:
+    """Print EXECUTOR_ID's signing key (hex), derived from MULAMBDA_REGISTRATION_SECRET.
+
+    Give it to that executor's companion only (MULAMBDA_REGISTRATION_KEY or _FILE, e.g.
+    from a Kubernetes Secret): it signs that id's registrations and no other's.
+    """
+    settings = load_settings()
+    if settings.registration_secret is None:
+        raise BadArguments("MULAMBDA_REGISTRATION_SECRET (or _FILE) is not set")
+    secret = settings.registration_secret.get_secret_value().encode()
+    click.echo(executor_key(secret, executor_id).hex())
 
 
 @executors.command(name="list")
@@ -286,7 +315,12 @@ def list_(as_json: bool) -> None:
 )
 @click.option("--namespace", default="mulambda", show_default=True)
 @click.option("--serving-image", default="tensorflow/serving:2.18.0", show_default=True)
-@click.option("--mulambda-image", default="ghcr.io/mulambda/mulambda:0.1.0", show_default=True)
+@click.option(
+    "--mulambda-image",
+    default=None,
+    help="Image of the model fetcher and companion [default: ghcr.io/mulambda/mulambda:0.1.0,"
+    " or with --publish the launcher's MULAMBDA_LAUNCHER_MULAMBDA_IMAGE].",
+)
 @click.option(
     "--replicas",
     type=click.IntRange(min=1),
@@ -299,22 +333,44 @@ def list_(as_json: bool) -> None:
 @click.option("--memory", default=None, help="Memory request of the serving container.")
 @click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--dry-run", is_flag=True, help="Print the manifest as YAML; apply nothing.")
+@click.option(
+    "--publish",
+    is_flag=True,
+    help="Publish a launch request on Kafka instead, for `mulambda launcher` to run (on"
+    " Kubernetes or as local processes); its replicas register as EXECUTOR_ID-0, -1, ...;"
+    " `executors deregister EXECUTOR_ID` withdraws it.",
+)
 def launch(
     namespace: str,
     serving_image: str,
-    mulambda_image: str,
+    mulambda_image: str | None,
     replicas: int,
     cpu: str | None,
     memory: str | None,
     kubeconfig: str | None,
     dry_run: bool,
+    publish: bool,
     heartbeat_interval: float,
     **options: Any,
 ) -> None:
     """Run an executor on Kubernetes: TF Serving fed from MinIO, plus its companion.
 
-    Several replicas register one executor id each (EXECUTOR_ID-<ordinal>).
+    Several replicas register one executor id each (EXECUTOR_ID-<ordinal>). With
+    --publish, the launcher runs it instead (see mulambda.launching).
     """
+    if publish:
+        _publish_launch(
+            LaunchSpec(
+                replicas=replicas,
+                image=serving_image,
+                mulambda_image=mulambda_image,
+                cpu=cpu,
+                memory=memory,
+            ),
+            heartbeat_interval,
+            options,
+        )
+        return
     import yaml
 
     from mulambda.executors.launcher import (
@@ -341,7 +397,7 @@ def launch(
         LaunchOptions(
             namespace=namespace,
             serving_image=serving_image,
-            mulambda_image=mulambda_image,
+            mulambda_image=mulambda_image or LaunchOptions().mulambda_image,
             replicas=replicas,
             cpu=cpu,
             memory=memory,
@@ -361,3 +417,25 @@ def launch(
     click.echo(f"{action} {kind} {namespace}/{manifest['metadata']['name']}")
     if replicas > 1:
         click.echo(f"replicas register as {replica_ids[0]} ... {replica_ids[-1]}")
+
+
+def _publish_launch(spec: LaunchSpec, heartbeat_interval: float, options: dict[str, Any]) -> None:
+    """Publish a launch request (a registration with ``spec``) and wait for the ack."""
+    registration = build_registration(
+        # A launch request is never dialled; its replicas register their own endpoints.
+        endpoint="http://launch.invalid",
+        node="launcher",
+        heartbeat_interval_s=heartbeat_interval,
+        **options,
+    ).model_copy(update={"launch": spec})
+    try:
+        check_launch(registration)
+    except LaunchError as exc:
+        raise BadArguments(exc.reason) from None
+    publish_registration(registration)
+    first, last = (
+        replica_id(registration.executor_id, 0),
+        replica_id(registration.executor_id, spec.replicas - 1),
+    )
+    click.echo(f"published launch request {registration.executor_id}")
+    click.echo(f"replicas register as {first}" + (f" ... {last}" if spec.replicas > 1 else ""))

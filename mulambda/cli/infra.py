@@ -1,4 +1,5 @@
-"""``mulambda infra``: the local Kafka, Redis and MinIO of deploy/local/infra.sh."""
+"""``mulambda infra``: the local Kafka, Redis and MinIO of deploy/local/infra.sh, and its test
+Kubernetes API server (``kube``, started only when named)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import click
 
 INFRA_SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "local" / "infra.sh"
 
-COMPONENTS = click.Choice(["kafka", "redis", "minio"])
+COMPONENTS = click.Choice(["kafka", "redis", "minio", "kube"])
 
 
 def _infra(action: str, components: tuple[str, ...]) -> None:
@@ -28,7 +29,8 @@ def infra() -> None:
 @infra.command()
 @click.argument("components", nargs=-1, type=COMPONENTS)
 def install(components: tuple[str, ...]) -> None:
-    """Fetch Kafka jars (Maven), build MinIO (Go), install Redis (apt)."""
+    """Fetch Kafka jars (Maven), build MinIO, kube-apiserver and kine (Go), install Redis
+    (apt), generate the CRDs deploy/k8s uses."""
     _infra("install", components)
 
 

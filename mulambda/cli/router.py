@@ -12,6 +12,7 @@ from mulambda.kafka import KafkaConfig, Membership
 from mulambda.routing.answered import AnsweredRequests
 from mulambda.routing.router import Router
 from mulambda.runtime.observability import HealthServer, configure_logging
+from mulambda.runtime.redis_connection import RedisConfig
 from mulambda.runtime.runner import run_loop, serve
 from mulambda.wire.catalog import load_catalog
 
@@ -94,7 +95,7 @@ def router(
         linger_ms=settings.kafka_linger_ms,
         transaction_timeout_s=settings.transaction_timeout_s,
         answered=AnsweredRequests(
-            settings.redis_url,
+            RedisConfig.from_settings(settings),
             key_prefix=f"{settings.redis_key_prefix}{settings.topic_prefix}",
             ttl_margin_s=settings.answered_ttl_margin_s,
         ),

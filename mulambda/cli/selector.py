@@ -7,10 +7,11 @@ import socket
 
 import click
 
-from mulambda.cli.common import load_settings
+from mulambda.cli.common import load_settings, registration_gate
 from mulambda.errors import MulambdaError
 from mulambda.kafka import KafkaConfig, Membership
 from mulambda.runtime.observability import HealthServer, configure_logging
+from mulambda.runtime.redis_connection import RedisConfig
 from mulambda.runtime.runner import run_loop, serve
 from mulambda.selection.selector import Selector
 from mulambda.selection.store import ViewStore
@@ -49,7 +50,7 @@ def selector(selector_id: str | None) -> None:
             KafkaConfig.from_settings(settings, sid),
             load_catalog(settings.topic_prefix),
             ViewStore(
-                settings.redis_url,
+                RedisConfig.from_settings(settings),
                 key_prefix=f"{settings.redis_key_prefix}{settings.topic_prefix}",
                 missed_heartbeats=settings.selector_missed_heartbeats,
             ),
@@ -63,6 +64,7 @@ def selector(selector_id: str | None) -> None:
                 session_timeout_s=settings.kafka_session_timeout_s,
                 heartbeat_interval_s=settings.kafka_heartbeat_interval_s,
             ),
+            registrations=registration_gate(settings),
         )
     except MulambdaError as exc:
         raise click.ClickException(exc.reason) from exc

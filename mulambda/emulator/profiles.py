@@ -67,6 +67,9 @@ class SyntheticProfile:
     """Confidence per feature index; ``confidences[0]`` is the registered accuracy."""
     gamma: float
     """Exponent of the feature-set size penalty ``len(confidences) ** gamma``."""
+    capacity: int | None = None
+    """Requests served at once (None: unbounded, the prototype); more wait in FIFO order,
+    and a waiting request is not counted in the ``in_flight`` of the delay formula."""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -83,11 +86,24 @@ class SyntheticProfile:
                 )
         if not math.isfinite(self.gamma):
             raise ConfigurationError(f"profile {self.name!r}: gamma must be finite")
+        if self.capacity is not None and (
+            isinstance(self.capacity, bool) or not isinstance(self.capacity, int)
+        ):
+            raise ConfigurationError(f"profile {self.name!r}: capacity must be an integer")
+        if self.capacity is not None and self.capacity < 1:
+            raise ConfigurationError(f"profile {self.name!r}: capacity must be >= 1")
 
     @property
     def accuracy(self) -> float:
         """The accuracy the prototype registered the executor with: ``confidences[0]``."""
         return self.confidences[0]
+
+    def mean_delay_s(self, input_size: int, in_flight: int, *, time_scale: float = 1.0) -> float:
+        """The expected :meth:`delay_s` (jitter at its mean ``J / 2``), without drawing."""
+        if input_size < 0 or in_flight < 0:
+            raise ConfigurationError("input_size and in_flight must be >= 0")
+        base = self.D / 1000.0 + input_size * self.alpha + in_flight * self.beta
+        return (base + self.J / 2000.0) * time_scale
 
     def delay_s(
         self,
@@ -135,6 +151,7 @@ class SyntheticProfile:
                 J=float(data["J"]),
                 confidences=tuple(float(c) for c in confidences),
                 gamma=float(data["gamma"]),
+                capacity=None if data.get("capacity") is None else int(data["capacity"]),
             )
         except KeyError as exc:
             raise ConfigurationError(f"profile {dict(data)!r:.200} lacks {exc}") from None
@@ -142,8 +159,8 @@ class SyntheticProfile:
             raise ConfigurationError(f"profile {dict(data)!r:.200} is invalid: {exc}") from None
 
     def to_mapping(self) -> dict[str, Any]:
-        """The YAML form of the profile."""
-        return {
+        """The YAML form of the profile (``capacity`` only when set)."""
+        mapping: dict[str, Any] = {
             "name": self.name,
             "D": self.D,
             "alpha": self.alpha,
@@ -152,6 +169,9 @@ class SyntheticProfile:
             "confidences": list(self.confidences),
             "gamma": self.gamma,
         }
+        if self.capacity is not None:
+            mapping["capacity"] = self.capacity
+        return mapping
 
 
 def _p(

@@ -43,6 +43,9 @@ class SyntheticModel(ServedModel):
     counts N elements, and the prototype's ``{"feature": f, "inputs": [...]}`` maps onto
     one instance with ``data``. The delay is computed once per request with ``in_flight``
     = this model's requests already being served, then slept (``sleep`` is injectable).
+    With ``profile.capacity`` at most that many are served at once; the others wait in
+    FIFO order (:attr:`waiting`) and get their delay when their turn comes, so under
+    overload the latency grows with the queue as on a real server with a worker pool.
 
     Outputs: ``confidence`` (per instance) and ``model`` (the profile name), so predict
     answers ``[{"confidence": c, "model": name}, ...]`` (row) or
@@ -81,11 +84,23 @@ class SyntheticModel(ServedModel):
         self.load_error = load_error
         self._sleep = sleep
         self._active = 0
+        self._waiting = 0
+        self._slots = asyncio.Semaphore(profile.capacity) if profile.capacity is not None else None
 
     @property
     def name(self) -> str:
         """The profile's name."""
         return self.profile.name
+
+    @property
+    def serving(self) -> int:
+        """Requests being served now (sleeping their delay)."""
+        return self._active
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a free slot (only with a ``capacity``)."""
+        return self._waiting
 
     async def load(self) -> None:
         """Sleep ``load_delay_s`` in LOADING, then AVAILABLE (or END with ``load_error``)."""
@@ -138,6 +153,21 @@ class SyntheticModel(ServedModel):
         return await self._serve(_synthetic_examples(examples, context))
 
     async def _serve(self, instances: list[tuple[int, int]]) -> list[float]:
+        if self._slots is None:
+            await self._serve_now(instances)
+        else:
+            self._waiting += 1
+            try:
+                await self._slots.acquire()
+            finally:
+                self._waiting -= 1
+            try:
+                await self._serve_now(instances)
+            finally:
+                self._slots.release()
+        return [self.profile.confidence(feature) for feature, _ in instances]
+
+    async def _serve_now(self, instances: list[tuple[int, int]]) -> None:
         input_size = sum(size for _, size in instances)
         # Read before counting ourselves, as the prototype did.
         delay = self.profile.delay_s(input_size, self._active, self.rng, time_scale=self.time_scale)
@@ -146,7 +176,6 @@ class SyntheticModel(ServedModel):
             await self._sleep(delay)
         finally:
             self._active -= 1
-        return [self.profile.confidence(feature) for feature, _ in instances]
 
 
 def _feature(value: Any, where: str) -> int:

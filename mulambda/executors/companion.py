@@ -59,11 +59,13 @@ from mulambda.kafka import (
     Producer,
     Record,
     TopicPartition,
+    await_delivery,
     replay,
 )
-from mulambda.runtime.lifecycle import Lifecycle
+from mulambda.runtime.lifecycle import Lifecycle, wait_ended
 from mulambda.runtime.observability import HealthServer
 from mulambda.wire.catalog import Catalog, Topic
+from mulambda.wire.codec import MAX_STATE_RECORD_BYTES, encode
 from mulambda.wire.events import (
     ClientRegistration,
     ExecutorProtocol,
@@ -73,6 +75,7 @@ from mulambda.wire.events import (
     LatencySource,
     ModelState,
 )
+from mulambda.wire.signatures import sign
 
 __all__ = [
     "STATS_PATH",
@@ -169,20 +172,44 @@ def _count(value: Any) -> int | None:
 # --- registrations on Kafka ----------------------------------------------------------
 
 
-async def register_executor(
-    producer: Producer, catalog: Catalog, registration: ExecutorRegistration
+async def _publish_registration_record(
+    producer: Producer,
+    catalog: Catalog,
+    executor_id: str,
+    value: bytes | None,
+    signing_key: bytes | None,
 ) -> None:
-    """Publish ``registration`` (key: executor id) and wait for the broker's ack."""
-    await producer.send_and_wait(
-        catalog.name(Topic.EXECUTOR_REGISTRATIONS), registration, key=registration.executor_id
+    """One record on executor-registrations, signed when there is a key; await the ack."""
+    headers = None
+    if signing_key is not None:
+        signature = sign(signing_key, executor_id.encode(), value, int(time.time() * 1000))
+        headers = [signature.header()]
+    topic = catalog.name(Topic.EXECUTOR_REGISTRATIONS)
+    delivery = await producer.send_raw(topic, value, key=executor_id, headers=headers)
+    await await_delivery(delivery, f"delivery to {topic} failed")
+
+
+async def register_executor(
+    producer: Producer,
+    catalog: Catalog,
+    registration: ExecutorRegistration,
+    *,
+    signing_key: bytes | None = None,
+) -> None:
+    """Publish ``registration`` (key: executor id), signed with ``signing_key`` if given
+    (:mod:`mulambda.wire.signatures`), and wait for the broker's ack."""
+    await _publish_registration_record(
+        producer, catalog, registration.executor_id, encode(registration), signing_key
     )
 
 
-async def deregister_executor(producer: Producer, catalog: Catalog, executor_id: str) -> None:
-    """Publish a tombstone for ``executor_id`` and wait for the ack."""
+async def deregister_executor(
+    producer: Producer, catalog: Catalog, executor_id: str, *, signing_key: bytes | None = None
+) -> None:
+    """Publish a tombstone for ``executor_id`` (signed, given a key) and wait for the ack."""
     if not executor_id:
         raise ConfigurationError("executor id must not be empty")
-    await producer.send_and_wait(catalog.name(Topic.EXECUTOR_REGISTRATIONS), None, key=executor_id)
+    await _publish_registration_record(producer, catalog, executor_id, None, signing_key)
 
 
 async def read_executors(config: KafkaConfig, catalog: Catalog) -> dict[str, ExecutorRegistration]:
@@ -196,6 +223,7 @@ async def read_executors(config: KafkaConfig, catalog: Catalog) -> dict[str, Exe
         on_invalid=lambda raw, exc: log.warning(
             "skipping undecodable %s@%d: %s", topic, raw.offset, exc.reason
         ),
+        max_record_bytes=MAX_STATE_RECORD_BYTES,
     )
     return executors
 
@@ -283,7 +311,9 @@ class Companion(Lifecycle):
     registration this companion published, keep one an administrator published.
     ``health_port`` not None serves /metrics, /healthz and /readyz there (0: any port).
     ``tfserving`` is an :class:`OIPClient` for an executor whose registration says
-    ``oip-v2``; a client of the other protocol is refused.
+    ``oip-v2``; a client of the other protocol is refused. ``signing_key``: the
+    executor's key (:func:`mulambda.wire.signatures.executor_key`); given, the
+    registration and the tombstone this companion publishes are signed with it.
     """
 
     def __init__(
@@ -303,6 +333,7 @@ class Companion(Lifecycle):
         health_host: str = "127.0.0.1",
         health_port: int | None = None,
         shutdown_timeout_s: float = 10.0,
+        signing_key: bytes | None = None,
     ) -> None:
         if registration is not None and registration.executor_id != executor_id:
             raise ConfigurationError(
@@ -337,6 +368,7 @@ class Companion(Lifecycle):
             self._own_registration if deregister_on_stop is None else deregister_on_stop
         )
         self._shutdown_timeout_s = shutdown_timeout_s
+        self._signing_key = signing_key
         self.stats = CompanionStats()
         """Live counters."""
         self.registry = CollectorRegistry()
@@ -434,7 +466,9 @@ class Companion(Lifecycle):
         await self._replay_clients()
         status = await self.read_status()
         if self._own_registration:
-            await register_executor(self._producer, self._catalog, self.registration)
+            await register_executor(
+                self._producer, self._catalog, self.registration, signing_key=self._signing_key
+            )
             log.info("registered executor %s", self.executor_id)
         self._registered = True
         await self._publish_status(status)
@@ -455,6 +489,11 @@ class Companion(Lifecycle):
                 f"executor {self.executor_id} is not registered on "
                 f"{self._catalog.name(Topic.EXECUTOR_REGISTRATIONS)}: register it with "
                 "`mulambda executors register`, or give the companion its traits"
+            )
+        if found.launch is not None:
+            raise ConfigurationError(
+                f"{self.executor_id} is a launch request, not an executor: `mulambda launcher`"
+                " runs its replicas, which register as its id plus -<ordinal>"
             )
         model_path(found.model_name, version=found.model_version)
         _check_protocol(found, self._tfs)
@@ -523,27 +562,19 @@ class Companion(Lifecycle):
         self.stats.heartbeats += 1
         self.last_status = final
         if self._deregister_on_stop:
-            await deregister_executor(self._producer, self._catalog, self.executor_id)
+            await deregister_executor(
+                self._producer, self._catalog, self.executor_id, signing_key=self._signing_key
+            )
             log.info("deregistered executor %s", self.executor_id)
         await self._producer.flush()
 
     async def wait(self) -> None:
         """Return when stopped; raise when following the client topic failed for good."""
-        waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._ended.wait())}
-        follow = self._client_loop.done if self._client_loop is not None else None
-        if follow is not None:
-            waiters.add(follow)
-        try:
-            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                if waiter is not follow:
-                    waiter.cancel()
-        if follow is not None and follow in done and not self._ended.is_set():
-            exc = None if follow.cancelled() else follow.exception()
-            raise MulambdaError(
-                f"following {self._catalog.name(Topic.CLIENT_REGISTRATIONS)} ended: {exc!r}"
-            )
+        await wait_ended(
+            self._ended,
+            self._client_loop.done if self._client_loop is not None else None,
+            f"following {self._catalog.name(Topic.CLIENT_REGISTRATIONS)}",
+        )
 
     # --- status --------------------------------------------------------------------
 
@@ -670,6 +701,7 @@ class Companion(Lifecycle):
             {topic: ClientRegistration},
             lambda record: apply_client_record(self._clients, record),
             on_invalid=invalid,
+            max_record_bytes=MAX_STATE_RECORD_BYTES,
         )
         self.stats.clients = len(self._clients)
 
@@ -701,6 +733,7 @@ class Companion(Lifecycle):
             on_invalid=invalid,
             partitions=sorted(ends, key=lambda tp: tp.partition),
             auto_offset_reset="earliest",
+            max_record_bytes=MAX_STATE_RECORD_BYTES,
         )
         await self._client_loop.start()
 

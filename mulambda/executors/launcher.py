@@ -9,7 +9,12 @@ The manifest is built by a pure function (``executor_deployment``) so it can be 
 * the ``tensorflow/serving`` container serves it (``--rest_api_port=8501``), with a
   readiness probe on the model status URL;
 * the companion registers the executor with the pod IP as endpoint, heartbeats, probes
-  clients, and deregisters when the pod terminates.
+  clients, and deregisters when the pod terminates; it talks to Kafka as the
+  ``mulambda-companion`` user (password from the Secret Strimzi makes for it, the brokers'
+  CA mounted where ``MULAMBDA_KAFKA_SSL_CAFILE`` points in deploy/k8s).
+
+Every container runs as uid 10001 on a read-only root with no capabilities, with requests,
+a memory limit and a startup probe (TF Serving's counts while the model loads).
 
 Connection settings reach the pod as ``MULAMBDA_*`` variables from a ConfigMap and a
 Secret (names configurable), never inline.
@@ -25,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mulambda.deploy.strimzi import CLUSTER_CA_SECRET, user_name
 from mulambda.errors import ConfigurationError, TransportError
 from mulambda.wire.events import ExecutorRegistration
 
@@ -39,6 +45,20 @@ POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
 
 REPLICA_SUFFIX = "-$(POD_INDEX)"
 """Appended to a replicated executor's id; Kubernetes expands it from the pod's label."""
+
+KAFKA_CA_MOUNT = "/etc/mulambda/kafka-ca"
+"""Where the brokers' CA (``ca.crt``) is mounted in MuLambda containers (deploy/k8s)."""
+
+RUN_AS_USER = 10001
+"""The uid of deploy/Dockerfile's user; every executor container runs as it."""
+
+_CONTAINER_SECURITY: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+_SMALL = {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
+_SERVING_DEFAULT = {"requests": {"cpu": "500m", "memory": "1Gi"}}
 
 
 def replica_executor_ids(executor_id: str, replicas: int) -> list[str]:
@@ -60,21 +80,33 @@ class LaunchOptions:
     replicas: int = 1
     cpu: str | None = None
     memory: str | None = None
+    ordinal_ids: bool = False
+    """Register ``<id>-<ordinal>`` even for one replica (a StatefulSet whatever the count):
+    the launcher's choice, so scaling never renames or replaces the executors."""
 
 
-def _name(executor_id: str) -> str:
+def workload_name(executor_id: str) -> str:
+    """Name of the workload (and Service) running ``executor_id``."""
     # Kubernetes names are DNS labels: lowercase alphanumerics and '-', at most 63.
     # Executor ids start with an alphanumeric (events.Identifier), so this is never empty.
     cleaned = "".join(c if c.isalnum() else "-" for c in executor_id.lower()).strip("-")
     return f"mulambda-executor-{cleaned}"[:63].rstrip("-")
 
 
-def _companion_args(reg: ExecutorRegistration, executor_id: str) -> list[str]:
+def companion_args(
+    reg: ExecutorRegistration,
+    executor_id: str,
+    *,
+    endpoint: str = f"http://$(POD_IP):{TF_SERVING_REST_PORT}",
+    status_endpoint: str | None = f"http://127.0.0.1:{TF_SERVING_REST_PORT}",
+    node: str = "$(NODE_NAME)",
+) -> list[str]:
+    """``mulambda companion`` arguments registering ``executor_id`` with ``reg``'s model,
+    traits and accuracy at ``endpoint`` (by default the pod's, for the sidecar)."""
     args = [
         "companion",
         "--executor-id", executor_id,
-        "--endpoint", f"http://$(POD_IP):{TF_SERVING_REST_PORT}",
-        "--status-endpoint", f"http://127.0.0.1:{TF_SERVING_REST_PORT}",
+        "--endpoint", endpoint,
         "--model-name", reg.model_name,
         "--model-type", reg.traits.model_type,
         "--input-format", reg.traits.input_format,
@@ -82,9 +114,11 @@ def _companion_args(reg: ExecutorRegistration, executor_id: str) -> list[str]:
         "--accuracy", repr(reg.accuracy),
         "--model-data-delay-ms-per-element", repr(reg.model_data_delay_ms_per_element),
         "--zone", reg.zone,
-        "--node", "$(NODE_NAME)",
+        "--node", node,
         "--heartbeat-interval", repr(reg.heartbeat_interval_s),
     ]  # fmt: skip
+    if status_endpoint is not None:
+        args += ["--status-endpoint", status_endpoint]
     if reg.model_version is not None:
         args += ["--model-version", str(reg.model_version)]
     return args
@@ -98,8 +132,8 @@ def executor_deployment(
     A Deployment for one replica; a StatefulSet (one executor id per pod) for several.
     """
     options = options or LaunchOptions()
-    replicated = options.replicas > 1
-    name = _name(reg.executor_id)
+    replicated = options.replicas > 1 or options.ordinal_ids
+    name = workload_name(reg.executor_id)
     labels = {"app.kubernetes.io/name": "mulambda-executor", "mulambda.dev/executor": name}
     env_from = [
         {"configMapRef": {"name": options.config_map}},
@@ -137,7 +171,7 @@ def executor_deployment(
         # Pods are independent executors: start and stop them all at once, not in order.
         spec["serviceName"] = name
         spec["podManagementPolicy"] = "Parallel"
-    return {
+    manifest: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet" if replicated else "Deployment",
         "metadata": {"name": name, "namespace": options.namespace, "labels": labels},
@@ -183,7 +217,7 @@ def executor_deployment(
                         {
                             "name": "companion",
                             "image": options.mulambda_image,
-                            "args": _companion_args(reg, executor_id),
+                            "args": companion_args(reg, executor_id),
                             "env": downward + companion_env,
                             "envFrom": env_from,
                             "ports": [{"name": "health", "containerPort": COMPANION_HEALTH_PORT}],
@@ -199,6 +233,86 @@ def executor_deployment(
                     ],
                 },
             },
+        },
+    }
+    _harden(manifest["spec"]["template"]["spec"])
+    return manifest
+
+
+def _harden(pod: dict[str, Any]) -> None:
+    """Non-root, read-only, bounded containers with startup probes; the companion's Kafka
+    user and the brokers' CA (optional: a cluster without SASL/TLS has neither Secret)."""
+    pod["automountServiceAccountToken"] = False
+    pod["securityContext"] = {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "fsGroup": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    pod["volumes"] += [
+        # Read-only roots: Python and TF Serving may still want a scratch directory.
+        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+        {
+            "name": "kafka-ca",
+            "secret": {
+                "secretName": CLUSTER_CA_SECRET,
+                "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                "optional": True,
+            },
+        },
+    ]
+    tmp = {"name": "tmp", "mountPath": "/tmp"}  # noqa: S108 - a pod-private emptyDir
+    kafka_ca = {"name": "kafka-ca", "mountPath": KAFKA_CA_MOUNT, "readOnly": True}
+    (fetch,) = pod["initContainers"]
+    serving, companion = pod["containers"]
+    for container in (fetch, serving, companion):
+        container["securityContext"] = dict(_CONTAINER_SECURITY)
+        container["volumeMounts"] = [*container.get("volumeMounts", []), tmp]
+    fetch["resources"] = _SMALL
+    companion["resources"] = _SMALL
+    companion["volumeMounts"].append(kafka_ca)
+    resources = serving.get("resources") or dict(_SERVING_DEFAULT)
+    if "memory" in resources["requests"]:
+        resources["limits"] = {"memory": resources["requests"]["memory"]}
+    serving["resources"] = resources
+    # Loading a large model takes minutes; readiness and liveness count after it.
+    serving["startupProbe"] = {
+        "httpGet": dict(serving["readinessProbe"]["httpGet"]),
+        "periodSeconds": 5,
+        "failureThreshold": 120,
+    }
+    companion["startupProbe"] = {
+        "httpGet": {"path": "/healthz", "port": COMPANION_HEALTH_PORT},
+        "periodSeconds": 2,
+        "failureThreshold": 60,
+    }
+    user = user_name("companion")
+    companion["env"] = [
+        *companion["env"],
+        {"name": "MULAMBDA_KAFKA_SASL_USERNAME", "value": user},
+        {
+            "name": "MULAMBDA_KAFKA_SASL_PASSWORD",
+            "valueFrom": {"secretKeyRef": {"name": user, "key": "password", "optional": True}},
+        },
+    ]
+
+
+def executor_service(
+    reg: ExecutorRegistration, options: LaunchOptions | None = None
+) -> dict[str, Any]:
+    """The headless Service a StatefulSet of ``reg`` names (stable pod DNS names)."""
+    options = options or LaunchOptions()
+    name = workload_name(reg.executor_id)
+    labels = {"app.kubernetes.io/name": "mulambda-executor", "mulambda.dev/executor": name}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": options.namespace, "labels": labels},
+        "spec": {
+            "clusterIP": "None",
+            "selector": labels,
+            "ports": [{"name": "rest", "port": TF_SERVING_REST_PORT, "targetPort": "rest"}],
         },
     }
 

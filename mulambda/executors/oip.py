@@ -120,7 +120,7 @@ class OIPClient(Lifecycle):
             data = encode_json(body)
         except TypeError as exc:
             raise ConfigurationError(f"infer body is not JSON-serialisable: {exc}") from None
-        document = await self._http._call("POST", path, data, timeout_s)
+        document = await self._http._call("POST", path, data, timeout_s, finite=True)
         if not isinstance(document, dict) or not isinstance(document.get("outputs"), list):
             raise GarbageResponse(
                 f"infer response from {self.base_url} lacks 'outputs': {document!r:.200}",

@@ -38,7 +38,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from mulambda.executors.tfserving import BadRequest, GarbageResponse, TFServingError
+from mulambda.executors.tfserving import (
+    BadRequest,
+    GarbageResponse,
+    NonFiniteOutput,
+    TFServingError,
+)
+from mulambda.wire.codec import non_finite_path
 
 __all__ = [
     "DEFAULT_INPUT_NAME",
@@ -183,10 +189,15 @@ def tensor_to_nested(tensor: Any) -> Any:
             f"OIP tensor {tensor.get('name')!r} has {len(flat)} values for shape {shape}"
         )
     datatype = tensor.get("datatype")
-    if datatype in _FLOAT_TYPES:
-        flat = [float(v) for v in flat]
-    elif datatype in _INT_TYPES:
-        flat = [int(v) for v in flat]
+    try:
+        if datatype in _FLOAT_TYPES:
+            flat = [float(v) for v in flat]
+        elif datatype in _INT_TYPES:
+            flat = [int(v) for v in flat]
+    except (TypeError, ValueError, OverflowError):
+        raise GarbageResponse(
+            f"OIP tensor {tensor.get('name')!r:.100} holds values that are not {datatype}"
+        ) from None
     if not shape:
         return flat[0]
     return _nest(flat, shape)
@@ -242,7 +253,15 @@ def tf_output_from_oip(body: Mapping[str, Any], response: Any) -> dict[str, Any]
     outputs = response.get("outputs") if isinstance(response, dict) else None
     if not isinstance(outputs, list) or not outputs:
         raise GarbageResponse(f"OIP infer response lacks 'outputs': {response!r:.200}")
-    named = {str(t.get("name", i)): tensor_to_nested(t) for i, t in enumerate(outputs)}
+    named = {
+        str(t.get("name", i) if isinstance(t, dict) else i): tensor_to_nested(t)
+        for i, t in enumerate(outputs)
+    }
+    # A float tensor may carry "NaN" as a string, which float() reads: report it as an
+    # answer with NaN tokens is (a JSON result cannot carry it).
+    where = non_finite_path(named)
+    if where is not None:
+        raise NonFiniteOutput(f"OIP answer holds a non-finite number: {where}")
     if "instances" in body:
         if len(named) == 1:
             return {"predictions": next(iter(named.values()))}

@@ -24,6 +24,9 @@ ExecutorUnavailable   503     yes        503/502, connection refused/reset (stat
 DeadlineExceeded      504     yes        504/408, or our own timeout (status None)
 GarbageResponse       any     yes        a success status with a body that is not the
                                          expected JSON document
+NonFiniteOutput       200     yes        an inference answer holding NaN or ±Infinity
+                                         (a GarbageResponse: JSON results cannot carry
+                                         them, and writing ``null`` would hide them)
 ====================  ======  =========  ===========================================
 """
 
@@ -45,6 +48,7 @@ from yarl import URL
 
 from mulambda.errors import ConfigurationError, ExecutorError
 from mulambda.runtime.lifecycle import Lifecycle
+from mulambda.wire.codec import non_finite_path
 from mulambda.wire.events import InferenceVerb, ModelState
 
 __all__ = [
@@ -57,6 +61,7 @@ __all__ = [
     "GarbageResponse",
     "ModelNotFound",
     "ModelVersionStatus",
+    "NonFiniteOutput",
     "ResourceExhausted",
     "TFServingClient",
     "TFServingError",
@@ -171,6 +176,15 @@ class GarbageResponse(TFServingError):
     retriable = True
 
 
+class NonFiniteOutput(GarbageResponse):
+    """An inference answer with NaN or ±Infinity in it: the number's path is named.
+
+    TF Serving writes such tokens; a JSON result (and orjson, pydantic's serialiser)
+    cannot carry them and would write ``null`` instead, silently. Retriable like any
+    garbage: another executor may answer with finite numbers.
+    """
+
+
 ERROR_BY_STATUS: Final[Mapping[int, type[TFServingError]]] = {
     400: BadRequest,
     404: ModelNotFound,
@@ -215,14 +229,36 @@ def encode_json(value: Any) -> bytes:
 def decode_json(data: bytes) -> Any:
     """Parse JSON bytes, accepting ``NaN``/``Infinity``/``-Infinity`` tokens.
 
-    Raises ``ValueError`` when ``data`` is not JSON.
+    Raises ``ValueError`` when ``data`` is not JSON (or nested too deeply to parse).
     """
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
-        # orjson refuses non-finite tokens (and a few other legal oddities); the
-        # standard library accepts them, as TF Serving does.
+        pass
+    # orjson refuses non-finite tokens (and a few other legal oddities); the standard
+    # library accepts them, as TF Serving does.
+    try:
         return json.loads(data)
+    except RecursionError:
+        # Nesting deeper than the interpreter's stack: garbage, not a crash.
+        raise ValueError("JSON nested too deeply") from None
+
+
+def decode_finite_json(data: bytes) -> Any:
+    """:func:`decode_json`, but :class:`NonFiniteOutput` (naming where) for a document
+    holding NaN or ±Infinity. Costs nothing extra on the common path: orjson refuses such
+    numbers, so only a document it refused is searched."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        document = decode_json(data)
+    try:
+        where = non_finite_path(document)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    if where is not None:
+        raise NonFiniteOutput(f"answer holds a non-finite number, which JSON cannot carry: {where}")
+    return document
 
 
 # --- status documents ----------------------------------------------------------------
@@ -497,7 +533,7 @@ class TFServingClient(Lifecycle):
             data = encode_json(body)
         except TypeError as exc:
             raise ConfigurationError(f"{verb} body is not JSON-serialisable: {exc}") from None
-        document = await self._call("POST", path, data, timeout_s)
+        document = await self._call("POST", path, data, timeout_s, finite=True)
         if not isinstance(document, dict) or not any(k in document for k in _RESPONSE_KEYS[verb]):
             raise GarbageResponse(
                 f"{verb} response from {self.base_url} lacks "
@@ -548,14 +584,34 @@ class TFServingClient(Lifecycle):
 
     # transport
 
+    async def _read_bounded(self, response: aiohttp.ClientResponse, url: str) -> bytes:
+        """The body, read in chunks and refused once past ``max_response_bytes``: a body
+        without a length (chunked, or endless) must not fill memory before the timeout."""
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > self.max_response_bytes:
+                raise GarbageResponse(
+                    f"response from {url} exceeds {self.max_response_bytes} bytes",
+                    status=response.status,
+                    url=url,
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     async def _call(
         self,
         method: Literal["GET", "POST"],
         path: str,
         data: bytes | None,
         timeout_s: float | None,
+        *,
+        finite: bool = False,
     ) -> Any:
-        """One HTTP exchange; every aiohttp failure is translated here."""
+        """One HTTP exchange; every aiohttp failure is translated here. ``finite``: an
+        answer holding NaN or ±Infinity raises :class:`NonFiniteOutput` (inference
+        outputs, which results carry as JSON)."""
         session = self._session
         if session is None or session.closed:
             raise ConfigurationError("TFServingClient is not started")
@@ -571,8 +627,15 @@ class TFServingClient(Lifecycle):
         if data is not None:
             headers["Content-Type"] = "application/json"
         try:
+            # No redirects: an executor is called only at its registered (and vetted)
+            # endpoint, never sent on to wherever its answer points.
             async with session.request(
-                method, URL(url, encoded=True), data=data, headers=headers, timeout=timeout
+                method,
+                URL(url, encoded=True),
+                data=data,
+                headers=headers,
+                timeout=timeout,
+                allow_redirects=False,
             ) as response:
                 status = response.status
                 if (
@@ -585,7 +648,15 @@ class TFServingClient(Lifecycle):
                         status=status,
                         url=url,
                     )
-                raw = await response.read()
+                if 300 <= status < 400:
+                    target = response.headers.get("Location", "?")[:200]
+                    raise GarbageResponse(
+                        f"HTTP {status} from {url}: redirect to {target} not followed "
+                        "(executors answer at their registered endpoint)",
+                        status=status,
+                        url=url,
+                    )
+                raw = await self._read_bounded(response, url)
         except TFServingError:
             raise
         except TimeoutError:
@@ -605,16 +676,14 @@ class TFServingClient(Lifecycle):
                 f"{method} {url}: {type(exc).__name__}: {exc}", status=None, url=url
             ) from exc
 
-        if len(raw) > self.max_response_bytes:
-            raise GarbageResponse(
-                f"response from {url} exceeds {self.max_response_bytes} bytes",
-                status=status,
-                url=url,
-            )
         if status >= 400:
             raise error_for_status(status, _error_message(raw), url=url)
         try:
-            return decode_json(raw)
+            return decode_finite_json(raw) if finite else decode_json(raw)
+        except NonFiniteOutput as exc:
+            raise NonFiniteOutput(
+                f"HTTP {status} from {url}: {exc}", status=status, url=url
+            ) from None
         except ValueError:
             raise GarbageResponse(
                 f"HTTP {status} from {url} is not JSON: {raw[:200]!r}", status=status, url=url

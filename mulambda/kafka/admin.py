@@ -13,10 +13,10 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, for_code
 
 from mulambda.errors import ConfigurationError, KafkaUnavailable, MulambdaError
-from mulambda.kafka.config import KafkaConfig, start_bounded
+from mulambda.kafka.config import KafkaConfig, access_error, kafka_error, start_bounded
 from mulambda.kafka.records import TopicPartition
 from mulambda.runtime.lifecycle import Lifecycle
 from mulambda.wire.catalog import Catalog
@@ -115,7 +115,7 @@ class Admin(Lifecycle):
                 resources = [ConfigResource(ConfigResourceType.TOPIC, n) for n in wanted]
                 described = await admin.describe_configs(resources)
         except (TimeoutError, KafkaError) as exc:
-            raise KafkaUnavailable(f"describe topics failed: {exc!r}") from exc
+            raise kafka_error(exc, "describe topics failed") from exc
         out: dict[str, dict[str, Any]] = {
             t["topic"]: {"partitions": len(t["partitions"]), "config": {}, "overrides": {}}
             for t in meta
@@ -157,7 +157,10 @@ class Admin(Lifecycle):
                     for err in response.topic_errors:
                         name, code = err[0], err[1]
                         if code not in (0, 36):  # 36: already exists (a concurrent apply)
-                            raise ConfigurationError(f"create {name} failed: error code {code}")
+                            error = for_code(code)(name)
+                            raise access_error(error, f"create {name} failed") or (
+                                ConfigurationError(f"create {name} failed: error code {code}")
+                            )
                     await self._wait_visible(missing)
                     changes += [TopicChange(n, "created") for n in missing]
                 for name, spec in names.items():
@@ -183,7 +186,7 @@ class Admin(Lifecycle):
                     )
                     changes.append(TopicChange(name, action, "; ".join(notes)))
         except (TimeoutError, KafkaError) as exc:
-            raise KafkaUnavailable(f"apply topics failed: {exc!r}") from exc
+            raise kafka_error(exc, "apply topics failed") from exc
         return changes
 
     async def _wait_visible(self, names: Sequence[str]) -> None:
@@ -201,7 +204,7 @@ class Admin(Lifecycle):
             async with asyncio.timeout(self._config.request_timeout_s):
                 await self._require().delete_topics(list(names))
         except (TimeoutError, KafkaError) as exc:
-            raise KafkaUnavailable(f"delete topics failed: {exc!r}") from exc
+            raise kafka_error(exc, "delete topics failed") from exc
 
 
 async def partitions_of(config: KafkaConfig, *topics: str) -> list[TopicPartition]:

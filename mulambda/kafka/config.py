@@ -10,18 +10,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from dataclasses import dataclass
-from typing import Any, TypeAlias
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeAlias
 
 from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    IllegalSaslStateError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+    UnsupportedSaslMechanismError,
+)
 
-from mulambda.errors import ConfigurationError, KafkaUnavailable
+from mulambda.errors import (
+    AuthenticationError,
+    AuthorizationError,
+    ConfigurationError,
+    KafkaUnavailable,
+    MulambdaError,
+)
 from mulambda.runtime.settings import Settings
 from mulambda.wire.codec import DEFAULT_MAX_RECORD_BYTES
 
 KafkaConsumer: TypeAlias = AIOKafkaConsumer
 """The consumer client :func:`start_consumer` returns (workers need not import aiokafka)."""
+
+SASL_API_VERSION: Final = "2.6.0"
+"""The Kafka API version aiokafka assumes on SASL connections (see client_kwargs)."""
 
 FRAMING_HEADROOM_BYTES = 65536
 """Room above the largest record allowed for the batch framing around it (fetch and produce)."""
@@ -35,7 +54,7 @@ class KafkaConfig:
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
-    sasl_password: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
@@ -74,6 +93,12 @@ class KafkaConfig:
                 "sasl_mechanism": self.sasl_mechanism,
                 "sasl_plain_username": self.sasl_username,
                 "sasl_plain_password": self.sasl_password,
+                # With "auto", aiokafka authenticates its bootstrap connection before it
+                # knows the broker's API versions, with unframed SASL tokens: a refused
+                # password then looks like a dropped connection. A known version makes
+                # it use SaslAuthenticate, whose refusal carries the broker's reason.
+                # 2.6 is what "auto" detects on every broker since 2.6 (Kafka 3.9 here).
+                "api_version": SASL_API_VERSION,
             }
         if self.security_protocol.endswith("SSL"):
             context = ssl.create_default_context(cafile=self.ssl_cafile)
@@ -83,14 +108,57 @@ class KafkaConfig:
         return kwargs
 
 
+AUTHORIZATION_ERRORS: Final = (
+    TopicAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+)
+"""aiokafka's errors for an operation an ACL does not allow."""
+
+AUTHENTICATION_ERRORS: Final = (
+    SaslAuthenticationFailed,
+    AuthenticationFailedError,
+    IllegalSaslStateError,
+    UnsupportedSaslMechanismError,
+    ssl.SSLError,
+)
+"""aiokafka's (and TLS's) errors for credentials or a certificate the broker refused."""
+
+
+def access_error(exc: BaseException, what: str) -> MulambdaError | None:
+    """The AuthorizationError / AuthenticationError ``exc`` stands for, if it is one."""
+    if isinstance(exc, AUTHORIZATION_ERRORS):
+        return AuthorizationError(
+            f"{what}: not authorised by the cluster's ACLs ({_describe(exc)})"
+        )
+    if isinstance(exc, AUTHENTICATION_ERRORS):
+        return AuthenticationError(f"{what}: Kafka refused the credentials ({_describe(exc)})")
+    return None
+
+
+def kafka_error(exc: BaseException, what: str) -> MulambdaError:
+    """``exc`` (from aiokafka) as a MulambdaError: an access error, else KafkaUnavailable."""
+    return access_error(exc, what) or KafkaUnavailable(f"{what}: {_describe(exc)}")
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 async def start_bounded(client: Any, what: str, timeout_s: float) -> None:
-    """Start an aiokafka client, failing within ``timeout_s`` with a one-line reason."""
+    """Start an aiokafka client, failing within ``timeout_s`` with a one-line reason:
+    AuthenticationError / AuthorizationError when the cluster refuses, else
+    KafkaUnavailable."""
     try:
         async with asyncio.timeout(timeout_s):
             await client.start()
     except (TimeoutError, KafkaError, OSError) as exc:
         with contextlib.suppress(Exception):
             await client.close() if hasattr(client, "close") else await client.stop()
+        denied = access_error(exc, what)
+        if denied is not None:
+            raise denied from exc
         raise KafkaUnavailable(
             f"{what}: Kafka unreachable within {timeout_s:g}s ({type(exc).__name__}: {exc})"
         ) from exc

@@ -8,17 +8,23 @@ consumer itself comes from :func:`~mulambda.kafka.config.start_consumer`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import TypeAlias
 
 from aiokafka.errors import KafkaError
 
-from mulambda.errors import KafkaUnavailable
-from mulambda.kafka.config import KafkaConsumer
+from mulambda.errors import AccessDenied, AuthorizationError, KafkaUnavailable
+from mulambda.kafka.config import KafkaConsumer, kafka_error
+from mulambda.kafka.health import mark_denied
 from mulambda.kafka.records import RawRecord, TopicPartition
 
 log = logging.getLogger(__name__)
+
+ACCESS_DENIED_BACKOFF_S = 5.0
+"""How long a reader the cluster refuses waits before asking again: ACLs get fixed at
+run time, so it keeps asking, but slowly (a refusal comes back at once)."""
 
 Batches: TypeAlias = dict[TopicPartition, list[RawRecord]]
 """Fetched records by partition, in offset order within each."""
@@ -40,8 +46,29 @@ async def fetch(
             *partitions, timeout_ms=timeout_ms, max_records=max_records
         )
     except KafkaError as exc:
-        raise KafkaUnavailable(f"{what} failed: {exc}") from exc
+        raise kafka_error(exc, f"{what} failed") from exc
+    if not batches:
+        refused = refused_topics(consumer)
+        if refused:
+            raise AuthorizationError(
+                f"{what} failed: not authorised by the cluster's ACLs to describe "
+                f"{', '.join(sorted(refused))}"
+            )
     return batches
+
+
+def refused_topics(consumer: KafkaConsumer) -> set[str]:
+    """Topics ``consumer`` reads that the last metadata answer said it may not describe.
+
+    aiokafka raises nothing for those: without their metadata it never fetches them and
+    ``getmany`` returns empty for ever. Its cluster view (no public accessor) knows.
+    """
+    cluster = getattr(getattr(consumer, "_client", None), "cluster", None)
+    unauthorized: set[str] = set(getattr(cluster, "unauthorized_topics", None) or ())
+    if not unauthorized:
+        return set()
+    wanted = {tp.topic for tp in consumer.assignment()} | set(consumer.subscription() or ())
+    return wanted & unauthorized
 
 
 async def fetch_retrying(
@@ -56,19 +83,39 @@ async def fetch_retrying(
     """:func:`fetch`, retried every ``retry_backoff_s`` until it succeeds.
 
     A failed fetch is logged, not raised: the broker or a partition leader is usually
-    back within seconds, and the reader must still be there then. Returns no records
-    once ``stopping`` is set after a failure, so a stopping loop is not held up.
+    back within seconds, and the reader must still be there then. A fetch the cluster
+    refuses (AuthorizationError, AuthenticationError) is retried every
+    :data:`ACCESS_DENIED_BACKOFF_S` at the least, and the consumer counts as not ready
+    with the reason (:func:`~mulambda.kafka.health.consumer_problem`) until a fetch
+    works. Returns no records once ``stopping`` is set after a failure, so a stopping
+    loop is not held up.
     """
     while True:
         try:
-            return await fetch(
+            batches = await fetch(
                 consumer, *partitions, timeout_ms=timeout_ms, max_records=max_records, what=what
             )
         except KafkaUnavailable as exc:
             log.warning("%s, retrying", exc.reason)
-            await asyncio.sleep(retry_backoff_s)
-            if stopping is not None and stopping.is_set():
-                return {}
+            await _pause(retry_backoff_s, stopping)
+        except AccessDenied as exc:
+            mark_denied(consumer, exc.reason)
+            log.error("%s; retrying in %.0fs", exc.reason, ACCESS_DENIED_BACKOFF_S)
+            await _pause(max(retry_backoff_s, ACCESS_DENIED_BACKOFF_S), stopping)
+        else:
+            mark_denied(consumer, None)
+            return batches
+        if stopping is not None and stopping.is_set():
+            return {}
+
+
+async def _pause(seconds: float, stopping: asyncio.Event | None) -> None:
+    # Sleep, but wake when the reader is told to stop.
+    if stopping is None:
+        await asyncio.sleep(seconds)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), seconds)
 
 
 async def assign_at_end(consumer: KafkaConsumer, partitions: Sequence[TopicPartition]) -> None:
@@ -83,8 +130,8 @@ async def assign_at_end(consumer: KafkaConsumer, partitions: Sequence[TopicParti
         for tp in partitions:
             await consumer.position(tp)
     except KafkaError as exc:
-        raise KafkaUnavailable(
-            f"cannot position at the end of {len(partitions)} partition(s): {exc}"
+        raise kafka_error(
+            exc, f"cannot position at the end of {len(partitions)} partition(s)"
         ) from exc
 
 
@@ -115,7 +162,7 @@ async def commit_unset_positions(consumer: KafkaConsumer) -> None:
         if unset:
             await consumer.commit(unset)
     except KafkaError as exc:
-        raise KafkaUnavailable(f"start positions not committed: {exc}") from exc
+        raise kafka_error(exc, "start positions not committed") from exc
 
 
 def lag_of(consumer: KafkaConsumer, positions: Mapping[TopicPartition, int]) -> int:

@@ -10,9 +10,23 @@ returning (empty) without an error while aiokafka reconnects.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable
 
 from mulambda.kafka.config import KafkaConsumer
+
+_denied: weakref.WeakKeyDictionary[KafkaConsumer, str] = weakref.WeakKeyDictionary()
+"""Consumers whose last fetch the cluster refused (an ACL, a credential), with why."""
+
+
+def mark_denied(consumer: KafkaConsumer, reason: str | None) -> None:
+    """Record that ``consumer``'s fetches are refused for ``reason`` (None: they work)."""
+    if reason is None:
+        if _denied:  # almost always empty: the hot fetch loop pays nothing
+            _denied.pop(consumer, None)
+    else:
+        _denied[consumer] = reason
+
 
 DEFAULT_STALL_S = 5.0
 """A consumer without a fetch response for this long counts as cut off."""
@@ -69,10 +83,13 @@ def consumer_problem(
     needs_assignment: bool = False,
     stall_s: float = DEFAULT_STALL_S,
 ) -> str | None:
-    """Why ``consumer`` cannot consume now (None when it can): not started, no partition
-    where it needs one, or cut off from the broker."""
+    """Why ``consumer`` cannot consume now (None when it can): not started, refused by
+    the cluster, no partition where it needs one, or cut off from the broker."""
     if consumer is None:
         return f"{what} not started"
+    denied = _denied.get(consumer) if _denied else None
+    if denied is not None:
+        return f"{what}: {denied}"
     if needs_assignment and not consumer.assignment():
         return f"{what} has no partition assigned"
     if consumer_stalled(consumer, stall_s=stall_s):

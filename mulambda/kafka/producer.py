@@ -42,7 +42,7 @@ from aiokafka.errors import (
 from aiokafka.partitioner import murmur2
 
 from mulambda.errors import KafkaUnavailable, MulambdaError
-from mulambda.kafka.config import FRAMING_HEADROOM_BYTES, KafkaConfig, start_bounded
+from mulambda.kafka.config import FRAMING_HEADROOM_BYTES, KafkaConfig, kafka_error, start_bounded
 from mulambda.kafka.health import LinkHealth
 from mulambda.runtime.lifecycle import Lifecycle
 from mulambda.wire.codec import DEFAULT_MAX_RECORD_BYTES, encode, encode_key
@@ -79,7 +79,7 @@ async def await_delivery(delivery: Awaitable[Any], what: str) -> Any:
     try:
         return await delivery
     except KafkaError as exc:
-        raise KafkaUnavailable(f"{what}: {exc}") from exc
+        raise kafka_error(exc, what) from exc
 
 
 def is_fatal(error: BaseException) -> bool:
@@ -308,7 +308,7 @@ class Producer(AnswerSink, Lifecycle):
                 if is_retriable_before_queueing(exc) and time.monotonic() < give_up:
                     await asyncio.sleep(self._retry_backoff_s)
                     continue
-                raise KafkaUnavailable(f"send to {outgoing.topic} failed: {exc}") from exc
+                raise kafka_error(exc, f"send to {outgoing.topic} failed") from exc
             queued.add_done_callback(
                 functools.partial(
                     self._settle,

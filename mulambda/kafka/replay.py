@@ -9,9 +9,9 @@ from typing import Any, Generic, TypeVar
 
 from aiokafka.errors import KafkaError
 
-from mulambda.errors import DecodeError, KafkaUnavailable, RequestTimeout
+from mulambda.errors import DecodeError, RequestTimeout
 from mulambda.kafka.admin import partitions_of
-from mulambda.kafka.config import KafkaConfig, KafkaConsumer, start_consumer
+from mulambda.kafka.config import KafkaConfig, KafkaConsumer, kafka_error, start_consumer
 from mulambda.kafka.fetching import assign_at_end, fetch
 from mulambda.kafka.records import RawRecord, Record, TopicPartition
 from mulambda.wire.codec import DEFAULT_MAX_RECORD_BYTES, decode
@@ -34,8 +34,16 @@ async def replay(
     ``executors list``. Returns the end offsets reached, so a live consumer can resume
     exactly there.
     """
+    # "earliest", as the seek below: aiokafka starts a reset to the consumer's default
+    # as soon as partitions are assigned, and when that answer comes back after
+    # seek_to_beginning (a TLS round trip is enough) it overrides the seek. With
+    # "latest" the replay then started at the end and read nothing.
     consumer = await start_consumer(
-        config, "replay", max_record_bytes=max_record_bytes, fetch_max_wait_ms=50
+        config,
+        "replay",
+        auto_offset_reset="earliest",
+        max_record_bytes=max_record_bytes,
+        fetch_max_wait_ms=50,
     )
     try:
         partitions = await partitions_of(config, *topics)
@@ -68,7 +76,7 @@ async def replay(
                     remaining.discard(tp)
         return dict(end)
     except KafkaError as exc:
-        raise KafkaUnavailable(f"replay failed: {exc}") from exc
+        raise kafka_error(exc, "replay failed") from exc
     finally:
         await consumer.stop()
 

@@ -30,6 +30,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from mulambda.runtime.lifecycle import Lifecycle
+from mulambda.runtime.redis_connection import RedisConfig
 from mulambda.wire.events import utcnow
 
 log = logging.getLogger(__name__)
@@ -46,13 +47,13 @@ class AnsweredRequests(Lifecycle):
 
     def __init__(
         self,
-        redis_url: str,
+        redis: str | RedisConfig,
         *,
         key_prefix: str = "mulambda:",
         ttl_margin_s: float = 300.0,
         timeout_s: float = 0.5,
     ) -> None:
-        self._url = redis_url
+        self._config = RedisConfig(redis) if isinstance(redis, str) else redis
         self._prefix = f"{key_prefix}answered:"
         self._margin_s = ttl_margin_s
         self._timeout_s = timeout_s
@@ -67,8 +68,8 @@ class AnsweredRequests(Lifecycle):
     async def start(self) -> None:
         """Create the client; Redis is reached lazily, so a Redis outage never blocks start."""
         if self._client is None:
-            self._client = Redis.from_url(
-                self._url, socket_timeout=self._timeout_s, socket_connect_timeout=self._timeout_s
+            self._client = self._config.client(
+                socket_timeout=self._timeout_s, socket_connect_timeout=self._timeout_s
             )
 
     async def stop(self) -> None:

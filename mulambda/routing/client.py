@@ -398,7 +398,10 @@ class Client(Lifecycle):
                     "verb": verb,
                     "body": request_body(body, inputs, instances),
                     "input_size": input_size,
-                }
+                },
+                # Unknown keys in what the application passed are typos here, not the
+                # newer fields the wire models ignore for forward compatibility.
+                extra="forbid",
             )
         except ValidationError as exc:
             first = exc.errors()[0]

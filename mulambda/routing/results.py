@@ -17,7 +17,10 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+import orjson
+
 from mulambda.errors import ConfigurationError, MulambdaError
+from mulambda.wire.codec import non_finite_path
 from mulambda.wire.events import InferenceResult, InferenceStatus, utcnow
 
 SEEN_MEMORY = 100_000
@@ -77,7 +80,8 @@ def request_body(
 ) -> dict[str, Any]:
     """The TF Serving body: ``body`` as given, or ``{"inputs": ...}`` / ``{"instances": ...}``.
 
-    Exactly one of the three must be given (ConfigurationError otherwise).
+    Exactly one of the three must be given, and it must not hold NaN or Infinity
+    (ConfigurationError otherwise: sent, they would arrive as ``null``).
     """
     given = [
         name
@@ -89,10 +93,22 @@ def request_body(
             f"give exactly one of body, inputs or instances (got {', '.join(given) or 'none'})"
         )
     if body is not None:
-        return body
-    if inputs is not None:
-        return {"inputs": inputs}
-    return {"instances": instances}
+        chosen = body
+    elif inputs is not None:
+        chosen = {"inputs": inputs}
+    else:
+        chosen = {"instances": instances}
+    try:
+        # orjson writes null for NaN and Infinity: only a body with a null can hold one.
+        suspect = b"null" in orjson.dumps(chosen)
+    except TypeError:
+        suspect = False  # not JSON at all: the request's validation says so
+    where = non_finite_path(chosen) if suspect else None
+    if where is not None:
+        raise ConfigurationError(
+            f"the body holds a non-finite number, which JSON on Kafka cannot carry: {where}"
+        )
+    return chosen
 
 
 class SeenIds:

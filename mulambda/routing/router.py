@@ -77,7 +77,7 @@ from mulambda.routing.suspects import SuspectEndpoints
 from mulambda.runtime.lifecycle import Lifecycle
 from mulambda.runtime.observability import correlation_id
 from mulambda.wire.catalog import Catalog, Topic
-from mulambda.wire.codec import ReplyAddress
+from mulambda.wire.codec import DEFAULT_MAX_RECORD_BYTES, ReplyAddress
 from mulambda.wire.events import (
     InferenceRequest,
     InferenceResult,
@@ -179,6 +179,7 @@ class Router(Lifecycle):
         transaction_timeout_s: float = 10.0,
         transaction_interval_s: float = 0.02,
         linger_ms: int = 0,
+        max_request_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
         """``reply_topics``: names and prefixes (ending in ``*``) results may go to;
         empty means the catalog's default (see
@@ -189,8 +190,10 @@ class Router(Lifecycle):
         error results and dead letters go out in Kafka transactions with the requests'
         offsets, every ``transaction_interval_s`` (``answered`` is then not needed and
         ignored); the transactional id is the group id and ``router_id``, which must
-        therefore be stable across restarts of one instance and unique among instances."""
+        therefore be stable across restarts of one instance and unique among instances.
+        ``max_request_bytes``: larger requests are refused unread (dead-lettered)."""
         self._kafka = kafka
+        self._max_request_bytes = max_request_bytes
         self._membership = membership
         self._answered = answered
         self._publish_attempts = max(1, publish_attempts)
@@ -306,6 +309,7 @@ class Router(Lifecycle):
                     vet_address=self._invalid_reply_problem,
                     on_answered=self.metrics.requests.labels("invalid").inc,
                 ),
+                max_record_bytes=self._max_request_bytes,
                 concurrency=self._concurrency + self._queue_limit,
                 grace_s=self._grace_s,
                 transactions=self._transactions,

@@ -6,9 +6,12 @@ always stops it, the way aiokafka's producer works.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
+
+from mulambda.errors import MulambdaError
 
 
 class Lifecycle(ABC):
@@ -33,3 +36,20 @@ class Lifecycle(ABC):
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+async def wait_ended(ended: asyncio.Event, follow: asyncio.Task[Any] | None, what: str) -> None:
+    """A worker's ``wait``: return once ``ended`` is set; raise MulambdaError when the
+    background task ``follow`` (a consumer loop) finished first, naming ``what`` it did."""
+    waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(ended.wait())}
+    if follow is not None:
+        waiters.add(follow)
+    try:
+        done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            if waiter is not follow:
+                waiter.cancel()
+    if follow is not None and follow in done and not ended.is_set():
+        exc = None if follow.cancelled() else follow.exception()
+        raise MulambdaError(f"{what} ended: {exc!r}")

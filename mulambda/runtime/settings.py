@@ -6,10 +6,17 @@ they can be built in tests and embedded in other programs without an environment
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Literal, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mulambda.errors import ConfigurationError
+from mulambda.wire.signatures import executor_key
+
+SECRET_FILE_SUFFIX = "_file"  # noqa: S105 - a name suffix, not a secret
+"""A setting ``<name>_file`` names a file whose content becomes setting ``<name>``."""
 
 
 class Settings(BaseSettings):
@@ -31,6 +38,10 @@ class Settings(BaseSettings):
 
     kafka_sasl_password: SecretStr | None = None
     """SASL password."""
+
+    kafka_sasl_password_file: str | None = None
+    """File holding the SASL password (a mounted Secret); read at start, overrides
+    ``kafka_sasl_password``."""
 
     kafka_ssl_cafile: str | None = None
     """CA bundle for verifying brokers when the protocol uses SSL."""
@@ -90,7 +101,27 @@ class Settings(BaseSettings):
     """Prefix on every topic name, so tests and deployments can share a broker."""
 
     redis_url: str = "redis://127.0.0.1:6379/0"
-    """Redis/DragonflyDB URL of the metadata store (DB 0 only: Dragonfly clusters use it)."""
+    """Redis/DragonflyDB URL of the metadata store (DB 0 only: Dragonfly clusters use it);
+    ``rediss://`` for TLS. Credentials belong in ``redis_username``/``redis_password``
+    (a password in the URL is accepted, but the URL is no secret setting)."""
+
+    redis_username: str | None = None
+    """Redis ACL user (``AUTH username password``); unset: the default user."""
+
+    redis_password: SecretStr | None = None
+    """Password of the Redis ACL user (or of ``requirepass``)."""
+
+    redis_password_file: str | None = None
+    """File holding the Redis password (a mounted Secret); overrides ``redis_password``."""
+
+    redis_ssl_cafile: str | None = None
+    """CA bundle verifying the Redis server (``rediss://`` URLs only)."""
+
+    redis_ssl_certfile: str | None = None
+    """Client certificate for Redis mutual TLS (``rediss://`` only)."""
+
+    redis_ssl_keyfile: str | None = None
+    """Private key of the Redis client certificate."""
 
     minio_endpoint: str = "127.0.0.1:9000"
     """``host:port`` of the MinIO/S3 endpoint holding saved models."""
@@ -100,6 +131,12 @@ class Settings(BaseSettings):
 
     minio_secret_key: SecretStr = SecretStr("mulambda-secret")
     """S3 secret key."""
+
+    minio_access_key_file: str | None = None
+    """File holding the S3 access key (a mounted Secret); overrides ``minio_access_key``."""
+
+    minio_secret_key_file: str | None = None
+    """File holding the S3 secret key (a mounted Secret); overrides ``minio_secret_key``."""
 
     minio_secure: bool = False
     """Use HTTPS towards MinIO."""
@@ -163,3 +200,102 @@ class Settings(BaseSettings):
 
     router_metadata_timeout_s: float = Field(default=1.0, gt=0)
     """Longest a request waits for cluster metadata to vet its reply address."""
+
+    # --- launcher --------------------------------------------------------------------
+
+    launcher_backend: Literal["auto", "local", "kubernetes"] = "auto"
+    """Where ``mulambda launcher`` runs launched executors: ``kubernetes`` (server-side
+    apply of a StatefulSet and Service per launch), ``local`` (``executor serve`` and
+    ``companion`` processes on this machine), or ``auto``: kubernetes inside a pod
+    (``KUBERNETES_SERVICE_HOST`` set) or with ``launcher_kubeconfig`` set, else local."""
+
+    launcher_group_id: str = "mulambda-launcher"
+    """Consumer group of the launchers (one active launcher per deployment suffices)."""
+
+    launcher_resync_interval_s: float = Field(default=30.0, gt=0)
+    """Seconds between full reconciliations (restarting dead replicas, undoing drift)."""
+
+    launcher_state_dir: str | None = None
+    """Local backend: replica logs and pulled models (default: a new temporary folder)."""
+
+    launcher_local_host: str = Field(default="127.0.0.1", min_length=1)
+    """Local backend: interface the replicas' executors bind and register."""
+
+    launcher_namespace: str = Field(default="mulambda", min_length=1)
+    """Kubernetes backend: namespace of the launched workloads."""
+
+    launcher_kubeconfig: str | None = None
+    """Kubernetes backend: kubeconfig file; unset inside a pod (its service account)."""
+
+    launcher_mulambda_image: str = "ghcr.io/mulambda/mulambda:0.1.0"
+    """Kubernetes backend: image of the model fetcher and companion when a launch names
+    none."""
+
+    launcher_config_map: str = "mulambda-config"
+    """Kubernetes backend: ConfigMap of ``MULAMBDA_*`` settings the launched pods load."""
+
+    launcher_secret_name: str = "mulambda-secrets"  # noqa: S105 - a Secret's name
+    """Kubernetes backend: Secret of credentials the launched pods load."""
+
+    # --- registration authenticity (mulambda.wire.signatures) ------------------------
+
+    registration_secret: SecretStr | None = None
+    """The deployment's registration secret (selectors, administrators): set, selectors
+    apply only executor registrations and tombstones signed with the executor's key
+    derived from it. Unset: nothing is verified (the quick start)."""
+
+    registration_secret_file: str | None = None
+    """File holding ``registration_secret`` (a mounted Secret); wins over the variable."""
+
+    registration_key: SecretStr | None = None
+    """One executor's own signing key (its companion's), as ``mulambda executors key``
+    prints it (hex); unused when ``registration_secret`` is set, which derives it."""
+
+    registration_key_file: str | None = None
+    """File holding ``registration_key``; wins over the variable."""
+
+    executor_endpoint_allow: str = ""
+    """Comma-separated hosts and networks executor endpoints may point at: CIDRs or
+    addresses (``10.0.0.0/8``), host names, ``*.zone`` wildcards. A registration whose
+    endpoint is elsewhere is dead-lettered. Empty: any endpoint."""
+
+    def signing_key(self, executor_id: str) -> bytes | None:
+        """The key that signs ``executor_id``'s registrations, if one is configured."""
+        if self.registration_secret is not None:
+            secret = self.registration_secret.get_secret_value().encode()
+            return executor_key(secret, executor_id)
+        if self.registration_key is not None:
+            try:
+                return bytes.fromhex(self.registration_key.get_secret_value())
+            except ValueError:
+                raise ConfigurationError("MULAMBDA_REGISTRATION_KEY is not hex") from None
+        return None
+
+    @model_validator(mode="after")
+    def _read_secret_files(self) -> Self:
+        # Secrets come from the environment or from files (Kubernetes Secrets mounted as
+        # volumes); a file wins over the variable. Its content is taken without the
+        # trailing newline editors and `echo` add.
+        for name in type(self).model_fields:
+            if not name.endswith(SECRET_FILE_SUFFIX):
+                continue
+            path = getattr(self, name)
+            target = name.removesuffix(SECRET_FILE_SUFFIX)
+            if path is None or target not in type(self).model_fields:
+                continue
+            try:
+                text = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"cannot read {name} {path}: {type(exc).__name__}") from exc
+            if not text:
+                raise ValueError(f"{name} {path} is empty")
+            current = getattr(self, target)
+            secret = isinstance(current, SecretStr) or target in SECRET_SETTINGS
+            setattr(self, target, SecretStr(text) if secret else text)
+        return self
+
+
+SECRET_SETTINGS = frozenset(
+    name for name, info in Settings.model_fields.items() if "SecretStr" in str(info.annotation)
+)
+"""Settings that hold secrets (typed SecretStr): never logged, shown or sent anywhere."""

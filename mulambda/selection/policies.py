@@ -58,6 +58,12 @@ Policy = Callable[
 """``(request, candidates, view, now, state) -> ranked candidates``; see module doc."""
 
 
+def bucket_latency_score(latency_ms: float) -> float:
+    """The prototype's latency score: the first bucket ``i`` whose bound is >= the
+    latency scores ``1 - i/9``; above the last bound (1020 ms) 0."""
+    return _BUCKET_SCORES[bisect_left(LATENCY_BUCKETS_MS, latency_ms)]
+
+
 def smooth_latency_score(estimate_ms: float) -> float:
     """A continuous version of the prototype's bucket score (see :func:`weighted`).
 

@@ -35,7 +35,12 @@ Clock: the view runs on wall-clock seconds; a record counts as of its Kafka time
 (never later than now), so replayed heartbeats are as old as they really are.
 
 Invalid state records are dead-lettered by every selector instance that reads them
-(each reads everything); the letters are identical but for ``consumer_group``.
+(each reads everything); the letters are identical but for ``consumer_group``. So are
+executor registrations and tombstones the
+:class:`~mulambda.selection.admission.RegistrationGate` refuses (key and id differ, a
+signature missing, wrong or replayed while a registration secret is configured, an
+endpoint outside the allow-list): they are never applied. Replayed at start-up, such
+records are skipped with a warning.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from mulambda.errors import (
     KafkaUnavailable,
     MulambdaError,
     StoreUnavailable,
+    UntrustedRecord,
 )
 from mulambda.kafka import (
     Admin,
@@ -76,6 +82,7 @@ from mulambda.kafka import (
 )
 from mulambda.routing.requester import HEADER_CORRELATION_ID, reply_address, send_reply
 from mulambda.runtime.lifecycle import Lifecycle
+from mulambda.selection.admission import RegistrationGate
 from mulambda.selection.answers import Answerer, ReplyTargets, UndeliverableReply
 from mulambda.selection.policies import PolicyState
 from mulambda.selection.state import StateApplier, record_time
@@ -87,7 +94,7 @@ from mulambda.selection.store_sync import (
 )
 from mulambda.selection.view import ExecutorView
 from mulambda.wire.catalog import Catalog, Topic
-from mulambda.wire.codec import ReplyAddress
+from mulambda.wire.codec import MAX_STATE_RECORD_BYTES, ReplyAddress
 from mulambda.wire.events import (
     ClientRegistration,
     ExecutorRegistration,
@@ -168,8 +175,12 @@ class Selector(Lifecycle):
         catch_up_timeout_s: float = 60.0,
         max_pending_store_events: int = 100_000,
         membership: Membership | None = None,
+        registrations: RegistrationGate | None = None,
     ) -> None:
         """Build a selector; nothing connects before :meth:`start`.
+
+        ``registrations``: what executor-registration records must prove (signatures,
+        endpoint allow-list); None checks only that key and executor id agree.
 
         ``status_lookback_s``: how far back status and latency topics are read when the
         store has no offsets. ``catch_up_timeout_s``: bound on applying them up to their
@@ -218,6 +229,7 @@ class Selector(Lifecycle):
         self._stopping = asyncio.Event()
         self._applier = StateApplier(catalog)
         self._state_models = self._applier.models
+        self._gate = registrations or RegistrationGate()
 
     # The state loop (_follow_state) queues and records offsets through these two.
 
@@ -382,6 +394,7 @@ class Selector(Lifecycle):
                     raw.offset,
                     exc.reason,
                 ),
+                max_record_bytes=MAX_STATE_RECORD_BYTES,
             ),
         )
         for key, reason in snapshot.invalid.items():
@@ -394,6 +407,12 @@ class Selector(Lifecycle):
         self._stored_offsets = snapshot.offsets
         events: list[StoreEvent] = []
         for record in replayed:
+            if record.topic == self._applier.executor_registrations:
+                try:
+                    self._gate.admit(record.key, record.raw, record.headers.items(), record.value)
+                except UntrustedRecord as exc:
+                    log.warning("skipped %s@%d: %s", record.topic, record.offset, exc.reason)
+                    continue
             changes = self._apply_state(record.topic, record.key, record.value, record.timestamp_ms)
             if changes:
                 events.extend(changes)
@@ -510,7 +529,10 @@ class Selector(Lifecycle):
     async def _apply_raw(self, raw: RawRecord) -> None:
         try:
             value = self._applier.decode(raw.topic, raw.value)
-        except DecodeError as exc:
+            if raw.topic == self._applier.executor_registrations:
+                registration = value if isinstance(value, ExecutorRegistration) else None
+                self._gate.admit(raw.key, raw.value, raw.headers, registration)
+        except (DecodeError, UntrustedRecord) as exc:
             await self._letters.dead_letter(raw, exc)
             return
         changes = self._apply_state(raw.topic, raw.key, value, raw.timestamp)

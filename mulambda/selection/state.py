@@ -16,8 +16,9 @@ What the store learns
     the last raw value. (The event types are in ``mulambda.selection.store_data``.)
 
 Invalid records
-    A value that does not decode, and a null value on a topic that is not compacted
-    (junk there, not a tombstone), raise DecodeError: the worker dead-letters them.
+    A value above :data:`MAX_STATE_RECORD_BYTES`, a value that does not decode, and a
+    null value on a topic that is not compacted (junk there, not a tombstone), raise
+    DecodeError: the worker dead-letters them.
     A tombstone without a key names nothing and is ignored.
 
 Time
@@ -36,7 +37,7 @@ from mulambda.selection.store_data import (
 )
 from mulambda.selection.view import ExecutorView
 from mulambda.wire.catalog import Catalog, Topic
-from mulambda.wire.codec import decode
+from mulambda.wire.codec import MAX_STATE_RECORD_BYTES, decode
 from mulambda.wire.events import (
     ClientRegistration,
     ExecutorRegistration,
@@ -79,7 +80,7 @@ class StateApplier:
         """A state record's message, or None for a tombstone; DecodeError if invalid."""
         if value is None and topic in self.compacted:
             return None
-        return decode(self.models[topic], value)
+        return decode(self.models[topic], value, max_bytes=MAX_STATE_RECORD_BYTES)
 
     def apply(
         self,
@@ -106,6 +107,10 @@ class StateApplier:
             elif topic == self.client_registrations:
                 view.remove_client(name)
                 out.append(ClientRemoved(name))
+        elif isinstance(value, ExecutorRegistration) and value.launch is not None:
+            # A launch request is no executor (LaunchSpec): for selection, none is under it.
+            view.remove_executor(value.executor_id)
+            out.append(ExecutorRemoved(value.executor_id))
         elif isinstance(value, ExecutorRegistration):
             view.apply_registration(value, at)
             out.append(value)

@@ -67,12 +67,14 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import AuthenticationError as RedisAuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoPermissionError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mulambda.errors import ConfigurationError, DecodeError, MulambdaError, StoreUnavailable
 from mulambda.runtime.lifecycle import Lifecycle
+from mulambda.runtime.redis_connection import RedisConfig, access_error
 from mulambda.selection.store_data import (
     ClientRemoved,
     ExecutorRemoved,
@@ -132,7 +134,7 @@ class ViewStore(Lifecycle):
 
     def __init__(
         self,
-        redis: str | Redis,
+        redis: str | RedisConfig | Redis,
         *,
         key_prefix: str,
         missed_heartbeats: float = 3,
@@ -147,8 +149,8 @@ class ViewStore(Lifecycle):
         """Prefix of every key this store touches."""
         self.missed_heartbeats = float(missed_heartbeats)
         """Heartbeat intervals an executor's alive key outlives its last heartbeat."""
-        self._url = redis if isinstance(redis, str) else None
-        self._given = None if isinstance(redis, str) else redis
+        self._given = redis if isinstance(redis, Redis) else None
+        self._config = RedisConfig(redis) if isinstance(redis, str) else redis
         self._connect_timeout_s = connect_timeout_s
         self._timeout_s = timeout_s
         self._client: Redis | None = None
@@ -185,21 +187,17 @@ class ViewStore(Lifecycle):
         """Connect and PING; StoreUnavailable quickly when the server is unreachable."""
         if self._client is not None:
             return
-        if self._given is not None:
-            client = self._given
+        if isinstance(self._config, Redis):
+            client = self._config
         else:
-            try:
-                client = Redis.from_url(
-                    str(self._url),
-                    decode_responses=False,
-                    socket_connect_timeout=self._connect_timeout_s,
-                    socket_timeout=self._timeout_s,
-                    # redis-py's default retries back off for seconds; fail fast instead
-                    # and let the worker's own retry policy decide.
-                    retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2),
-                )
-            except ValueError as exc:
-                raise ConfigurationError(f"bad Redis URL: {exc}") from exc
+            client = self._config.client(
+                decode_responses=False,
+                socket_connect_timeout=self._connect_timeout_s,
+                socket_timeout=self._timeout_s,
+                # redis-py's default retries back off for seconds; fail fast instead
+                # and let the worker's own retry policy decide.
+                retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2),
+            )
         db = client.connection_pool.connection_kwargs.get("db", 0)
         if int(db or 0) != 0:
             if self._given is None:
@@ -230,6 +228,8 @@ class ViewStore(Lifecycle):
         try:
             async with asyncio.timeout(self._timeout_s + self._connect_timeout_s):
                 yield
+        except (RedisAuthenticationError, NoPermissionError) as exc:
+            raise access_error(exc, f"store {what}") or StoreUnavailable(str(exc)) from exc
         except (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError) as exc:
             raise StoreUnavailable(
                 f"store {what} failed: Redis unreachable ({type(exc).__name__}: {exc})"
@@ -246,6 +246,9 @@ class ViewStore(Lifecycle):
             results: list[Any] = await pipe.execute(raise_on_error=False)
         for i, result in enumerate(results):
             if isinstance(result, RedisError):
+                denied = access_error(result, f"store {what} (command {i + 1})")
+                if denied is not None:
+                    raise denied from result
                 raise StoreUnavailable(
                     f"store {what} refused (command {i + 1} of {len(results)}): {result}",
                     retriable=False,

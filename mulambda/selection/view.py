@@ -349,8 +349,13 @@ class ExecutorView:
         """Add or update an executor; counts as a heartbeat. Returns True if it is new.
 
         A re-registration keeps what was learned (status, load, latencies) and moves the
-        executor to another traits bucket if its traits changed.
+        executor to another traits bucket if its traits changed. A launch request (a
+        registration with a ``launch`` spec) is no executor: any executor known under its id
+        is forgotten and False returned; the launched replicas register themselves.
         """
+        if registration.launch is not None:
+            self.remove_executor(registration.executor_id)
+            return False
         self._see(now)
         ttl = self.missed_heartbeats * registration.heartbeat_interval_s
         entry = self._entries.get(registration.executor_id)

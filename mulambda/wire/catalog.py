@@ -47,6 +47,19 @@ def checkout_dir() -> Path | None:
     return root / "topics" if (root / "pyproject.toml").is_file() else None
 
 
+ROLES: Final = ("selector", "router", "companion", "launcher", "administrator", "producer")
+"""The principals a deployment gives Kafka credentials to; ``producer`` is a producer
+application (one that sends inference requests and reads their results)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TopicAccess:
+    """The roles that may read and write one topic (the catalog's ``access`` entry)."""
+
+    read: tuple[str, ...] = ()
+    write: tuple[str, ...] = ()
+
+
 class Topic(StrEnum):
     """Logical topic keys of the catalog; code refers to topics only through these."""
 
@@ -73,6 +86,7 @@ class TopicSpec:
     replication: int
     config: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
+    access: TopicAccess = TopicAccess()
 
     def full_name(self, prefix: str = "") -> str:
         """The topic's name on the broker, with the deployment's prefix."""
@@ -138,6 +152,7 @@ def load_catalog(prefix: str = "", path: Path | None = None) -> Catalog:
                 replication=int(entry.get("replication", 1)),
                 config={str(k): str(v) for k, v in (entry.get("config") or {}).items()},
                 description=str(entry.get("description", "")).strip(),
+                access=_access(entry["access"]),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise ConfigurationError(f"{source}: bad entry {key!r}: {exc!r}") from exc
@@ -145,6 +160,23 @@ def load_catalog(prefix: str = "", path: Path | None = None) -> Catalog:
     if missing:
         raise ConfigurationError(f"{source}: missing topics {sorted(missing)}")
     return Catalog(specs, prefix)
+
+
+def _access(raw: Any) -> TopicAccess:
+    # Every topic names its readers and writers: a topic nobody may use is a mistake, and
+    # an unknown role (a typo) would silently grant nothing.
+    if not isinstance(raw, dict) or set(raw) - {"read", "write"}:
+        raise ValueError(f"access must be a mapping with read and write lists, not {raw!r}")
+    lists = {}
+    for what in ("read", "write"):
+        roles = raw.get(what) or []
+        if not isinstance(roles, list):
+            raise ValueError(f"access.{what} must be a list of roles, not {roles!r}")
+        unknown = [role for role in roles if role not in ROLES]
+        if unknown:
+            raise ValueError(f"access.{what}: unknown roles {unknown} (known: {', '.join(ROLES)})")
+        lists[what] = tuple(str(role) for role in roles)
+    return TopicAccess(read=lists["read"], write=lists["write"])
 
 
 # --- generated documents -------------------------------------------------------------

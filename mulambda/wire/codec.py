@@ -2,11 +2,17 @@
 
 Pure: no Kafka here. Decoding failures raise :class:`~mulambda.errors.DecodeError` whose
 message is the dead-letter reason.
+
+Decoding is strict about JSON types: ``"5"`` is not an integer, ``5.0`` not a count, a
+number not a timestamp. What the published JSON Schemas (``topics/schemas``) accept is
+what :func:`decode` accepts, bar the few rules a schema cannot state (a deadline's UTC
+offset, a body's payload key), which ``tests/unit/wire/test_schemas.py`` lists.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -20,6 +26,11 @@ M = TypeVar("M", bound=WireModel)
 
 DEFAULT_MAX_RECORD_BYTES = 1_048_576
 """Kafka's default ``max.message.bytes``; larger bodies are refused before parsing."""
+
+MAX_STATE_RECORD_BYTES = 64 * 1024
+"""Bound on state records (registrations, status, latencies): they are small (a
+registration's longest fields are its 500-character endpoint and 200-character ids);
+larger ones are refused unread by every reader, live and on replay alike."""
 
 
 def encode(message: WireModel) -> bytes:
@@ -41,7 +52,7 @@ def decode(model: type[M], data: bytes | None, *, max_bytes: int = DEFAULT_MAX_R
     if len(data) > max_bytes:
         raise OversizeError(f"record of {len(data)} bytes exceeds the {max_bytes}-byte bound")
     try:
-        return model.model_validate_json(data)
+        return model.model_validate_json(data, strict=True)
     except ValidationError as exc:
         raise DecodeError(describe_validation_error(model, exc)) from exc
 
@@ -103,3 +114,22 @@ def peek_reply_address(
     if not (isinstance(message_id, str) and 0 < len(message_id) <= 64):
         message_id = None
     return ReplyAddress(topic, partition, corr, message_id)
+
+
+def non_finite_path(value: Any, path: str = "") -> str | None:
+    """Where the first NaN or ±Infinity in a decoded JSON document is (``a.b[2]``: the
+    path and the value), or None when every number is finite. JSON cannot carry them:
+    pydantic and orjson would write ``null`` instead, silently."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{path or '<root>'} = {value}"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = non_finite_path(item, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = non_finite_path(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None

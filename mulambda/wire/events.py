@@ -6,7 +6,11 @@ drift. Every message carries ``schema_version``, ``message_id`` and ``timestamp`
 requests also carry ``correlation_id``, ``reply_topic`` and ``deadline``.
 
 Compatibility rule: add optional fields freely; anything else bumps ``schema_version``.
-Unknown fields are ignored on decode so older consumers survive newer producers.
+Unknown fields are ignored on decode, at every level (the nested ``traits``, ``weights``,
+``slo``, ``launch`` and candidates too), so older consumers survive newer producers. A
+message of a ``schema_version`` this build does not read is refused, never guessed at.
+The producer SDK refuses unknown keys in what an application passes it
+(:mod:`mulambda.routing.client`), where they are typos rather than newer fields.
 """
 
 from __future__ import annotations
@@ -48,19 +52,37 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _with_offset(field: str, value: datetime) -> datetime:
+    """``value`` if it says its UTC offset: JSON Schema's ``date-time`` (RFC 3339) needs one."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{field} needs a UTC offset (RFC 3339, e.g. 2026-01-01T12:00:00Z)")
+    return value
+
+
 class WireModel(BaseModel):
     """Base of every message: frozen, unknown fields ignored, envelope fields present."""
 
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = Field(
+        default=SCHEMA_VERSION,
+        json_schema_extra={
+            "minimum": SUPPORTED_SCHEMA_VERSIONS[0],
+            "maximum": SUPPORTED_SCHEMA_VERSIONS[-1],
+        },
+    )
     """Version of this message's schema; bumped on incompatible change."""
     message_id: str = Field(default_factory=new_message_id, min_length=1, max_length=64)
     """Unique id of this message (not of the request it answers)."""
     timestamp: datetime = Field(default_factory=utcnow)
-    """When the message was produced (UTC)."""
+    """When the message was produced: RFC 3339 with a UTC offset, like ``deadline``."""
 
     type_name: ClassVar[str] = "message"
+
+    @field_validator("timestamp")
+    @classmethod
+    def _timestamp_has_offset(cls, timestamp: datetime) -> datetime:
+        return _with_offset("timestamp", timestamp)
 
     @field_validator("schema_version")
     @classmethod
@@ -89,9 +111,7 @@ class RequestModel(WireModel):
     @field_validator("deadline")
     @classmethod
     def _deadline_has_offset(cls, deadline: datetime) -> datetime:
-        if deadline.tzinfo is None or deadline.utcoffset() is None:
-            raise ValueError("deadline needs a UTC offset (RFC 3339, e.g. 2026-01-01T12:00:00Z)")
-        return deadline
+        return _with_offset("deadline", deadline)
 
     def expired(self, now: datetime | None = None) -> bool:
         """Whether the deadline has passed."""
@@ -109,7 +129,7 @@ def deadline_in(seconds: float) -> datetime:
 class Traits(BaseModel):
     """Hard criteria: an executor is a candidate only if all three are equal."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     model_type: str = Field(min_length=1, max_length=100)
     """What the model does, e.g. ``image-classification``, ``sentiment``."""
@@ -126,7 +146,7 @@ class Traits(BaseModel):
 class SoftWeights(BaseModel):
     """Soft criteria: how much the client cares about latency versus accuracy."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     latency: Importance = 0.5
     """Importance of a low estimated latency, in [0, 1]."""
@@ -137,7 +157,7 @@ class SoftWeights(BaseModel):
 class Slo(BaseModel):
     """Optional hard service-level objectives of one request."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     max_latency_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     """Candidates whose estimated latency exceeds this are excluded."""
@@ -149,20 +169,33 @@ class Slo(BaseModel):
 
 
 class LaunchSpec(BaseModel):
-    """How an administrator asked for the executor to be launched (informational)."""
+    """How an administrator asks the launcher (``mulambda launcher``) to run an executor.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    A registration carrying one is a *launch request*, never a selectable executor: the
+    selector ignores it (and forgets any executor registered under its id). Its
+    ``executor_id`` is the launch id L; the launcher runs ``replicas`` executors whose
+    companions register ``L-0``, ``L-1``, ... with the launch's model, traits and accuracy
+    and their own endpoints, so every replica is selectable only once it runs and one
+    replica's deregistration leaves the others alone. A tombstone for L (or a registration
+    without a launch spec under L) removes what the launcher runs for it.
+    """
 
-    image: str = "tensorflow/serving:2.18.0"
-    """Serving image; the companion runs beside it."""
-    model_uri: str | None = None
-    """``s3://bucket/models/{name}`` the init container copies from."""
-    replicas: int = Field(default=1, ge=1)
-    """Replicas requested."""
-    cpu: str | None = None
-    """CPU request, Kubernetes notation."""
-    memory: str | None = None
-    """Memory request, Kubernetes notation."""
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    replicas: int = Field(default=1, ge=1, le=100)
+    """Executors to run, one executor id each (``<launch id>-<ordinal>``)."""
+    image: str = Field(default="tensorflow/serving:2.18.0", min_length=1, max_length=500)
+    """Serving image (Kubernetes backend); the local backend runs ``mulambda executor
+    serve`` instead."""
+    mulambda_image: str | None = Field(default=None, min_length=1, max_length=500)
+    """Image of the model-fetching init container and the companion sidecar (Kubernetes
+    backend); None uses the launcher's ``MULAMBDA_LAUNCHER_MULAMBDA_IMAGE``."""
+    cpu: str | None = Field(default=None, pattern=r"^[0-9]+(\.[0-9]+)?m?$", max_length=20)
+    """CPU request of the serving container, Kubernetes notation (``500m``, ``2``)."""
+    memory: str | None = Field(
+        default=None, pattern=r"^[0-9]+(\.[0-9]+)?([EPTGMk]i?)?$", max_length=20
+    )
+    """Memory request of the serving container, Kubernetes notation (``512Mi``)."""
 
 
 class ExecutorProtocol(StrEnum):
@@ -203,7 +236,8 @@ class ExecutorRegistration(WireModel):
     heartbeat_interval_s: float = Field(default=5.0, gt=0, le=3600, allow_inf_nan=False)
     """How often the companion publishes status; the selector expires it after a few."""
     launch: LaunchSpec | None = None
-    """Launch spec when an administrator launched it through MuLambda."""
+    """Set only on an administrator's launch request (see :class:`LaunchSpec`): then this
+    is not an executor, and ``endpoint`` is not dialled (any valid URL will do)."""
 
 
 class ClientRegistration(WireModel):
@@ -230,6 +264,21 @@ class ModelState(StrEnum):
     UNKNOWN = "UNKNOWN"
 
 
+class LaunchAction(StrEnum):
+    """What the launcher did about a launch request (on its status events)."""
+
+    CREATED = "created"
+    """The launch's objects or processes did not exist and were created."""
+    UPDATED = "updated"
+    """Some were created, changed or removed to match the request."""
+    UNCHANGED = "unchanged"
+    """Everything already matched the request."""
+    DELETED = "deleted"
+    """The request was withdrawn; everything run for it was removed."""
+    FAILED = "failed"
+    """The request is invalid or could not be carried out; ``detail`` says why."""
+
+
 class ExecutorStatus(WireModel):
     """Heartbeat of an executor (key: executor id)."""
 
@@ -247,6 +296,10 @@ class ExecutorStatus(WireModel):
     """Why the state is not AVAILABLE, when known."""
     heartbeat_interval_s: float = Field(default=5.0, gt=0, le=3600, allow_inf_nan=False)
     """Interval until the next heartbeat; staleness is judged against it."""
+    launch_action: LaunchAction | None = None
+    """Set on the launcher's report about a launch request (key: the launch id, which the
+    selector knows no executor by): what it did; ``detail`` names the objects or the
+    reason of a failure. None on companions' heartbeats."""
 
 
 class LatencySource(StrEnum):
@@ -356,6 +409,9 @@ class SelectionReply(WireModel):
 
 InferenceVerb = Literal["predict", "classify", "regress"]
 
+PAYLOAD_KEYS = ("instances", "inputs", "examples")
+"""An inference request's body holds at least one of these (TF Serving's and OIP's)."""
+
 
 class InferenceRequest(RequestModel):
     """An application's inference request; the router selects and calls an executor."""
@@ -374,7 +430,9 @@ class InferenceRequest(RequestModel):
     """Selection policy; None uses the selector's default."""
     verb: InferenceVerb = "predict"
     """TF Serving API verb."""
-    body: dict[str, Any]
+    body: dict[str, Any] = Field(
+        json_schema_extra={"anyOf": [{"required": [key]} for key in PAYLOAD_KEYS]}
+    )
     """The request body: TF Serving's (``instances``/``inputs`` or ``examples``), or an Open
     Inference Protocol v2 one (``inputs`` a list of typed tensors); the result's ``output``
     is in the same dialect, whichever protocol the executor speaks."""
@@ -384,7 +442,7 @@ class InferenceRequest(RequestModel):
     @field_validator("body")
     @classmethod
     def _body_has_payload(cls, body: dict[str, Any]) -> dict[str, Any]:
-        keys = {"instances", "inputs", "examples"} & body.keys()
+        keys = set(PAYLOAD_KEYS) & body.keys()
         if not keys:
             raise ValueError("body needs 'instances', 'inputs' or 'examples'")
         return body

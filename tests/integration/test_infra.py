@@ -119,3 +119,26 @@ def test_stop_leaves_foreign_processes_alone(private_env: dict[str, str]) -> Non
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_installed_names_what_is_missing(tmp_path: Path) -> None:
+    env = {**os.environ, "MULAMBDA_CACHE_DIR": str(tmp_path / "cache")}
+    missing = subprocess.run(
+        ["bash", str(INFRA), "installed", "kube", "minio"],
+        env=env, capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert missing.returncode == 1
+    assert "kube: not installed" in missing.stderr
+    assert "minio: not installed" in missing.stderr
+    kubectl = subprocess.run(
+        ["bash", str(INFRA), "kubectl-bin"],
+        env=env, capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert kubectl.returncode == 1
+    assert "install kube" in kubectl.stderr
+    # The session's own cache: what the kube_api fixture relies on.
+    if subprocess.run(["bash", str(INFRA), "installed", "kube"], check=False).returncode == 0:
+        path = subprocess.run(
+            ["bash", str(INFRA), "kubectl-bin"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        assert os.access(path, os.X_OK)

@@ -28,8 +28,6 @@ import aiohttp
 import numpy as np
 import pytest
 import pytest_asyncio
-from minio import Minio
-from minio.deleteobjects import DeleteObject
 
 from mulambda.bench.infra import free_port
 from mulambda.errors import ExecutorError
@@ -37,7 +35,7 @@ from mulambda.executors.tfserving import BadRequest, TFServingClient
 from mulambda.models.layout import MANIFEST_NAME
 from mulambda.models.store import ModelStore
 from mulambda.wire.events import ModelState
-from tests.conftest import Infra
+from tests.conftest import Infra, remove_bucket
 
 pytestmark = [pytest.mark.integration, pytest.mark.tensorflow]
 
@@ -114,17 +112,7 @@ def bucket(infra: Infra) -> Iterator[str]:
     """A bucket for this module alone, emptied and removed afterwards."""
     name = f"mulambda-test-wine-{uuid.uuid4().hex[:12]}"
     yield name
-    raw = Minio(
-        infra.minio_endpoint,
-        access_key=infra.minio_access_key,
-        secret_key=infra.minio_secret_key,
-        secure=False,
-    )
-    if raw.bucket_exists(name):
-        keys = [o.object_name for o in raw.list_objects(name, recursive=True) if o.object_name]
-        errors = list(raw.remove_objects(name, [DeleteObject(k) for k in keys]))
-        assert not errors, errors
-        raw.remove_bucket(name)
+    remove_bucket(infra, name)
 
 
 async def _wait_available(client: TFServingClient, executor: Executor) -> None:

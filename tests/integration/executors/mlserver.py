@@ -25,12 +25,10 @@ from typing import Any, Final
 
 import aiohttp
 import pytest
-from minio import Minio
-from minio.deleteobjects import DeleteObject
 
 from mulambda.bench.infra import free_port
 from mulambda.models.store import ModelStore
-from tests.conftest import Infra
+from tests.conftest import Infra, remove_bucket
 
 REPO: Final = Path(__file__).resolve().parents[3]
 INFRA: Final = REPO / "deploy" / "local" / "infra.sh"
@@ -218,18 +216,4 @@ async def wine_served_from_minio(
         finally:
             server.stop()
             await store.delete(name, version)
-            _remove_bucket(infra, bucket)
-
-
-def _remove_bucket(infra: Infra, bucket: str) -> None:
-    raw = Minio(
-        infra.minio_endpoint,
-        access_key=infra.minio_access_key,
-        secret_key=infra.minio_secret_key,
-        secure=False,
-    )
-    if raw.bucket_exists(bucket):
-        keys = [o.object_name for o in raw.list_objects(bucket, recursive=True)]
-        errors = list(raw.remove_objects(bucket, [DeleteObject(k) for k in keys if k]))
-        assert not errors, errors
-        raw.remove_bucket(bucket)
+            remove_bucket(infra, bucket)

@@ -10,15 +10,26 @@ from typing import Any
 _REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
-def container_env(container: Mapping[str, Any], fields: Mapping[str, str]) -> dict[str, str]:
-    """The container's ``env`` with ``fieldRef``s resolved from ``fields`` (path → value).
+def container_env(
+    container: Mapping[str, Any],
+    fields: Mapping[str, str],
+    secrets: Mapping[tuple[str, str], str] | None = None,
+) -> dict[str, str]:
+    """The container's ``env`` with ``fieldRef``s resolved from ``fields`` (path → value)
+    and ``secretKeyRef``s from ``secrets`` ((Secret name, key) → value).
 
-    A fieldRef that ``fields`` lacks raises KeyError: the pod would not start either.
+    A fieldRef that ``fields`` lacks, or a required secretKeyRef that ``secrets`` lacks,
+    raises KeyError: the pod would not start either. An optional one is left unset.
     """
     env: dict[str, str] = {}
+    secrets = secrets or {}
     for entry in container.get("env", []):
         if "value" in entry:
             env[entry["name"]] = expand(str(entry["value"]), env)
+        elif "secretKeyRef" in entry["valueFrom"]:
+            ref = entry["valueFrom"]["secretKeyRef"]
+            if (ref["name"], ref["key"]) in secrets or not ref.get("optional", False):
+                env[entry["name"]] = secrets[ref["name"], ref["key"]]
         else:
             env[entry["name"]] = fields[entry["valueFrom"]["fieldRef"]["fieldPath"]]
     return env

@@ -4,7 +4,9 @@ so the host's ``mulambda`` (default settings) reaches it and every model has a c
 from __future__ import annotations
 
 import json
+import re
 import shlex
+import tomllib
 from importlib import resources
 from typing import Any
 
@@ -19,6 +21,8 @@ from tests.unit.deploy.manifests import DEPLOY
 pytestmark = pytest.mark.unit
 
 COMPOSE = DEPLOY / "compose" / "compose.yaml"
+ONE_SHOT = {"topics", "model-upload", "model-fetch"}
+"""Services that run once to completion (restart on failure only, no health check)."""
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +67,15 @@ def test_compose_file_is_valid_against_the_compose_spec(compose: dict[str, Any])
 
 def test_every_mulambda_command_parses(compose: dict[str, Any]) -> None:
     assert isinstance(cli, click.Group)
-    for name, service in _mulambda_services(compose).items():
-        argv = _argv(service)
+    commands = {name: _argv(service) for name, service in _mulambda_services(compose).items()}
+    # And the registrations one-shot scripts publish.
+    # A shell variable there stands for a value the script computes: a number here.
+    commands |= {
+        f"register {n}": [re.sub(r"^\$\w+$", "0.9", a) for a in argv]
+        for n, argv in _registered_by_scripts(compose).items()
+    }
+    assert any(name.startswith("register ") for name in commands)
+    for name, argv in commands.items():
         command: click.Command | None = cli
         context = click.Context(cli)
         while isinstance(command, click.Group):
@@ -75,27 +86,84 @@ def test_every_mulambda_command_parses(compose: dict[str, Any]) -> None:
         command.make_context(command.name, list(argv), parent=context.parent)
 
 
-def test_every_served_model_has_a_companion(compose: dict[str, Any]) -> None:
-    services = _mulambda_services(compose)
+def _registered_by_scripts(compose: dict[str, Any]) -> dict[str, list[str]]:
+    """Executor id → argv of each ``mulambda executors register`` a one-shot script runs."""
+    found = {}
+    for service in compose["services"].values():
+        command = service.get("command")
+        if service.get("entrypoint", [None])[0] != "sh" or not isinstance(command, list):
+            continue
+        # Compose turns $$ into $; the shell joins continued lines.
+        script = command[-1].replace("$$", "$").replace("\\\n", " ")
+        for line in script.splitlines():
+            words = shlex.split(line)
+            if "register" in words and words[words.index("register") - 1] == "executors":
+                argv = words[words.index("executors") :]
+                found[argv[argv.index("--executor-id") + 1]] = argv
+    return found
+
+
+def _served(compose: dict[str, Any]) -> set[tuple[str, str]]:
+    """(endpoint, model) of every model an executor service serves: MuLambda's synthetic
+    executor and TF Serving."""
     served: set[tuple[str, str]] = set()
-    for name, service in services.items():
+    for name, service in compose["services"].items():
         argv = _argv(service)
-        if argv[:2] == ["executor", "serve"]:
+        if service.get("image", "").startswith("tensorflow/serving:"):
+            flags = dict(a.removeprefix("--").split("=", 1) for a in argv)
+            served.add((f"http://{name}:{flags['rest_api_port']}", flags["model_name"]))
+        elif argv[:2] == ["executor", "serve"]:
             port = argv[argv.index("--port") + 1]
             models = [argv[i + 1] for i, a in enumerate(argv) if a == "--synthetic"]
             served |= {(f"http://{name}:{port}", m) for m in models}
+    return served
+
+
+def test_every_served_model_has_a_companion(compose: dict[str, Any]) -> None:
+    services = _mulambda_services(compose)
+    registered = _registered_by_scripts(compose)
     companions = {}
     for service in services.values():
         argv = _argv(service)
         if argv[:1] == ["companion"]:
-            endpoint = argv[argv.index("--endpoint") + 1]
-            model = argv[argv.index("--model-name") + 1]
-            companions[(endpoint, model)] = argv[argv.index("--executor-id") + 1]
+            executor_id = argv[argv.index("--executor-id") + 1]
+            if "--confirm-existing" in argv:
+                # The registration an administrator's step published, same id and endpoint.
+                register = registered.pop(executor_id)
+                assert _flag(register, "--endpoint") == _flag(argv, "--endpoint")
+                model = _flag(register, "--model-name")
+            else:
+                model = _flag(argv, "--model-name")
+            endpoint = _flag(argv, "--endpoint")
+            companions[(endpoint, model)] = executor_id
             executor = endpoint.split("//")[1].split(":")[0]
             assert service["depends_on"][executor] == {"condition": "service_healthy"}
-    assert served
+    assert not registered, "registered without a companion"
+    served = _served(compose)
+    assert {m for _, m in served} >= {"wine-keras"}  # TF Serving serves the real model
     assert set(companions) == served
     assert len(set(companions.values())) == len(companions)  # one executor id each
+
+
+def _flag(argv: list[str], flag: str) -> str:
+    return argv[argv.index(flag) + 1]
+
+
+def test_tf_serving_reads_what_model_fetch_downloads(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    fetch = _argv(services["model-fetch"])
+    assert fetch[:2] == ["models", "download"]
+    name, dest = fetch[2], fetch[3]
+    flags = dict(a.removeprefix("--").split("=", 1) for a in _argv(services["tfserving"]))
+    assert flags["model_name"] == name
+    # TF Serving wants <base path>/<numeric version>/.
+    assert dest == f"{flags['model_base_path']}/{_flag(fetch, '--version')}"
+    volume = {v.split(":")[0] for v in services["model-fetch"]["volumes"]}
+    assert volume == {v.split(":")[0] for v in services["tfserving"]["volumes"]}
+    assert services["tfserving"]["depends_on"] == {
+        "model-fetch": {"condition": "service_completed_successfully"}
+    }
+    assert "AVAILABLE" in services["tfserving"]["healthcheck"]["test"][-1]
 
 
 def test_host_reaches_kafka_redis_and_minio_with_default_settings(
@@ -127,7 +195,7 @@ def test_restart_policies_and_health_checks(compose: dict[str, Any]) -> None:
     metrics_port = compose["x-mulambda"]["environment"]["MULAMBDA_METRICS_PORT"]
     assert compose["x-mulambda"]["environment"]["MULAMBDA_METRICS_HOST"] == "0.0.0.0"  # noqa: S104
     for name, service in compose["services"].items():
-        one_shot = name == "topics"
+        one_shot = name in ONE_SHOT
         assert service["restart"] == ("on-failure" if one_shot else "unless-stopped"), name
         check = service["healthcheck"]
         if one_shot:
@@ -140,6 +208,18 @@ def test_restart_policies_and_health_checks(compose: dict[str, Any]) -> None:
     for name, service in _mulambda_services(compose).items():
         for dependency, condition in service.get("depends_on", {}).items():
             wanted = (
-                "service_completed_successfully" if dependency == "topics" else "service_healthy"
+                "service_completed_successfully" if dependency in ONE_SHOT else "service_healthy"
             )
             assert condition == {"condition": wanted}, (name, dependency)
+
+
+def test_image_builds_ask_for_extras_the_package_has(compose: dict[str, Any]) -> None:
+    extras = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    builds = [s["build"] for s in compose["services"].values() if "build" in s]
+    asked = [b["args"]["EXTRAS"] for b in builds if "EXTRAS" in b.get("args", {})]
+    assert asked, "no image is built with the tensorflow extra for the real model"
+    for value in asked:
+        assert set(value.split(",")) <= set(extras), value
+    assert any("tensorflow" in value.split(",") for value in asked)

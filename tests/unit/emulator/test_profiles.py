@@ -216,6 +216,8 @@ def test_yaml_round_trip_through_a_file(tmp_path: Path) -> None:
                 PROTOTYPE_PROFILES[0].to_mapping(),
             ]
         },
+        {"executor_profiles": [{**PROTOTYPE_PROFILES[0].to_mapping(), "capacity": 0}]},
+        {"executor_profiles": [{**PROTOTYPE_PROFILES[0].to_mapping(), "capacity": "many"}]},
     ],
 )
 def test_invalid_documents_are_configuration_errors(document: dict[str, object]) -> None:
@@ -239,3 +241,22 @@ def test_load_profiles_reports_missing_and_broken_files(tmp_path: Path) -> None:
 def test_profile_by_name_unknown() -> None:
     with pytest.raises(ConfigurationError, match="Nope"):
         profile_by_name("Nope")
+
+
+def test_mean_delay_is_the_formula_with_jitter_at_its_mean() -> None:
+    p = profile_by_name("MidOK")  # D 75 ms, alpha 0.02, beta 0.3, J 30 ms
+    assert p.mean_delay_s(10, 2, time_scale=0.5) == pytest.approx(
+        (0.075 + 10 * 0.02 + 2 * 0.3 + 0.015) * 0.5
+    )
+    with pytest.raises(ConfigurationError):
+        p.mean_delay_s(-1, 0)
+
+
+def test_capacity_round_trips_and_defaults_to_unbounded() -> None:
+    limited = SyntheticProfile(
+        "L", D=1, alpha=0, beta=0, J=0, confidences=(0.5,), gamma=0, capacity=3
+    )
+    assert limited.to_mapping()["capacity"] == 3
+    assert parse_profiles({"executor_profiles": [limited.to_mapping()]}) == (limited,)
+    assert "capacity" not in PROTOTYPE_PROFILES[0].to_mapping()
+    assert PROTOTYPE_PROFILES[0].capacity is None

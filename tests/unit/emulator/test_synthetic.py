@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import random
 import re
 from typing import Any
@@ -19,6 +21,7 @@ pytestmark = pytest.mark.unit
 
 FAST_BAD = profile_by_name("FastBad")
 SCALE = 0.001
+FIXED = random.Random()  # jitter-free profiles never draw from it
 
 
 class RecordingSleep:
@@ -132,3 +135,46 @@ async def test_load_simulates_a_failed_load() -> None:
     await healthy.load()
     assert healthy.state is ModelState.AVAILABLE
     assert set(healthy.signature_defs()) == {DEFAULT_SIGNATURE}
+
+
+class GatedSleep:
+    """A ``sleep`` that blocks until released, recording the delays asked for."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+        self.gate = asyncio.Event()
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        await self.gate.wait()
+
+
+async def test_capacity_serves_that_many_at_once_and_queues_the_rest() -> None:
+    profile = dataclasses.replace(FAST_BAD, J=0, capacity=2)
+    sleep = GatedSleep()
+    limited = SyntheticModel(profile, 1, 1.0, sleep=sleep)
+    calls = [
+        asyncio.create_task(limited.predict(DEFAULT_SIGNATURE, [0], row=True)) for _ in range(5)
+    ]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert (limited.serving, limited.waiting) == (2, 3)
+    # The two in service got in_flight 0 and 1; the queued ones have no delay yet.
+    assert sleep.delays == [profile.delay_s(1, 0, random.Random()), profile.delay_s(1, 1, FIXED)]
+    sleep.gate.set()
+    answers = await asyncio.gather(*calls)
+    assert answers == [[{"confidence": profile.confidence(0), "model": "FastBad"}]] * 5
+    assert (limited.serving, limited.waiting, len(sleep.delays)) == (0, 0, 5)
+
+
+async def test_without_capacity_every_request_is_served_at_once() -> None:
+    sleep = GatedSleep()
+    unlimited = SyntheticModel(FAST_BAD, 1, 1.0, seed=1, sleep=sleep)
+    calls = [
+        asyncio.create_task(unlimited.predict(DEFAULT_SIGNATURE, [0], row=True)) for _ in range(5)
+    ]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert (unlimited.serving, unlimited.waiting, len(sleep.delays)) == (5, 0, 5)
+    sleep.gate.set()
+    await asyncio.gather(*calls)

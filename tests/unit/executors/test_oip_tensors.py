@@ -16,7 +16,7 @@ from mulambda.executors.oip_tensors import (
     tf_output_from_oip,
     tf_request_from_oip,
 )
-from mulambda.executors.tfserving import BadRequest, GarbageResponse
+from mulambda.executors.tfserving import BadRequest, GarbageResponse, NonFiniteOutput
 
 pytestmark = pytest.mark.unit
 
@@ -160,3 +160,31 @@ def test_an_oip_body_becomes_tf_columns_and_the_answer_becomes_tensors() -> None
         oip_response_from_tf("m", {"results": []})
     with pytest.raises(GarbageResponse, match="no tensor"):
         oip_response_from_tf("m", {"outputs": [[1], [2, 3]]})
+
+
+@pytest.mark.parametrize(
+    ("outputs", "error", "fragment"),
+    [
+        ([None], GarbageResponse, "not an OIP tensor"),
+        (
+            [{"name": "y", "shape": [1], "datatype": "FP64", "data": ["x"]}],
+            GarbageResponse,
+            "not FP64",
+        ),
+        (
+            [{"name": "y", "shape": [1], "datatype": "INT64", "data": [{}]}],
+            GarbageResponse,
+            "not INT64",
+        ),
+        (
+            [{"name": "y", "shape": [2], "datatype": "FP64", "data": [1, "nan"]}],
+            NonFiniteOutput,
+            r"y\[1\] = nan",
+        ),
+    ],
+)
+def test_odd_output_tensors_are_garbage_not_crashes(
+    outputs: list[object], error: type[Exception], fragment: str
+) -> None:
+    with pytest.raises(error, match=fragment):
+        tf_output_from_oip({"instances": [1]}, {"outputs": outputs})

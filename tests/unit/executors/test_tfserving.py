@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,16 +28,19 @@ from mulambda.executors.tfserving import (
     GarbageResponse,
     ModelNotFound,
     ModelVersionStatus,
+    NonFiniteOutput,
     ResourceExhausted,
     TFServingClient,
     TFServingError,
     Unimplemented,
+    decode_finite_json,
     decode_json,
     encode_json,
     error_for_status,
     model_path,
     parse_model_status,
 )
+from mulambda.wire.codec import non_finite_path
 from mulambda.wire.events import ModelState
 
 pytestmark = pytest.mark.unit
@@ -304,13 +308,35 @@ async def test_garbage_success_bodies(
     assert caught.value.status == 200
 
 
-async def test_nan_tokens_in_responses_are_not_garbage() -> None:
-    body = b'{"predictions": [NaN, Infinity, -Infinity, 1.5]}'
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        (b'{"predictions": [1.5, NaN]}', "predictions[1] = nan"),
+        (b'{"outputs": {"y": [[0.1, Infinity]]}}', "outputs.y[0][1] = inf"),
+        (b'{"predictions": [-1e400]}', "predictions[0] = -inf"),
+    ],
+)
+async def test_non_finite_numbers_in_answers_are_reported_not_nulled(
+    body: bytes, where: str
+) -> None:
+    # A result is JSON, which cannot carry them: writing null would hide them.
     async with fake_server(answering(200, body)) as url, TFServingClient(url) as c:
-        answer = await c.predict("m", instances=[1])
-    nan, inf, ninf, x = answer["predictions"]
-    assert math.isnan(nan)
-    assert (inf, ninf, x) == (math.inf, -math.inf, 1.5)
+        with pytest.raises(NonFiniteOutput) as caught:
+            await c.predict("m", instances=[1])
+    assert where in caught.value.reason
+    assert caught.value.retriable is True
+    assert caught.value.status == 200
+
+
+def test_non_finite_path_and_the_finite_decoder() -> None:
+    assert non_finite_path({"a": [1, 2.5, {"b": None}], "c": "NaN"}) is None
+    assert non_finite_path([[0.0], [math.nan]]) == "[1][0] = nan"
+    assert non_finite_path(-math.inf) == "<root> = -inf"
+    assert decode_finite_json(b'{"predictions": [1.5]}') == {"predictions": [1.5]}
+    with pytest.raises(ValueError, match="nested too deeply"):
+        decode_finite_json(b"[" * 100_000 + b"]" * 100_000)
+    # Status documents keep TF Serving's tokens (nothing in them is a result).
+    assert math.isnan(decode_json(b"[NaN]")[0])
 
 
 async def test_unknown_states_parse_as_unknown() -> None:
@@ -575,3 +601,37 @@ def test_json_helpers() -> None:
     # A null beside a type only orjson can write keeps orjson's output.
     when = datetime(2024, 1, 2, tzinfo=UTC)
     assert encode_json({"at": when, "x": None}) == b'{"at":"2024-01-02T00:00:00+00:00","x":null}'
+
+
+async def test_redirects_are_not_followed() -> None:
+    calls: list[str] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        calls.append(request.path)
+        if request.path.startswith("/elsewhere"):
+            return web.json_response({"predictions": [1]})
+        raise web.HTTPFound("/elsewhere")
+
+    async with fake_server(handler) as url, TFServingClient(url) as c:
+        with pytest.raises(GarbageResponse, match="redirect to /elsewhere not followed"):
+            await c.predict("m", instances=[1])
+    assert calls == ["/v1/models/m:predict"]
+
+
+async def test_a_body_without_length_is_refused_once_past_the_bound() -> None:
+    sent = 0
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        nonlocal sent
+        response = web.StreamResponse(status=200)
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            while sent < 10_000_000:
+                await response.write(b" " * 65536)
+                sent += 65536
+        return response
+
+    async with fake_server(endless) as url, TFServingClient(url, max_response_bytes=300_000) as c:
+        with pytest.raises(GarbageResponse, match="exceeds 300000 bytes"):
+            await c.predict("m", instances=[1])
+    assert sent < 10_000_000  # refused while streaming, not after buffering it all

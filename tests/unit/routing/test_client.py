@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any, cast
+
 import pytest
 from pydantic import SecretStr
 
@@ -77,3 +80,37 @@ def test_the_package_exports_the_sdk() -> None:
     assert issubclass(mulambda.InferenceFailed, mulambda.MulambdaError)
     assert issubclass(mulambda.ClientClosed, mulambda.MulambdaError)
     assert mulambda.RequestTimeout.retriable
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("traits", {"model_type": "m", "input_format": "i", "output_format": "o", "modle": "x"}),
+        ("weights", {"latency": 0.9, "acuracy": 0.1}),
+        ("slo", {"max_latency": 50}),
+    ],
+)
+def test_unknown_keys_an_application_passes_are_typos_and_refused(
+    field: str, value: dict[str, object]
+) -> None:
+    # The wire models ignore unknown fields (forward compatible); the SDK must not.
+    client = Client(bootstrap_servers="127.0.0.1:1", client_id="c")
+    replies = cast(Any, SimpleNamespace(reply_topic="r", reply_partition=0))
+    arguments: dict[str, Any] = {
+        "traits": {"model_type": "m", "input_format": "i", "output_format": "o"},
+        "weights": None,
+        "slo": None,
+        field: value,
+    }
+    with pytest.raises(ConfigurationError, match=f"invalid request: {field}"):
+        client._request(
+            replies,
+            5.0,
+            body=None,
+            inputs=None,
+            instances=[1],
+            policy=None,
+            verb="predict",
+            input_size=None,
+            **arguments,
+        )

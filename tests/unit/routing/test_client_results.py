@@ -155,3 +155,18 @@ def test_the_sieve_forgets_beyond_its_memory() -> None:
         assert sieve.judge(_for(key)) is Fate.DELIVER
     assert sieve.judge(_for("a")) is Fate.DELIVER  # forgotten: more than 2 newer ids
     assert sieve.judge(_for("c")) is Fate.DUPLICATE
+
+
+@pytest.mark.parametrize(
+    ("given", "where"),
+    [
+        ({"instances": [[1.0, float("nan")]]}, r"instances\[0\]\[1\] = nan"),
+        ({"inputs": {"x": [float("-inf")]}}, r"inputs.x\[0\] = -inf"),
+    ],
+)
+def test_a_body_with_non_finite_numbers_is_refused_not_sent_as_null(
+    given: dict[str, object], where: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=f"non-finite number.*{where}"):
+        request_body(given, None, None)
+    assert request_body({"instances": [[1.0, None]]}, None, None) == {"instances": [[1.0, None]]}

@@ -17,6 +17,7 @@ from mulambda.selection.policies import (
     LATENCY_BUCKETS_MS,
     POLICIES,
     PolicyState,
+    bucket_latency_score,
     select,
     smooth_latency_score,
 )
@@ -151,6 +152,11 @@ def test_smooth_score_agrees_with_buckets_at_bounds_and_lies_between(estimate: f
     if estimate in LATENCY_BUCKETS_MS or estimate <= 10:
         assert smooth == pytest.approx(bucket_score(estimate))
     assert smooth_latency_score(estimate + 1.0) <= smooth
+
+
+@given(st.floats(min_value=0, max_value=2000, allow_nan=False))
+def test_bucket_latency_score_is_the_prototype_bucket_score(estimate: float) -> None:
+    assert bucket_latency_score(estimate) == pytest.approx(bucket_score(estimate))
 
 
 # --- weighted, hand-computed -------------------------------------------------------------

@@ -11,7 +11,7 @@ from mulambda.selection.store_data import ClientRemoved, ExecutorRemoved, Observ
 from mulambda.selection.view import ExecutorView
 from mulambda.wire.catalog import Topic, load_catalog
 from mulambda.wire.codec import encode
-from mulambda.wire.events import ClientRegistration, ModelState, WireModel
+from mulambda.wire.events import ClientRegistration, LaunchSpec, ModelState, WireModel
 from tests.unit.selection.records import WINE, observed, probe, reg, status
 
 pytestmark = pytest.mark.unit
@@ -88,6 +88,21 @@ def test_registration_and_its_tombstone(applier: StateApplier) -> None:
     assert view.get("a") is None
     # A tombstone of an unknown executor still tells the store (it may hold one).
     assert applier.apply(view, REGISTRATIONS, b"ghost", None, 11.0) == [ExecutorRemoved("ghost")]
+
+
+def test_a_launch_request_is_no_executor_and_retires_one_under_its_id(
+    applier: StateApplier,
+) -> None:
+    view = ExecutorView()
+    apply(applier, view, REGISTRATIONS, reg("wine"), 10.0)
+    assert view.get("wine") is not None
+    launch = reg("wine").model_copy(update={"launch": LaunchSpec(replicas=2)})
+    # The launched replicas (wine-0, wine-1) register themselves once they run.
+    assert apply(applier, view, REGISTRATIONS, launch, 11.0) == [ExecutorRemoved("wine")]
+    assert view.get("wine") is None
+    assert view.apply_registration(launch, 12.0) is False
+    assert view.get("wine") is None
+    assert list(view.candidates(WINE, 12.0)) == []
 
 
 def test_client_registration_and_its_tombstone_forget_its_latencies(

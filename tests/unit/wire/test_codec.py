@@ -13,6 +13,7 @@ from mulambda.wire.events import (
     ALL_MESSAGE_TYPES,
     DeadLetter,
     ExecutorRegistration,
+    SelectionReply,
     SelectionRequest,
     SoftWeights,
     WireModel,
@@ -138,3 +139,46 @@ def test_selection_request_round_trip_property(latency: float, accuracy: float, 
         update={"weights": SoftWeights(latency=latency, accuracy=accuracy), "input_size": size}
     )
     assert decode(SelectionRequest, encode(request)) == request
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ("traits",),
+        ("weights",),
+        ("slo",),
+    ],
+)
+def test_unknown_fields_of_nested_models_are_ignored_too(path: tuple[str, ...]) -> None:
+    data = _request_body()
+    body = orjson.loads(data)
+    body[path[0]]["added_in_v2"] = [1, {"x": None}]
+    assert decode(SelectionRequest, orjson.dumps(body)) == decode(SelectionRequest, data)
+
+
+def test_unknown_fields_of_launch_specs_and_candidates_are_ignored() -> None:
+    reg = orjson.loads(encode(registration(launch={"image": "i", "replicas": 2})))
+    reg["launch"]["gpu"] = "a100"
+    assert (
+        decode(ExecutorRegistration, orjson.dumps(reg)).launch
+        == registration(launch={"image": "i", "replicas": 2}).launch
+    )
+    reply = next(m for m in one_of_each() if isinstance(m, SelectionReply))
+    doc = orjson.loads(encode(reply))
+    doc["candidates"][0]["region"] = "eu"
+    assert decode(SelectionReply, orjson.dumps(doc)).candidates == reply.candidates
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fragment"),
+    [
+        ("top_k", "5", "top_k: Input should be a valid integer"),
+        ("top_k", 5.0, "top_k: Input should be a valid integer"),
+        ("input_size", True, "input_size: Input should be a valid integer"),
+        ("deadline", 1_999_999_999, "deadline: Input should be a valid datetime"),
+        ("client_id", 7, "client_id: Input should be a valid string"),
+    ],
+)
+def test_wrong_json_types_are_refused_not_coerced(field: str, value: object, fragment: str) -> None:
+    with pytest.raises(DecodeError, match=fragment):
+        decode(SelectionRequest, _request_body(**{field: value}))

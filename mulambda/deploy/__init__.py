@@ -1,0 +1,1 @@
+"""Kubernetes resources MuLambda derives from its own definitions (deploy/k8s)."""
