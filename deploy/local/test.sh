@@ -8,10 +8,11 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$REPO"
 
-# kubernetes: the launcher (`mulambda executors launch`) is tested with its optional extra.
-extras="dev,kubernetes"
+# kubernetes: the launcher (`mulambda executors launch`) is tested with its optional extra;
+# bench: the load harness smoke test (hdrhistogram, matplotlib).
+extras="dev,kubernetes,bench"
 # TensorFlow backs the real-SavedModel tests; skip it with MULAMBDA_TEST_TENSORFLOW=0.
-if [ "${MULAMBDA_TEST_TENSORFLOW:-1}" = "1" ]; then extras="dev,kubernetes,tensorflow"; fi
+if [ "${MULAMBDA_TEST_TENSORFLOW:-1}" = "1" ]; then extras="dev,kubernetes,tensorflow,bench"; fi
 ensure_venv "$extras"
 
 log "ruff"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 
@@ -14,7 +13,7 @@ from mulambda.routing.answered import AnsweredRequests
 from mulambda.routing.router import Router
 from mulambda.runtime.observability import HealthServer, configure_logging
 from mulambda.runtime.redis_connection import RedisConfig
-from mulambda.runtime.runner import serve
+from mulambda.runtime.runner import run_loop, serve
 from mulambda.wire.catalog import load_catalog
 
 
@@ -93,6 +92,7 @@ def router(
             heartbeat_interval_s=settings.kafka_heartbeat_interval_s,
         ),
         exactly_once=settings.delivery_mode == "exactly-once",
+        linger_ms=settings.kafka_linger_ms,
         transaction_timeout_s=settings.transaction_timeout_s,
         answered=AnsweredRequests(
             RedisConfig.from_settings(settings),
@@ -108,5 +108,8 @@ def router(
         port=settings.metrics_port,
     )
     raise SystemExit(
-        asyncio.run(serve(_RouterService(worker, health), grace_s=settings.shutdown_grace_s))
+        run_loop(
+            serve(_RouterService(worker, health), grace_s=settings.shutdown_grace_s),
+            settings.event_loop,
+        )
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 
@@ -13,7 +12,7 @@ from mulambda.errors import MulambdaError
 from mulambda.kafka import KafkaConfig, Membership
 from mulambda.runtime.observability import HealthServer, configure_logging
 from mulambda.runtime.redis_connection import RedisConfig
-from mulambda.runtime.runner import serve
+from mulambda.runtime.runner import run_loop, serve
 from mulambda.selection.selector import Selector
 from mulambda.selection.store import ViewStore
 from mulambda.wire.catalog import load_catalog
@@ -77,5 +76,8 @@ def selector(selector_id: str | None) -> None:
         port=settings.metrics_port,
     )
     raise SystemExit(
-        asyncio.run(serve(_SelectorService(worker, health), grace_s=settings.shutdown_grace_s))
+        run_loop(
+            serve(_SelectorService(worker, health), grace_s=settings.shutdown_grace_s),
+            settings.event_loop,
+        )
     )

@@ -82,6 +82,16 @@ class Admin(Lifecycle):
             if t["error_code"] == 0 and not t.get("is_internal", False)
         }
 
+    async def committed(self, group_id: str) -> dict[TopicPartition, int]:
+        """The offsets ``group_id`` has committed, by partition (none yet: left out)."""
+        admin = self._require()
+        try:
+            async with asyncio.timeout(self._config.request_timeout_s):
+                offsets = await admin.list_consumer_group_offsets(group_id)
+        except (TimeoutError, KafkaError) as exc:
+            raise KafkaUnavailable(f"offsets of group {group_id} unavailable: {exc!r}") from exc
+        return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+
     async def partitions(self, *topics: str) -> list[TopicPartition]:
         """Every partition of ``topics``, in order; ConfigurationError when one does not exist."""
         counts = await self.partition_counts()

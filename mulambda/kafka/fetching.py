@@ -173,3 +173,16 @@ def lag_of(consumer: KafkaConsumer, positions: Mapping[TopicPartition, int]) -> 
         if high is not None and tp in positions:
             total += max(0, high - positions[tp])
     return total
+
+
+async def end_offsets(
+    consumer: KafkaConsumer, partitions: Sequence[TopicPartition], timeout_s: float = 5.0
+) -> dict[TopicPartition, int]:
+    """The current end (next offset to be written) of each partition, asked of the broker
+    (no assignment needed); KafkaUnavailable when it does not answer in time."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            ends = await consumer.end_offsets(list(partitions))
+    except (TimeoutError, KafkaError) as exc:
+        raise KafkaUnavailable(f"end offsets unavailable: {exc!r}") from exc
+    return {tp: int(end) for tp, end in ends.items()}

@@ -273,8 +273,9 @@ class Route:
         self._step = self._next_call()
         return True
 
-    def call_succeeded(self, output: dict[str, Any]) -> None:
-        """The current candidate answered with ``output``: the route is done."""
+    def call_succeeded(self, output: dict[str, Any], call_ms: float | None = None) -> None:
+        """The current candidate answered with ``output`` (in ``call_ms``): the route is
+        done."""
         call = self._expect(Call, "a call success")
         candidate = call.candidate
         self._suspects.clear(endpoint_of(candidate.endpoint))
@@ -285,6 +286,7 @@ class Route:
                 executor_id=candidate.executor_id,
                 model_name=candidate.model_name,
                 output=output,
+                call_ms=call_ms,
                 attempts=self.attempts,
                 selection=self.selection,
             )

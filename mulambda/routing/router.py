@@ -5,7 +5,8 @@ spreads the partitions), asks the selector for a ranked list of executors over K
 request/reply, calls the best one's TF Serving REST API and fails over down the list
 when an executor answers with a retriable error. Every accepted request gets exactly one
 answer on its reply topic: a result, or an error result saying why. Each successful call
-is also published as an observed latency, which the selector learns service times from.
+is also published as an observed latency (queued just before its result, so both go in
+one produce request), which the selector learns service times from.
 What to do at each step (timeouts, selection retries, failover, the result) is decided
 by :class:`~mulambda.routing.route.Route`; this worker only sends and receives.
 
@@ -63,7 +64,15 @@ from mulambda.routing.reply_targets import (
 )
 from mulambda.routing.requester import Requester
 from mulambda.routing.result_size import fit_result
-from mulambda.routing.route import CALL_MARGIN_S, Call, Finished, Route, Select, error_result
+from mulambda.routing.route import (
+    CALL_MARGIN_S,
+    Call,
+    Finished,
+    Route,
+    Select,
+    error_result,
+    input_size_of,
+)
 from mulambda.routing.suspects import SuspectEndpoints
 from mulambda.runtime.lifecycle import Lifecycle
 from mulambda.runtime.observability import correlation_id
@@ -169,6 +178,7 @@ class Router(Lifecycle):
         exactly_once: bool = False,
         transaction_timeout_s: float = 10.0,
         transaction_interval_s: float = 0.02,
+        linger_ms: int = 0,
         max_request_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
         """``reply_topics``: names and prefixes (ending in ``*``) results may go to;
@@ -211,13 +221,14 @@ class Router(Lifecycle):
         self.metrics.suspect_endpoints.set_function(
             lambda: len(self._suspects.suspects(time.time()))
         )
-        self._producer = Producer(kafka, delivery_timeout_s=delivery_timeout_s)
+        self._producer = Producer(kafka, linger_ms=linger_ms, delivery_timeout_s=delivery_timeout_s)
         self._transactions = (
             TransactionalProducer(
                 kafka,
                 transactional_id=f"{group_id}.{router_id}",
                 group_id=group_id,
                 transaction_timeout_s=transaction_timeout_s,
+                linger_ms=linger_ms,
             )
             if exactly_once
             else None
@@ -375,6 +386,9 @@ class Router(Lifecycle):
                 }
             )
             result = fit_result(result)
+            if result.executor_id is not None and result.call_ms is not None:
+                # Queued just before the result, so both leave in one produce request.
+                await self._observe(request, result.executor_id, result.call_ms)
             await self._publish(request, result, target.partition)
             self.metrics.requests.labels(result.status.value).inc()
             self.metrics.latency.observe(time.perf_counter() - started)
@@ -494,9 +508,7 @@ class Router(Lifecycle):
             if route.call_failed(exc):
                 self.metrics.failovers.inc()
             return
-        elapsed_ms = (time.perf_counter() - called) * 1000
-        await self._observe(request, candidate.executor_id, elapsed_ms, route.input_size)
-        route.call_succeeded(output)
+        route.call_succeeded(output, (time.perf_counter() - called) * 1000)
 
     async def _select(
         self, request: InferenceRequest, size: int, timeout_s: float
@@ -522,7 +534,7 @@ class Router(Lifecycle):
         return await requester.request(selection, key=request.client_id, timeout_s=timeout_s)
 
     async def _observe(
-        self, request: InferenceRequest, executor_id: str, elapsed_ms: float, size: int
+        self, request: InferenceRequest, executor_id: str, elapsed_ms: float
     ) -> None:
         # Fire and forget: the result matters more than the feedback, and the producer
         # retries on its own; awaiting the ack would add a round trip per request. A
@@ -532,7 +544,7 @@ class Router(Lifecycle):
             client_id=request.client_id,
             latency_ms=elapsed_ms,
             source=LatencySource.OBSERVED,
-            input_size=size,
+            input_size=input_size_of(request),
         )
         try:
             delivery = await self._producer.send(

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol, TypeVar
 
 from mulambda.errors import MulambdaError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class Service(Protocol):
@@ -77,6 +79,23 @@ def run(factory: Callable[[], Awaitable[Service]], *, grace_s: float = 10.0) -> 
         return await serve(service, grace_s=grace_s)
 
     return asyncio.run(main())
+
+
+def run_loop(main: Coroutine[Any, Any, T], event_loop: str = "asyncio") -> T:
+    """Run ``main`` to completion in a fresh event loop: asyncio's, or uvloop's (faster
+    transports and timers; asyncio's when the package is missing)."""
+    if event_loop == "asyncio":
+        return asyncio.run(main)
+    if event_loop != "uvloop":
+        main.close()
+        raise MulambdaError(f"unknown event loop {event_loop!r}; known: asyncio, uvloop")
+    try:
+        import uvloop
+    except ImportError:  # an optional speed-up: a platform without wheels runs asyncio
+        log.info("uvloop is not installed; running the asyncio event loop")
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 class Lifecycle(Protocol):

@@ -480,6 +480,10 @@ class InferenceResult(WireModel):
     """HTTP status from the executor, when there was one."""
     latency_ms: float | None = Field(default=None, ge=0)
     """Time from the router's receipt to the result."""
+    call_ms: float | None = Field(default=None, ge=0)
+    """Duration of the executor call that produced ``output``, as the router measured it
+    (request sent to response read); ``latency_ms`` minus this is the routing overhead.
+    None on an error result."""
     attempts: int = Field(default=1, ge=0)
     """Executors tried."""
     selection: Literal["fresh", "cached"] | None = None

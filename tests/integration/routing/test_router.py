@@ -137,6 +137,7 @@ async def test_observed_latency_is_published_with_input_size(
     assert measurement.input_size == 4  # rows of the body
     assert result.latency_ms is not None
     assert 0 < measurement.latency_ms <= result.latency_ms  # the call is part of the route
+    assert result.call_ms == measurement.latency_ms  # the result reports the same call
     # The selector learns from it: a service time for this executor appears.
     entry = selector.view.get(executor_id)
     assert entry is not None

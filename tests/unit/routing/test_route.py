@@ -289,9 +289,10 @@ def test_the_best_candidate_is_called_and_its_answer_is_the_result() -> None:
     assert call.candidate.executor_id == "a"
     assert call.attempt == 1
     assert call.timeout_s == 10.0  # the remaining deadline, below the call timeout
-    route.call_succeeded({"predictions": [1, 2, 3]})
+    route.call_succeeded({"predictions": [1, 2, 3]}, call_ms=1.5)
     result = _result(route.step)
     assert result.status is InferenceStatus.OK
+    assert result.call_ms == 1.5
     assert result.correlation_id == "corr-1"
     assert result.executor_id == "a"
     assert result.model_name == "model-a"

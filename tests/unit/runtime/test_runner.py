@@ -3,11 +3,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from mulambda.errors import ConfigurationError
-from mulambda.runtime.runner import serve
+from mulambda.errors import ConfigurationError, MulambdaError
+from mulambda.runtime.runner import run_loop, serve
 
 pytestmark = pytest.mark.unit
 
@@ -57,3 +58,21 @@ async def test_crashed_service_exits_one_after_stopping() -> None:
     service = FakeService(crash=True)
     assert await serve(service, grace_s=1) == 1
     assert service.stops == 1
+
+
+async def _loop_name() -> str:
+    return type(asyncio.get_running_loop()).__module__
+
+
+@pytest.mark.parametrize(("name", "module"), [("asyncio", "asyncio"), ("uvloop", "uvloop")])
+def test_run_loop_runs_the_coroutine_in_the_named_event_loop(name: str, module: str) -> None:
+    pytest.importorskip(module)
+    # A thread of its own: no event loop of the test session runs there.
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(run_loop, _loop_name(), name).result().startswith(module)
+
+
+def test_run_loop_refuses_an_unknown_event_loop() -> None:
+    coroutine = _loop_name()
+    with pytest.raises(MulambdaError, match="unknown event loop 'tokio'"):
+        run_loop(coroutine, "tokio")
