@@ -15,6 +15,8 @@
 #   MULAMBDA_EXECUTOR_PORT=8501         TF Serving REST port of the executor
 #   MULAMBDA_SELECTOR_METRICS_PORT=9180 selector's /metrics /healthz /readyz
 #   MULAMBDA_ROUTER_METRICS_PORT=9181   router's /metrics /healthz /readyz
+#   MULAMBDA_LAUNCHER_METRICS_PORT=9182 launcher's (local backend: `executors launch
+#                                       --publish` runs executors as processes here)
 #   MULAMBDA_PROBE_PORT=0               the demo client's probe server (0: any free port)
 #   MULAMBDA_SYNTHETIC_MODELS="FastBad MidOK SlowGood"   prototype profiles to serve
 #   MULAMBDA_TIME_SCALE=0.2             multiplies the synthetic models' delays
@@ -89,6 +91,7 @@ check_free() { # worker port variable
 check_free executor "$EXECUTOR_PORT" MULAMBDA_EXECUTOR_PORT
 check_free selector "$SELECTOR_METRICS_PORT" MULAMBDA_SELECTOR_METRICS_PORT
 check_free router "$ROUTER_METRICS_PORT" MULAMBDA_ROUTER_METRICS_PORT
+check_free launcher "$LAUNCHER_METRICS_PORT" MULAMBDA_LAUNCHER_METRICS_PORT
 check_free probe "$PROBE_PORT" MULAMBDA_PROBE_PORT
 if [[ -n $MLSERVER_BIN ]]; then
   check_free mlserver "$MLSERVER_PORT" MULAMBDA_MLSERVER_PORT
@@ -166,6 +169,11 @@ launch selector "mulambda selector" MULAMBDA_METRICS_PORT="$SELECTOR_METRICS_POR
 launch router "mulambda router" MULAMBDA_METRICS_PORT="$ROUTER_METRICS_PORT" \
   MULAMBDA_KAFKA_GROUP_INSTANCE_ID=local-router MULAMBDA_KAFKA_SESSION_TIMEOUT_S=3 -- \
   "$MULAMBDA_BIN" router
+# Launch requests (`mulambda executors launch --publish`) become local processes, so an
+# administrator's workflow is the one of a cluster; logs under the workers' folder.
+launch launcher "mulambda launcher" MULAMBDA_METRICS_PORT="$LAUNCHER_METRICS_PORT" \
+  MULAMBDA_LAUNCHER_BACKEND=local MULAMBDA_LAUNCHER_STATE_DIR="$WORKERS_DIR/launched" -- \
+  "$MULAMBDA_BIN" launcher
 launch probe "mulambda clients serve-probe --port $PROBE_PORT --client-id $DEMO_CLIENT_ID " -- \
   "$MULAMBDA_BIN" clients serve-probe --port "$PROBE_PORT" --client-id "$DEMO_CLIENT_ID" \
   --register
@@ -317,6 +325,8 @@ selector_ready() { curl -sf -m 2 -o /dev/null "http://127.0.0.1:$SELECTOR_METRIC
 router_ready() { curl -sf -m 2 -o /dev/null "http://127.0.0.1:$ROUTER_METRICS_PORT/readyz"; }
 wait_until "selector (:$SELECTOR_METRICS_PORT/readyz)" selector_ready selector
 wait_until "router (:$ROUTER_METRICS_PORT/readyz)" router_ready router
+launcher_ready() { curl -sf -m 2 -o /dev/null "http://127.0.0.1:$LAUNCHER_METRICS_PORT/readyz"; }
+wait_until "launcher (:$LAUNCHER_METRICS_PORT/readyz)" launcher_ready launcher
 
 # The registrations are on the compacted topics: what every selector will see.
 registered() {
@@ -341,7 +351,8 @@ env_file=$STATE_DIR/env
 [[ $env_file == "$REPO"/* ]] && env_file=${env_file#"$REPO"/}
 cat <<EOF
 MuLambda is running: executor http://127.0.0.1:$EXECUTOR_PORT (${SYNTHETIC_MODELS[*]}),
-selector :$SELECTOR_METRICS_PORT and router :$ROUTER_METRICS_PORT (/metrics, /readyz).
+selector :$SELECTOR_METRICS_PORT, router :$ROUTER_METRICS_PORT and launcher
+:$LAUNCHER_METRICS_PORT (/metrics, /readyz).
 
 Publish a request and wait for its result:
 
