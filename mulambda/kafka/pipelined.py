@@ -194,7 +194,16 @@ class PipelinedConsumer(ConsumerRebalanceListener, Lifecycle):  # type: ignore[m
         gone = set(revoked)
         tasks = [t for t, tp in self._tasks.items() if tp in gone]
         if tasks:
-            await asyncio.wait(tasks, timeout=self._grace_s)
+            _, late = await asyncio.wait(tasks, timeout=self._grace_s)
+            if late and self._transactions is not None:
+                # Their answers would be held for partitions this consumer no longer owns:
+                # were a partition to come back, a later transaction would commit them
+                # although the next owner redoes those records. Cancelled, nothing of
+                # theirs leaves (their answers only ever wait in the transaction buffer).
+                log.warning("%d record(s) of revoked partitions cancelled", len(late))
+                for straggler in late:
+                    straggler.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
         consumer = self._consumer
         if consumer is not None:
             await self._commit(consumer, force=True, only=gone)
