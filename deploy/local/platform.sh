@@ -29,9 +29,10 @@ read -r -a SYNTHETIC_MODELS <<<"${MULAMBDA_SYNTHETIC_MODELS:-FastBad MidOK SlowG
 TIME_SCALE=${MULAMBDA_TIME_SCALE:-0.2}
 DEMO_CLIENT_ID=${MULAMBDA_DEMO_CLIENT_ID:-demo-client}
 UP_TIMEOUT=${MULAMBDA_UP_TIMEOUT:-60}
-# The real model: a scikit-learn wine classifier served by MLServer (OIP v2). auto: when
-# MLServer is installed (`infra.sh mlserver-bin` succeeds); 1: required; 0: never.
-WITH_MLSERVER=${MULAMBDA_WITH_MLSERVER:-auto}
+# The real model: a scikit-learn wine classifier served by MLServer (OIP v2). 1 (default):
+# served, MLServer installed first when missing (infra.sh install mlserver, cached);
+# auto: served only when MLServer is already installed; 0: never.
+WITH_MLSERVER=${MULAMBDA_WITH_MLSERVER:-1}
 MLSERVER_PORT=${MULAMBDA_MLSERVER_PORT:-8502}
 MLSERVER_GRPC_PORT=${MULAMBDA_MLSERVER_GRPC_PORT:-8503}
 MLSERVER_METRICS_PORT=${MULAMBDA_MLSERVER_METRICS_PORT:-8504}

@@ -21,8 +21,8 @@
 #   MULAMBDA_SYNTHETIC_MODELS="FastBad MidOK SlowGood"   prototype profiles to serve
 #   MULAMBDA_TIME_SCALE=0.2             multiplies the synthetic models' delays
 #   MULAMBDA_DEMO_CLIENT_ID=demo-client
-#   MULAMBDA_WITH_MLSERVER=auto         the real model (below): auto when MLServer is
-#                                       installed (infra.sh install mlserver), 1, or 0
+#   MULAMBDA_WITH_MLSERVER=1            the real model (below), MLServer installed first
+#                                       when missing; auto: only if already installed; 0: never
 #   MULAMBDA_MLSERVER_PORT=8502         its REST port (also _GRPC_PORT=8503, _METRICS_PORT=8504)
 # The real model: a scikit-learn wine classifier trained by MLServer's Python
 # (deploy/local/train_wine.py) into $MULAMBDA_HOME/real/, uploaded to MinIO
@@ -66,13 +66,16 @@ EOF
 
 # Resolved before anything starts: MLServer lives in a venv of its own (infra.sh).
 MLSERVER_BIN=""
+if [[ $WITH_MLSERVER == 1 ]] && ! "$INFRA" installed mlserver 2>/dev/null; then
+  "$INFRA" install mlserver || die "installing MLServer failed (MULAMBDA_WITH_MLSERVER=0 leaves the real model out)"
+fi
 if [[ $WITH_MLSERVER != 0 ]]; then
   if MLSERVER_BIN=$("$INFRA" mlserver-bin 2>/dev/null) && [[ -x $MLSERVER_BIN ]]; then
     for var in MLSERVER_PORT MLSERVER_GRPC_PORT MLSERVER_METRICS_PORT; do
       ((${!var} != 0)) || die "MULAMBDA_$var must name a port for MLServer, not 0"
     done
   elif [[ $WITH_MLSERVER == 1 ]]; then
-    die "MULAMBDA_WITH_MLSERVER=1 but MLServer is not installed: deploy/local/infra.sh install mlserver"
+    die "MLServer is not installed after infra.sh install mlserver"
   else
     MLSERVER_BIN=""
   fi

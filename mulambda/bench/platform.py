@@ -390,6 +390,13 @@ class LocalPlatform(Lifecycle):
         """``infra.sh restart COMPONENT``; with ``wipe``, its data is deleted in between."""
         await self._infra().restart(component, wipe=wipe)
 
+    async def outage(self, component: str, seconds: float) -> None:
+        """``infra.sh stop COMPONENT``, ``seconds`` of nothing, ``infra.sh start COMPONENT``."""
+        infra = self._infra()
+        await infra.run("stop", component)
+        await asyncio.sleep(seconds)
+        await infra.run("start", component)
+
     async def _topics_apply(self) -> None:
         process = await asyncio.create_subprocess_exec(
             self._python,

@@ -76,6 +76,14 @@ async def _restart_kafka(platform: LocalPlatform) -> None:
     await platform.restart_infra("kafka")
 
 
+BROKER_OUTAGE_S = 60.0
+"""How long the ``broker-outage`` scenario keeps the only broker stopped."""
+
+
+async def _kafka_outage(platform: LocalPlatform) -> None:
+    await platform.outage("kafka", BROKER_OUTAGE_S)
+
+
 async def _wipe_redis(platform: LocalPlatform) -> None:
     await platform.restart_infra("redis", wipe=True)
 
@@ -101,6 +109,12 @@ FAULTS: dict[str, Fault] = {
             "infra.sh restart kafka",
             inject=_restart_kafka,
             outage_grace_s=10.0,  # the issue's recovery target after a broker restart
+        ),
+        Fault(
+            "broker-outage",
+            f"infra.sh stop kafka, {BROKER_OUTAGE_S:g} s without a broker, infra.sh start kafka",
+            inject=_kafka_outage,
+            outage_grace_s=10.0,
         ),
         Fault("redis-wipe", "Redis stopped, its data deleted, started", inject=_wipe_redis),
         Fault(

@@ -196,6 +196,11 @@ class Figures:
     recovered: bool | None
     margin_s: float
 
+    lost_seen_uncommitted: int = 0
+    """Of the lost, those that no result reached in the SDK view but another reader (one
+    reading uncommitted records) did see: answers held back by a transaction that never
+    ended (a read_committed view stuck at an open transaction), not answers never made."""
+
     without_request_id: int = 0
     """Result records (SDK view) without a ``request_id``: readers could not drop their
     duplicates by id, as the SDK does."""
@@ -305,6 +310,7 @@ class Ledger:
         acked = [r for r in self._requests.values() if r.acked]
         sdk = self._results[self.sdk_reader]
         answered = ok = errors = lost = late = premature = copies_dups = acked_late = 0
+        lost_uncommitted_seen = 0
         latencies: list[float] = []
         oks_by_partition: dict[int | None, list[float]] = defaultdict(list)
         for request in acked:
@@ -318,6 +324,12 @@ class Ledger:
             if not seen or seen[0].received_s > limit:
                 lost += 1
                 late += bool(seen)
+                if not seen and any(
+                    self._seen(self._results[r], request.message_id)
+                    for r in self.readers
+                    if r != self.sdk_reader
+                ):
+                    lost_uncommitted_seen += 1
             else:
                 answered += 1
                 if seen[0].ok:
@@ -363,6 +375,7 @@ class Ledger:
             errors=errors,
             lost=lost,
             late=late,
+            lost_seen_uncommitted=lost_uncommitted_seen,
             acked_after_deadline=acked_late,
             duplicates=duplicate_ids[self.sdk_reader] - copies_dups,
             duplicate_ids=duplicate_ids,
@@ -479,6 +492,8 @@ def render_table(reports: Sequence[ScenarioReport], *, reasons: int = 3) -> str:
         extras = []
         if f.send_failed:
             extras.append(f"send failed {f.send_failed}")
+        if f.lost_seen_uncommitted:
+            extras.append(f"lost but seen uncommitted {f.lost_seen_uncommitted}")
         if f.acked_after_deadline:
             extras.append(f"acknowledged after their deadline {f.acked_after_deadline}")
         if f.request_copies:

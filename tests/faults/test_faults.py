@@ -27,7 +27,7 @@ from __future__ import annotations
 import pytest
 
 from mulambda.bench.load import LoadSpec
-from mulambda.bench.scenarios import RunOptions
+from mulambda.bench.scenarios import BROKER_OUTAGE_S, RunOptions
 from mulambda.bench.verify import COMMITTED, UNCOMMITTED, ScenarioReport, render_table
 from tests.faults.conftest import Measure
 
@@ -37,6 +37,8 @@ STEADY = LoadSpec(rate=RATE, duration_s=20.0, deadline_s=DEADLINE_S)
 """For the scenarios without a fault instant (baseline, slow executors)."""
 AROUND_A_FAULT = LoadSpec(rate=RATE, duration_s=60.0, deadline_s=DEADLINE_S)
 """An upper bound: the load stops 15 s after the fault is done."""
+AROUND_AN_OUTAGE = LoadSpec(rate=RATE, duration_s=BROKER_OUTAGE_S + 60.0, deadline_s=DEADLINE_S)
+"""The same around the broker outage, which itself lasts a minute and more."""
 OPTIONS = RunOptions(fault_at_s=6.0, margin_s=3.0, load_after_fault_s=15.0, premature_left_s=5.0)
 
 ROUTER_RSS_BOUND_MB = 150.0
@@ -136,3 +138,17 @@ async def test_broker_restart(measure: Measure, exactly_once: bool) -> None:
     """infra.sh restart kafka (the only broker); recovery counts from its being back."""
     report = await measure("broker-restart", AROUND_A_FAULT, OPTIONS)
     _assert_met(report, _misses(report, exactly_once=exactly_once, recovery_s=10.0))
+
+
+@pytest.mark.timeout(600)
+async def test_broker_outage(measure: Measure, exactly_once: bool) -> None:
+    """The only broker stopped for a minute, then started: requests sent meanwhile sit in
+    the producer past their deadlines, and each must still get one result, an error
+    result that says why when its deadline passed."""
+    report = await measure("broker-outage", AROUND_AN_OUTAGE, OPTIONS)
+    f = report.figures
+    misses = _misses(report, exactly_once=exactly_once, recovery_s=10.0)
+    assert f.acked_after_deadline > 0, "the outage held no request past its deadline"
+    if f.errors_by_reason.get("(no reason)"):
+        misses.append(f"{f.errors_by_reason['(no reason)']} error results without a reason")
+    _assert_met(report, misses)
