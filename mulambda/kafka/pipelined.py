@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 from aiokafka.abc import ConsumerRebalanceListener
 
+from mulambda.errors import KafkaUnavailable
 from mulambda.kafka.commits import CommitTracker, Taken
 from mulambda.kafka.config import (
     KafkaConfig,
@@ -154,6 +155,8 @@ class PipelinedConsumer(ConsumerRebalanceListener, Lifecycle):  # type: ignore[m
         self._consumer = consumer
         self._task = asyncio.create_task(self._run(consumer), name="mulambda-pipelined")
         if self._transactions is not None:
+            # A failed transaction may have committed: the group's offsets tell.
+            self._transactions.resolve_with(self._committed_offsets)
             # Answers wait for their transaction: commit on a clock, not only after fetches.
             self._committer = asyncio.create_task(
                 self._commit_periodically(consumer), name="mulambda-committer"
@@ -186,6 +189,14 @@ class PipelinedConsumer(ConsumerRebalanceListener, Lifecycle):  # type: ignore[m
                 await asyncio.gather(*late, return_exceptions=True)
         await self._commit(consumer, force=True)
         await close_consumer(consumer)
+
+    async def _committed_offsets(
+        self, partitions: list[TopicPartition]
+    ) -> dict[TopicPartition, int | None]:
+        consumer = self._consumer
+        if consumer is None:
+            raise KafkaUnavailable("the consumer is stopped")
+        return {tp: await consumer.committed(tp) for tp in partitions}
 
     # rebalance listener
 

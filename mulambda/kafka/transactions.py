@@ -14,6 +14,16 @@ reader with ``isolation.level=read_committed`` sees one answer per record.
 
 Which answers a transaction may carry is decided by the pure :class:`AnswerBuffer`.
 
+A transaction whose outcome is unknown (it failed or timed out once its commit may
+have reached the coordinator) is resolved before the next one carries its answers again:
+the client that replaces the failed one fences it and finishes its transaction, after
+which the group's committed offsets tell whether it committed (:func:`committed_anyway`);
+without that check, answers committed by the failed transaction would be sent twice.
+Every transaction is bounded by ``transaction_timeout_s`` (the broker aborts a longer one
+anyway), and any failure of the client, including aiokafka's transaction manager left
+in its fatal state (it then raises AssertionError on the next transition), replaces it:
+a stuck or broken client never holds the answers back for good.
+
 Fencing: the transactional id names the worker instance, so a restarted instance
 fences its predecessor's open transaction at once. An instance that dies for good
 leaves its open transaction to the broker's transaction timeout (``transaction_timeout_s``),
@@ -25,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -97,6 +107,21 @@ class AnswerBuffer(Generic[P, A]):
         return sum(len(a) for held in self._held.values() for a in held.values())
 
 
+def committed_anyway(points: Mapping[P, int], committed: Mapping[P, int | None]) -> dict[P, int]:
+    """Of a failed transaction's commit ``points``, those the group's ``committed`` offsets
+    reached: the transaction committed after all (atomic, so all or none of its own; a
+    partition committed past its point by a later owner has no answers held here)."""
+    return {
+        tp: point
+        for tp, point in points.items()
+        if (done := committed.get(tp)) is not None and done >= point
+    }
+
+
+CommittedOffsets = Callable[[list[TopicPartition]], Awaitable[Mapping[TopicPartition, int | None]]]
+"""Reads the group's committed offsets of some partitions (the consumer's coordinator)."""
+
+
 @dataclass(frozen=True, slots=True)
 class HeldAnswer:
     """One record to send in the next transaction."""
@@ -140,6 +165,17 @@ class TransactionalProducer(AnswerSink, Lifecycle):
         """Transactions committed."""
         self.aborted = 0
         """Transactions that failed (their answers are sent again in the next one)."""
+        self.committed_after_all = 0
+        """Failed transactions that the group's committed offsets showed committed."""
+        self._unsure: dict[TopicPartition, int] | None = None
+        """Commit points of the last failed transaction, until its outcome is known."""
+        self._committed_offsets: CommittedOffsets | None = None
+
+    def resolve_with(self, committed_offsets: CommittedOffsets) -> None:
+        """How to read the group's committed offsets (the consumer's): needed to tell
+        whether a failed transaction committed after all. Without it a failure is taken
+        as an abort."""
+        self._committed_offsets = committed_offsets
 
     def _new_client(self) -> AIOKafkaProducer:
         return idempotent_client(
@@ -209,31 +245,65 @@ class TransactionalProducer(AnswerSink, Lifecycle):
             return True
         async with self._lock:
             client = self._client
-            if client is None:
+            if client is None or not await self._resolve_unsure():
                 return False
             answers = self._buffer.releasable(offsets)
             try:
-                await client.begin_transaction()
-                deliveries = [
-                    await client.send(
-                        a.topic, value=a.value, key=a.key, partition=a.partition, headers=a.headers
-                    )
-                    for a in answers
-                ]
-                await client.send_offsets_to_transaction(dict(offsets), self._group_id)
-                await client.commit_transaction()
+                async with asyncio.timeout(self._transaction_timeout_s):
+                    await client.begin_transaction()
+                    deliveries = [
+                        await client.send(
+                            a.topic,
+                            value=a.value,
+                            key=a.key,
+                            partition=a.partition,
+                            headers=a.headers,
+                        )
+                        for a in answers
+                    ]
+                    await client.send_offsets_to_transaction(dict(offsets), self._group_id)
+                    await client.commit_transaction()
                 for delivery in deliveries:
                     delivery.result()  # committed: every send succeeded
-            except (KafkaError, OSError) as exc:
+            except Exception as exc:  # aiokafka raises AssertionError from its fatal state
                 self.aborted += 1
-                self.health.failed(f"transaction failed: {exc!r}")
-                log.warning("transaction of %d answer(s) failed: %r", len(answers), exc)
+                reason = "timed out" if isinstance(exc, TimeoutError) else "failed"
+                self.health.failed(f"transaction {reason}: {exc!r}")
+                log.warning("transaction of %d answer(s) %s: %r", len(answers), reason, exc)
+                self._unsure = dict(offsets)
                 await self._recover(client)
                 return False
             self._buffer.released(offsets)
             self.transactions += 1
             self.health.succeeded()
             return True
+
+    async def _resolve_unsure(self) -> bool:
+        """Whether the last failed transaction's outcome is known (releasing its answers
+        when it committed after all); False while the committed offsets cannot be read."""
+        unsure = self._unsure
+        if unsure is None:
+            return True
+        if self._committed_offsets is None:
+            self._unsure = None
+            return True
+        try:
+            async with asyncio.timeout(self._config.request_timeout_s):
+                committed = await self._committed_offsets(list(unsure))
+        except Exception as exc:
+            log.warning("cannot read the committed offsets yet: %r", exc)
+            return False
+        done = committed_anyway(unsure, committed)
+        if done:
+            self.committed_after_all += 1
+            log.warning(
+                "the failed transaction committed after all (%d partition(s)): its answers "
+                "are not sent again",
+                len(done),
+            )
+            self._buffer.released(done)
+        self._unsure = None
+        return True
 
     def drop(self, partitions: Iterable[TopicPartition]) -> None:
         """Forget the answers of revoked partitions (their records are redone elsewhere)."""

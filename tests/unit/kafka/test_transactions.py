@@ -1,8 +1,19 @@
 from __future__ import annotations
 
-import pytest
+import asyncio
+from typing import Any
 
-from mulambda.kafka.transactions import AnswerBuffer
+import pytest
+from aiokafka.errors import KafkaError
+
+from mulambda.kafka.config import KafkaConfig
+from mulambda.kafka.records import TopicPartition
+from mulambda.kafka.transactions import (
+    AnswerBuffer,
+    TransactionalProducer,
+    committed_anyway,
+    current_position,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -43,3 +54,107 @@ def test_revoked_partitions_drop_what_they_hold() -> None:
     buffer.add("p1", 1, "q1")
     assert buffer.drop(["p0"]) == 2
     assert buffer.releasable({"p0": 10, "p1": 10}) == ["q1"]
+
+
+# --- a failed transaction: recovery and its unknown outcome ---------------------------
+
+
+def test_a_failed_transaction_committed_after_all_where_the_offsets_reached_its_points() -> None:
+    points = {"p0": 10, "p1": 4}
+    assert committed_anyway(points, {"p0": 10, "p1": 4}) == points
+    assert committed_anyway(points, {"p0": 12, "p1": 4}) == points  # a later owner went on
+    assert committed_anyway(points, {"p0": 9, "p1": 3}) == {}
+    assert committed_anyway(points, {"p0": None}) == {}
+
+
+class _Client:
+    """Stands in for aiokafka's transactional producer (no broker: recovery logic only)."""
+
+    def __init__(self, *, broken: bool = False, commits: bool = True) -> None:
+        self.broken = broken
+        self.commits = commits
+        self.sent: list[bytes | None] = []
+        self.stopped = False
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+    async def begin_transaction(self) -> None:
+        if self.broken:  # what aiokafka does once its sender died
+            raise AssertionError("Invalid state transition FATAL_ERROR -> IN_TRANSACTION")
+
+    async def send(self, topic: str, **kwargs: Any) -> asyncio.Future[None]:
+        self.sent.append(kwargs["value"])
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    async def send_offsets_to_transaction(self, offsets: Any, group_id: str) -> None:
+        return None
+
+    async def commit_transaction(self) -> None:
+        if not self.commits:
+            raise KafkaError("the broker went away while committing")
+
+    async def abort_transaction(self) -> None:
+        raise AssertionError("Invalid state transition FATAL_ERROR -> ABORTING_TRANSACTION")
+
+
+class _Producer(TransactionalProducer):
+    def __init__(self, clients: list[_Client]) -> None:
+        super().__init__(
+            KafkaConfig(bootstrap_servers="127.0.0.1:1"), transactional_id="t", group_id="g"
+        )
+        self.clients = clients
+        self.made: list[_Client] = []
+
+    def _new_client(self) -> Any:
+        self.made.append(self.clients.pop(0))
+        return self.made[-1]
+
+
+TP = TopicPartition("requests", 0)
+
+
+async def _hold(producer: TransactionalProducer, offset: int, value: bytes) -> None:
+    token = current_position.set((TP, offset))
+    try:
+        await producer.send_raw("results", value)
+    finally:
+        current_position.reset(token)
+
+
+async def test_a_client_left_in_its_fatal_state_is_replaced_and_the_answers_kept() -> None:
+    producer = _Producer([_Client(broken=True), _Client()])
+    await producer.start()
+    await _hold(producer, 0, b"r0")
+    assert not await producer.commit({TP: 1})
+    assert producer.made[0].stopped, "the broken client is closed"
+    assert producer.held == 1, "the answer waits for the next transaction"
+    assert await producer.commit({TP: 1})
+    assert producer.made[1].sent == [b"r0"]
+    assert producer.held == 0
+
+
+@pytest.mark.parametrize(("committed", "resent"), [(1, []), (0, [b"r0"]), (None, [b"r0"])])
+async def test_a_transaction_of_unknown_outcome_is_resolved_by_the_committed_offsets(
+    committed: int | None, resent: list[bytes]
+) -> None:
+    producer = _Producer([_Client(commits=False), _Client()])
+    asked: list[list[TopicPartition]] = []
+
+    async def committed_offsets(tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
+        asked.append(tps)
+        return {TP: committed}
+
+    producer.resolve_with(committed_offsets)
+    await producer.start()
+    await _hold(producer, 0, b"r0")
+    assert not await producer.commit({TP: 1})
+    assert await producer.commit({TP: 1})
+    assert asked == [[TP]]
+    assert producer.made[1].sent == resent, "an answer committed after all is not sent again"
+    assert producer.committed_after_all == (1 if committed == 1 else 0)
