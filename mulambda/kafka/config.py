@@ -33,6 +33,7 @@ from mulambda.errors import (
     KafkaUnavailable,
     MulambdaError,
 )
+from mulambda.kafka.backoff import pause_failed_metadata_refreshes
 from mulambda.runtime.settings import Settings
 from mulambda.wire.codec import DEFAULT_MAX_RECORD_BYTES
 
@@ -150,6 +151,7 @@ async def start_bounded(client: Any, what: str, timeout_s: float) -> None:
     """Start an aiokafka client, failing within ``timeout_s`` with a one-line reason:
     AuthenticationError / AuthorizationError when the cluster refuses, else
     KafkaUnavailable."""
+    pause_failed_metadata_refreshes(client)
     try:
         async with asyncio.timeout(timeout_s):
             await client.start()
