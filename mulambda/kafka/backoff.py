@@ -24,7 +24,7 @@ DEFAULT_PAUSE_S: Final = 0.2
 _MARK: Final = "_mulambda_paused_refreshes"
 
 
-def _client_of(client: Any) -> Any | None:
+def inner_client(client: Any) -> Any | None:
     """The AIOKafkaClient inside a producer (``client``), consumer or admin (``_client``)."""
     for name in ("client", "_client"):
         inner = getattr(client, name, None)
@@ -36,7 +36,7 @@ def _client_of(client: Any) -> Any | None:
 def pause_failed_metadata_refreshes(client: Any, pause_s: float = DEFAULT_PAUSE_S) -> bool:
     """Make ``client`` (an aiokafka producer, consumer or admin) wait ``pause_s`` after a
     metadata refresh that reached no broker; False when it has no such refresh to wrap."""
-    inner = _client_of(client)
+    inner = inner_client(client)
     if inner is None:
         return False
     if getattr(inner, _MARK, False):

@@ -14,7 +14,7 @@ import pytest
 
 from mulambda.bench.infra import PrivateInfra
 from mulambda.kafka import KafkaConfig
-from mulambda.kafka.backoff import DEFAULT_PAUSE_S
+from mulambda.kafka.backoff import DEFAULT_PAUSE_S, inner_client
 from mulambda.kafka.config import close_consumer, start_bounded, start_consumer
 from mulambda.kafka.producer import idempotent_client
 
@@ -24,7 +24,8 @@ WATCH_S = 3.0
 
 
 def _count_refreshes(client: Any, counts: list[int]) -> None:
-    inner = client.client if hasattr(client, "client") else client._client
+    inner = inner_client(client)
+    assert inner is not None, f"no aiokafka client inside {client!r}"
     update = inner._metadata_update
 
     async def counted(*args: Any, **kwargs: Any) -> bool:
