@@ -171,6 +171,7 @@ def test_the_scenarios_are_the_issues_faults() -> None:
         "selector-kill",
         "executor-kill",
         "broker-restart",
+        "broker-outage",
         "redis-wipe",
         "slow-executors",
     ]
