@@ -30,6 +30,35 @@ log "topic catalog up to date"
 "$VENV/bin/mulambda" topics generate --check
 log "deploy/k8s KafkaTopics and KafkaUsers up to date"
 "$VENV/bin/mulambda" deploy generate --check
-log "pytest"
+# The servers the test workers share (Kafka, Redis, MinIO; the kube-apiserver on kine):
+# started here once, when not already running (up.sh's), and stopped at the end only then.
+# A worker's session fixture that started them itself would stop them under the others.
+started=()
+stop_started() {
+  if ((${#started[@]})); then
+    log "stopping what test.sh started: ${started[*]}"
+    bash "$REPO/deploy/local/infra.sh" stop "${started[@]}" >/dev/null || true
+  fi
+}
+trap stop_started EXIT
+for comp in "kafka redis minio" kube; do
+  # shellcheck disable=SC2086 # one word per component
+  if ! bash "$REPO/deploy/local/infra.sh" status $comp >/dev/null; then
+    log "starting $comp for the tests"
+    # shellcheck disable=SC2086
+    bash "$REPO/deploy/local/infra.sh" start $comp
+    # shellcheck disable=SC2206
+    started+=($comp)
+  fi
+done
+
+# Independent tests run side by side (pytest-xdist); the fault suite's platforms are one
+# xdist group each (tests/faults/conftest.py), so both delivery modes run at once while
+# the other workers take the unit and integration tests. MULAMBDA_TEST_WORKERS=0 runs
+# everything in one process.
+workers="${MULAMBDA_TEST_WORKERS:-3}"
+parallel=()
+if [ "$workers" != "0" ]; then parallel=(-n "$workers" --dist loadgroup); fi
+log "pytest (${workers} workers)"
 export MULAMBDA_FAULTS="${MULAMBDA_FAULTS:-1}"
-exec "$VENV/bin/pytest" "$@"
+"$VENV/bin/pytest" "${parallel[@]}" "$@"

@@ -54,6 +54,9 @@ def _asked_for(config: pytest.Config) -> bool:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if _asked_for(config):
+        for item in items:
+            if HERE in item.path.resolve().parents:
+                item.add_marker(pytest.mark.xdist_group(_platform_group(item)))
         return
     skip = pytest.mark.skip(
         reason="fault suite runs only when asked for: pytest tests/faults, -m faults or "
@@ -64,14 +67,46 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def _platform_group(item: pytest.Item) -> str:
+    """The xdist group of a fault test: its module and platform (delivery mode).
+
+    Under ``pytest -n N --dist loadgroup`` (deploy/local/test.sh) every test of one
+    platform runs in one worker, so each platform starts once, its scenarios run in
+    order, and the platforms of the two delivery modes run side by side.
+    """
+    callspec = getattr(item, "callspec", None)
+    platform = callspec.params.get("local_platform", "") if callspec is not None else ""
+    return f"faults:{item.path.stem}:{platform}"
+
+
+WORKER_TABLES: list[str] = []
+"""Under xdist, the controller's copy of each worker's fault table."""
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # An xdist worker hands its table to the controller, which prints the summary.
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None and REPORTS:
+        workeroutput["fault_table"] = render_table(REPORTS)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    table = getattr(node, "workeroutput", {}).get("fault_table")
+    if table:
+        WORKER_TABLES.append(table)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not REPORTS:
+    tables = [render_table(REPORTS)] if REPORTS else WORKER_TABLES
+    if not tables:
         return
     terminalreporter.section("fault suite figures")
-    terminalreporter.write_line(render_table(REPORTS))
+    for table in tables:
+        terminalreporter.write_line(table)
     results = os.environ.get(RESULTS_ENV)
     if results:
-        (Path(results) / "table.txt").write_text(render_table(REPORTS) + "\n")
+        (Path(results) / "table.txt").write_text("\n".join(tables) + "\n")
 
 
 DELIVERY_MODES = ("at-least-once", "exactly-once")
