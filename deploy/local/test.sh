@@ -31,28 +31,6 @@ log "topic catalog up to date"
 "$VENV/bin/mulambda" topics generate --check
 log "deploy/k8s KafkaTopics and KafkaUsers up to date"
 "$VENV/bin/mulambda" deploy generate --check
-# The servers the test workers share (Kafka, Redis, MinIO; the kube-apiserver on kine):
-# started here once, when not already running (up.sh's), and stopped at the end only then.
-# A worker's session fixture that started them itself would stop them under the others.
-started=()
-stop_started() {
-  if ((${#started[@]})); then
-    log "stopping what test.sh started: ${started[*]}"
-    bash "$REPO/deploy/local/infra.sh" stop "${started[@]}" >/dev/null || true
-  fi
-}
-trap stop_started EXIT
-for comp in "kafka redis minio" kube; do
-  # shellcheck disable=SC2086 # one word per component
-  if ! bash "$REPO/deploy/local/infra.sh" status $comp >/dev/null; then
-    log "starting $comp for the tests"
-    # shellcheck disable=SC2086
-    bash "$REPO/deploy/local/infra.sh" start $comp
-    # shellcheck disable=SC2206
-    started+=($comp)
-  fi
-done
-
 # MULAMBDA_TEST_WORKERS=N runs independent tests side by side (pytest-xdist, one group
 # per fault platform, tests/faults/conftest.py). Off by default: on 2 cores the two fault
 # platforms side by side starved each other's routers past their session timeouts (an
@@ -61,6 +39,31 @@ done
 workers="${MULAMBDA_TEST_WORKERS:-0}"
 parallel=()
 if [ "$workers" != "0" ]; then parallel=(-n "$workers" --dist loadgroup); fi
+# Under xdist the servers the workers share (Kafka, Redis, MinIO; the kube-apiserver on
+# kine) are started here once, when not already running (up.sh's), and stopped at the end
+# only then: a worker's session fixture that started them would stop them under the
+# others. In one process the session fixtures do this themselves.
+started=()
+stop_started() {
+  if ((${#started[@]})); then
+    log "stopping what test.sh started: ${started[*]}"
+    bash "$REPO/deploy/local/infra.sh" stop "${started[@]}" >/dev/null || true
+  fi
+}
+if ((${#parallel[@]})); then
+  trap stop_started EXIT
+  for comp in "kafka redis minio" kube; do
+    # shellcheck disable=SC2086 # one word per component
+    if ! bash "$REPO/deploy/local/infra.sh" status $comp >/dev/null; then
+      log "starting $comp for the test workers"
+      # shellcheck disable=SC2086
+      bash "$REPO/deploy/local/infra.sh" start $comp
+      # shellcheck disable=SC2206
+      started+=($comp)
+    fi
+  done
+fi
+
 log "pytest (${workers} workers)"
 export MULAMBDA_FAULTS="${MULAMBDA_FAULTS:-1}"
 "$VENV/bin/pytest" "${parallel[@]}" "$@"
