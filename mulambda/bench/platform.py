@@ -14,7 +14,9 @@ benchmark that is going to break things:
   per model under an executor id of its own (``bench-e<process>-<model>``);
 * it waits for every executor's models, every ``/readyz`` and every registration.
 
-Then it offers the faults: :meth:`~LocalPlatform.kill` (any signal), restart of a
+Then it offers the faults: :meth:`~LocalPlatform.kill` (any signal),
+:meth:`~LocalPlatform.pause` / :meth:`~LocalPlatform.resume` of a worker (SIGSTOP /
+SIGCONT: a process frozen past its session timeout comes back as a zombie), restart of a
 worker, of Kafka, or of Redis with its data wiped (``$MULAMBDA_HOME/redis/data``), and
 :meth:`~LocalPlatform.set_executor_delay` to make every executor slow (a rolling
 restart onto a fixed-delay profiles file: the emulator cannot change its delay at run
@@ -53,9 +55,9 @@ from mulambda.bench.infra import REPO, PlatformError, PrivateInfra, clean_enviro
 from mulambda.emulator.profiles import profile_by_name
 from mulambda.errors import MulambdaError
 from mulambda.executors.companion import STATS_PATH, read_executors
-from mulambda.kafka import KafkaConfig
+from mulambda.kafka import Admin, KafkaConfig
 from mulambda.runtime.lifecycle import Lifecycle
-from mulambda.wire.catalog import Catalog, load_catalog
+from mulambda.wire.catalog import Catalog, Topic, load_catalog
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +140,8 @@ class Worker:
     """How many times it was launched."""
     delay_ms: float = 0.0
     """For executors: the fixed inference delay it runs with (0: the synthetic profiles)."""
+    paused: bool = False
+    """SIGSTOPped by :meth:`LocalPlatform.pause` and not continued since."""
 
     @property
     def pid(self) -> int | None:
@@ -281,6 +285,9 @@ class LocalPlatform(Lifecycle):
             if worker.process is not None:
                 with contextlib.suppress(ProcessLookupError):
                     worker.process.send_signal(signal.SIGTERM)
+                    if worker.paused:  # a stopped process acts on SIGTERM only once continued
+                        worker.process.send_signal(signal.SIGCONT)
+                worker.paused = False
         await asyncio.gather(*(self._reap(w, self.spec.stop_timeout_s) for w in running))
 
     async def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
@@ -292,6 +299,52 @@ class LocalPlatform(Lifecycle):
         process.send_signal(sig)
         if sig in (signal.SIGKILL, signal.SIGTERM):
             await self._reap(worker, self.spec.stop_timeout_s)
+
+    async def pause(self, name: str) -> None:
+        """SIGSTOP a worker: it stops dead, its connections stay open, and nothing it
+        holds is released until :meth:`resume` (or ``stop``)."""
+        worker = self.worker(name)
+        process = worker.process
+        if process is None or process.returncode is not None:
+            raise PlatformError(f"{name} is not running")
+        process.send_signal(signal.SIGSTOP)
+        worker.paused = True
+
+    async def resume(self, name: str) -> None:
+        """SIGCONT a worker :meth:`pause` stopped; it goes on where it was."""
+        worker = self.worker(name)
+        process = worker.process
+        if process is not None and process.returncode is None:
+            process.send_signal(signal.SIGCONT)
+        worker.paused = False
+
+    async def wait_partitions_moved(
+        self, name: str, group_id: str = "mulambda-router", timeout_s: float = 60.0
+    ) -> None:
+        """Wait until ``group_id`` is stable without worker ``name`` (its client id is
+        ``bench-<name>``) and its other members own every partition of the request topic;
+        PlatformError after ``timeout_s``."""
+        topic = self.catalog.name(Topic.INFERENCE_REQUESTS)
+        gone = f"bench-{name}"
+        async with Admin(self.kafka("mulambda-bench-group")) as admin:
+            wanted = set(await admin.partitions(topic))
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    owned = await admin.group_assignment(group_id)
+                except MulambdaError as exc:
+                    log.info("group %s not described yet: %s", group_id, exc.reason)
+                    owned = None
+                if owned is not None and gone not in owned:
+                    held = set().union(*owned.values()) if owned else set()
+                    if wanted <= held:
+                        return
+                if time.monotonic() >= deadline:
+                    raise PlatformError(
+                        f"the partitions of {name} did not move within {timeout_s:g}s "
+                        f"(group {group_id}: {owned})"
+                    )
+                await asyncio.sleep(0.25)
 
     async def restart(self, name: str) -> None:
         """Stop the worker if it runs (SIGTERM), start it again and wait until it is ready."""
@@ -321,6 +374,10 @@ class LocalPlatform(Lifecycle):
         Returns what was done, one line each (empty when nothing was needed).
         """
         done: list[str] = []
+        for worker in self.workers.values():
+            if worker.paused:
+                await self.resume(worker.name)
+                done.append(f"{worker.name}: continued (SIGCONT)")
         infra = self._infra()
         if not await infra.running():
             await infra.run("start", *infra.components)
@@ -541,6 +598,7 @@ class LocalPlatform(Lifecycle):
                 preexec_fn=_die_with_parent,
             )
         worker.started += 1
+        worker.paused = False
         (self._infra().workers_dir / f"{worker.name}.pid").write_text(f"{worker.pid}\n")
 
     async def _reap(self, worker: Worker, timeout_s: float) -> None:

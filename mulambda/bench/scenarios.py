@@ -63,6 +63,21 @@ async def _kill_router(platform: LocalPlatform) -> None:
     await platform.kill("router-0")
 
 
+ZOMBIE_MOVE_TIMEOUT_S = 60.0
+"""How long the ``router-zombie`` scenario waits for the frozen router's partitions to
+move (its session timeout, then a rebalance) before it gives up."""
+
+
+async def _zombie_router(platform: LocalPlatform) -> None:
+    # Frozen with whatever it holds (answers, an open transaction), it misses its session
+    # timeout; once the other router owns its partitions it is let go on as a zombie.
+    await platform.pause("router-0")
+    try:
+        await platform.wait_partitions_moved("router-0", timeout_s=ZOMBIE_MOVE_TIMEOUT_S)
+    finally:
+        await platform.resume("router-0")
+
+
 async def _kill_selector(platform: LocalPlatform) -> None:
     await platform.kill("selector-0")
 
@@ -97,6 +112,12 @@ FAULTS: dict[str, Fault] = {
     for fault in (
         Fault("baseline", "no fault: every request must be answered once"),
         Fault("router-kill", "kill -9 of router-0 (of 2)", inject=_kill_router),
+        Fault(
+            "router-zombie",
+            "SIGSTOP of router-0 (of 2) past its session timeout, SIGCONT once the other "
+            "router owns its partitions: the zombie must commit nothing",
+            inject=_zombie_router,
+        ),
         Fault("selector-kill", "kill -9 of selector-0 (of 2)", inject=_kill_selector),
         Fault(
             "executor-kill",

@@ -2,6 +2,7 @@
 
 :class:`Admin` applies the topic catalog and answers what topics exist with how many
 partitions; :func:`partitions_of` is the one-shot form for readers about to assign.
+:meth:`Admin.group_assignment` tells which member of a consumer group owns what.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.coordinator.protocol import ConsumerProtocol
 from aiokafka.errors import KafkaError, for_code
 
 from mulambda.errors import ConfigurationError, KafkaUnavailable, MulambdaError
@@ -91,6 +93,31 @@ class Admin(Lifecycle):
         except (TimeoutError, KafkaError) as exc:
             raise KafkaUnavailable(f"offsets of group {group_id} unavailable: {exc!r}") from exc
         return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+
+    async def group_assignment(self, group_id: str) -> dict[str, set[TopicPartition]] | None:
+        """The partitions each member of ``group_id`` owns, by the member's client id;
+        None while the group is not stable (rebalancing, or empty)."""
+        admin = self._require()
+        try:
+            async with asyncio.timeout(self._config.request_timeout_s):
+                responses = await admin.describe_consumer_groups([group_id])
+        except (TimeoutError, KafkaError) as exc:
+            raise kafka_error(exc, f"group {group_id} not described") from exc
+        for response in responses:
+            for group in response.groups:
+                error_code, name, state, members = group[0], group[1], group[2], group[5]
+                if name != group_id:
+                    continue
+                if error_code != 0 or state != "Stable":
+                    return None
+                owned: dict[str, set[TopicPartition]] = {}
+                for member in members:
+                    client_id, assignment = member[1], member[4]
+                    parts = owned.setdefault(client_id, set())
+                    if assignment:  # empty until the member got its assignment
+                        parts.update(ConsumerProtocol.ASSIGNMENT.decode(assignment).partitions())
+                return owned
+        return None
 
     async def partitions(self, *topics: str) -> list[TopicPartition]:
         """Every partition of ``topics``, in order; ConfigurationError when one does not exist."""

@@ -11,10 +11,11 @@ Targets (issue 10), every scenario: no request lost (a result by its deadline pl
 margin; by its acknowledgement plus the margin when a broker outage held it in the
 producer past its deadline), no request answered twice in the SDK's (read_committed)
 view. Also: recovery within 5 s of a router or selector kill and
-within 10 s of the broker being back; during a selector kill no error result while 5 s
-or more of the deadline were left; no error result at all when another executor
-process serves the same traits; router memory bounded when the executors are ten times
-too slow for the load.
+within 10 s of the broker being back; a router frozen past its session timeout
+(SIGSTOP) and continued once its partitions moved commits none of what it held;
+during a selector kill no error result while 5 s or more of the deadline were left; no
+error result at all when another executor process serves the same traits; router memory
+bounded when the executors are ten times too slow for the load.
 
 The baseline shows the harness itself loses and duplicates nothing. Every scenario runs
 in both delivery modes; "answered twice" counts results a read_committed reader sees, in
@@ -103,6 +104,14 @@ async def test_router_kill(measure: Measure, exactly_once: bool) -> None:
     """kill -9 of one of the two routers."""
     report = await measure("router-kill", AROUND_A_FAULT, OPTIONS)
     _assert_met(report, _misses(report, exactly_once=exactly_once, recovery_s=5.0))
+
+
+async def test_router_zombie(measure: Measure, exactly_once: bool) -> None:
+    """One of the two routers frozen (SIGSTOP) past its session timeout and continued
+    (SIGCONT) once the other owns its partitions: whatever the zombie still holds must not
+    be committed, so read_committed readers see no second result."""
+    report = await measure("router-zombie", AROUND_A_FAULT, OPTIONS)
+    _assert_met(report, _misses(report, exactly_once=exactly_once))
 
 
 async def test_selector_kill(measure: Measure, exactly_once: bool) -> None:

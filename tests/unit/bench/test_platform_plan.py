@@ -168,6 +168,7 @@ def test_the_scenarios_are_the_issues_faults() -> None:
     assert list(FAULTS) == [
         "baseline",
         "router-kill",
+        "router-zombie",
         "selector-kill",
         "executor-kill",
         "broker-restart",
