@@ -21,6 +21,9 @@ The hierarchy::
     ├── UndeliverableAnswer           an answer that cannot be delivered (reply topic not
     │                                 allowed or missing, publish failed): the request is
     │                                 dead-lettered with the reason, never re-handled
+    ├── StaleGeneration               a transactional offset commit the consumer group
+    │                                 refused: the member's generation is over (a zombie),
+    │                                 its partitions are another's; never retried
     ├── SelectionError                a selection request that cannot be answered
     │   ├── InvalidSelectionRequest   weights, sizes or policy out of range
     │   └── NoCandidate               nothing passes the hard criteria or SLO
@@ -111,6 +114,13 @@ class RequestTimeout(MulambdaError):
 class UndeliverableAnswer(MulambdaError):
     """An answer (a result, a reply) that cannot be delivered: its reply topic is not
     allowed or does not exist, or publishing failed after its retries."""
+
+
+class StaleGeneration(MulambdaError):
+    """The consumer group refused offsets committed as a generation that is over
+    (KIP-447: ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, FENCED_INSTANCE_ID), or the member
+    has no generation at all: its partitions belong to another member now, which redoes
+    what this one held for them. The transaction is aborted; never retriable."""
 
 
 class SelectionError(MulambdaError):

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from aiokafka.abc import ConsumerRebalanceListener
 
-from mulambda.errors import KafkaUnavailable
+from mulambda.errors import KafkaUnavailable, MulambdaError
 from mulambda.kafka.commits import CommitTracker, Taken
 from mulambda.kafka.config import (
     KafkaConfig,
@@ -23,6 +23,7 @@ from mulambda.kafka.config import (
     close_consumer,
     start_consumer,
 )
+from mulambda.kafka.fencing import ErrorCode, StableGate, fetch_stable_offsets, generation_of
 from mulambda.kafka.fetching import commit_offsets, fetch_retrying, lag_of
 from mulambda.kafka.records import (
     ConsumerStats,
@@ -62,7 +63,12 @@ class PipelinedConsumer(ConsumerRebalanceListener, Lifecycle):  # type: ignore[m
     Exactly once, with ``transactions``: handlers answer through that
     :class:`~mulambda.kafka.transactions.TransactionalProducer`, and each commit sends
     the answers of the records below the commit points together with the offsets in one
-    transaction (every ``commit_interval_s``), instead of committing offsets alone.
+    transaction (every ``commit_interval_s``), instead of committing offsets alone. The
+    offsets go with the group generation they were chosen in, so a zombie (frozen past
+    its session timeout, its partitions moved) commits nothing; and a newly assigned
+    partition stays paused until its committed offset is stable, so a previous owner's
+    transaction still carrying offsets for it is committed or aborted before it is read
+    from there (:mod:`mulambda.kafka.fencing`).
     """
 
     def __init__(
@@ -83,6 +89,7 @@ class PipelinedConsumer(ConsumerRebalanceListener, Lifecycle):  # type: ignore[m
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         transactions: TransactionalProducer | None = None,
         max_unfinished_backoff_s: float = 5.0,
+        stable_poll_s: float = 0.1,
     ) -> None:
         self._config = config
         self._topics = list(topics)
@@ -116,6 +123,11 @@ class PipelinedConsumer(ConsumerRebalanceListener, Lifecycle):  # type: ignore[m
         self._tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self._offsets: CommitTracker[TopicPartition] = CommitTracker()
         self._last_commit = 0.0
+        # Transactional only: new partitions wait for stable offsets (module fencing).
+        self._gate: StableGate[TopicPartition] = StableGate()
+        self._gated = asyncio.Event()
+        self._stable_poll_s = stable_poll_s
+        self._stabilizer: asyncio.Task[None] | None = None
 
     @property
     def done(self) -> asyncio.Task[None] | None:
@@ -161,6 +173,9 @@ class PipelinedConsumer(ConsumerRebalanceListener, Lifecycle):  # type: ignore[m
             self._committer = asyncio.create_task(
                 self._commit_periodically(consumer), name="mulambda-committer"
             )
+            self._stabilizer = asyncio.create_task(
+                self._release_when_stable(consumer), name="mulambda-stable-offsets"
+            )
 
     async def stop(self) -> None:
         """Stop fetching, let in-flight records finish within the grace, commit, close."""
@@ -169,11 +184,12 @@ class PipelinedConsumer(ConsumerRebalanceListener, Lifecycle):  # type: ignore[m
         if consumer is None:
             return
         self._stopping.set()
-        committer, self._committer = self._committer, None
-        if committer is not None:
-            committer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await committer
+        for background in (self._committer, self._stabilizer):
+            if background is not None:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
+        self._committer = self._stabilizer = None
         if task is not None:
             try:
                 await task  # leaves its loop within one fetch timeout
@@ -221,9 +237,51 @@ class PipelinedConsumer(ConsumerRebalanceListener, Lifecycle):  # type: ignore[m
         self._offsets.revoke(gone)
         if self._transactions is not None:
             self._transactions.drop(gone)
+            self._gate.forget(gone)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        """Nothing to load: positions come from the group's committed offsets."""
+        """Positions come from the group's committed offsets. Transactional: each new
+        partition is paused until its committed offset is stable (module docstring)."""
+        consumer = self._consumer
+        if self._transactions is None or consumer is None or not assigned:
+            return
+        # Paused before this callback yields: the fetcher has no position for a new
+        # partition yet, so nothing of it was returned before.
+        consumer.pause(*assigned)
+        self._gate.hold(assigned)
+        self._gated.set()
+
+    async def _release_when_stable(self, consumer: KafkaConsumer) -> None:
+        """Ask the stable offsets of the held partitions until each is let go: seek it to
+        that offset and resume it."""
+        while True:
+            await self._gated.wait()
+            asked = self._gate.ask()
+            if not asked:
+                self._gated.clear()
+                continue
+            try:
+                answers = await fetch_stable_offsets(consumer, self._group_id, list(asked))
+            except MulambdaError as exc:
+                log.info("stable offsets not read yet: %s", exc.reason)
+                answers = {}
+            ready = self._gate.answered(asked, answers)
+            owned = consumer.assignment()
+            for tp, offset in ready.items():
+                if tp not in owned:
+                    continue
+                if offset is not None:
+                    consumer.seek(tp, offset)
+                consumer.resume(tp)
+            unsettled = {
+                tp: a.error_code
+                for tp, a in answers.items()
+                if self._gate.holds(tp) and a.error_code != ErrorCode.UNSTABLE_OFFSET_COMMIT
+            }
+            if unsettled:
+                log.warning("stable offsets refused: %s", unsettled)
+            if self._gate.ask():
+                await asyncio.sleep(self._stable_poll_s)
 
     # fetching
 
@@ -317,7 +375,9 @@ class PipelinedConsumer(ConsumerRebalanceListener, Lifecycle):  # type: ignore[m
             if not offsets:
                 return
             if self._transactions is not None:
-                committed = await self._transactions.commit(offsets)
+                # Read with the offsets, before any await: the membership they belong to.
+                generation = generation_of(consumer)
+                committed = await self._transactions.commit(offsets, generation)
             else:
                 committed = await commit_offsets(consumer, offsets)
             if committed:

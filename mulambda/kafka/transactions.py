@@ -27,7 +27,13 @@ a stuck or broken client never holds the answers back for good.
 Fencing: the transactional id names the worker instance, so a restarted instance
 fences its predecessor's open transaction at once. An instance that dies for good
 leaves its open transaction to the broker's transaction timeout (``transaction_timeout_s``),
-during which ``read_committed`` readers of the partitions it wrote wait.
+during which ``read_committed`` readers of the partitions it wrote wait. A *zombie*, an
+instance frozen past its session timeout whose partitions moved to another member, is
+fenced by its group generation (:mod:`mulambda.kafka.fencing`): a commit given the
+consumer's :class:`~mulambda.kafka.fencing.Generation` sends its offsets with it, and
+when the group refuses that generation the transaction is aborted and the answers of its
+partitions are dropped for good (the new owner redoes those records): they are never
+sent again, and answers made for those partitions until they are revoked are discarded.
 """
 
 from __future__ import annotations
@@ -43,8 +49,9 @@ from typing import Any, Generic, TypeVar
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from mulambda.errors import KafkaUnavailable, MulambdaError
+from mulambda.errors import KafkaUnavailable, MulambdaError, StaleGeneration
 from mulambda.kafka.config import KafkaConfig, start_bounded
+from mulambda.kafka.fencing import FencedOffsets, Generation
 from mulambda.kafka.health import LinkHealth
 from mulambda.kafka.producer import AnswerSink, idempotent_client
 from mulambda.kafka.records import TopicPartition
@@ -64,13 +71,22 @@ current_position: ContextVar[tuple[TopicPartition, int] | None] = ContextVar(
 
 @dataclass(slots=True)
 class AnswerBuffer(Generic[P, A]):
-    """Answers per partition and offset, released once their offset may be committed."""
+    """Answers per partition and offset, released once their offset may be committed.
+
+    A partition whose commit the group refused (fenced: its generation is over) holds
+    nothing more until it is revoked: its records are redone by their new owner.
+    """
 
     _held: dict[P, dict[int, list[A]]] = field(default_factory=dict)
+    _fenced: set[P] = field(default_factory=set)
 
-    def add(self, partition: P, offset: int, answer: A) -> None:
-        """Hold ``answer`` of the record at ``offset`` of ``partition``."""
+    def add(self, partition: P, offset: int, answer: A) -> bool:
+        """Hold ``answer`` of the record at ``offset`` of ``partition``; False (discarded)
+        when the partition is fenced."""
+        if partition in self._fenced:
+            return False
         self._held.setdefault(partition, {}).setdefault(offset, []).append(answer)
+        return True
 
     def releasable(self, points: Mapping[P, int]) -> list[A]:
         """Answers of records below each partition's commit point, in offset order."""
@@ -95,13 +111,27 @@ class AnswerBuffer(Generic[P, A]):
                 del self._held[partition]
 
     def drop(self, partitions: Iterable[P]) -> int:
-        """Forget what ``partitions`` hold (revoked: the next owner redoes those records)."""
+        """Forget what ``partitions`` hold (revoked: the next owner redoes those records);
+        a fenced partition that comes back later is a new assignment, held again."""
         dropped = 0
         for partition in partitions:
+            self._fenced.discard(partition)
             held = self._held.pop(partition, None)
             if held:
                 dropped += sum(len(answers) for answers in held.values())
         return dropped
+
+    def fence(self, partitions: Iterable[P]) -> int:
+        """The group refused ``partitions``' commit: drop what they hold and discard what
+        they are given until :meth:`drop` (their revocation). How many were dropped."""
+        partitions = list(partitions)
+        dropped = self.drop(partitions)
+        self._fenced.update(partitions)
+        return dropped
+
+    def fenced(self, partitions: Iterable[P]) -> set[P]:
+        """Those of ``partitions`` that are fenced."""
+        return self._fenced.intersection(partitions)
 
     def __len__(self) -> int:
         return sum(len(a) for held in self._held.values() for a in held.values())
@@ -170,6 +200,9 @@ class TransactionalProducer(AnswerSink, Lifecycle):
         self._unsure: dict[TopicPartition, int] | None = None
         """Commit points of the last failed transaction, until its outcome is known."""
         self._committed_offsets: CommittedOffsets | None = None
+        self._fencing = FencedOffsets(group_id)
+        self.fenced = 0
+        """Commits refused because the group's generation they were made in is over."""
 
     def resolve_with(self, committed_offsets: CommittedOffsets) -> None:
         """How to read the group's committed offsets (the consumer's): needed to tell
@@ -235,17 +268,30 @@ class TransactionalProducer(AnswerSink, Lifecycle):
 
     # --- the consumer's side ----------------------------------------------------------
 
-    async def commit(self, offsets: Mapping[TopicPartition, int]) -> bool:
+    async def commit(
+        self, offsets: Mapping[TopicPartition, int], generation: Generation | None = None
+    ) -> bool:
         """Send the answers below ``offsets`` and commit ``offsets``, in one transaction.
 
-        True when committed. On failure the transaction is aborted (or the client
-        replaced), the answers stay held, and False tells the consumer to try again.
+        ``generation``: the group membership the offsets were chosen under; the group
+        refuses them when it is over (a zombie). None sends them as aiokafka does,
+        unfenced (pre-KIP-447). True when committed. On failure the transaction is
+        aborted (or the client replaced), the answers stay held, and False tells the
+        consumer to try again; when the generation was refused (or a partition was
+        fenced before) the answers of those partitions are dropped instead.
         """
         if not offsets:
             return True
         async with self._lock:
             client = self._client
             if client is None or not await self._resolve_unsure():
+                return False
+            if self._buffer.fenced(offsets):
+                return False  # not ours since the group refused them; revoked soon
+            if generation is not None and not generation.known:
+                # Not a member now (the group dropped it): nothing can be committed as
+                # this member any more, and its partitions are redone by their next owner.
+                self._fence(offsets, f"not a member of group {self._group_id} now")
                 return False
             answers = self._buffer.releasable(offsets)
             try:
@@ -261,10 +307,22 @@ class TransactionalProducer(AnswerSink, Lifecycle):
                         )
                         for a in answers
                     ]
-                    await client.send_offsets_to_transaction(dict(offsets), self._group_id)
+                    if generation is None:
+                        await client.send_offsets_to_transaction(dict(offsets), self._group_id)
+                    else:
+                        # The answers reach their partitions before the offsets are added,
+                        # so a failed send aborts before any offset, and the two do not
+                        # race at the transaction coordinator.
+                        for delivery in deliveries:
+                            await delivery
+                        await self._fencing.send(client, offsets, generation)
                     await client.commit_transaction()
                 for delivery in deliveries:
                     delivery.result()  # committed: every send succeeded
+            except StaleGeneration as exc:
+                self._fence(offsets, exc.reason)
+                await self._recover(client)
+                return False
             except Exception as exc:  # aiokafka raises AssertionError from its fatal state
                 self.aborted += 1
                 reason = "timed out" if isinstance(exc, TimeoutError) else "failed"
@@ -304,6 +362,17 @@ class TransactionalProducer(AnswerSink, Lifecycle):
             self._buffer.released(done)
         self._unsure = None
         return True
+
+    def _fence(self, offsets: Mapping[TopicPartition, int], reason: str) -> None:
+        """The group refused these partitions' commit: their answers are never sent."""
+        self.fenced += 1
+        dropped = self._buffer.fence(offsets)
+        log.warning(
+            "fenced (%s): %d answer(s) of %d partition(s) dropped, redone by their new owner",
+            reason,
+            dropped,
+            len(offsets),
+        )
 
     def drop(self, partitions: Iterable[TopicPartition]) -> None:
         """Forget the answers of revoked partitions (their records are redone elsewhere)."""

@@ -20,6 +20,7 @@ from mulambda.kafka import (
     partitions_of,
     start_consumer,
 )
+from mulambda.kafka.fencing import Generation
 from mulambda.routing.router import Router
 from mulambda.selection.selector import Selector
 from mulambda.wire.catalog import Catalog, Topic
@@ -136,7 +137,9 @@ async def test_results_never_committed_are_invisible_and_redone_once(
             transactions = stuck._transactions
             assert transactions is not None
 
-            async def never(offsets: Mapping[TopicPartition, int]) -> bool:
+            async def never(
+                offsets: Mapping[TopicPartition, int], generation: Generation | None = None
+            ) -> bool:
                 return False
 
             transactions.commit = never  # type: ignore[method-assign]

@@ -6,7 +6,9 @@ from typing import Any
 import pytest
 from aiokafka.errors import KafkaError
 
+from mulambda.errors import StaleGeneration
 from mulambda.kafka.config import KafkaConfig
+from mulambda.kafka.fencing import Generation
 from mulambda.kafka.records import TopicPartition
 from mulambda.kafka.transactions import (
     AnswerBuffer,
@@ -57,6 +59,20 @@ def test_revoked_partitions_drop_what_they_hold() -> None:
 
 
 # --- a failed transaction: recovery and its unknown outcome ---------------------------
+
+
+def test_a_fenced_partition_drops_its_answers_and_discards_later_ones_until_revoked() -> None:
+    buffer: AnswerBuffer[str, str] = AnswerBuffer()
+    buffer.add("p0", 1, "r1")
+    buffer.add("p1", 1, "q1")
+    assert buffer.fence(["p0"]) == 1
+    assert buffer.fenced(["p0", "p1"]) == {"p0"}
+    assert not buffer.add("p0", 2, "r2"), "a straggler's answer for a partition not ours"
+    assert buffer.releasable({"p0": 10, "p1": 10}) == ["q1"]
+    buffer.drop(["p0"])  # revoked: if it comes back it is a new assignment
+    assert buffer.fenced(["p0"]) == set()
+    assert buffer.add("p0", 3, "r3")
+    assert buffer.releasable({"p0": 10}) == ["r3"]
 
 
 def test_a_failed_transaction_committed_after_all_where_the_offsets_reached_its_points() -> None:
@@ -158,3 +174,83 @@ async def test_a_transaction_of_unknown_outcome_is_resolved_by_the_committed_off
     assert asked == [[TP]]
     assert producer.made[1].sent == resent, "an answer committed after all is not sent again"
     assert producer.committed_after_all == (1 if committed == 1 else 0)
+
+
+# --- a zombie: the group refuses the generation ------------------------------------------
+
+
+class _Fencing:
+    """Stands in for FencedOffsets: the group refuses (or takes) the offsets."""
+
+    def __init__(self, *, refuse: bool) -> None:
+        self.refuse = refuse
+        self.sent: list[tuple[dict[TopicPartition, int], Generation]] = []
+
+    async def send(self, client: Any, offsets: Any, generation: Generation) -> None:
+        self.sent.append((dict(offsets), generation))
+        if self.refuse:
+            raise StaleGeneration("ILLEGAL_GENERATION")
+
+
+class _Aborts(_Client):
+    def __init__(self) -> None:
+        super().__init__()
+        self.begun = 0
+        self.aborted = 0
+
+    async def begin_transaction(self) -> None:
+        self.begun += 1
+
+    async def abort_transaction(self) -> None:
+        self.aborted += 1
+
+
+GEN = Generation(4, "member-1", "router-0")
+
+
+async def test_a_refused_generation_aborts_and_drops_the_answers_for_good() -> None:
+    client = _Aborts()
+    producer = _Producer([client])
+    fencing = _Fencing(refuse=True)
+    producer._fencing = fencing  # type: ignore[assignment]
+    await producer.start()
+    await _hold(producer, 0, b"r0")
+    assert not await producer.commit({TP: 1}, GEN)
+    assert fencing.sent == [({TP: 1}, GEN)]
+    assert client.aborted == 1, "the zombie's transaction is aborted"
+    assert producer.held == 0, "its answers are the new owner's to give"
+    assert producer.fenced == 1
+    assert producer.health.ok, "a zombie's refusal is no link failure"
+    await _hold(producer, 1, b"r1")
+    assert producer.held == 0, "answers of a fenced partition are discarded"
+    assert not await producer.commit({TP: 2}, GEN)
+    assert client.begun == 1, "no second transaction for a fenced partition"
+    producer.drop([TP])  # revoked at the rejoin
+    fencing.refuse = False
+    await _hold(producer, 5, b"r5")
+    assert await producer.commit({TP: 6}, Generation(5, "member-2", "router-0"))
+    assert client.sent == [b"r0", b"r5"], "r0 went only into the aborted transaction"
+
+
+async def test_no_membership_commits_nothing() -> None:
+    client = _Aborts()
+    producer = _Producer([client])
+    producer._fencing = _Fencing(refuse=False)  # type: ignore[assignment]
+    await producer.start()
+    await _hold(producer, 0, b"r0")
+    assert not await producer.commit({TP: 1}, Generation(-1, ""))
+    assert client.begun == 0
+    assert producer.held == 0
+
+
+async def test_a_commit_with_a_live_generation_sends_the_offsets_through_fencing() -> None:
+    client = _Aborts()
+    producer = _Producer([client])
+    fencing = _Fencing(refuse=False)
+    producer._fencing = fencing  # type: ignore[assignment]
+    await producer.start()
+    await _hold(producer, 0, b"r0")
+    assert await producer.commit({TP: 1}, GEN)
+    assert fencing.sent == [({TP: 1}, GEN)]
+    assert producer.held == 0
+    assert producer.transactions == 1
