@@ -17,10 +17,13 @@ moves them within a broker session timeout; aiokafka's producer does not follow:
     background task: the producer is dead for good. What it means is
     COORDINATOR_NOT_AVAILABLE, which the sender retries after a metadata refresh.
 (c) The client keeps connection metadata per coordinator node and drops a node's when
-    another coordinator replaces it; when the transaction coordinator is looked up again,
-    the node it replaced may still be the group coordinator the sender holds, and the
-    next connection to it fails an assertion inside the sender task, ending it too
-    (aio-libs/aiokafka#1151). A coordinator without metadata is as good as unreachable.
+    another coordinator replaces it, even when the node still holds another coordinator
+    (the group's and the transactions' are often on one broker). The sender's next
+    request to that one fails an assertion inside its task, ending it too
+    (aio-libs/aiokafka#1151); and when that coordinator is looked up again, dropping the
+    node a second time raises KeyError, which ends the sender as well (seen here in the
+    exactly-once broker failover). A node's metadata is now dropped once no coordinator
+    is on it any more, and a coordinator without metadata is as good as unreachable.
 
 :func:`forget_unreachable_coordinators` fixes these on one producer, through instance
 attributes of its own client: no aiokafka class changes, and consumers and admin clients
@@ -45,6 +48,7 @@ from aiokafka.errors import (
     NodeNotReadyError,
     RequestTimedOutError,
 )
+from aiokafka.structs import BrokerMetadata
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,23 @@ def forget_node(coordinators: MutableMapping[K, Any], node_id: Any) -> list[K]:
     return gone
 
 
+def replace_coordinator(
+    nodes: MutableMapping[Any, Any],
+    by_purpose: MutableMapping[Any, Any],
+    purpose: Any,
+    node_id: Any,
+    metadata: Any,
+) -> None:
+    """Record ``node_id`` (with its connection ``metadata``) as the coordinator for
+    ``purpose`` in aiokafka's two maps (node → metadata, purpose → node); the node it
+    replaces loses its metadata only when no other purpose is still on it."""
+    old = by_purpose.pop(purpose, None)
+    by_purpose[purpose] = node_id
+    nodes[node_id] = metadata
+    if old is not None and old != node_id and old not in by_purpose.values():
+        nodes.pop(old, None)
+
+
 def forget_unreachable_coordinators(producer: Any) -> bool:
     """Make ``producer`` (an AIOKafkaProducer, before it starts) look up a coordinator
     again when its node cannot be reached, and retry a lookup that reached no broker
@@ -78,6 +99,7 @@ def forget_unreachable_coordinators(producer: Any) -> bool:
         return True
     send = client.send
     lookup = client.coordinator_lookup
+    cluster = client.cluster
 
     def forget(node_id: Any, why: str) -> None:
         gone = forget_node(coordinators, node_id)
@@ -115,7 +137,20 @@ def forget_unreachable_coordinators(producer: Any) -> bool:
                 f"the coordinator lookup reached no broker ({type(exc).__name__}: {exc})"
             ) from exc
 
+    def add_coordinator(
+        node_id: Any, host: str, port: int, rack: str | None = None, *, purpose: Any
+    ) -> None:
+        replace_coordinator(
+            cluster._coordinators,
+            cluster._coordinator_by_key,
+            purpose,
+            node_id,
+            BrokerMetadata(node_id, host, port, rack),
+        )
+
     client.send = send_forgetting
     client.coordinator_lookup = lookup_retriable
+    # The lookup records what it found here (c).
+    cluster.add_coordinator = add_coordinator
     setattr(client, _MARK, True)
     return True

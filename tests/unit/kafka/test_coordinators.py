@@ -24,7 +24,11 @@ from aiokafka.errors import (
 
 from mulambda.errors import KafkaUnavailable
 from mulambda.kafka.config import kafka_error
-from mulambda.kafka.coordinators import forget_node, forget_unreachable_coordinators
+from mulambda.kafka.coordinators import (
+    forget_node,
+    forget_unreachable_coordinators,
+    replace_coordinator,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -65,6 +69,38 @@ def test_forget_node_removes_every_coordinator_on_that_node() -> None:
     assert forget_node(held, 2) == ["group", "transaction"]
     assert held == {"other": 3}
     assert forget_node(held, 7) == []
+
+
+def test_a_node_keeps_its_metadata_while_another_coordinator_is_on_it() -> None:
+    nodes: dict[int, str] = {}
+    by_purpose: dict[str, int] = {}
+    replace_coordinator(nodes, by_purpose, "txn", 3, "meta-3")
+    replace_coordinator(nodes, by_purpose, "group", 3, "meta-3")
+    # The transactions moved to node 2: node 3 still holds the group's coordinator.
+    replace_coordinator(nodes, by_purpose, "txn", 2, "meta-2")
+    assert nodes == {3: "meta-3", 2: "meta-2"}
+    # Then the group's moved too (aiokafka raised KeyError here): node 3 is dropped.
+    replace_coordinator(nodes, by_purpose, "group", 2, "meta-2")
+    assert nodes == {2: "meta-2"}
+    assert by_purpose == {"txn": 2, "group": 2}
+    replace_coordinator(nodes, by_purpose, "group", 2, "meta-2b")  # same node again
+    assert nodes == {2: "meta-2b"}
+
+
+async def test_the_clients_lookups_record_coordinators_that_share_a_node(
+    producer: AIOKafkaProducer,
+) -> None:
+    client = producer.client
+    forget_unreachable_coordinators(producer)
+    cluster = client.cluster
+    txn, group = (CoordinationType.TRANSACTION, "t-1"), (CoordinationType.GROUP, "routers")
+    cluster.add_coordinator(3, "127.0.0.1", 9096, purpose=txn)
+    cluster.add_coordinator(3, "127.0.0.1", 9096, purpose=group)
+    cluster.add_coordinator(2, "127.0.0.1", 9094, purpose=txn)
+    assert cluster.coordinator_metadata(3) is not None
+    cluster.add_coordinator(2, "127.0.0.1", 9094, purpose=group)
+    assert cluster.coordinator_metadata(3) is None
+    assert cluster.coordinator_metadata(2).port == 9094
 
 
 def test_only_producers_are_patched_and_only_once() -> None:
