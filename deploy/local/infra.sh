@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Local infrastructure for MuLambda without Docker: Kafka (single KRaft node),
-# Redis (or Dragonfly) and MinIO, as plain processes bound to 127.0.0.1.
+# Local infrastructure for MuLambda without Docker: Kafka (a single KRaft node, or
+# with MULAMBDA_KAFKA_NODES=3 a cluster of three), Redis (or Dragonfly) and MinIO, as
+# plain processes bound to 127.0.0.1.
 #
 #   deploy/local/infra.sh install|start|status|stop|restart [kafka|redis|minio ...]
+#   deploy/local/infra.sh start|status|stop|restart|kill kafka-N   (three-node mode)
+#   deploy/local/infra.sh kill COMPONENT ...
 #   deploy/local/infra.sh install mlserver
 #   deploy/local/infra.sh mlserver-bin
 #   deploy/local/infra.sh install|start|status|stop kube
@@ -16,7 +19,11 @@
 # prints where its `mlserver` executable is. kube (a real kube-apiserver on kine,
 # with the CRDs of Strimzi and KEDA to install into it) is installed by `install`
 # without arguments but started only when named: `start kube`. `installed` exits 0
-# when every named component (default: all) is installed, 1 otherwise.
+# when every named component (default: all) is installed, 1 otherwise. `kill` sends
+# SIGKILL (a crash, for fault tests) and keeps the data.
+# With MULAMBDA_KAFKA_NODES=3, `kafka` means the nodes kafka-1..kafka-3 (each a broker
+# and a controller voter, with its own ports, state dir and log); each can also be named
+# on its own.
 # Progress goes to stderr; `start` prints `export ...` lines on stdout, so
 #   eval "$(deploy/local/infra.sh start)"
 # works, and the same lines are written to $MULAMBDA_HOME/env for `source`.
@@ -60,6 +67,12 @@ CACHE_DIR=${MULAMBDA_CACHE_DIR:-$HOME/.cache/mulambda}
 STATE_DIR=${MULAMBDA_HOME:-$REPO_ROOT/.mulambda}
 KAFKA_PORT=${MULAMBDA_KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=${MULAMBDA_KAFKA_CONTROLLER_PORT:-9093}
+# 1: the single node `kafka` (state in $MULAMBDA_HOME/kafka). 3: nodes kafka-1..kafka-3,
+# ports from the comma lists below (default: KAFKA_PORT and KAFKA_CONTROLLER_PORT, then
+# every second port after them: 9092,9094,9096 and 9093,9095,9097).
+KAFKA_NODES=${MULAMBDA_KAFKA_NODES:-1}
+KAFKA_PORTS=${MULAMBDA_KAFKA_PORTS:-}
+KAFKA_CONTROLLER_PORTS=${MULAMBDA_KAFKA_CONTROLLER_PORTS:-}
 REDIS_PORT=${MULAMBDA_REDIS_PORT:-6379}
 MINIO_PORT=${MULAMBDA_MINIO_PORT:-9000}
 MINIO_CONSOLE_PORT=${MULAMBDA_MINIO_CONSOLE_PORT:-9001}
@@ -108,6 +121,8 @@ usage() { # [exit-code]: 0 prints to stdout (asked for help), else stderr
   if ((code != 0)); then exec 1>&2; fi
   cat <<EOF
 usage: ${0##*/} install|start|status|stop|restart [kafka|redis|minio|kube ...]
+       ${0##*/} start|status|stop|restart|kill kafka-N      (MULAMBDA_KAFKA_NODES=3)
+       ${0##*/} kill COMPONENT ...
        ${0##*/} install mlserver | mlserver-bin | kubectl-bin | crd-dir | installed [COMPONENT ...]
   install  fetch/build artefacts into \$MULAMBDA_CACHE_DIR ($CACHE_DIR);
            without components also MLServer $MLSERVER_VERSION (install-only)
@@ -122,6 +137,9 @@ usage: ${0##*/} install|start|status|stop|restart [kafka|redis|minio|kube ...]
   status   one line per component; exit 0 if all running, 3 otherwise
   stop     stop the processes recorded in our pid files
   restart  stop, then start
+  kill     kill -9 the named components (a crash: data kept, no clean shutdown)
+Kafka nodes: MULAMBDA_KAFKA_NODES=1 (default: one node, \`kafka\`) or 3 (kafka-1..kafka-3,
+replication 3, min.insync.replicas 2; ports MULAMBDA_KAFKA_PORTS, MULAMBDA_KAFKA_CONTROLLER_PORTS).
 State, data and logs live in \$MULAMBDA_HOME ($STATE_DIR).
 EOF
   exit "$code"
@@ -142,6 +160,15 @@ require_cmd() { # command hint
 }
 
 comp_dir() { printf '%s/%s' "$STATE_DIR" "$1"; }
+
+# Which family of functions (<kind>_install, _prepare, _launch, _ready) runs a
+# component; they get the component's name as their argument.
+comp_kind() {
+  case $1 in
+    kafka-[1-9]) echo kafka_node ;;
+    *) echo "$1" ;;
+  esac
+}
 pid_file() { printf '%s/%s/%s.pid' "$STATE_DIR" "$1" "$1"; }
 log_file() { printf '%s/%s/%s.log' "$STATE_DIR" "$1" "$1"; }
 
@@ -149,6 +176,7 @@ log_file() { printf '%s/%s/%s.log' "$STATE_DIR" "$1" "$1"; }
 comp_ports() {
   case $1 in
     kafka) echo "$KAFKA_PORT $KAFKA_CONTROLLER_PORT" ;;
+    kafka-[1-9]) echo "${KAFKA_NODE_PORTS[${1#kafka-} - 1]} ${KAFKA_NODE_CONTROLLER_PORTS[${1#kafka-} - 1]}" ;;
     redis) echo "$REDIS_PORT" ;;
     minio) echo "$MINIO_PORT $MINIO_CONSOLE_PORT" ;;
     kine) echo "$KINE_PORT" ;;
@@ -162,6 +190,8 @@ comp_ports() {
 comp_pattern() {
   case $1 in
     kafka) echo 'kafka\.Kafka' ;;
+    # All nodes run the same main class: each is told apart by its own config file.
+    kafka-[1-9]) echo "kafka\\.Kafka .*/$1/server\\.properties" ;;
     redis) echo 'redis-server|dragonfly' ;;
     minio) echo 'minio server' ;;
     kine) echo 'kine .*--listen-address' ;;
@@ -355,37 +385,38 @@ kafka_install() {
 
 # JVM options shared by the broker and the storage tool: the cached classpath
 # and our log4j config (without it log4j only prints "no appenders" warnings).
-kafka_jvm_opts() {
+kafka_jvm_opts() { # [state-dir of the node]
   KAFKA_JVM_OPTS=(
     -Djava.awt.headless=true
     -Dlog4j.configuration="file:$SCRIPT_DIR/kafka/log4j.properties"
-    -Dkafka.logs.dir="$(comp_dir kafka)"
+    -Dkafka.logs.dir="${1:-$(comp_dir kafka)}"
     -cp "$KAFKA_LIBS/*"
   )
 }
 
 # KRaft storage must be formatted once with a cluster id before first start.
 # The id is kept in the state dir so a re-format (after deleting data/) keeps
-# the same cluster identity.
-kafka_format() {
-  local dir data
-  dir=$(comp_dir kafka)
+# the same cluster identity; the nodes of a cluster share one id file.
+kafka_format() { # [component [cluster-id-file]]
+  local comp=${1:-kafka} dir data idfile
+  dir=$(comp_dir "$comp")
+  idfile=${2:-$dir/cluster-id}
   data=$dir/data
   [[ -f $data/meta.properties ]] && return 0
-  kafka_jvm_opts
-  if [[ ! -s $dir/cluster-id ]]; then
+  kafka_jvm_opts "$dir"
+  if [[ ! -s $idfile ]]; then
     local id
     id=$(java "${KAFKA_JVM_OPTS[@]}" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
     # Kafka cluster ids are 16 random bytes in URL-safe base64.
-    [[ $id =~ ^[A-Za-z0-9_-]{22}$ ]] || die "kafka: could not generate a cluster id (got '$id')"
-    echo "$id" >"$dir/cluster-id"
+    [[ $id =~ ^[A-Za-z0-9_-]{22}$ ]] || die "$comp: could not generate a cluster id (got '$id')"
+    echo "$id" >"$idfile"
   fi
-  log "kafka: formatting storage in $data (cluster id $(<"$dir/cluster-id"))"
+  log "$comp: formatting storage in $data (cluster id $(<"$idfile"))"
   if ! java "${KAFKA_JVM_OPTS[@]}" kafka.tools.StorageTool format --ignore-formatted \
-    -t "$(<"$dir/cluster-id")" -c "$dir/server.properties" "${KAFKA_SCRAM_ARGS[@]}" \
+    -t "$(<"$idfile")" -c "$dir/server.properties" "${KAFKA_SCRAM_ARGS[@]}" \
     >"$dir/format.log" 2>&1; then
     show_log_tail "$dir/format.log"
-    die "kafka: storage format failed; see $dir/format.log"
+    die "$comp: storage format failed; see $dir/format.log"
   fi
 }
 
@@ -403,7 +434,9 @@ kafka_prepare() {
   fi
   render "$SCRIPT_DIR/kafka/server.properties.tmpl" "$dir/server.properties" \
     KAFKA_PORT="$KAFKA_PORT" KAFKA_CONTROLLER_PORT="$KAFKA_CONTROLLER_PORT" \
-    KAFKA_DATA_DIR="$dir/data"
+    KAFKA_DATA_DIR="$dir/data" KAFKA_NODE_ID=1 \
+    KAFKA_QUORUM_VOTERS="1@127.0.0.1:$KAFKA_CONTROLLER_PORT" \
+    KAFKA_REPLICATION=1 KAFKA_MIN_ISR=1
   KAFKA_SCRAM_ARGS=()
   if [[ $KAFKA_SECURITY == sasl_ssl ]]; then kafka_secure "$dir"; fi
   kafka_format
@@ -504,8 +537,9 @@ kafka_apply_acls() {
 # from 57 jars again (the JVM's start was most of a broker restart on a loaded 2-core
 # machine). The first start without an archive writes one when the broker exits cleanly
 # (a temp file, renamed by the next start); a JDK that cannot use it ignores it.
-kafka_cds_opts() {
-  local jdk archive
+kafka_cds_opts() { # [component]: nodes of a cluster launched together each write their own
+  local jdk archive suffix=$$
+  [[ ${1:-kafka} == kafka ]] || suffix=$$.$1
   KAFKA_CDS_OPTS=()
   [[ ${MULAMBDA_KAFKA_CDS:-1} == 1 ]] || return 0
   jdk=$(java -XshowSettings:properties -version 2>&1 | awk -F' = ' '/java.vm.version/ { print $2 }' | tr -c 'A-Za-z0-9.+_\n-' _)
@@ -520,26 +554,111 @@ kafka_cds_opts() {
   if [[ -s $archive ]]; then
     KAFKA_CDS_OPTS=(-XX:SharedArchiveFile="$archive" -Xshare:auto)
   else
-    KAFKA_CDS_OPTS=(-XX:ArchiveClassesAtExit="$archive.tmp.$$")
+    KAFKA_CDS_OPTS=(-XX:ArchiveClassesAtExit="$archive.tmp.$suffix")
   fi
 }
 
-kafka_launch() {
-  local dir
-  dir=$(comp_dir kafka)
-  rotate_log "$dir/kafka.log"
-  kafka_jvm_opts
-  kafka_cds_opts
+kafka_launch() { # [component]: kafka, or a node kafka-N
+  local comp=${1:-kafka} dir
+  dir=$(comp_dir "$comp")
+  rotate_log "$dir/$comp.log"
+  kafka_jvm_opts "$dir"
+  kafka_cds_opts "$comp"
   # Own session (detach): the broker outlives this shell and ignores the
   # terminal's Ctrl-C/hangup. Small heap: the machines have 2 cores and the
   # local workload is tiny.
-  detach kafka "$dir/kafka.log" java -Xms256m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+  detach "$comp" "$dir/$comp.log" java -Xms256m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
     -XX:+ExitOnOutOfMemoryError "${KAFKA_CDS_OPTS[@]}" "${KAFKA_JVM_OPTS[@]}" \
     kafka.Kafka "$dir/server.properties"
 }
 
 kafka_ready() {
   port_open "$KAFKA_PORT" && grep -q 'Kafka Server started' "$(log_file kafka)"
+}
+
+# --- Kafka cluster (MULAMBDA_KAFKA_NODES=3): nodes kafka-1..kafka-N ------------------
+#
+# Every node is a broker and a controller voter (the quorum is all of them), renders the
+# same template as the single node with its own id and ports, plus cluster.properties.tmpl
+# (fast fencing of a dead broker). Replication is the node count, min.insync.replicas 2,
+# for user and internal topics alike: acks=all writes survive one node down.
+
+# Ports of the nodes, from the comma lists or derived from the single-node ports.
+kafka_node_ports() {
+  local i
+  KAFKA_NODE_PORTS=() KAFKA_NODE_CONTROLLER_PORTS=()
+  ((KAFKA_NODES > 1)) || return 0
+  if [[ -n $KAFKA_PORTS ]]; then
+    IFS=, read -r -a KAFKA_NODE_PORTS <<<"$KAFKA_PORTS"
+  else
+    for ((i = 0; i < KAFKA_NODES; i++)); do KAFKA_NODE_PORTS+=($((KAFKA_PORT + 2 * i))); done
+  fi
+  if [[ -n $KAFKA_CONTROLLER_PORTS ]]; then
+    IFS=, read -r -a KAFKA_NODE_CONTROLLER_PORTS <<<"$KAFKA_CONTROLLER_PORTS"
+  else
+    for ((i = 0; i < KAFKA_NODES; i++)); do
+      KAFKA_NODE_CONTROLLER_PORTS+=($((KAFKA_CONTROLLER_PORT + 2 * i)))
+    done
+  fi
+  ((${#KAFKA_NODE_PORTS[@]} == KAFKA_NODES)) ||
+    die "MULAMBDA_KAFKA_PORTS must list $KAFKA_NODES ports (one per node), got '$KAFKA_PORTS'"
+  ((${#KAFKA_NODE_CONTROLLER_PORTS[@]} == KAFKA_NODES)) ||
+    die "MULAMBDA_KAFKA_CONTROLLER_PORTS must list $KAFKA_NODES ports (one per node), got '$KAFKA_CONTROLLER_PORTS'"
+  for i in "${KAFKA_NODE_PORTS[@]}"; do require_port MULAMBDA_KAFKA_PORTS "$i"; done
+  for i in "${KAFKA_NODE_CONTROLLER_PORTS[@]}"; do require_port MULAMBDA_KAFKA_CONTROLLER_PORTS "$i"; done
+}
+
+kafka_nodes() { # the node components, one per line
+  local i
+  for ((i = 1; i <= KAFKA_NODES; i++)); do echo "kafka-$i"; done
+}
+
+kafka_quorum_voters() { # id@host:port of every controller, comma-separated
+  local i voters=()
+  for ((i = 0; i < KAFKA_NODES; i++)); do
+    voters+=("$((i + 1))@127.0.0.1:${KAFKA_NODE_CONTROLLER_PORTS[i]}")
+  done
+  (IFS=,; echo "${voters[*]}")
+}
+
+kafka_bootstrap() { # what clients bootstrap from: every broker of the cluster
+  local i servers=()
+  if ((KAFKA_NODES == 1)); then
+    echo "127.0.0.1:$KAFKA_PORT"
+    return 0
+  fi
+  for ((i = 0; i < KAFKA_NODES; i++)); do servers+=("127.0.0.1:${KAFKA_NODE_PORTS[i]}"); done
+  (IFS=,; echo "${servers[*]}")
+}
+
+kafka_node_installed() { kafka_installed; }
+kafka_node_install() { kafka_install; }
+
+kafka_node_prepare() { # component
+  local comp=$1 dir id
+  require_cmd java "install a JDK >= 11, e.g. apt-get install -y openjdk-17-jre-headless"
+  [[ $KAFKA_SECURITY == plaintext ]] ||
+    die "$comp: MULAMBDA_KAFKA_SECURITY=$KAFKA_SECURITY needs the single node (MULAMBDA_KAFKA_NODES=1)"
+  id=${comp#kafka-}
+  dir=$(comp_dir "$comp")
+  mkdir -p "$dir/data"
+  render "$SCRIPT_DIR/kafka/server.properties.tmpl" "$dir/server.properties" \
+    KAFKA_PORT="${KAFKA_NODE_PORTS[id - 1]}" \
+    KAFKA_CONTROLLER_PORT="${KAFKA_NODE_CONTROLLER_PORTS[id - 1]}" \
+    KAFKA_DATA_DIR="$dir/data" KAFKA_NODE_ID="$id" \
+    KAFKA_QUORUM_VOTERS="$(kafka_quorum_voters)" \
+    KAFKA_REPLICATION="$KAFKA_NODES" KAFKA_MIN_ISR=2
+  cat "$SCRIPT_DIR/kafka/cluster.properties.tmpl" >>"$dir/server.properties"
+  KAFKA_SCRAM_ARGS=()
+  kafka_format "$comp" "$STATE_DIR/kafka-cluster-id"
+}
+
+kafka_node_launch() { kafka_launch "$1"; }
+
+kafka_node_ready() { # component: listening, and the broker says it started
+  local ports
+  ports=$(comp_ports "$1")
+  port_open "${ports%% *}" && grep -q 'Kafka Server started' "$(log_file "$1")"
 }
 
 # --- Redis (or Dragonfly) -----------------------------------------------------
@@ -949,8 +1068,9 @@ mlserver_install() {
 # --- generic lifecycle --------------------------------------------------------
 
 ensure_installed() {
-  local comp=$1
-  "${comp}_installed" || "${comp}_install"
+  local kind
+  kind=$(comp_kind "$1")
+  "${kind}_installed" "$1" || "${kind}_install" "$1"
 }
 
 # Waits for readiness; on failure shows the log, stops the half-started
@@ -959,7 +1079,7 @@ wait_ready() {
   local comp=$1 pid deadline
   pid=$(<"$(pid_file "$comp")")
   deadline=$((SECONDS + START_TIMEOUT))
-  while ! "${comp}_ready"; do
+  while ! "$(comp_kind "$comp")_ready" "$comp"; do
     if ! running_pid "$comp" >/dev/null; then
       show_log_tail "$(log_file "$comp")"
       forget_pid "$comp"
@@ -1000,10 +1120,25 @@ stop_component() {
   log "$comp: stopped"
 }
 
+# kill -9: what a crash does. The data stays (a restart recovers it as after a power cut).
+kill_component() {
+  local comp=$1 pid waited=0
+  if ! pid=$(running_pid "$comp"); then
+    clean_stale_pid "$comp"
+    log "$comp: not running"
+    return 0
+  fi
+  log "$comp: kill -9 pid $pid"
+  kill -KILL "$pid" 2>/dev/null || true
+  while running_pid "$comp" >/dev/null && ((waited++ < 50)); do sleep 0.1; done
+  forget_pid "$comp"
+  log "$comp: killed"
+}
+
 # The connection settings for the MuLambda services, as shell exports (on a secured
 # broker: the administrator's; each worker sets its role's user and password file).
 env_lines() {
-  printf 'export MULAMBDA_KAFKA_BOOTSTRAP_SERVERS=%q\n' "127.0.0.1:$KAFKA_PORT"
+  printf 'export MULAMBDA_KAFKA_BOOTSTRAP_SERVERS=%q\n' "$(kafka_bootstrap)"
   if kafka_secured; then kafka_secure_env administrator; fi
   printf 'export MULAMBDA_REDIS_URL=%q\n' "redis://127.0.0.1:$REDIS_PORT/0"
   printf 'export MULAMBDA_MINIO_ENDPOINT=%q\n' "127.0.0.1:$MINIO_PORT"
@@ -1021,13 +1156,13 @@ write_env_file() {
 
 cmd_install() {
   local comp
-  for comp in "$@"; do "${comp}_install"; done
+  for comp in "$@"; do "$(comp_kind "$comp")_install" "$comp"; done
 }
 
 cmd_installed() {
   local comp missing=0
   for comp in "$@"; do
-    "${comp}_installed" || { log "$comp: not installed"; missing=1; }
+    "$(comp_kind "$comp")_installed" "$comp" || { log "$comp: not installed"; missing=1; }
   done
   return "$missing"
 }
@@ -1063,11 +1198,11 @@ cmd_start() {
   for comp in "${to_launch[@]}"; do ensure_installed "$comp"; done
   # Everything that can fail cheaply (configs, credentials, Kafka's storage
   # format) happens before the first process is spawned.
-  for comp in "${to_launch[@]}"; do "${comp}_prepare"; done
+  for comp in "${to_launch[@]}"; do "$(comp_kind "$comp")_prepare" "$comp"; done
   # Launch all, then wait for all: start-up time is the slowest, not the sum.
   for comp in "${to_launch[@]}"; do
     log "$comp: starting (log: $(log_file "$comp"))"
-    "${comp}_launch"
+    "$(comp_kind "$comp")_launch" "$comp"
     # Not a job of this shell: no "Killed" notices if we have to stop it.
     disown -a
     comp_ports "$comp" >"$(comp_dir "$comp")/$comp.ports"
@@ -1081,7 +1216,7 @@ cmd_start() {
     kafka_apply_acls || { stop_component kafka || true; die "kafka: applying ACLs failed"; }
   fi
   # The settings name Kafka, Redis and MinIO: not written for `start kube` alone.
-  if [[ " $* " =~ \ (kafka|redis|minio)\  ]]; then
+  if [[ " $* " =~ \ (kafka|kafka-[1-9]|redis|minio)\  ]]; then
     write_env_file
     log "connection settings written to $STATE_DIR/env"
     env_lines
@@ -1089,10 +1224,25 @@ cmd_start() {
 }
 
 cmd_stop() {
-  local comp
+  local comp nodes=()
   # Nothing was ever started here: don't create the state dir just to lock it.
   if [[ -d $STATE_DIR ]]; then lock 9 "$STATE_DIR/.infra.lock"; fi
-  for comp in "$@"; do stop_component "$comp"; done
+  for comp in "$@"; do
+    case $comp in
+      kafka-[1-9]) nodes+=("$comp") ;;
+      *) stop_component "$comp" ;;
+    esac
+  done
+  # The nodes of a cluster stop together: one by one, the last ones would wait for a
+  # controller quorum that the first ones took away.
+  for comp in "${nodes[@]}"; do stop_component "$comp" & done
+  wait
+}
+
+cmd_kill() {
+  local comp
+  if [[ -d $STATE_DIR ]]; then lock 9 "$STATE_DIR/.infra.lock"; fi
+  for comp in "$@"; do kill_component "$comp"; done
 }
 
 cmd_status() {
@@ -1114,6 +1264,10 @@ cmd_status() {
 main() {
   [[ $# -ge 1 ]] || usage
   local cmd=$1 arg comps=()
+  case $KAFKA_NODES in
+    1 | 3) ;;
+    *) die "MULAMBDA_KAFKA_NODES must be 1 or 3, got '$KAFKA_NODES'" ;;
+  esac
   case $cmd in
     -h | --help | help) usage 0 ;;
     # Where tests find the binary (mulambda's own code never runs MLServer).
@@ -1140,6 +1294,11 @@ main() {
   for arg in "$@"; do
     case $arg in
       kafka | redis | minio) [[ " ${comps[*]} " == *" $arg "* ]] || comps+=("$arg") ;;
+      kafka-[1-9])
+        ((KAFKA_NODES > 1 && ${arg#kafka-} <= KAFKA_NODES)) ||
+          die "no Kafka node '$arg' (MULAMBDA_KAFKA_NODES=$KAFKA_NODES; the single node is 'kafka')"
+        [[ " ${comps[*]} " == *" $arg "* ]] || comps+=("$arg")
+        ;;
       mlserver)
         [[ $cmd == install || $cmd == installed ]] || die "mlserver is install-only: tests start and stop its processes"
         [[ " ${comps[*]} " == *" $arg "* ]] || comps+=("$arg")
@@ -1158,16 +1317,32 @@ main() {
     esac
   done
   if ((${#comps[@]} == 0)); then
+    [[ $cmd != kill ]] || { log "kill needs the components to kill"; usage; }
     comps=("${ALL_COMPONENTS[@]}")
     if [[ $cmd == install || $cmd == installed ]]; then
       comps+=("${OPTIONAL_COMPONENTS[@]}" "${INSTALL_ONLY_COMPONENTS[@]}")
     fi
+  fi
+  # In the cluster, `kafka` is its nodes (installing them is installing Kafka once).
+  if ((KAFKA_NODES > 1)) && [[ $cmd != install && $cmd != installed ]]; then
+    local expanded=() node
+    for arg in "${comps[@]}"; do
+      if [[ $arg == kafka ]]; then
+        for node in $(kafka_nodes); do
+          [[ " ${comps[*]} " == *" $node "* ]] || expanded+=("$node")
+        done
+      else
+        expanded+=("$arg")
+      fi
+    done
+    comps=("${expanded[@]}")
   fi
 
   local var
   for var in KAFKA_PORT KAFKA_CONTROLLER_PORT REDIS_PORT MINIO_PORT MINIO_CONSOLE_PORT KUBE_PORT KINE_PORT; do
     require_port "MULAMBDA_$var" "${!var}"
   done
+  kafka_node_ports
   require_int MULAMBDA_START_TIMEOUT "$START_TIMEOUT"
   case $KAFKA_SECURITY in
     plaintext | sasl_ssl) ;;
@@ -1181,6 +1356,7 @@ main() {
     stop) cmd_stop "${comps[@]}" ;;
     restart) cmd_stop "${comps[@]}" && cmd_start "${comps[@]}" ;;
     status) cmd_status "${comps[@]}" ;;
+    kill) cmd_kill "${comps[@]}" ;;
     -h | --help | help) usage 0 ;;
     *) log "unknown command '$cmd'"; usage ;;
   esac

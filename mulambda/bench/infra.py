@@ -5,7 +5,10 @@ and free ports (``MULAMBDA_KAFKA_PORT``, ``MULAMBDA_KAFKA_CONTROLLER_PORT``,
 ``MULAMBDA_REDIS_PORT``, ``MULAMBDA_MINIO_PORT``, ``MULAMBDA_MINIO_CONSOLE_PORT``), the
 way ``tests/integration/test_infra.py`` runs a second set: restarting or wiping it never
 touches the servers other sessions share. Components can be restarted, Redis with its
-data (``$MULAMBDA_HOME/redis/data``) deleted in between.
+data (``$MULAMBDA_HOME/redis/data``) deleted in between. With ``kafka_nodes=3`` Kafka is
+the script's three-node cluster (``MULAMBDA_KAFKA_NODES``; nodes ``kafka-1`` to
+``kafka-3``, each on ports of its own), whose nodes can each be killed, started and
+restarted.
 
 Nothing outlives it: ``stop()`` stops the servers and removes the home, and a reaper
 process (plain bash, its own session) does the same if the harness dies without
@@ -39,6 +42,14 @@ INFRA: Final = REPO / "deploy" / "local" / "infra.sh"
 
 COMPONENTS: Final = ("kafka", "redis", "minio")
 PORT_NAMES: Final = ("kafka", "kafka_controller", "redis", "minio", "minio_console")
+KAFKA_NODE_COUNTS: Final = (1, 3)
+"""What ``infra.sh`` runs: the single node, or the three-node cluster."""
+
+
+def node_port_names(nodes: int) -> list[str]:
+    """Names of the ports the nodes after the first need (the first uses ``kafka`` and
+    ``kafka_controller``): ``kafka_2``, ``kafka_2_controller``, ..."""
+    return [f"kafka_{n}{kind}" for n in range(2, nodes + 1) for kind in ("", "_controller")]
 
 
 class PlatformError(MulambdaError):
@@ -114,24 +125,42 @@ class PrivateInfra(Lifecycle):
         start_timeout_s: float = 180.0,
         keep_home: bool = False,
         kafka_security: str = "plaintext",
+        kafka_nodes: int = 1,
     ) -> None:
         self.components = tuple(components)
+        if kafka_nodes not in KAFKA_NODE_COUNTS:
+            raise PlatformError(
+                f"kafka_nodes must be one of {KAFKA_NODE_COUNTS}, not {kafka_nodes}"
+            )
+        self.kafka_nodes = kafka_nodes
         self.kafka_security = kafka_security
         """``MULAMBDA_KAFKA_SECURITY`` of the broker: plaintext, or sasl_ssl (users per role)."""
         unknown = [c for c in self.components if c not in COMPONENTS]
         if unknown:
             raise PlatformError(f"unknown infrastructure {unknown}; known: {list(COMPONENTS)}")
         # Every port is set, used or not, so nothing falls back to a shared default.
-        self.ports = ports or dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
+        names = [*PORT_NAMES, *node_port_names(kafka_nodes)]
+        self.ports = ports or dict(zip(names, free_ports(len(names)), strict=True))
         self._start_timeout_s = start_timeout_s
         self._keep_home = keep_home
         self.home: Path | None = None
         self._reaper: asyncio.subprocess.Process | None = None
 
     @property
+    def kafka_node_names(self) -> list[str]:
+        """The infra.sh components of the Kafka nodes: ``kafka``, or ``kafka-1``..."""
+        if self.kafka_nodes == 1:
+            return ["kafka"]
+        return [f"kafka-{n}" for n in range(1, self.kafka_nodes + 1)]
+
+    def _node_ports(self, kind: str = "") -> list[int]:
+        first = self.ports["kafka" + kind]
+        return [first] + [self.ports[f"kafka_{n}{kind}"] for n in range(2, self.kafka_nodes + 1)]
+
+    @property
     def bootstrap_servers(self) -> str:
-        """``host:port`` of the private Kafka broker."""
-        return f"127.0.0.1:{self.ports['kafka']}"
+        """``host:port`` of every private Kafka broker, comma-separated."""
+        return ",".join(f"127.0.0.1:{port}" for port in self._node_ports())
 
     @property
     def redis_url(self) -> str:
@@ -168,6 +197,9 @@ class PrivateInfra(Lifecycle):
             "MULAMBDA_KAFKA_SECURITY": self.kafka_security,
             # The secured broker's ACLs are applied by this interpreter's mulambda.
             "MULAMBDA_PYTHON": sys.executable,
+            "MULAMBDA_KAFKA_NODES": str(self.kafka_nodes),
+            "MULAMBDA_KAFKA_PORTS": ",".join(map(str, self._node_ports())),
+            "MULAMBDA_KAFKA_CONTROLLER_PORTS": ",".join(map(str, self._node_ports("_controller"))),
         }
 
     def kafka_user_password_file(self, user: str) -> Path:
@@ -230,10 +262,24 @@ class PrivateInfra(Lifecycle):
             else:
                 shutil.rmtree(home, ignore_errors=True)
 
+    def _check(self, component: str) -> None:
+        nodes = self.kafka_node_names if "kafka" in self.components else []
+        if component not in self.components and (self.kafka_nodes == 1 or component not in nodes):
+            raise PlatformError(f"{component} is not part of this infrastructure")
+
+    async def kill(self, component: str) -> None:
+        """``infra.sh kill COMPONENT``: SIGKILL, data kept (a Kafka node, say ``kafka-2``)."""
+        self._check(component)
+        await self.run("kill", component)
+
+    async def start_component(self, component: str) -> None:
+        """``infra.sh start COMPONENT``: start it again (after :meth:`kill`), ready on return."""
+        self._check(component)
+        await self.run("start", component)
+
     async def restart(self, component: str, *, wipe: bool = False) -> None:
         """``infra.sh restart COMPONENT``; with ``wipe``, its data is deleted in between."""
-        if component not in self.components:
-            raise PlatformError(f"{component} is not part of this infrastructure")
+        self._check(component)
         if not wipe:
             await self.run("restart", component)
             return

@@ -6,8 +6,9 @@ benchmark that is going to break things:
 * its **own** Kafka and Redis (MinIO only when asked: synthetic executors need none),
   a :class:`~mulambda.bench.infra.PrivateInfra` (``deploy/local/infra.sh`` with a
   private ``MULAMBDA_HOME`` and free ports), so breaking them never touches the servers
-  other sessions share;
-* ``mulambda topics apply``;
+  other sessions share; Kafka is one broker, or with ``kafka_nodes=3`` production's
+  topology, three (replication 3, ``min.insync.replicas`` 2);
+* ``mulambda topics apply`` (every topic replicated on every node);
 * ``selectors`` selectors and ``routers`` routers, each with its own id and metrics port
   (``MULAMBDA_METRICS_PORT``), and ``executors`` executor processes
   (``mulambda executor serve --time-scale ... --synthetic ...``), each with one companion
@@ -17,7 +18,9 @@ benchmark that is going to break things:
 Then it offers the faults: :meth:`~LocalPlatform.kill` (any signal),
 :meth:`~LocalPlatform.pause` / :meth:`~LocalPlatform.resume` of a worker (SIGSTOP /
 SIGCONT: a process frozen past its session timeout comes back as a zombie), restart of a
-worker, of Kafka, or of Redis with its data wiped (``$MULAMBDA_HOME/redis/data``), and
+worker, of Kafka, or of Redis with its data wiped (``$MULAMBDA_HOME/redis/data``), a
+kill -9 of one Kafka node (:meth:`~LocalPlatform.kill_infra`; the node leading the most
+partitions is :meth:`~LocalPlatform.busiest_broker`) and its start again, and
 :meth:`~LocalPlatform.set_executor_delay` to make every executor slow (a rolling
 restart onto a fixed-delay profiles file: the emulator cannot change its delay at run
 time).
@@ -104,6 +107,9 @@ class PlatformSpec:
     """``MULAMBDA_DELIVERY_MODE`` of the routers (``exactly-once`` uses transactions)."""
     infra: tuple[str, ...] = ("kafka", "redis")
     """infra.sh components to run (add ``minio`` for executors that pull models)."""
+    kafka_nodes: int = 1
+    """Kafka brokers: 1, or 3 (``MULAMBDA_KAFKA_NODES``: nodes ``kafka-1``..``kafka-3``;
+    topics are created with one replica per node)."""
     log_level: str = "INFO"
     """``MULAMBDA_LOG_LEVEL`` of the workers (their logs stay in the home)."""
     start_timeout_s: float = 180.0
@@ -172,6 +178,10 @@ class LocalPlatform(Lifecycle):
         self.workers: dict[str, Worker] = {}
         self._http: aiohttp.ClientSession | None = None
         self._profiles = [profile_by_name(m) for m in self.spec.models]
+        self.killed_infra: list[str] = []
+        """Infrastructure components :meth:`kill_infra` killed and nothing started since."""
+        self.kill_history: list[str] = []
+        """Every component :meth:`kill_infra` killed, in order."""
 
     # --- addresses ---------------------------------------------------------------------
 
@@ -182,7 +192,7 @@ class LocalPlatform(Lifecycle):
 
     @property
     def bootstrap_servers(self) -> str:
-        """``host:port`` of the private Kafka broker."""
+        """``host:port`` of every private Kafka broker, comma-separated."""
         return self._infra().bootstrap_servers
 
     def kafka(self, client_id: str = "mulambda-bench") -> KafkaConfig:
@@ -222,7 +232,10 @@ class LocalPlatform(Lifecycle):
             return
         spec = self.spec
         self.infra = PrivateInfra(
-            spec.infra, start_timeout_s=spec.start_timeout_s, keep_home=self._keep_home
+            spec.infra,
+            start_timeout_s=spec.start_timeout_s,
+            keep_home=self._keep_home,
+            kafka_nodes=spec.kafka_nodes,
         )
         count = spec.executors + spec.selectors + spec.routers
         spare = iter(free_ports(count, exclude=self.infra.ports.values()))
@@ -381,6 +394,7 @@ class LocalPlatform(Lifecycle):
         infra = self._infra()
         if not await infra.running():
             await infra.run("start", *infra.components)
+            self.killed_infra.clear()
             done.append("started the infrastructure again")
         for worker in self.of_kind("executor"):
             if worker.delay_ms != self.spec.executor_delay_ms:
@@ -447,6 +461,35 @@ class LocalPlatform(Lifecycle):
         """``infra.sh restart COMPONENT``; with ``wipe``, its data is deleted in between."""
         await self._infra().restart(component, wipe=wipe)
 
+    async def kill_infra(self, component: str) -> None:
+        """``infra.sh kill COMPONENT`` (SIGKILL, data kept): one Kafka node, say ``kafka-2``."""
+        await self._infra().kill(component)
+        self.killed_infra.append(component)
+        self.kill_history.append(component)
+
+    async def start_infra(self, component: str) -> None:
+        """``infra.sh start COMPONENT``; returns once it is ready."""
+        await self._infra().start_component(component)
+        if component in self.killed_infra:
+            self.killed_infra.remove(component)
+
+    async def start_killed_infra(self) -> None:
+        """Start again every component :meth:`kill_infra` killed."""
+        for component in list(self.killed_infra):
+            await self.start_infra(component)
+
+    async def busiest_broker(self) -> str:
+        """The Kafka node (``kafka-N``; node ids are N) leading the most partitions of the
+        catalog's topics now; ``kafka`` on the single broker."""
+        infra = self._infra()
+        if infra.kafka_nodes == 1:
+            return "kafka"
+        async with Admin(self.kafka("mulambda-bench-leaders")) as admin:
+            node = await admin.busiest_leader(
+                [self.catalog.name(topic) for topic in self.catalog.specs]
+            )
+        return f"kafka-{node}"
+
     async def outage(self, component: str, seconds: float) -> None:
         """``infra.sh stop COMPONENT``, ``seconds`` of nothing, ``infra.sh start COMPONENT``."""
         infra = self._infra()
@@ -454,13 +497,16 @@ class LocalPlatform(Lifecycle):
         await asyncio.sleep(seconds)
         await infra.run("start", component)
 
+    def topics_apply_argv(self) -> list[str]:
+        """The ``mulambda topics apply`` command: one replica of each topic per node."""
+        argv = [self._python, "-m", "mulambda", "topics", "apply"]
+        if self.spec.kafka_nodes > 1:
+            argv += ["--replication-factor", str(self.spec.kafka_nodes)]
+        return argv
+
     async def _topics_apply(self) -> None:
         process = await asyncio.create_subprocess_exec(
-            self._python,
-            "-m",
-            "mulambda",
-            "topics",
-            "apply",
+            *self.topics_apply_argv(),
             env=self._env(),
             cwd=self._home(),
             stdin=asyncio.subprocess.DEVNULL,

@@ -2,7 +2,9 @@
 
 A run (:func:`run_scenario`): readers of the reply topic (read_committed and
 read_uncommitted) and of the request topic are positioned at the ends; open-loop load
-starts; ``fault_at_s`` into it the fault is injected; once the load is sent, the run
+starts; ``fault_at_s`` into it the fault is injected (and, for a fault with a second
+step, such as the restart of a killed broker, that step ``then_after_s`` later, under
+the same load); once the load is sent, the run
 waits until every request has a result in every reader (plus ``settle_s`` for late
 duplicates), or until the last deadline plus the margin. The :class:`Ledger` then does
 the accounting; the peak VmRSS of every router is sampled from /proc all along.
@@ -42,6 +44,10 @@ class Fault:
     description: str
     inject: FaultAction | None = None
     """Done ``fault_at_s`` into the load; recovery is measured from its end."""
+    then: FaultAction | None = None
+    """Done ``then_after_s`` after ``inject`` ended, under the same load (the restart of
+    what it killed); the load goes on ``load_after_fault_s`` after this one ends."""
+    then_after_s: float = 0.0
     condition: Condition | None = None
     """Set up before the load and kept for the whole run (no fault instant)."""
     outage_grace_s: float | None = None
@@ -99,6 +105,20 @@ async def _kafka_outage(platform: LocalPlatform) -> None:
     await platform.outage("kafka", BROKER_OUTAGE_S)
 
 
+async def _kill_busiest_broker(platform: LocalPlatform) -> None:
+    # The node leading the most partitions: its failover moves the most leaderships (and
+    # maybe the coordinators of the routers' group and transactions).
+    await platform.kill_infra(await platform.busiest_broker())
+
+
+async def _restart_killed_brokers(platform: LocalPlatform) -> None:
+    await platform.start_killed_infra()
+
+
+BROKER_FAILOVER_RESTART_AFTER_S = 8.0
+"""How long the ``broker-failover`` scenario leaves the killed node down, under load."""
+
+
 async def _wipe_redis(platform: LocalPlatform) -> None:
     await platform.restart_infra("redis", wipe=True)
 
@@ -143,9 +163,18 @@ FAULTS: dict[str, Fault] = {
             "every executor call delayed so the platform serves a tenth of the load",
             condition=_slow_executors,
         ),
+        Fault(
+            "broker-failover",
+            "kill -9 of the Kafka node (of 3) leading the most partitions, restarted "
+            f"{BROKER_FAILOVER_RESTART_AFTER_S:g} s later",
+            inject=_kill_busiest_broker,
+            then=_restart_killed_brokers,
+            then_after_s=BROKER_FAILOVER_RESTART_AFTER_S,
+        ),
     )
 }
-"""Every scenario, by name, in the order the suite runs them."""
+"""Every scenario, by name, in the order the suite runs them (``broker-failover`` needs
+the three-node platform of tests/faults/test_failover.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +295,9 @@ async def run_scenario(
                 fault_at = clock()
                 await fault.inject(platform)
                 fault_done = clock()
+                if fault.then is not None:
+                    await asyncio.wait({sending}, timeout=fault.then_after_s)
+                    await fault.then(platform)
                 if options.load_after_fault_s is not None:
                     await asyncio.wait({sending}, timeout=options.load_after_fault_s)
                     stop_sending.set()

@@ -1,14 +1,16 @@
 """Topic administration and cluster metadata through aiokafka's admin client.
 
 :class:`Admin` applies the topic catalog and answers what topics exist with how many
-partitions; :func:`partitions_of` is the one-shot form for readers about to assign.
-:meth:`Admin.group_assignment` tells which member of a consumer group owns what.
+partitions, and which broker leads each partition; :func:`partitions_of` is the one-shot
+form for readers about to assign. :meth:`Admin.group_assignment` tells which member of a
+consumer group owns what.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +30,29 @@ def _is_override(source: bool | int) -> bool:
     # DescribeConfigs v0 says "is_default" (a bool); v1+ give config_source, where
     # 1 is DYNAMIC_TOPIC_CONFIG: a value set on the topic rather than inherited.
     return (not source) if isinstance(source, bool) else source == 1
+
+
+def partition_leaders(
+    meta: Iterable[Mapping[str, Any]], topics: Collection[str]
+) -> dict[TopicPartition, int]:
+    """The leader's node id of every partition of ``topics`` in ``meta`` (describe_topics
+    entries); partitions without a leader (-1, mid-election) and topics in error are left
+    out."""
+    return {
+        TopicPartition(t["topic"], p["partition"]): p["leader"]
+        for t in meta
+        if t["topic"] in topics and t["error_code"] == 0
+        for p in t["partitions"]
+        if p["leader"] >= 0
+    }
+
+
+def busiest(leaders: Mapping[TopicPartition, int]) -> int | None:
+    """The node leading the most of ``leaders``' partitions (the lowest id of a tie)."""
+    counts = Counter(leaders.values())
+    if not counts:
+        return None
+    return min(counts, key=lambda node: (-counts[node], node))
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +108,24 @@ class Admin(Lifecycle):
             for t in meta
             if t["error_code"] == 0 and not t.get("is_internal", False)
         }
+
+    async def leaders(self, topics: Collection[str]) -> dict[TopicPartition, int]:
+        """The node id leading each partition of ``topics`` now (one metadata round trip)."""
+        admin = self._require()
+        try:
+            async with asyncio.timeout(self._config.request_timeout_s):
+                meta = await admin.describe_topics(sorted(topics))
+        except (TimeoutError, KafkaError) as exc:
+            raise KafkaUnavailable(f"cluster metadata unavailable: {exc!r}") from exc
+        return partition_leaders(meta, topics)
+
+    async def busiest_leader(self, topics: Collection[str]) -> int:
+        """The broker leading the most partitions of ``topics``; KafkaUnavailable when no
+        partition has a leader."""
+        node = busiest(await self.leaders(topics))
+        if node is None:
+            raise KafkaUnavailable(f"no partition of {len(topics)} topic(s) has a leader")
+        return node
 
     async def committed(self, group_id: str) -> dict[TopicPartition, int]:
         """The offsets ``group_id`` has committed, by partition (none yet: left out)."""

@@ -34,6 +34,7 @@ from mulambda.errors import (
     MulambdaError,
 )
 from mulambda.kafka.backoff import pause_failed_metadata_refreshes
+from mulambda.kafka.coordinators import forget_unreachable_coordinators
 from mulambda.runtime.settings import Settings
 from mulambda.wire.codec import DEFAULT_MAX_RECORD_BYTES
 
@@ -150,8 +151,9 @@ def _describe(exc: BaseException) -> str:
 async def start_bounded(client: Any, what: str, timeout_s: float) -> None:
     """Start an aiokafka client, failing within ``timeout_s`` with a one-line reason:
     AuthenticationError / AuthorizationError when the cluster refuses, else
-    KafkaUnavailable."""
+    KafkaUnavailable. Producers get coordinator failover (mulambda.kafka.coordinators)."""
     pause_failed_metadata_refreshes(client)
+    forget_unreachable_coordinators(client)
     try:
         async with asyncio.timeout(timeout_s):
             await client.start()

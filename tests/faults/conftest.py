@@ -75,7 +75,8 @@ def _platform_group(item: pytest.Item) -> str:
     order, and the platforms of the two delivery modes run side by side.
     """
     callspec = getattr(item, "callspec", None)
-    platform = callspec.params.get("local_platform", "") if callspec is not None else ""
+    params = callspec.params if callspec is not None else {}
+    platform = params.get("local_platform", params.get("three_broker_platform", ""))
     return f"faults:{item.path.stem}:{platform}"
 
 
@@ -126,7 +127,8 @@ async def local_platform(request: pytest.FixtureRequest) -> AsyncIterator[LocalP
         await platform.stop()
 
 
-def _record(report: ScenarioReport, mode: str) -> None:
+def record(report: ScenarioReport, mode: str) -> None:
+    """Keep ``report`` for the summary table, print its row, write it as JSON when asked."""
     REPORTS.append(report)
     print()  # after pytest's progress dot
     print(f"delivery mode {mode}:")
@@ -158,7 +160,7 @@ def measure(local_platform: LocalPlatform) -> Measure:
             options,
             notes=tuple(f"healed first: {line}" for line in healing),
         )
-        _record(report, local_platform.spec.delivery_mode)
+        record(report, local_platform.spec.delivery_mode)
         return report
 
     return run

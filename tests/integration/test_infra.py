@@ -142,3 +142,69 @@ def test_installed_names_what_is_missing(tmp_path: Path) -> None:
             ["bash", str(INFRA), "kubectl-bin"], capture_output=True, text=True, check=True
         ).stdout.strip()
         assert os.access(path, os.X_OK)
+
+
+@pytest.fixture
+def cluster_env(private_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """The private set with three Kafka nodes; stopped with these settings (the nodes are
+    what private_env's own stop would not know of)."""
+    ports = [free_port() for _ in range(6)]
+    env = {
+        **private_env,
+        "MULAMBDA_KAFKA_NODES": "3",
+        "MULAMBDA_KAFKA_PORTS": ",".join(map(str, ports[:3])),
+        "MULAMBDA_KAFKA_CONTROLLER_PORTS": ",".join(map(str, ports[3:])),
+    }
+    yield env
+    subprocess.run(["bash", str(INFRA), "stop"], env=env, check=False, timeout=120)
+
+
+def test_three_kafka_nodes_start_fail_and_come_back_one_at_a_time(
+    cluster_env: dict[str, str],
+) -> None:
+    """MULAMBDA_KAFKA_NODES=3: three KRaft nodes, each killed and started on its own."""
+    env = cluster_env
+    ports = [
+        int(p)
+        for p in (env["MULAMBDA_KAFKA_PORTS"] + "," + env["MULAMBDA_KAFKA_CONTROLLER_PORTS"]).split(
+            ","
+        )
+    ]
+    started = _infra(env, "start", "kafka")
+    assert started.returncode == 0, started.stderr
+    bootstrap = ",".join(f"127.0.0.1:{p}" for p in ports[:3])
+    assert f"MULAMBDA_KAFKA_BOOTSTRAP_SERVERS={bootstrap.replace(',', chr(92) + ',')}" in (
+        started.stdout
+    )
+    home = Path(env["MULAMBDA_HOME"])
+    config = (home / "kafka-2" / "server.properties").read_text()
+    assert "node.id=2\n" in config
+    assert "default.replication.factor=3\n" in config
+    assert "min.insync.replicas=2\n" in config
+    assert "transaction.state.log.replication.factor=3\n" in config
+    voters = ",".join(f"{n}@127.0.0.1:{p}" for n, p in enumerate(ports[3:], 1))
+    assert f"controller.quorum.voters={voters}\n" in config
+    assert not (home / "kafka").exists()  # the single node's state is not touched
+    status = _infra(env, "status", "kafka")
+    assert status.returncode == 0, status.stdout
+    assert [line.split()[0] for line in status.stdout.splitlines()] == [
+        "kafka-1",
+        "kafka-2",
+        "kafka-3",
+    ]
+    pid = int((home / "kafka-2" / "kafka-2.pid").read_text())
+
+    killed = _infra(env, "kill", "kafka-2")
+    assert killed.returncode == 0, killed.stderr
+    assert not _alive(pid)
+    status = _infra(env, "status", "kafka")
+    assert status.returncode == 3
+    assert "kafka-2 stopped" in " ".join(status.stdout.split())
+    again = _infra(env, "start", "kafka-2")  # rejoins the two that kept running
+    assert again.returncode == 0, again.stderr
+    assert _infra(env, "status", "kafka").returncode == 0
+    assert _infra(env, "start", "kafka-4").returncode != 0  # no such node
+
+    stopped = _infra(env, "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert _infra(env, "status", "kafka").returncode == 3

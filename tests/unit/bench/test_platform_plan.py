@@ -175,6 +175,7 @@ def test_the_scenarios_are_the_issues_faults() -> None:
         "broker-outage",
         "redis-wipe",
         "slow-executors",
+        "broker-failover",
     ]
     assert FAULTS["baseline"].inject is None
     assert FAULTS["baseline"].condition is None
@@ -182,6 +183,61 @@ def test_the_scenarios_are_the_issues_faults() -> None:
     assert all(
         f.inject is not None for n, f in FAULTS.items() if n not in ("baseline", "slow-executors")
     )
+    # The failover's second step restarts the killed node under the same load; it is no
+    # outage (two brokers serve throughout), so no grace after it.
+    failover = FAULTS["broker-failover"]
+    assert failover.then is not None
+    assert failover.then_after_s > 0
+    assert failover.outage_grace_s is None
+    assert [n for n, f in FAULTS.items() if f.then is not None] == ["broker-failover"]
+
+
+def test_a_three_broker_platform_gets_every_node_port_and_replicates_its_topics(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("MULAMBDA_KAFKA_BOOTSTRAP_SERVERS", "shared:9092")
+    platform = LocalPlatform(PlatformSpec(kafka_nodes=3), python="/venv/bin/python")
+    platform.plan()
+    infra = platform.infra
+    assert infra is not None
+    infra.home = tmp_path
+    env = infra.env()
+    kafka = env["MULAMBDA_KAFKA_PORTS"].split(",")
+    controllers = env["MULAMBDA_KAFKA_CONTROLLER_PORTS"].split(",")
+    assert env["MULAMBDA_KAFKA_NODES"] == "3"
+    assert len(kafka) == len(controllers) == 3
+    assert kafka[0] == env["MULAMBDA_KAFKA_PORT"]
+    assert controllers[0] == env["MULAMBDA_KAFKA_CONTROLLER_PORT"]
+    worker_ports = [w.port for w in platform.workers.values() if w.port is not None]
+    every = [*worker_ports, *infra.ports.values()]
+    assert len(every) == len(set(every)) == 3 + 2 + 2 + 5 + 4
+    assert platform.bootstrap_servers == ",".join(f"127.0.0.1:{p}" for p in kafka)
+    _, worker_env = platform.command(platform.worker("router-0"))
+    assert worker_env["MULAMBDA_KAFKA_BOOTSTRAP_SERVERS"] == platform.bootstrap_servers
+    assert platform.topics_apply_argv()[-2:] == ["--replication-factor", "3"]
+    assert infra.kafka_node_names == ["kafka-1", "kafka-2", "kafka-3"]
+    with pytest.raises(PlatformError, match="kafka_nodes"):
+        PrivateInfra(kafka_nodes=2)
+
+
+def test_a_one_broker_platform_applies_topics_and_runs_infra_sh_as_before(
+    planned: LocalPlatform, tmp_path: Path
+) -> None:
+    assert planned.topics_apply_argv() == ["/venv/bin/python", "-m", "mulambda", "topics", "apply"]
+    infra = planned.infra
+    assert infra is not None
+    infra.home = tmp_path
+    env = infra.env()
+    assert env["MULAMBDA_KAFKA_NODES"] == "1"
+    assert env["MULAMBDA_KAFKA_PORTS"] == env["MULAMBDA_KAFKA_PORT"]
+    assert infra.kafka_node_names == ["kafka"]
+
+
+async def test_only_the_clusters_nodes_can_be_killed_one_by_one(planned: LocalPlatform) -> None:
+    assert planned.infra is not None
+    with pytest.raises(PlatformError, match="kafka-2 is not part"):
+        await planned.infra.kill("kafka-2")
+    assert await planned.busiest_broker() == "kafka"
 
 
 def test_a_probe_serves_only_when_every_request_was_answered_ok_once() -> None:
