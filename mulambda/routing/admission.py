@@ -18,10 +18,12 @@ The estimate
     ``mean hold / concurrency`` seconds (``mean hold``: an EWMA of how long routes held
     their slots, sheds by the selector included, since they free slots too). A request
     with ``ahead`` requests queued before it (FIFO) gets a slot after ``ahead + 1``
-    releases, so it is expected to wait ``(ahead + 1) * mean hold / concurrency``. It is
-    shed when that leaves less than ``margin_s`` (the time a selection and a call need
-    at the least) before its deadline. Until a first route has ended nothing is known,
-    and nothing is shed.
+    releases, so it is expected to wait ``(ahead + 1) * mean hold / concurrency``. Once
+    it has a slot it needs about a mean hold itself (its selection and call), and at
+    least ``margin_s``: it is shed when the wait leaves less than that before its
+    deadline. Otherwise it would reach a slot only to time out in its executor call,
+    after waiting out its whole deadline, and load the executor for nothing. Until a
+    first route has ended nothing is known, and nothing is shed.
 """
 
 from __future__ import annotations
@@ -56,8 +58,8 @@ class SlotAdmission:
 
     def __init__(self, concurrency: int, *, margin_s: float = 0.5, ewma_alpha: float = 0.1) -> None:
         """``concurrency``: the router's slots. ``margin_s``: the least time a request
-        must have left once it gets a slot. ``ewma_alpha``: weight of the latest hold
-        time in the mean."""
+        must have left once it gets a slot (more when routes take longer).
+        ``ewma_alpha``: weight of the latest hold time in the mean."""
         if concurrency < 1:
             raise ConfigurationError(f"concurrency must be >= 1, got {concurrency}")
         if not 0 < ewma_alpha <= 1:
@@ -88,6 +90,8 @@ class SlotAdmission:
         """For a request that finds every slot busy with ``remaining_s`` to its deadline:
         a :class:`Shed` when the queue cannot reach it in time, None to queue it."""
         wait = self.expected_wait_s(self.waiting)
-        if wait is None or wait <= remaining_s - self.margin_s:
+        if wait is None or self.mean_hold_s is None:
+            return None
+        if wait <= remaining_s - max(self.margin_s, self.mean_hold_s):
             return None
         return Shed(wait, remaining_s, self.waiting, self.concurrency)
