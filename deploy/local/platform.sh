@@ -28,6 +28,8 @@ PROBE_PORT=${MULAMBDA_PROBE_PORT:-0}
 read -r -a SYNTHETIC_MODELS <<<"${MULAMBDA_SYNTHETIC_MODELS:-FastBad MidOK SlowGood}"
 TIME_SCALE=${MULAMBDA_TIME_SCALE:-0.2}
 DEMO_CLIENT_ID=${MULAMBDA_DEMO_CLIENT_ID:-demo-client}
+# The selector's policy for requests that name none; adaptive is load-aware (settings.py).
+DEFAULT_POLICY=${MULAMBDA_SELECTOR_DEFAULT_POLICY:-adaptive}
 UP_TIMEOUT=${MULAMBDA_UP_TIMEOUT:-60}
 # The real model: a scikit-learn wine classifier served by MLServer (OIP v2). 1 (default):
 # served, MLServer installed first when missing (infra.sh install mlserver, cached);

@@ -21,6 +21,8 @@
 #   MULAMBDA_SYNTHETIC_MODELS="FastBad MidOK SlowGood"   prototype profiles to serve
 #   MULAMBDA_TIME_SCALE=0.2             multiplies the synthetic models' delays
 #   MULAMBDA_DEMO_CLIENT_ID=demo-client
+#   MULAMBDA_SELECTOR_DEFAULT_POLICY=adaptive  policy of requests naming none (load-aware;
+#                                       weighted: the research prototype's, load-blind)
 #   MULAMBDA_WITH_MLSERVER=1            the real model (below), MLServer installed first
 #                                       when missing; auto: only if already installed; 0: never
 #   MULAMBDA_MLSERVER_PORT=8502         its REST port (also _GRPC_PORT=8503, _METRICS_PORT=8504)
@@ -167,6 +169,7 @@ launch executor "mulambda executor serve --port $EXECUTOR_PORT " -- \
 # mode) and 3 s sessions, which the local broker allows: a killed worker's partitions move
 # within seconds.
 launch selector "mulambda selector" MULAMBDA_METRICS_PORT="$SELECTOR_METRICS_PORT" \
+  MULAMBDA_SELECTOR_DEFAULT_POLICY="$DEFAULT_POLICY" \
   MULAMBDA_KAFKA_GROUP_INSTANCE_ID=local-selector MULAMBDA_KAFKA_SESSION_TIMEOUT_S=3 -- \
   "$MULAMBDA_BIN" selector
 launch router "mulambda router" MULAMBDA_METRICS_PORT="$ROUTER_METRICS_PORT" \

@@ -150,10 +150,16 @@ class ExecutorLoad:
     errors_total: int
 
 
-def parse_stats(document: Any) -> ExecutorLoad | None:
+def parse_stats(
+    document: Any, model_name: str | None = None, model_version: int | None = None
+) -> ExecutorLoad | None:
     """Read ``in_flight`` and ``errors`` (a running total) from a stats document.
 
-    Returns None for anything else, so a foreign server on that path is ignored.
+    ``in_flight`` is the model's own when the document lists ``model_name`` under
+    ``models`` (its version ``model_version``, or all its versions when None), else the
+    server's: one server may serve several executors' models (``up.sh`` serves three),
+    and each executor's load is its model's, not its neighbours'. Returns None for
+    anything else, so a foreign server on that path is ignored.
     """
     if not isinstance(document, dict):
         return None
@@ -161,7 +167,27 @@ def parse_stats(document: Any) -> ExecutorLoad | None:
     errors = _count(document.get("errors"))
     if in_flight is None or errors is None:
         return None
-    return ExecutorLoad(in_flight=in_flight, errors_total=errors)
+    own = _model_in_flight(document.get("models"), model_name, model_version)
+    return ExecutorLoad(in_flight=in_flight if own is None else own, errors_total=errors)
+
+
+def _model_in_flight(models: Any, name: str | None, version: int | None) -> int | None:
+    """The in-flight count ``models`` (of a stats document) gives one model, or None."""
+    if name is None or not isinstance(models, dict):
+        return None
+    versions = models.get(name)
+    if not isinstance(versions, list):
+        return None
+    total, found = 0, False
+    for entry in versions:
+        if not isinstance(entry, dict) or (version is not None and entry.get("version") != version):
+            continue
+        count = _count(entry.get("in_flight"))
+        if count is None:
+            return None
+        total += count
+        found = True
+    return total if found else None
 
 
 def _count(value: Any) -> int | None:
@@ -586,7 +612,7 @@ class Companion(Lifecycle):
         reg = self.registration
         detail: str | None
         # Both reads at once: together they must stay within one status timeout.
-        outcome, load = await asyncio.gather(self._read_versions(reg), self._read_load())
+        outcome, load = await asyncio.gather(self._read_versions(reg), self._read_load(reg))
         errors = 0
         if isinstance(outcome, MulambdaError):
             self.stats.status_errors += 1
@@ -625,8 +651,9 @@ class Companion(Lifecycle):
         except MulambdaError as exc:
             return exc
 
-    async def _read_load(self) -> ExecutorLoad | None:
-        """``/mulambda/stats`` of the executor, or None when it does not offer one."""
+    async def _read_load(self, reg: ExecutorRegistration) -> ExecutorLoad | None:
+        """``/mulambda/stats`` of the executor (in flight: ``reg``'s model's), or None
+        when it does not offer one."""
         session = self._session
         if session is None:
             return None
@@ -652,7 +679,8 @@ class Companion(Lifecycle):
             self._stats_recheck = _STATS_RECHECK_HEARTBEATS
             return None
         try:
-            load = parse_stats(decode_json(body)) if status == 200 else None
+            document = decode_json(body) if status == 200 else None
+            load = parse_stats(document, reg.model_name, reg.model_version)
         except ValueError:
             load = None
         if load is None:

@@ -53,6 +53,7 @@ from mulambda.kafka import (
     consumer_problem,
     producer_problem,
 )
+from mulambda.routing.admission import SlotAdmission
 from mulambda.routing.answered import AnsweredRequests
 from mulambda.routing.rankings import RankingCache
 from mulambda.routing.reply_targets import (
@@ -120,6 +121,12 @@ class RouterMetrics:
         self.overloaded = Counter(
             "mulambda_router_overloaded",
             "Requests answered with an error because no routing slot freed up in time",
+            registry=registry,
+        )
+        self.shed = Counter(
+            "mulambda_router_shed",
+            "Of the overloaded requests, those answered at once: the slot queue could "
+            "not reach them before their deadline",
             registry=registry,
         )
         self.in_flight = Gauge(
@@ -205,8 +212,11 @@ class Router(Lifecycle):
         # Requests taken from Kafka beyond those being routed wait for a slot here, each
         # at most until its deadline: under overload every request is still answered in
         # time (with an error), and memory stays bounded by the queue.
+        # A request the queue cannot reach before its deadline is answered at once
+        # instead (routing/admission.py).
         self._queue_limit = queue_limit or concurrency * 16
         self._slots = asyncio.Semaphore(concurrency)
+        self._admission = SlotAdmission(concurrency, margin_s=call_margin_s)
         self._selection_timeout_s = selection_timeout_s
         self._call_timeout_s = call_timeout_s
         self._top_k = top_k
@@ -439,11 +449,25 @@ class Router(Lifecycle):
         return verdict
 
     async def _route_when_admitted(self, request: InferenceRequest) -> InferenceResult:
-        """Route once one of the ``concurrency`` slots is free; an error result when none
-        frees up before the deadline (minus the margin an answer needs)."""
-        wait_s = (request.deadline - utcnow()).total_seconds() - self._call_margin_s
+        """Route once one of the ``concurrency`` slots is free; an error result at once
+        when every slot is busy and the queue is not expected to reach the request before
+        its deadline, and when none frees up before the deadline (minus the margin an
+        answer needs) after all."""
+        admission = self._admission
+        remaining_s = (request.deadline - utcnow()).total_seconds()
+        if remaining_s <= 0:
+            # Answered without I/O ("deadline passed before the request was routed"):
+            # no slot needed, and its instant route must not count as a slot's hold.
+            return await self.route(request)
+        if self._slots.locked():
+            shed = admission.shed(remaining_s)
+            if shed is not None:
+                self.metrics.overloaded.inc()
+                self.metrics.shed.inc()
+                return error_result(request.correlation_id, shed.reason)
+        admission.waiting += 1
         try:
-            async with asyncio.timeout(max(0.0, wait_s)):
+            async with asyncio.timeout(max(0.0, remaining_s - self._call_margin_s)):
                 await self._slots.acquire()
         except TimeoutError:
             self.metrics.overloaded.inc()
@@ -452,10 +476,14 @@ class Router(Lifecycle):
                 f"router overloaded: no routing slot free before the deadline "
                 f"({self._concurrency} requests being routed)",
             )
+        finally:
+            admission.waiting -= 1
+        started = time.monotonic()
         try:
             return await self.route(request)
         finally:
             self._slots.release()
+            admission.held(time.monotonic() - started)
 
     async def route(self, request: InferenceRequest) -> InferenceResult:
         """Select and call; never raises for request-level problems, returns an error."""
@@ -505,6 +533,11 @@ class Router(Lifecycle):
             )
         except MulambdaError as exc:
             log.info("executor %s failed: %s", candidate.executor_id, exc.reason)
+            if call.attempt == 1 and route.selection == "fresh":
+                # The dispatch the selector counted as load is over: say so, or it keeps
+                # counting until its pending timeout (selection/view.py, Load).
+                failed_ms = (time.perf_counter() - called) * 1000
+                await self._observe(request, candidate.executor_id, failed_ms, failed=True)
             if route.call_failed(exc):
                 self.metrics.failovers.inc()
             return
@@ -530,11 +563,19 @@ class Router(Lifecycle):
             slo=request.slo,
             policy=request.policy,
             top_k=self._top_k,
+            # The adaptive policy leaves out executors that cannot answer by then, and
+            # answers at once when none can.
+            answer_by=request.deadline,
         )
         return await requester.request(selection, key=request.client_id, timeout_s=timeout_s)
 
     async def _observe(
-        self, request: InferenceRequest, executor_id: str, elapsed_ms: float
+        self,
+        request: InferenceRequest,
+        executor_id: str,
+        elapsed_ms: float,
+        *,
+        failed: bool = False,
     ) -> None:
         # Fire and forget: the result matters more than the feedback, and the producer
         # retries on its own; awaiting the ack would add a round trip per request. A
@@ -545,6 +586,7 @@ class Router(Lifecycle):
             latency_ms=elapsed_ms,
             source=LatencySource.OBSERVED,
             input_size=input_size_of(request),
+            failed=failed,
         )
         try:
             delivery = await self._producer.send(

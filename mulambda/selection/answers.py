@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from mulambda.errors import ConfigurationError, SelectionError
-from mulambda.selection.policies import POLICIES, PolicyState, select
+from mulambda.selection.policies import DEFAULT_POLICY, POLICIES, PolicyState, select
 from mulambda.selection.view import ExecutorView
 from mulambda.wire.codec import ReplyAddress
 from mulambda.wire.events import SelectionReply, SelectionRequest, SelectionStatus
@@ -158,7 +158,7 @@ class Answerer:
         self,
         *,
         selector_id: str,
-        default_policy: str = "weighted",
+        default_policy: str = DEFAULT_POLICY,
         state: PolicyState | None = None,
         timer: Callable[[], float] = time.perf_counter,
     ) -> None:

@@ -13,7 +13,11 @@ that removed the last candidates. :func:`select` wraps all of it into a
 
 Tie-break of the scoring policies (``weighted``, ``adaptive``): higher score, then lower
 estimated latency, then higher accuracy, then lower ``executor_id``. Only ``adaptive``
-honours ``request.slo``; ``weighted`` reproduces the research prototype exactly.
+honours ``request.slo`` and ``request.answer_by``; ``weighted`` reproduces the research
+prototype exactly. :data:`DEFAULT_POLICY` (``adaptive``) serves requests that name none.
+
+Deadlines: ``answer_by`` is compared with ``now``, so a view whose clock is not epoch
+seconds (the selector's is) must not be given requests carrying it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,13 @@ _INF = float("inf")
 _BUCKET_SCORES: tuple[float, ...] = tuple(1.0 - i / _N_BUCKETS for i in range(_N_BUCKETS + 1))
 # The adaptive latency score beyond the last bound is (1/9) * 1020 / estimate.
 _TAIL = LATENCY_BUCKETS_MS[-1] / _N_BUCKETS
+
+
+DEFAULT_POLICY = "adaptive"
+"""The policy of requests that name none (``MULAMBDA_SELECTOR_DEFAULT_POLICY``): load-aware,
+so it keeps serving under overload where the load-blind ``weighted`` piles every request
+onto one executor (benchmarks/README.md, ``bench_overload.py`` and
+``bench_quickstart_overload.py``)."""
 
 
 class PolicyState:
@@ -278,7 +289,11 @@ def adaptive(
     load (the view's fallbacks while unlearned; see ``mulambda.selection.view``), L the view's
     load (status in_flight, outstanding and pending dispatches). Candidates below
     ``slo.min_accuracy`` and then those whose estimate exceeds ``slo.max_latency_ms``
-    are removed (raising NoCandidate naming the filter that removed the last ones).
+    are removed (raising NoCandidate naming the filter that removed the last ones), and
+    so are those whose estimate ends after ``request.answer_by`` (``now`` in epoch
+    seconds): when none is left, NoCandidate with criterion ``deadline`` at once, the
+    request cannot be served in time by anyone, and waiting would only load the
+    executors with an answer nobody can use.
     Latency score is :func:`smooth_latency_score` up to the last bound (1020 ms), then
     ``(1/9) * 1020 / estimate``: continuous at 1020 ms and positive and strictly
     decreasing beyond it, so a saturated executor still ranks by its estimate instead of
@@ -300,6 +315,13 @@ def adaptive(
             max_latency = slo.max_latency_ms
         if slo.min_accuracy is not None:
             min_accuracy = slo.min_accuracy
+    # What is left of the time to answer; the SLO filter below does not use it, so the
+    # accuracy normaliser stays the one of the candidates that pass the SLOs.
+    limit = max_latency
+    answer_by = request.answer_by
+    if answer_by is not None:
+        limit = min(limit, (answer_by.timestamp() - now) * 1000.0)
+    too_late = _INF  # the lowest estimate the deadline left out
     fallback_net = view.fallback_latency_ms()
     fallback_service = view.fallback_service_ms()
     fallback_slope = view.fallback_load_slope_ms()
@@ -361,7 +383,9 @@ def adaptive(
             estimate += fallback_slope * e.load
         else:
             estimate = net + base + e.delay_per_element_ms * size + e.load_slope_ms * e.load
-        if estimate > max_latency:
+        if estimate > limit:
+            if estimate <= max_latency and estimate < too_late:
+                too_late = estimate
             continue
         i = bisect_left(bounds, estimate)
         if i == 0:
@@ -385,7 +409,17 @@ def adaptive(
         elif row > heap[0]:
             heapreplace(heap, row)
             threshold = heap[0][0]
+    if not heap and too_late < _INF:
+        raise _past_deadline(too_late, limit)
     return _ranked(heap)
+
+
+def _past_deadline(best_estimate_ms: float, left_ms: float) -> NoCandidate:
+    return NoCandidate(
+        f"no candidate can answer before the deadline: the best estimate is "
+        f"{best_estimate_ms:.0f} ms, {max(0.0, left_ms):.0f} ms are left",
+        criterion="deadline",
+    )
 
 
 def _below_min_accuracy(min_accuracy: float) -> NoCandidate:
@@ -532,7 +566,7 @@ def select(
     view: ExecutorView,
     request: SelectionRequest,
     now: float,
-    default_policy: str = "weighted",
+    default_policy: str = DEFAULT_POLICY,
     *,
     state: PolicyState,
     selector_id: str | None = None,

@@ -84,7 +84,7 @@ from mulambda.routing.requester import HEADER_CORRELATION_ID, reply_address, sen
 from mulambda.runtime.lifecycle import Lifecycle
 from mulambda.selection.admission import RegistrationGate
 from mulambda.selection.answers import Answerer, ReplyTargets, UndeliverableReply
-from mulambda.selection.policies import PolicyState
+from mulambda.selection.policies import DEFAULT_POLICY, PolicyState
 from mulambda.selection.state import StateApplier, record_time
 from mulambda.selection.store import Snapshot, StoreEvent, ViewStore
 from mulambda.selection.store_sync import (
@@ -166,7 +166,7 @@ class Selector(Lifecycle):
         *,
         selector_id: str,
         group_id: str = "mulambda-selector",
-        default_policy: str = "weighted",
+        default_policy: str = DEFAULT_POLICY,
         missed_heartbeats: float = 3.0,
         status_lookback_s: float = 300.0,
         registry: CollectorRegistry | None = None,

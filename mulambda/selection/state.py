@@ -123,7 +123,7 @@ class StateApplier:
         elif isinstance(value, LatencyMeasurement) and view.apply_latency(value, at):
             if value.source is LatencySource.PROBE:
                 out.append(value)
-            else:
+            elif not value.failed:  # a failed call taught nothing to persist
                 entry = view.get(value.executor_id)
                 if entry is not None and entry.observed_ms:
                     out.append(

@@ -38,11 +38,15 @@ Load
     router dispatch) is remembered with its time (the latest ``now`` the view was given,
     i.e. the selection's) and the load it was dispatched at, until the observed latency
     of that executor comes back (oldest first: requests to one executor finish roughly
-    in order) or ``pending_timeout_s`` passes (a request that failed sends no
-    observation). Without that, a fast executor's short expiry made it look idle while a
-    herd of requests was still queued on it. Pending counts only this selector's own
-    dispatches; observations of other selectors' requests pop them early, so with several
-    selectors this degrades towards the outstanding counts, never below them.
+    in order), a router reports the call failed (an observed measurement with
+    ``failed``: an error answer, no answer in time) or ``pending_timeout_s`` passes (a
+    router that reports no failures, or died). Without that, a fast executor's short
+    expiry made it look idle while a herd of requests was still queued on it; and
+    without the failure reports, every timed-out call of an overload kept counting for
+    the whole pending timeout, so an executor looked busier the less it was used.
+    Pending counts only this selector's own dispatches; observations of other
+    selectors' requests pop them early, so with several selectors this degrades
+    towards the outstanding counts, never below them.
 
 Service time
     ``observed`` measurements (a router's end-to-end inference time) are kept as an EWMA
@@ -500,7 +504,8 @@ class ExecutorView:
         return known
 
     def apply_latency(self, measurement: LatencyMeasurement, now: float) -> bool:
-        """Record a probe or observed latency. Returns False for an unknown executor.
+        """Record a probe or observed latency (or failed call: module doc, Load).
+        Returns False for an unknown executor.
 
         ``now`` (the measurement's time) ages pending dispatches; measurements do not
         count as heartbeats (a router can observe a latency from a dying executor).
@@ -513,6 +518,14 @@ class ExecutorView:
         latency = measurement.latency_ms
         if measurement.source is LatencySource.PROBE:
             self._set_probe(entry, client_id, latency)
+            return True
+        if measurement.failed:
+            # The call is over without a service time to learn from (an error answer
+            # is no service, a timeout only a lower bound): it just stops being load.
+            pending = entry.pending
+            if pending:
+                pending.popleft()
+            self._update_load(entry)
             return True
         size = measurement.input_size or 0
         net = self.network_latency_ms(entry, client_id)

@@ -326,6 +326,11 @@ class LatencyMeasurement(WireModel):
     """Probe (network only) or observed (network plus service time)."""
     input_size: int | None = Field(default=None, ge=0)
     """For observed latencies: input elements of the request measured."""
+    failed: bool = False
+    """For observed latencies: the call failed (an error answer, no answer in time) after
+    ``latency_ms``. It teaches no service time, but the request is no longer the
+    router's, so the selector stops counting it as load it dispatched. Readers before
+    this field ignore it (and count such a call as in flight until their pending timeout)."""
 
 
 # --- selection -----------------------------------------------------------------------
@@ -350,6 +355,17 @@ class SelectionRequest(RequestModel):
     """Policy name; None uses the selector's default."""
     top_k: int = Field(default=3, ge=1, le=100)
     """How many ranked candidates to return (for failover)."""
+    answer_by: datetime | None = None
+    """When the executor's answer must be back: the inference request's deadline (the
+    selection's own ``deadline`` only bounds the reply). The adaptive policy leaves out
+    candidates whose estimated latency ends after it and, when none is left, answers
+    ``no_candidate`` (``eliminated_by="deadline"``) at once. None: no such bound (the
+    field is optional; requesters and selectors before it neither send nor read it)."""
+
+    @field_validator("answer_by")
+    @classmethod
+    def _answer_by_has_offset(cls, answer_by: datetime | None) -> datetime | None:
+        return None if answer_by is None else _with_offset("answer_by", answer_by)
 
 
 class Candidate(BaseModel):

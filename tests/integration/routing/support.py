@@ -142,6 +142,8 @@ class ResultReader:
         self._consumer = consumer
         self.results: dict[str, list[InferenceResult]] = {}
         """Results read so far, by record key (the correlation id)."""
+        self.received: dict[str, float] = {}
+        """When (``time.monotonic()``) the first result of each key was read."""
 
     async def collect(
         self, keys: Iterable[str], *, each: int = 1, timeout_s: float = 20.0
@@ -172,7 +174,9 @@ class ResultReader:
             for raw in records:
                 if raw.key is not None:
                     result = decode(InferenceResult, raw.value)
-                    self.results.setdefault(raw.key.decode(), []).append(result)
+                    key = raw.key.decode()
+                    self.results.setdefault(key, []).append(result)
+                    self.received.setdefault(key, time.monotonic())
 
 
 @contextlib.asynccontextmanager

@@ -297,10 +297,11 @@ async def test_register_select_deregister_and_metrics(
         by_latency = await requester.request(_ask(client, traits, latency=1, accuracy=0))
         assert by_latency.status is SelectionStatus.OK, by_latency
         assert by_latency.selector_id == selector.selector_id
-        assert by_latency.policy == "weighted"
+        assert by_latency.policy == "adaptive"  # the default
         assert [c.executor_id for c in by_latency.candidates] == [fast, accurate]
-        assert by_latency.candidates[0].estimated_latency_ms == pytest.approx(5.0)
-        assert by_latency.candidates[1].estimated_latency_ms == pytest.approx(200.0)
+        # The probes plus the default service time (10 ms) while nothing is learned.
+        assert by_latency.candidates[0].estimated_latency_ms == pytest.approx(15.0)
+        assert by_latency.candidates[1].estimated_latency_ms == pytest.approx(210.0)
 
         by_accuracy = await requester.request(_ask(client, traits, latency=0, accuracy=1))
         assert by_accuracy.status is SelectionStatus.OK
@@ -329,10 +330,10 @@ async def test_register_select_deregister_and_metrics(
 
         registry = selector.registry
         ok = registry.get_sample_value(
-            "mulambda_selector_selections_total", {"policy": "weighted", "status": "ok"}
+            "mulambda_selector_selections_total", {"policy": "adaptive", "status": "ok"}
         )
         none = registry.get_sample_value(
-            "mulambda_selector_selections_total", {"policy": "weighted", "status": "no_candidate"}
+            "mulambda_selector_selections_total", {"policy": "adaptive", "status": "no_candidate"}
         )
         assert ok == 2
         assert none == 1

@@ -66,7 +66,7 @@ def test_ok_reply_counts_its_top_candidate_as_outstanding() -> None:
 
     assert answer.reply.status is SelectionStatus.OK
     assert answer.reply.selector_id == "sel-1"
-    assert answer.reply.policy == "weighted"
+    assert answer.reply.policy == "adaptive"
     assert [c.executor_id for c in answer.reply.candidates] == ["a", "b"]
     assert answer.compute_s == 0.25
     assert answer.candidates == 2
@@ -81,7 +81,8 @@ def test_ok_reply_counts_its_top_candidate_as_outstanding() -> None:
 
 def test_outstanding_lasts_twice_the_estimate_bounded_by_the_deadline() -> None:
     view = view_with("a", probe_ms=100.0)  # estimate 100 ms: outstanding for 0.2 s
-    answerer = Answerer(selector_id="s")
+    # weighted: its estimate is the probe alone (adaptive adds a service time).
+    answerer = Answerer(selector_id="s", default_policy="weighted")
     answerer.answer(view, ask(deadline_s=0.05), NOW)  # the deadline comes first
     answerer.answer(view, ask(), NOW)
     entry = view.get("a")

@@ -305,6 +305,29 @@ def test_pending_dispatches_count_until_observed_and_teach_their_dispatch_load()
     assert entry.load_slope_ms == pytest.approx(6.0)
 
 
+def test_a_failed_call_ends_its_dispatch_and_teaches_nothing() -> None:
+    view = ExecutorView()
+    view.apply_registration(reg("a"), now=0.0)
+    entry = view.get("a")
+    assert entry is not None
+    view.candidates(WINE, 1.0)
+    view.set_outstanding("a", 1, source="sel")
+    view.set_outstanding("a", 2, source="sel")
+    view.set_outstanding("a", 0, source="sel")  # the selector's guess expired
+    assert entry.load == 2
+    failed = observed("a", "c", 9_000.0).model_copy(update={"failed": True})
+    assert view.apply_latency(failed, now=2.0)
+    # No longer counted as load, long before the pending timeout ...
+    assert entry.load == 1
+    # ... and no service time learned from a timeout or an error answer.
+    assert entry.service_ms is None
+    assert entry.observed_ms is None
+    assert view.apply_latency(failed, now=2.1)
+    assert entry.load == 0
+    assert view.apply_latency(failed, now=2.2)  # nothing pending: still harmless
+    assert entry.load == 0
+
+
 def test_pending_dispatches_expire_when_no_observation_comes() -> None:
     view = ExecutorView(pending_timeout_s=5.0)
     view.apply_registration(reg("a"), now=0.0)

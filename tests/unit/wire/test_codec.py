@@ -13,6 +13,7 @@ from mulambda.wire.events import (
     ALL_MESSAGE_TYPES,
     DeadLetter,
     ExecutorRegistration,
+    LatencyMeasurement,
     SelectionReply,
     SelectionRequest,
     SoftWeights,
@@ -125,6 +126,22 @@ def test_deadlines_without_a_utc_offset_are_refused() -> None:
         decode(SelectionRequest, _request_body(deadline="2030-01-01T12:00:00"))
     aware = decode(SelectionRequest, _request_body(deadline="2030-01-01T13:00:00+01:00"))
     assert aware.deadline == datetime(2030, 1, 1, 12, tzinfo=UTC)
+
+
+def test_answer_by_is_optional_and_needs_a_utc_offset() -> None:
+    body = orjson.loads(_request_body())
+    body.pop("answer_by", None)  # a requester from before the field
+    assert decode(SelectionRequest, orjson.dumps(body)).answer_by is None
+    with pytest.raises(DecodeError, match="answer_by needs a UTC offset"):
+        decode(SelectionRequest, _request_body(answer_by="2030-01-01T12:00:00"))
+    aware = decode(SelectionRequest, _request_body(answer_by="2030-01-01T13:00:00+01:00"))
+    assert aware.answer_by == datetime(2030, 1, 1, 12, tzinfo=UTC)
+
+
+def test_a_failed_call_report_is_an_observed_latency_old_readers_can_skip() -> None:
+    old = {"executor_id": "e", "client_id": "c", "latency_ms": 5.0, "source": "observed"}
+    assert decode(LatencyMeasurement, orjson.dumps(old)).failed is False
+    assert decode(LatencyMeasurement, orjson.dumps({**old, "failed": True})).failed is True
 
 
 @given(
