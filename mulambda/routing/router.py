@@ -483,7 +483,8 @@ class Router(Lifecycle):
             return await self.route(request)
         finally:
             self._slots.release()
-            admission.held(time.monotonic() - started)
+            released = time.monotonic()
+            admission.held(released - started, released_at=released)
 
     async def route(self, request: InferenceRequest) -> InferenceResult:
         """Select and call; never raises for request-level problems, returns an error."""
