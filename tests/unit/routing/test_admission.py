@@ -19,14 +19,17 @@ def steady(admission: SlotAdmission, *, hold_s: float, every_s: float, count: in
     return now
 
 
-def test_nothing_is_shed_before_two_routes_ended() -> None:
+def test_nothing_is_shed_before_a_run_of_releases_was_measured() -> None:
     admission = SlotAdmission(4)
     admission.waiting = 10_000
     assert admission.expected_wait_s(0) is None
     assert admission.shed(remaining_s=0.6) is None
-    admission.held(1.0, released_at=5.0)
+    for at in (5.0, 6.0, 7.0):
+        admission.held(1.0, released_at=at)
     assert admission.release_rate is None
     assert admission.shed(remaining_s=0.6) is None
+    admission.held(1.0, released_at=8.0)
+    assert admission.release_rate == pytest.approx(1.0)
 
 
 def test_the_expected_wait_is_the_queue_over_the_measured_release_rate() -> None:
@@ -70,6 +73,23 @@ def test_a_stall_that_is_over_does_not_shed_what_the_drained_queue_serves() -> N
     assert admission.shed(remaining_s=6.0) is None
 
 
+def test_a_slow_stall_keeps_the_pace_from_before_it_for_the_memory() -> None:
+    # Routes time out one by one during a stall: releases slow to 10/s for 3 s.
+    admission = SlotAdmission(64, margin_s=0.5, memory_s=5.0)
+    now = steady(admission, hold_s=0.3, every_s=0.005, count=200)  # 200/s before
+    for i in range(30):
+        admission.held(3.0, released_at=now + 0.1 * (i + 1))
+    assert admission.release_rate == pytest.approx(200.0)
+    admission.waiting = 600  # 3 s away at the usual pace; 60 s at the stall's
+    assert admission.shed(remaining_s=8.0) is None
+    # Still 10/s long after: that is the pace now, and the queue cannot be reached.
+    steady_now = now + 3.0
+    for i in range(100):
+        admission.held(3.0, released_at=steady_now + 0.1 * (i + 1))
+    assert admission.release_rate == pytest.approx(10.0)
+    assert admission.shed(remaining_s=8.0) is not None
+
+
 def test_a_sustained_overload_sheds_at_the_executors_real_pace() -> None:
     # Every route takes 5 s: 64 slots release 12.8 per second; 200 queued wait 15.7 s.
     admission = SlotAdmission(64, margin_s=0.5)
@@ -88,6 +108,7 @@ def test_a_clock_step_back_counts_as_a_zero_hold() -> None:
     assert admission.route_s == 0.0
 
 
-def test_bad_settings_are_refused() -> None:
+@pytest.mark.parametrize(("concurrency", "memory_s"), [(0, 5.0), (4, 0.0)])
+def test_bad_settings_are_refused(concurrency: int, memory_s: float) -> None:
     with pytest.raises(ConfigurationError):
-        SlotAdmission(0)
+        SlotAdmission(concurrency, memory_s=memory_s)
