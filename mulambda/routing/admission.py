@@ -14,23 +14,25 @@ Why shed at once
     told so now: the client learns it in milliseconds and can go elsewhere.
 
 The estimate
-    With every slot busy, a request with ``ahead`` requests queued before it (FIFO) gets a
-    slot after ``ahead + 1`` releases. How fast slots are released is measured: the rate
-    over each run of ``concurrency`` consecutive releases, and the estimate takes the
-    best such rate of the last ``memory_s`` seconds. Once it has a slot a request needs
-    about a route's time itself (its selection and call), and at least ``margin_s``: it
-    is shed when the wait leaves less than that before its deadline. Otherwise it would
-    reach a slot only to time out in its executor call, after waiting out its whole
-    deadline, and load the executor for nothing. A route's time is a low quantile (the
-    10th percentile) of the last ``2 * concurrency`` holds.
+    A route's time is a low quantile (the 10th percentile) of the last
+    ``2 * concurrency`` holds of a slot. With every slot busy, a slot frees up on
+    average every ``route / concurrency`` seconds, so a request with ``ahead`` requests
+    queued before it (FIFO) expects to wait ``(ahead + 1) * route / concurrency``. Once
+    it has a slot it needs about a route's time itself (its selection and call), and at
+    least ``margin_s``: it is shed when the wait leaves less than that before its
+    deadline. Otherwise it would reach a slot only to time out in its executor call,
+    after waiting out its whole deadline, and load the executor for nothing. Until a
+    route has ended nothing is known, and nothing is shed.
 
-    Best rate and low quantile make shedding conservative about stalls: in a broker
-    failover or a selector restart every route waits a few seconds, then the queue drains
-    at the usual pace. The current pace (or a mean of hold times) takes the stall for the
-    executors' speed and sheds requests the drained queue would have served: it did, 24
-    and 29 errors, each with more than 5 s left, in exactly-once failovers. A sustained
-    overload is slow in every recent window, so after ``memory_s`` both figures are the
-    executors' real pace. Until a run of releases is measured nothing is shed.
+    The low quantile makes shedding conservative about stalls. In a broker failover or
+    a selector restart every route waits a few seconds, then the queue drains at the
+    usual pace; the routes before the stall keep the quantile short, so the requests
+    queued meanwhile wait instead of failing. A mean of the holds took the stall for
+    the executors' pace, and the measured rate of releases is the arrival rate, not the
+    capacity, while slots are idle: each shed requests the drained queue would have
+    served (24, 29 and 117 errors, most with more than 5 s left, in broker failovers).
+    Under a sustained overload every recent route is slow, and the quantile is the
+    executors' real pace.
 """
 
 from __future__ import annotations
@@ -64,50 +66,20 @@ class Shed:
 class SlotAdmission:
     """The router's view of its routing slots (module doc); one per router."""
 
-    def __init__(self, concurrency: int, *, margin_s: float = 0.5, memory_s: float = 5.0) -> None:
+    def __init__(self, concurrency: int, *, margin_s: float = 0.5) -> None:
         """``concurrency``: the router's slots. ``margin_s``: the least time a request
-        must have left once it gets a slot (more when routes take longer). ``memory_s``:
-        how long a release rate counts towards the best one."""
+        must have left once it gets a slot (more when routes take longer)."""
         if concurrency < 1:
             raise ConfigurationError(f"concurrency must be >= 1, got {concurrency}")
-        if not memory_s > 0:
-            raise ConfigurationError(f"memory_s must be positive, got {memory_s}")
         self.concurrency = concurrency
         self.margin_s = margin_s
-        self.memory_s = memory_s
-        self._released_at: deque[float] = deque(maxlen=max(2, concurrency))
         self._holds: deque[float] = deque(maxlen=2 * concurrency)
-        # (time, rate) with rates decreasing from the left: the best of the memory is
-        # the leftmost that is still recent (a sliding-window maximum, O(1) per release).
-        self._best: deque[tuple[float, float]] = deque()
         self.waiting = 0
         """Requests waiting for a slot now (the router counts them in and out)."""
 
-    def held(self, seconds: float, *, released_at: float) -> None:
-        """A route released its slot at ``released_at`` (a monotonic clock's seconds)
-        after holding it ``seconds``."""
+    def held(self, seconds: float) -> None:
+        """A route released its slot after holding it ``seconds``."""
         self._holds.append(max(0.0, seconds))
-        times = self._released_at
-        times.append(released_at)
-        if len(times) == times.maxlen and times[-1] > times[0]:
-            rate = (len(times) - 1) / (times[-1] - times[0])
-            best = self._best
-            while best and best[-1][1] <= rate:
-                best.pop()
-            best.append((released_at, rate))
-        self._forget(released_at)
-
-    def _forget(self, now: float) -> None:
-        best = self._best
-        while len(best) > 1 and best[0][0] < now - self.memory_s:
-            best.popleft()
-
-    @property
-    def release_rate(self) -> float | None:
-        """The best release rate of the memory (module doc); None before a run of
-        ``concurrency`` releases was measured. The last one measured stays until a
-        newer one replaces it: without releases there is nothing newer to go by."""
-        return self._best[0][1] if self._best else None
 
     @property
     def route_s(self) -> float | None:
@@ -119,11 +91,11 @@ class SlotAdmission:
 
     def expected_wait_s(self, ahead: int) -> float | None:
         """Seconds until a slot frees for a request with ``ahead`` queued before it, all
-        slots busy; None while the release rate is unknown."""
-        rate = self.release_rate
-        if rate is None:
+        slots busy; None while no route has ended."""
+        route = self.route_s
+        if route is None:
             return None
-        return (ahead + 1) / rate
+        return (ahead + 1) * route / self.concurrency
 
     def shed(self, remaining_s: float) -> Shed | None:
         """For a request that finds every slot busy with ``remaining_s`` to its deadline:

@@ -483,8 +483,7 @@ class Router(Lifecycle):
             return await self.route(request)
         finally:
             self._slots.release()
-            released = time.monotonic()
-            admission.held(released - started, released_at=released)
+            admission.held(time.monotonic() - started)
 
     async def route(self, request: InferenceRequest) -> InferenceResult:
         """Select and call; never raises for request-level problems, returns an error."""
