@@ -3,7 +3,7 @@
 # unit and integration tests against real Kafka, Redis, MinIO, MLServer and a
 # kube-apiserver (the session fixtures start them through deploy/local/infra.sh when needed),
 # and the fault suite (tests/faults: kills and restarts on a private platform of its own,
-# about 10 minutes of the 15.5 the whole pytest run takes on 2 cores; MULAMBDA_FAULTS=0
+# at least 12 minutes of the 21 the whole pytest run takes on 2 cores; MULAMBDA_FAULTS=0
 # leaves it out).
 # Extra arguments go to pytest, e.g. `deploy/local/test.sh -m unit`.
 set -euo pipefail
