@@ -265,8 +265,12 @@ def tf_output_from_oip(body: Mapping[str, Any], response: Any) -> dict[str, Any]
     if "instances" in body:
         if len(named) == 1:
             return {"predictions": next(iter(named.values()))}
-        columns = list(named.values())
-        count = min(len(c) if isinstance(c, list) else 1 for c in columns)
+        # Rows need every output batched alike; TF Serving refuses otherwise too.
+        lengths = {len(c) if isinstance(c, list) else None for c in named.values()}
+        if None in lengths or len(lengths) != 1:
+            shapes = {n: len(c) if isinstance(c, list) else "scalar" for n, c in named.items()}
+            raise GarbageResponse(f"OIP outputs do not share a batch dimension: {shapes!r:.200}")
+        (count,) = lengths
         return {"predictions": [{n: c[i] for n, c in named.items()} for i in range(count)]}
     if len(named) == 1:
         return {"outputs": next(iter(named.values()))}

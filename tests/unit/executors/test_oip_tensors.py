@@ -103,6 +103,16 @@ def test_named_instances_stack_per_name_and_several_outputs_come_back_per_row() 
         oip_request_from_tf("predict", {"instances": [{"a": 1}, {"b": 2}]})
 
 
+def test_several_outputs_for_rows_must_share_a_batch_dimension() -> None:
+    rows = {"instances": [[1.0], [2.0]]}
+    scalar = {"name": "s", "shape": [], "datatype": "FP64", "data": [0.5]}
+    batch = {"name": "b", "shape": [2], "datatype": "FP64", "data": [0.1, 0.2]}
+    short = {"name": "c", "shape": [1], "datatype": "FP64", "data": [0.3]}
+    for outputs in ([scalar, batch], [batch, short]):
+        with pytest.raises(GarbageResponse, match="batch dimension"):
+            tf_output_from_oip(rows, {"outputs": outputs})
+
+
 def test_tf_columns_become_tensors_and_outputs_come_back_as_columns() -> None:
     named = {"inputs": {"a": [1, 2], "b": [[1.0], [2.0]]}}
     assert [t["name"] for t in oip_request_from_tf("predict", named)["inputs"]] == ["a", "b"]
