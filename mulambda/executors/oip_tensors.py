@@ -266,8 +266,8 @@ def tf_output_from_oip(body: Mapping[str, Any], response: Any) -> dict[str, Any]
         if len(named) == 1:
             return {"predictions": next(iter(named.values()))}
         # Rows need every output batched alike; TF Serving refuses otherwise too.
-        lengths = {len(c) if isinstance(c, list) else None for c in named.values()}
-        if None in lengths or len(lengths) != 1:
+        lengths = {len(c) for c in named.values() if isinstance(c, list)}
+        if len(lengths) != 1 or not all(isinstance(c, list) for c in named.values()):
             shapes = {n: len(c) if isinstance(c, list) else "scalar" for n, c in named.items()}
             raise GarbageResponse(f"OIP outputs do not share a batch dimension: {shapes!r:.200}")
         (count,) = lengths
