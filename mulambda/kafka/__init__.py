@@ -9,6 +9,7 @@ consumer    ConsumerLoop: in order, a batch at a time
 pipelined   PipelinedConsumer: many records in flight across fetches
 replay      replay, read_until_key, KeyWaiter
 admin       Admin, TopicChange, partitions_of
+reply       request/reply addressing: reply headers, partition_for, send_reply
 
 aiokafka errors are translated to :mod:`mulambda.errors` (KafkaUnavailable) inside
 these modules; workers use the re-exported TopicPartition and RawRecord types.

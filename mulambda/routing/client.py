@@ -49,8 +49,9 @@ from pydantic import ValidationError
 
 from mulambda.errors import ConfigurationError, RequestTimeout
 from mulambda.kafka import KafkaConfig, Producer, await_delivery
+from mulambda.kafka.reply import request_headers
 from mulambda.routing.correlation import RequesterStats
-from mulambda.routing.requester import Requester, RequesterClosed, request_headers
+from mulambda.routing.requester import Requester, RequesterClosed
 from mulambda.routing.results import (
     SEEN_MEMORY,
     Fate,

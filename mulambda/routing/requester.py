@@ -28,8 +28,9 @@ No reply is lost to the start-up race
 Addressing
     Every request carries ``reply_topic``, ``reply_partition``, ``correlation_id`` and
     ``deadline`` (now + timeout) in its body, and the first three also as the headers
-    :data:`HEADER_REPLY_TOPIC`, :data:`HEADER_REPLY_PARTITION` and
-    :data:`HEADER_CORRELATION_ID`. Responders answer with :func:`send_reply`, which
+    :data:`~mulambda.kafka.reply.HEADER_REPLY_TOPIC`, ``HEADER_REPLY_PARTITION`` and
+    ``HEADER_CORRELATION_ID`` (:mod:`mulambda.kafka.reply`, shared with the responders).
+    Responders answer with :func:`~mulambda.kafka.reply.send_reply`, which
     writes the reply to that topic and partition, keyed by correlation id, with the
     correlation id header; the requester then skips foreign replies without decoding them.
 
@@ -46,8 +47,7 @@ import contextlib
 import logging
 import time
 import uuid
-import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
@@ -72,19 +72,18 @@ from mulambda.kafka import (
     partitions_of,
     start_consumer,
 )
+from mulambda.kafka.reply import (
+    HEADER_CORRELATION_ID,
+    header_value,
+    partition_for,
+    request_headers,
+)
 from mulambda.routing.correlation import CorrelationTable, RequesterStats
 from mulambda.runtime.lifecycle import Lifecycle
 from mulambda.wire.codec import DEFAULT_MAX_RECORD_BYTES, ReplyAddress, decode
 from mulambda.wire.events import RequestModel, WireModel, utcnow
 
 log = logging.getLogger(__name__)
-
-HEADER_REPLY_TOPIC = "mulambda-reply-topic"
-"""Header naming the full topic the reply goes to."""
-HEADER_REPLY_PARTITION = "mulambda-reply-partition"
-"""Header naming the reply partition (decimal ASCII)."""
-HEADER_CORRELATION_ID = "mulambda-correlation-id"
-"""Header with the correlation id, on requests and on replies."""
 
 Req = TypeVar("Req", bound=RequestModel)
 Rep = TypeVar("Rep", bound=WireModel)
@@ -96,67 +95,15 @@ class RequesterClosed(MulambdaError):
     retriable = True
 
 
-def partition_for(instance_id: str, partitions: int) -> int:
-    """The reply partition of ``instance_id``: CRC-32 of its UTF-8 bytes modulo ``partitions``.
-
-    Stable across processes and Python versions (unlike ``hash()``).
-    """
-    if partitions <= 0:
-        raise ConfigurationError(f"partition count must be positive, got {partitions}")
-    return zlib.crc32(instance_id.encode()) % partitions
-
-
-def request_headers(address: ReplyAddress) -> list[tuple[str, bytes]]:
-    """The Kafka headers a request carries besides its body's reply fields."""
-    headers = [
-        (HEADER_REPLY_TOPIC, address.topic.encode()),
-        (HEADER_CORRELATION_ID, address.correlation_id.encode()),
-    ]
-    if address.partition is not None:
-        headers.append((HEADER_REPLY_PARTITION, str(address.partition).encode()))
-    return headers
-
-
-def reply_address(request: RequestModel) -> ReplyAddress:
-    """Where the answer to a decoded ``request`` goes."""
-    return ReplyAddress(request.reply_topic, request.reply_partition, request.correlation_id)
-
-
-async def send_reply(
-    producer: Producer, address: ReplyAddress, reply: WireModel | bytes
-) -> asyncio.Future[Any]:
-    """Send ``reply`` (a message, or pre-encoded bytes) to the requester at ``address``.
-
-    Keyed by correlation id (the reply topic's catalog key), to ``address.partition``
-    when the request named one, with the correlation id header so requesters can skip
-    replies that are not theirs without decoding. Returns the delivery future.
-    """
-    headers = [(HEADER_CORRELATION_ID, address.correlation_id.encode())]
-    if isinstance(reply, bytes):
-        return await producer.send_raw(
-            address.topic,
-            reply,
-            key=address.correlation_id,
-            partition=address.partition,
-            headers=headers,
-        )
-    return await producer.send(
-        address.topic,
-        reply,
-        key=address.correlation_id,
-        partition=address.partition,
-        headers=headers,
-    )
-
-
 class Requester(Generic[Req, Rep], Lifecycle):
     """Sends requests to ``request_topic`` and awaits replies on one reply partition.
 
     ``reply_model`` is the message type replies decode into; it must have a
     ``correlation_id`` field (e.g. ``Requester[SelectionRequest, SelectionReply]`` with
     ``reply_model=SelectionReply``). ``reply_partition`` pins the partition; otherwise
-    it is :func:`partition_for` of ``instance_id`` (a random id when None). ``producer``
-    is shared and left running on stop; without one the requester owns a producer.
+    it is :func:`~mulambda.kafka.reply.partition_for` of ``instance_id`` (a random id
+    when None). ``producer`` is shared and left running on stop; without one the
+    requester owns a producer.
     ``unclaimed`` receives every decoded reply that no pending request awaits (after it
     was counted late or foreign); with it, such replies are decoded even when their
     correlation-id header already says they match nothing (the SDK yields them).
@@ -434,7 +381,7 @@ class Requester(Generic[Req, Rep], Lifecycle):
             self._fail_pending("reply reader failed")
 
     def _dispatch(self, record: RawRecord) -> None:
-        correlation_id = _header(record, HEADER_CORRELATION_ID)
+        correlation_id = header_value(record, HEADER_CORRELATION_ID)
         if (
             correlation_id is not None
             and correlation_id not in self._pending
@@ -487,26 +434,4 @@ def _observe(delivery: asyncio.Future[Any]) -> None:
         delivery.exception()
 
 
-def _header(record: RawRecord, name: str) -> str | None:
-    headers: Sequence[tuple[str, bytes]] = record.headers or ()
-    for key, value in headers:
-        if key == name:
-            try:
-                return bytes(value).decode()
-            except UnicodeDecodeError:
-                return None
-    return None
-
-
-__all__ = [
-    "HEADER_CORRELATION_ID",
-    "HEADER_REPLY_PARTITION",
-    "HEADER_REPLY_TOPIC",
-    "Requester",
-    "RequesterClosed",
-    "RequesterStats",
-    "partition_for",
-    "reply_address",
-    "request_headers",
-    "send_reply",
-]
+__all__ = ["Requester", "RequesterClosed", "RequesterStats"]

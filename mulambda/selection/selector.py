@@ -80,7 +80,7 @@ from mulambda.kafka import (
     replay,
     start_consumer,
 )
-from mulambda.routing.requester import HEADER_CORRELATION_ID, reply_address, send_reply
+from mulambda.kafka.reply import HEADER_CORRELATION_ID, reply_address, send_reply
 from mulambda.runtime.lifecycle import Lifecycle
 from mulambda.selection.admission import RegistrationGate
 from mulambda.selection.answers import Answerer, ReplyTargets, UndeliverableReply

@@ -24,7 +24,7 @@ from mulambda.emulator.profiles import profile_by_name
 from mulambda.executors.companion import Companion
 from mulambda.executors.tfserving import TFServingClient
 from mulambda.kafka import Admin, Producer
-from mulambda.routing.requester import partition_for
+from mulambda.kafka.reply import partition_for
 from mulambda.routing.router import Router
 from mulambda.runtime.observability import HealthServer
 from mulambda.selection.admission import EndpointAllowList, RegistrationGate

@@ -15,16 +15,15 @@ import pytest
 
 from mulambda.errors import ConfigurationError, DecodeError, MulambdaError, RequestTimeout
 from mulambda.kafka import ConsumerLoop, DeadLetterer, Producer, Record
-from mulambda.routing.requester import (
+from mulambda.kafka.reply import (
     HEADER_CORRELATION_ID,
     HEADER_REPLY_PARTITION,
     HEADER_REPLY_TOPIC,
-    Requester,
-    RequesterClosed,
     partition_for,
     reply_address,
     send_reply,
 )
+from mulambda.routing.requester import Requester, RequesterClosed
 from mulambda.wire.catalog import Catalog, Topic
 from mulambda.wire.codec import ReplyAddress
 from mulambda.wire.events import SelectionReply, SelectionRequest, SelectionStatus, utcnow
