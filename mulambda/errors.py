@@ -28,7 +28,7 @@ The hierarchy::
     │   ├── InvalidSelectionRequest   weights, sizes or policy out of range
     │   └── NoCandidate               nothing passes the hard criteria or SLO
     ├── ExecutorError                 a TF Serving endpoint answered with an error
-    │   (subclasses per HTTP status live in ``mulambda.executors.tfserving``)
+    │   (subclasses per HTTP status live in ``mulambda.protocols.tfserving``)
     ├── ModelStoreError               model upload/download refused (layout, exists)
     └── LaunchError                   a launch request that cannot be carried out
         └── LaunchForbidden           the cluster's RBAC refused the launcher (403)

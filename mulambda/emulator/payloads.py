@@ -1,7 +1,7 @@
 """Request bodies of TF Serving's REST API: parsing, validation and TF Serving's wording.
 
 Pure: functions here take decoded JSON (or raw bytes) and either return the parts a
-request is made of or raise :class:`~mulambda.executors.tfserving.BadRequest` with the
+request is made of or raise :class:`~mulambda.protocols.tfserving.BadRequest` with the
 message TF Serving gives for the same body (``Missing 'inputs' or 'instances' key``,
 ``JSON Value: ... Is not object``, ...). Checks run in TF Serving's order, so the first
 error a client sees is the same one TF Serving would report.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mulambda.executors.tfserving import BadRequest, decode_json, encode_json
+from mulambda.protocols.tfserving import BadRequest, decode_json, encode_json
 
 __all__ = [
     "examples_payload",

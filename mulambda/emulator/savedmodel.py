@@ -17,7 +17,7 @@ from mulambda.emulator.payloads import json_snippet
 from mulambda.emulator.served import ServedModel, tensor_info
 from mulambda.emulator.tensor_json import columnar_feeds, decode_b64, outputs_json, row_feeds
 from mulambda.errors import ConfigurationError
-from mulambda.executors.tfserving import (
+from mulambda.protocols.tfserving import (
     BadRequest,
     DeadlineExceeded,
     ExecutorInternalError,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from mulambda.errors import ConfigurationError
-from mulambda.executors.tfserving import ModelVersionStatus, Unimplemented
+from mulambda.protocols.tfserving import ModelVersionStatus, Unimplemented
 from mulambda.wire.events import InferenceVerb, ModelState
 
 __all__ = ["DEFAULT_SIGNATURE", "VERBS", "ServedModel", "tensor_info"]
@@ -40,8 +40,8 @@ class ServedModel(abc.ABC):
 
     Subclasses implement :meth:`predict` (and :meth:`classify`/:meth:`regress` when they
     list them in ``verbs``), :meth:`signature_defs` and, when loading takes work,
-    :meth:`load`. Models raise :class:`mulambda.executors.tfserving.TFServingError` subclasses; the
-    server turns them into ``{"error": ...}`` answers with their ``status``.
+    :meth:`load`. Models raise :class:`mulambda.protocols.tfserving.TFServingError`
+    subclasses; the server turns them into ``{"error": ...}`` answers with their ``status``.
 
     ``state``/``error_code``/``error_message`` feed the status endpoint; ``in_flight`` is
     kept by the server (requests of this version being served now).

@@ -46,7 +46,7 @@ from mulambda.emulator.payloads import (
 )
 from mulambda.emulator.served import DEFAULT_SIGNATURE, ServedModel
 from mulambda.errors import ConfigurationError
-from mulambda.executors.tfserving import (
+from mulambda.protocols.tfserving import (
     BadRequest,
     ModelNotFound,
     ModelVersionStatus,

@@ -19,7 +19,7 @@ from mulambda.emulator.payloads import is_b64, json_snippet, json_type_name
 from mulambda.emulator.profiles import SyntheticProfile
 from mulambda.emulator.served import DEFAULT_SIGNATURE, VERBS, ServedModel, tensor_info
 from mulambda.errors import ConfigurationError
-from mulambda.executors.tfserving import BadRequest
+from mulambda.protocols.tfserving import BadRequest
 from mulambda.wire.events import ModelState
 
 __all__ = ["Sleep", "SyntheticModel", "synthetic_models"]

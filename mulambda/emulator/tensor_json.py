@@ -4,7 +4,7 @@ Pure: request values become per-input feeds (row ``instances`` stacked along a n
 dimension, columnar ``inputs`` by name), ``{"b64": ...}`` becomes bytes, and output
 arrays become JSON values (``*_bytes`` string outputs base64-encoded, float32 in its
 shortest round-trip text). Shapes that TF Serving refuses raise
-:class:`~mulambda.executors.tfserving.BadRequest` with its wording. numpy is imported
+:class:`~mulambda.protocols.tfserving.BadRequest` with its wording. numpy is imported
 only when an output is converted, so this module loads without TensorFlow.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mulambda.emulator.payloads import is_b64, json_snippet
-from mulambda.executors.tfserving import BadRequest
+from mulambda.protocols.tfserving import BadRequest
 
 __all__ = ["columnar_feeds", "decode_b64", "outputs_json", "row_feeds"]
 

@@ -46,12 +46,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from mulambda.errors import ConfigurationError, ExecutorError, MulambdaError, RequestTimeout
 from mulambda.executors.oip import OIPClient
 from mulambda.executors.probe import apply_client_record, measure_latency
-from mulambda.executors.tfserving import (
-    ModelVersionStatus,
-    TFServingClient,
-    decode_json,
-    model_path,
-)
+from mulambda.executors.tfserving import TFServingClient
 from mulambda.kafka import (
     ConsumerLoop,
     DeadLetterer,
@@ -62,6 +57,7 @@ from mulambda.kafka import (
     await_delivery,
     replay,
 )
+from mulambda.protocols.tfserving import ModelVersionStatus, decode_json, model_path
 from mulambda.runtime.lifecycle import Lifecycle, wait_ended
 from mulambda.runtime.observability import HealthServer
 from mulambda.wire.catalog import Catalog, Topic

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from mulambda.errors import ConfigurationError, LaunchError
-from mulambda.executors.tfserving import model_path
+from mulambda.protocols.tfserving import model_path
 from mulambda.wire.events import ExecutorProtocol, ExecutorRegistration, Identifier, LaunchSpec
 
 _IDENTIFIER: TypeAdapter[str] = TypeAdapter(Identifier)

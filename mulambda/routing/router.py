@@ -38,7 +38,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from mulambda.errors import DecodeError, MulambdaError, UndeliverableAnswer
-from mulambda.executors.protocols import infer_on
+from mulambda.executors.dispatch import infer_on
 from mulambda.kafka import (
     Admin,
     AnswerSink,

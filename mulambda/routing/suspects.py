@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from mulambda.errors import ConfigurationError, MulambdaError
-from mulambda.executors.tfserving import ExecutorUnavailable
+from mulambda.protocols.tfserving import ExecutorUnavailable
 from mulambda.wire.events import Candidate
 
 DEFAULT_PORTS = {"http": 80, "https": 443}

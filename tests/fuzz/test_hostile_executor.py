@@ -1,6 +1,6 @@
 """A hostile executor: garbage, huge and endless bodies, silence, redirects, NaN.
 
-First the call the router makes per candidate (:func:`mulambda.executors.protocols.infer_on`,
+First the call the router makes per candidate (:func:`mulambda.executors.dispatch.infer_on`,
 both protocols) against generated answers: it returns a usable document or raises a typed
 executor error, never anything else, and never a document holding a non-finite number.
 Then through the suite's real router: requests for executors that misbehave each way get
@@ -25,9 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mulambda.executors.companion import register_executor
-from mulambda.executors.protocols import infer_on
-from mulambda.executors.tfserving import TFServingError
+from mulambda.executors.dispatch import infer_on
 from mulambda.kafka import read_until_key
+from mulambda.protocols.tfserving import TFServingError
 from mulambda.wire.catalog import Topic
 from mulambda.wire.events import (
     ExecutorProtocol,

@@ -31,9 +31,10 @@ import pytest_asyncio
 
 from mulambda.bench.infra import free_port
 from mulambda.errors import ExecutorError
-from mulambda.executors.tfserving import BadRequest, TFServingClient
+from mulambda.executors.tfserving import TFServingClient
 from mulambda.models.layout import MANIFEST_NAME
 from mulambda.models.store import ModelStore
+from mulambda.protocols.tfserving import BadRequest
 from mulambda.wire.events import ModelState
 from tests.conftest import Infra, remove_bucket
 

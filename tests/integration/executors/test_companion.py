@@ -28,8 +28,9 @@ from mulambda.executors.companion import (
     summarise_model_state,
 )
 from mulambda.executors.probe import ProbeServer, deregister_client, register_client
-from mulambda.executors.tfserving import ModelVersionStatus, TFServingClient
+from mulambda.executors.tfserving import TFServingClient
 from mulambda.kafka import Admin, Producer, Record, replay
+from mulambda.protocols.tfserving import ModelVersionStatus
 from mulambda.wire.catalog import Catalog, Topic, load_catalog
 from mulambda.wire.events import (
     ClientRegistration,

@@ -17,14 +17,10 @@ from mulambda.bench.infra import free_port
 from mulambda.errors import ConfigurationError
 from mulambda.executors.companion import Companion
 from mulambda.executors.oip import OIPClient
-from mulambda.executors.oip_tensors import UnsupportedByProtocol
-from mulambda.executors.tfserving import (
-    ExecutorInternalError,
-    ExecutorUnavailable,
-    ModelNotFound,
-    TFServingClient,
-)
+from mulambda.executors.tfserving import TFServingClient
 from mulambda.kafka import Admin, replay
+from mulambda.protocols.oip import UnsupportedByProtocol
+from mulambda.protocols.tfserving import ExecutorInternalError, ExecutorUnavailable, ModelNotFound
 from mulambda.wire.catalog import Catalog, Topic, load_catalog
 from mulambda.wire.events import ExecutorProtocol, ExecutorStatus, ModelState
 from tests.conftest import Infra

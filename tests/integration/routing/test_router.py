@@ -24,8 +24,8 @@ import pytest_asyncio
 
 from mulambda.emulator import ExecutorServer, SyntheticModel
 from mulambda.emulator.profiles import SyntheticProfile
-from mulambda.executors.tfserving import ExecutorInternalError, ExecutorUnavailable, TFServingError
 from mulambda.kafka import Producer, Record, read_until_key, replay
+from mulambda.protocols.tfserving import ExecutorInternalError, ExecutorUnavailable, TFServingError
 from mulambda.routing.answered import AnsweredRequests
 from mulambda.routing.router import Router
 from mulambda.selection.selector import Selector

@@ -15,7 +15,7 @@ from mulambda.emulator.payloads import (
     parse_document,
     predict_payload,
 )
-from mulambda.executors.tfserving import BadRequest
+from mulambda.protocols.tfserving import BadRequest
 
 pytestmark = pytest.mark.unit
 

@@ -33,7 +33,7 @@ from mulambda.emulator import (
 )
 from mulambda.emulator.profiles import PROTOTYPE_PROFILES, SyntheticProfile, profile_by_name
 from mulambda.errors import ConfigurationError
-from mulambda.executors.tfserving import decode_json
+from mulambda.protocols.tfserving import decode_json
 from mulambda.wire.events import ModelState
 
 pytestmark = pytest.mark.unit

@@ -14,7 +14,7 @@ from mulambda.emulator.profiles import PROTOTYPE_PROFILES, profile_by_name
 from mulambda.emulator.served import DEFAULT_SIGNATURE
 from mulambda.emulator.synthetic import SyntheticModel, synthetic_models
 from mulambda.errors import ConfigurationError
-from mulambda.executors.tfserving import BadRequest
+from mulambda.protocols.tfserving import BadRequest
 from mulambda.wire.events import ModelState
 
 pytestmark = pytest.mark.unit

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from mulambda.emulator.tensor_json import columnar_feeds, decode_b64, outputs_json, row_feeds
-from mulambda.executors.tfserving import BadRequest
+from mulambda.protocols.tfserving import BadRequest
 
 pytestmark = pytest.mark.unit
 

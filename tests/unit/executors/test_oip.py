@@ -14,9 +14,10 @@ from aiohttp import web
 from mulambda.emulator import ExecutorServer, SyntheticModel
 from mulambda.emulator.profiles import profile_by_name
 from mulambda.errors import ConfigurationError
-from mulambda.executors.oip import OIPClient, oip_model_path
-from mulambda.executors.protocols import infer_on
-from mulambda.executors.tfserving import (
+from mulambda.executors.dispatch import infer_on
+from mulambda.executors.oip import OIPClient
+from mulambda.protocols.oip import oip_model_path
+from mulambda.protocols.tfserving import (
     BadRequest,
     DeadlineExceeded,
     ExecutorInternalError,

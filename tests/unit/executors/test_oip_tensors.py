@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from mulambda.executors.oip_tensors import (
+from mulambda.protocols.oip import (
     UnsupportedByProtocol,
     is_oip_body,
     oip_request_from_tf,
@@ -16,7 +16,7 @@ from mulambda.executors.oip_tensors import (
     tf_output_from_oip,
     tf_request_from_oip,
 )
-from mulambda.executors.tfserving import BadRequest, GarbageResponse, NonFiniteOutput
+from mulambda.protocols.tfserving import BadRequest, GarbageResponse, NonFiniteOutput
 
 pytestmark = pytest.mark.unit
 

@@ -20,7 +20,8 @@ from mulambda.bench.infra import free_port
 from mulambda.emulator import ExecutorServer, ServedModel, SyntheticModel
 from mulambda.emulator.profiles import profile_by_name
 from mulambda.errors import ConfigurationError, ExecutorError, MulambdaError
-from mulambda.executors.tfserving import (
+from mulambda.executors.tfserving import TFServingClient
+from mulambda.protocols.tfserving import (
     BadRequest,
     DeadlineExceeded,
     ExecutorInternalError,
@@ -30,7 +31,6 @@ from mulambda.executors.tfserving import (
     ModelVersionStatus,
     NonFiniteOutput,
     ResourceExhausted,
-    TFServingClient,
     TFServingError,
     Unimplemented,
     decode_finite_json,

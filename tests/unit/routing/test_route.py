@@ -19,7 +19,7 @@ from mulambda.errors import (
     MulambdaError,
     RequestTimeout,
 )
-from mulambda.executors.tfserving import (
+from mulambda.protocols.tfserving import (
     BadRequest,
     DeadlineExceeded,
     ExecutorInternalError,

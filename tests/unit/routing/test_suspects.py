@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from mulambda.errors import ConfigurationError, MulambdaError, RequestTimeout
-from mulambda.executors.tfserving import (
+from mulambda.protocols.tfserving import (
     BadRequest,
     DeadlineExceeded,
     ExecutorUnavailable,

@@ -2,7 +2,7 @@
 
 :func:`infer_on` is what the router calls per candidate: it picks the client for the
 candidate's :class:`~mulambda.wire.events.ExecutorProtocol` and converts the request's
-body into that protocol and the answer back (:mod:`mulambda.executors.oip_tensors`), so
+body into that protocol and the answer back (:mod:`mulambda.protocols.oip`), so
 the result's ``output`` is in the request's own dialect whichever executor answered.
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 
 from mulambda.executors.oip import OIPClient
-from mulambda.executors.oip_tensors import is_oip_body, oip_response_from_tf, tf_request_from_oip
 from mulambda.executors.tfserving import TFServingClient
+from mulambda.protocols.oip import is_oip_body, oip_response_from_tf, tf_request_from_oip
 from mulambda.wire.events import ExecutorProtocol, InferenceVerb
 
 __all__ = ["infer_on"]
@@ -34,8 +34,8 @@ async def infer_on(
 ) -> dict[str, Any]:
     """Call ``model`` at ``endpoint`` over ``session`` (shared, left open) in ``protocol``.
 
-    Raises the typed executor errors of :mod:`mulambda.executors.tfserving` (and
-    :class:`~mulambda.executors.oip_tensors.UnsupportedByProtocol`, retriable, for what
+    Raises the typed executor errors of :mod:`mulambda.protocols.tfserving` (and
+    :class:`~mulambda.protocols.oip.UnsupportedByProtocol`, retriable, for what
     the protocol cannot express).
     """
     if protocol is ExecutorProtocol.OIP_V2:

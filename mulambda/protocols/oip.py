@@ -1,4 +1,9 @@
-"""Request and response bodies translated between TF Serving REST and OIP v2 (pure).
+"""Open Inference Protocol v2 REST: URLs, tensors, bodies translated to/from TF Serving.
+
+Pure (no HTTP). Errors are TF Serving's (:mod:`mulambda.protocols.tfserving`: same
+statuses, same ``retriable``), plus :class:`UnsupportedByProtocol`. The OIP client
+(:mod:`mulambda.executors.oip`) and the router's per-candidate call
+(:mod:`mulambda.executors.dispatch`) use this module.
 
 An :class:`~mulambda.wire.events.InferenceRequest` body is in one of two dialects:
 
@@ -37,8 +42,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
+from urllib.parse import quote
 
-from mulambda.executors.tfserving import (
+from mulambda.errors import ConfigurationError
+from mulambda.protocols.tfserving import (
     BadRequest,
     GarbageResponse,
     NonFiniteOutput,
@@ -51,6 +58,7 @@ __all__ = [
     "DEFAULT_OUTPUT_NAME",
     "UnsupportedByProtocol",
     "is_oip_body",
+    "oip_model_path",
     "oip_request_from_tf",
     "oip_response_from_tf",
     "tensor_from_nested",
@@ -58,6 +66,19 @@ __all__ = [
     "tf_output_from_oip",
     "tf_request_from_oip",
 ]
+
+
+def oip_model_path(model: str, *, version: int | str | None = None, suffix: str = "") -> str:
+    """The encoded path ``/v2/models/{model}[/versions/{version}]{suffix}``."""
+    if not isinstance(model, str) or not model or "/" in model:
+        raise ConfigurationError(f"model name {model!r} is empty or contains '/'")
+    path = f"/v2/models/{quote(model, safe='')}"
+    if version is not None:
+        if isinstance(version, bool) or (isinstance(version, int) and version < 0):
+            raise ConfigurationError(f"model version must be >= 0 or a name, not {version!r}")
+        path += f"/versions/{quote(str(version), safe='')}"
+    return path + suffix
+
 
 DEFAULT_INPUT_NAME: Final = "input"
 """Name of the OIP tensor made from an unnamed TF Serving input."""
