@@ -57,7 +57,8 @@ import yaml
 from mulambda.bench.infra import REPO, PlatformError, PrivateInfra, clean_environ, free_ports
 from mulambda.emulator.profiles import profile_by_name
 from mulambda.errors import MulambdaError
-from mulambda.executors.companion import STATS_PATH, read_executors
+from mulambda.executors.heartbeats import STATS_PATH
+from mulambda.executors.registration import read_executors
 from mulambda.kafka import Admin, KafkaConfig
 from mulambda.runtime.lifecycle import Lifecycle
 from mulambda.wire.catalog import Catalog, Topic, load_catalog

@@ -16,7 +16,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from mulambda.cli.common import load_settings, run_async
 from mulambda.errors import ConfigurationError, LaunchError
-from mulambda.executors.companion import deregister_executor, read_executors, register_executor
+from mulambda.executors.registration import deregister_executor, read_executors, register_executor
 from mulambda.kafka import KafkaConfig, Producer
 from mulambda.launching.desired import check_launch, replica_id
 from mulambda.protocols.tfserving import model_path

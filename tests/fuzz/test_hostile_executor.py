@@ -24,8 +24,8 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mulambda.executors.companion import register_executor
 from mulambda.executors.dispatch import infer_on
+from mulambda.executors.registration import register_executor
 from mulambda.kafka import read_until_key
 from mulambda.protocols.tfserving import TFServingError
 from mulambda.wire.catalog import Topic

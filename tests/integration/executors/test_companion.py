@@ -21,13 +21,10 @@ from mulambda.bench.infra import free_port
 from mulambda.emulator import ExecutorServer, SyntheticModel
 from mulambda.emulator.profiles import SyntheticProfile, profile_by_name
 from mulambda.errors import ConfigurationError
-from mulambda.executors.companion import (
-    Companion,
-    parse_stats,
-    read_executors,
-    summarise_model_state,
-)
+from mulambda.executors.companion import Companion
+from mulambda.executors.heartbeats import parse_stats, summarise_model_state
 from mulambda.executors.probe import ProbeServer, deregister_client, register_client
+from mulambda.executors.registration import read_executors
 from mulambda.executors.tfserving import TFServingClient
 from mulambda.kafka import Admin, Producer, Record, replay
 from mulambda.protocols.tfserving import ModelVersionStatus

@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from mulambda.errors import TransportError
-from mulambda.executors.companion import register_executor
+from mulambda.executors.registration import register_executor
 from mulambda.kafka import Producer
 from mulambda.launching.local import render_replicas
 from mulambda.launching.plan import DesiredObject, ObjectRef, ObservedObject

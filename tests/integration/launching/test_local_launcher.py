@@ -25,7 +25,7 @@ import pytest
 import pytest_asyncio
 
 from mulambda.bench.infra import clean_environ
-from mulambda.executors.companion import read_executors
+from mulambda.executors.registration import read_executors
 from mulambda.executors.tfserving import TFServingClient
 from mulambda.kafka import Producer
 from mulambda.launching.local import LocalProcessBackend

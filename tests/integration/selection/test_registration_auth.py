@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from mulambda.executors.companion import deregister_executor, register_executor
+from mulambda.executors.registration import deregister_executor, register_executor
 from mulambda.kafka import Producer, start_bounded
 from mulambda.selection.admission import EndpointAllowList, RegistrationGate
 from mulambda.wire.catalog import Catalog, Topic

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mulambda.executors.companion import parse_stats
+from mulambda.executors.heartbeats import parse_stats
 
 pytestmark = pytest.mark.unit
 
