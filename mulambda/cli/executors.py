@@ -373,7 +373,7 @@ def launch(
         return
     import yaml
 
-    from mulambda.executors.launcher import (
+    from mulambda.launching.manifests import (
         LaunchOptions,
         apply_deployment,
         executor_deployment,

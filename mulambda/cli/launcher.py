@@ -17,9 +17,9 @@ from pathlib import Path
 import click
 
 from mulambda.cli.common import load_settings, registration_gate
-from mulambda.executors.launcher import LaunchOptions
 from mulambda.kafka import KafkaConfig
 from mulambda.launching.backend import LaunchBackend
+from mulambda.launching.manifests import LaunchOptions
 from mulambda.launching.worker import Launcher
 from mulambda.runtime.observability import configure_logging
 from mulambda.runtime.runner import Service, run

@@ -2,7 +2,7 @@
 
 Each launch is a StatefulSet (pods register ``<launch id>-<ordinal>``, from the
 ``apps.kubernetes.io/pod-index`` label, even for one replica, so scaling renames nothing)
-and the headless Service it names, built by :mod:`mulambda.executors.launcher` and marked
+and the headless Service it names, built by :mod:`mulambda.launching.manifests` and marked
 as the launcher's: the label ``app.kubernetes.io/managed-by: mulambda-launcher``, the
 launch's label, and annotations with the exact launch id and the digest of the manifest.
 Requests: server-side apply (``PATCH`` as ``application/apply-patch+yaml`` with field
@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from mulambda.errors import LaunchError, LaunchForbidden, MulambdaError, TransportError
-from mulambda.executors.launcher import (
+from mulambda.launching.desired import check_launch, spec_hash
+from mulambda.launching.manifests import (
     LaunchOptions,
     executor_deployment,
     executor_service,
     workload_name,
 )
-from mulambda.launching.desired import check_launch, spec_hash
 from mulambda.launching.plan import (
     LAUNCH_ID_ANNOTATION,
     LAUNCH_LABEL,

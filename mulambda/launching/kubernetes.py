@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from mulambda.errors import ConfigurationError, LaunchError, TransportError
-from mulambda.executors.launcher import LaunchOptions
 from mulambda.launching.kube_requests import (
     MANAGED_KINDS,
     KubeRequest,
@@ -27,6 +26,7 @@ from mulambda.launching.kube_requests import (
     render_kubernetes,
     uid_of,
 )
+from mulambda.launching.manifests import LaunchOptions
 from mulambda.launching.plan import DesiredObject, ObservedObject
 from mulambda.runtime.lifecycle import Lifecycle
 from mulambda.wire.events import ExecutorRegistration

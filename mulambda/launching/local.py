@@ -26,8 +26,8 @@ from typing import Final
 
 from mulambda.bench.infra import free_port
 from mulambda.errors import ConfigurationError, LaunchError
-from mulambda.executors.launcher import companion_args
 from mulambda.launching.desired import check_launch, replica_id, spec_hash
+from mulambda.launching.manifests import companion_args
 from mulambda.launching.plan import DesiredObject, ObjectRef, ObservedObject
 from mulambda.runtime.lifecycle import Lifecycle
 from mulambda.wire.events import ExecutorRegistration

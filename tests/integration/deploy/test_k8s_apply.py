@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mulambda.executors.launcher import LaunchOptions, executor_deployment
+from mulambda.launching.manifests import LaunchOptions, executor_deployment
 from tests.factories import registration
 from tests.kube import KubeApi
 from tests.unit.deploy.manifests import OVERLAYS, by_kind, kustomize_command, render

@@ -17,8 +17,8 @@ import pytest_asyncio
 
 from mulambda.emulator import ExecutorServer, SyntheticModel
 from mulambda.emulator.profiles import SyntheticProfile
-from mulambda.executors.launcher import LaunchOptions, executor_deployment
 from mulambda.executors.registration import read_executors
+from mulambda.launching.manifests import LaunchOptions, executor_deployment
 from mulambda.wire.catalog import Catalog
 from tests.conftest import Infra
 from tests.factories import registration

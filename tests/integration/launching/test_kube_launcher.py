@@ -22,9 +22,9 @@ import pytest
 import pytest_asyncio
 
 from mulambda.errors import LaunchError, LaunchForbidden
-from mulambda.executors.launcher import LaunchOptions, workload_name
 from mulambda.kafka import Producer
 from mulambda.launching.kubernetes import KubernetesBackend, KubeServer
+from mulambda.launching.manifests import LaunchOptions, workload_name
 from mulambda.launching.plan import (
     LAUNCH_ID_ANNOTATION,
     LAUNCH_LABEL,

@@ -12,7 +12,7 @@ import pytest
 
 from mulambda.cli import cli
 from mulambda.deploy import strimzi
-from mulambda.executors.launcher import (
+from mulambda.launching.manifests import (
     COMPANION_HEALTH_PORT,
     TF_SERVING_REST_PORT,
     LaunchOptions,

@@ -9,7 +9,7 @@ import yaml
 from click.testing import CliRunner
 
 from mulambda.cli.executors import executors
-from mulambda.executors.launcher import (
+from mulambda.launching.manifests import (
     POD_INDEX_LABEL,
     LaunchOptions,
     executor_deployment,

@@ -7,7 +7,6 @@ import json
 import pytest
 
 from mulambda.errors import LaunchError, LaunchForbidden, TransportError
-from mulambda.executors.launcher import LaunchOptions, workload_name
 from mulambda.launching.kube_requests import (
     APPLY_CONTENT_TYPE,
     OWNED_SELECTOR,
@@ -20,6 +19,7 @@ from mulambda.launching.kube_requests import (
     render_kubernetes,
     uid_of,
 )
+from mulambda.launching.manifests import LaunchOptions, workload_name
 from mulambda.launching.plan import (
     LAUNCH_ID_ANNOTATION,
     LAUNCH_LABEL,

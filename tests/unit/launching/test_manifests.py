@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from mulambda.errors import ConfigurationError
-from mulambda.executors.launcher import LaunchOptions, apply_deployment, executor_deployment
+from mulambda.launching.manifests import LaunchOptions, apply_deployment, executor_deployment
 from tests.factories import registration
 
 pytestmark = pytest.mark.unit
