@@ -30,7 +30,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
-from mulambda.bench.infra import clean_environ, free_ports
+from mulambda.harness.infra import clean_environ, free_ports
 from mulambda.kafka import Admin, KafkaConfig
 from mulambda.wire.catalog import load_catalog
 

@@ -8,7 +8,7 @@ Run: ``.venv/bin/python benchmarks/bench_faults.py [--only router-kill,broker-re
 Unlike the other benchmarks this one starts its own servers: a private Kafka and Redis
 (``deploy/local/infra.sh`` under a temporary ``MULAMBDA_HOME`` on free ports, so the
 shared ones are never restarted) and the whole platform as processes
-(:class:`mulambda.bench.platform.LocalPlatform`): selectors, routers, executor processes
+(:class:`mulambda.harness.platform.LocalPlatform`): selectors, routers, executor processes
 serving FastBad, MidOK and SlowGood at time scale 0, one companion per model and process.
 Nothing is left running at the end, nor after Ctrl-C.
 
@@ -22,7 +22,7 @@ each, the platform is healed and must answer a short probe load. Open-loop load 
 a third of the duration). Results are read until every request is answered or its
 deadline plus ``--margin`` has passed.
 
-Printed per scenario (see :mod:`mulambda.bench.verify` for the definitions): sent,
+Printed per scenario (see :mod:`mulambda.harness.verify` for the definitions): sent,
 answered (first result in time, SDK view), ok, errors, lost (no result by deadline plus
 margin; ``late`` of them answered after that), request ids answered more than once and
 extra results per reader (read_committed / read_uncommitted), premature errors (error
@@ -42,17 +42,17 @@ import sys
 import time
 from pathlib import Path
 
-from mulambda.bench.infra import PlatformError
-from mulambda.bench.load import LoadSpec
-from mulambda.bench.platform import LocalPlatform, PlatformSpec
-from mulambda.bench.scenarios import (
+from mulambda.harness.infra import PlatformError
+from mulambda.harness.load import LoadSpec
+from mulambda.harness.platform import LocalPlatform, PlatformSpec
+from mulambda.harness.scenarios import (
     FAULTS,
     RunOptions,
     ensure_serving,
     run_scenario,
     slow_delay_ms,
 )
-from mulambda.bench.verify import ScenarioReport, render_table
+from mulambda.harness.verify import ScenarioReport, render_table
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

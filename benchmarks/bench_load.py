@@ -15,7 +15,7 @@ For each rate, a direct phase (the same Poisson schedule of TF Serving calls str
 an executor) and the platform phase (hand-written JSON requests through router →
 selection → executor → result); latency counts from each request's *scheduled* send
 time. Prints a table, writes ``<out>/<label>.json`` and ``<label>-latency.png`` /
-``<label>-cpu.png``. See :mod:`mulambda.bench.fullpath` for what is measured, and
+``<label>-cpu.png``. See :mod:`mulambda.harness.fullpath` for what is measured, and
 ``benchmarks/README.md`` for the figures.
 
 Targets (default delivery mode, 2 cores, everything co-located): routing overhead p50 ≤
@@ -40,10 +40,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mulambda.bench.fullpath import SMOKE, FullPathSweep, SweepSpec
-from mulambda.bench.platform import LocalPlatform, PlatformSpec
-from mulambda.bench.plots import write_plots
-from mulambda.bench.tally import Tally
+from mulambda.harness.fullpath import SMOKE, FullPathSweep, SweepSpec
+from mulambda.harness.platform import LocalPlatform, PlatformSpec
+from mulambda.harness.plots import write_plots
+from mulambda.harness.tally import Tally
 
 HERE = Path(__file__).resolve().parent
 

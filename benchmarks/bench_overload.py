@@ -30,7 +30,7 @@ Per policy: SLO attainment (answered within ``max_latency_ms`` at ``>= min_accur
 effective accuracy (mean accuracy of answers delivered within ``max_latency_ms``; late or
 failed answers count 0), p50/p95/p99 round trip of the answered requests, failures; next
 to each executor alone (``single:<name>``, every request to it) and the oracle
-(:func:`~mulambda.bench.evaluation.simulate_slo_oracle`: a clairvoyant greedy schedule of
+(:func:`~mulambda.harness.evaluation.simulate_slo_oracle`: a clairvoyant greedy schedule of
 the same arrivals with the true profiles, exact queues and the measured median path
 overhead). Repeats give 95% intervals.
 
@@ -55,17 +55,17 @@ from typing import Any
 
 from tqdm import tqdm
 
-from mulambda.bench.evaluation import (
+from mulambda.emulator.profiles import SyntheticProfile
+from mulambda.harness.evaluation import (
     Offer,
     mean_interval,
     ramp_offsets,
     simulate_slo_oracle,
     slo_outcome,
 )
-from mulambda.bench.inprocess import InProcessPlatform, Node, Outcome, Placement
-from mulambda.bench.reporting import config_of, line_panels, write_results
-from mulambda.bench.verify import percentile
-from mulambda.emulator.profiles import SyntheticProfile
+from mulambda.harness.inprocess import InProcessPlatform, Node, Outcome, Placement
+from mulambda.harness.reporting import config_of, line_panels, write_results
+from mulambda.harness.verify import percentile
 from mulambda.kafka import KafkaConfig
 from mulambda.runtime.settings import Settings
 from mulambda.wire.events import InferenceStatus, Slo, SoftWeights

@@ -12,7 +12,7 @@ router or the selector runs in this process.
 
 Printed (and written with ``--json``): ok answers per second against the executors'
 total capacity (from the profiles and the time scale: ``1 / (beta * scale)`` each; see
-:mod:`mulambda.bench.quickstart`), the error count and the errors' latency p50/p99 (from
+:mod:`mulambda.harness.quickstart`), the error count and the errors' latency p50/p99 (from
 each request's scheduled send to its result being read), ok latencies, the split per
 executor, the error reasons, the load average before and after, and how long the router,
 selector and executor processes had been running. The issue measured *freshly started
@@ -43,8 +43,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from mulambda.bench.quickstart import OverloadTally, capacities, render
 from mulambda.emulator.profiles import profile_by_name
+from mulambda.harness.quickstart import OverloadTally, capacities, render
 from mulambda.runtime.settings import Settings
 from mulambda.wire.catalog import Topic, load_catalog
 

@@ -7,7 +7,7 @@ Run: ``.venv/bin/python benchmarks/bench_replay.py [--smoke] [--repeats 3] [--am
 
 Needs Kafka and Redis (``MULAMBDA_KAFKA_BOOTSTRAP_SERVERS``, ``MULAMBDA_REDIS_URL``); runs
 selector, router and synthetic executors in this process
-(:class:`~mulambda.bench.inprocess.InProcessPlatform`), over prefixes deleted at the end.
+(:class:`~mulambda.harness.inprocess.InProcessPlatform`), over prefixes deleted at the end.
 
 The matrix: the 9 executor profiles of the prototype placed on 4 nodes per placement
 (parity, hyperlocal, logical, arbitrary), the nodes' network delays (0, 10, 40, 100 ms,
@@ -18,7 +18,7 @@ delay they really have.
 
 Each run (placement, use case, policy, repeat) registers fresh executors (every policy
 starts cold), sends ``--amount`` requests from ``--concurrency`` closed-loop clients, and
-scores every request with one utility (:mod:`mulambda.bench.evaluation`): the prototype's
+scores every request with one utility (:mod:`mulambda.harness.evaluation`): the prototype's
 bucket latency score of its measured round trip and the true accuracy of the executor
 that answered (the accuracy it registered, ``confidences[0]``: the results name the
 executor, so the accuracy a policy was shown is the one it is judged on; the gamma-scaled
@@ -51,16 +51,16 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from mulambda.bench.evaluation import (
+from mulambda.emulator.profiles import PROTOTYPE_PROFILES, SyntheticProfile, parse_profiles
+from mulambda.harness.evaluation import (
     Load,
     compare,
     mean_interval,
     oracle_for_utility,
     utility,
 )
-from mulambda.bench.inprocess import InProcessPlatform, Node, Outcome, Placement
-from mulambda.bench.reporting import config_of, ecdf_grid, write_results
-from mulambda.emulator.profiles import PROTOTYPE_PROFILES, SyntheticProfile, parse_profiles
+from mulambda.harness.inprocess import InProcessPlatform, Node, Outcome, Placement
+from mulambda.harness.reporting import config_of, ecdf_grid, write_results
 from mulambda.kafka import KafkaConfig
 from mulambda.runtime.settings import Settings
 from mulambda.wire.events import InferenceStatus, SoftWeights

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from mulambda.bench.infra import free_port
 from mulambda.errors import ConfigurationError, LaunchError
+from mulambda.harness.infra import free_port
 from mulambda.launching.desired import check_launch, replica_id, spec_hash
 from mulambda.launching.manifests import companion_args
 from mulambda.launching.plan import DesiredObject, ObjectRef, ObservedObject

@@ -1,6 +1,6 @@
 """Fixtures of the fault suite: one private local platform per module, healed per scenario.
 
-The platform (:class:`mulambda.bench.platform.LocalPlatform`) runs its own Kafka and
+The platform (:class:`mulambda.harness.platform.LocalPlatform`) runs its own Kafka and
 Redis on free ports under a temporary ``MULAMBDA_HOME``, so its faults never reach the
 servers the other suites share. ``measure`` heals it (and proves it serves) before each
 scenario, runs the scenario, prints its row of figures (``pytest -s``), writes it as
@@ -25,10 +25,10 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from mulambda.bench.load import LoadSpec
-from mulambda.bench.platform import LocalPlatform, PlatformSpec
-from mulambda.bench.scenarios import FAULTS, RunOptions, ensure_serving, run_scenario
-from mulambda.bench.verify import ScenarioReport, render_table
+from mulambda.harness.load import LoadSpec
+from mulambda.harness.platform import LocalPlatform, PlatformSpec
+from mulambda.harness.scenarios import FAULTS, RunOptions, ensure_serving, run_scenario
+from mulambda.harness.verify import ScenarioReport, render_table
 
 HERE = Path(__file__).resolve().parent
 RESULTS_ENV = "MULAMBDA_FAULTS_RESULTS"

@@ -24,10 +24,10 @@ from dataclasses import replace
 import pytest
 import pytest_asyncio
 
-from mulambda.bench.load import LoadSpec
-from mulambda.bench.platform import LocalPlatform, PlatformSpec
-from mulambda.bench.scenarios import FAULTS, RunOptions, ensure_serving, run_scenario
-from mulambda.bench.verify import ScenarioReport, render_table
+from mulambda.harness.load import LoadSpec
+from mulambda.harness.platform import LocalPlatform, PlatformSpec
+from mulambda.harness.scenarios import FAULTS, RunOptions, ensure_serving, run_scenario
+from mulambda.harness.verify import ScenarioReport, render_table
 from tests.faults.conftest import DELIVERY_MODES, record
 
 RATE = 100.0

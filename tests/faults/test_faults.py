@@ -5,7 +5,7 @@ platform of 2 selectors, 2 routers and 3 executor processes serving the same thr
 synthetic models at time scale 0. Each test heals the platform, proves it serves, then
 runs one scenario: the fault comes 6 s into the load, which goes on for 15 s after the
 fault is done; results are read until every request is answered or its deadline plus a
-3 s margin has passed. Figures: see :mod:`mulambda.bench.verify`.
+3 s margin has passed. Figures: see :mod:`mulambda.harness.verify`.
 
 Targets (issue 10), every scenario: no request lost (a result by its deadline plus the
 margin; by its acknowledgement plus the margin when a broker outage held it in the
@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import pytest
 
-from mulambda.bench.load import LoadSpec
-from mulambda.bench.scenarios import BROKER_OUTAGE_S, RunOptions
-from mulambda.bench.verify import COMMITTED, UNCOMMITTED, ScenarioReport, render_table
+from mulambda.harness.load import LoadSpec
+from mulambda.harness.scenarios import BROKER_OUTAGE_S, RunOptions
+from mulambda.harness.verify import COMMITTED, UNCOMMITTED, ScenarioReport, render_table
 from tests.faults.conftest import Measure
 
 RATE = 100.0

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from mulambda.bench.infra import free_port
+from mulambda.harness.infra import free_port
 from tests.conftest import INFRA, REPO
 
 pytestmark = pytest.mark.integration

@@ -29,7 +29,7 @@ from typing import Any, Final
 
 import pytest
 
-from mulambda.bench.infra import free_port
+from mulambda.harness.infra import free_port
 from tests.conftest import INFRA, REPO
 
 pytestmark = pytest.mark.integration

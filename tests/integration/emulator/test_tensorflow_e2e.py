@@ -29,9 +29,9 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from mulambda.bench.infra import free_port
 from mulambda.errors import ExecutorError
 from mulambda.executors.tfserving import TFServingClient
+from mulambda.harness.infra import free_port
 from mulambda.models.layout import MANIFEST_NAME
 from mulambda.models.store import ModelStore
 from mulambda.protocols.tfserving import BadRequest

@@ -26,7 +26,7 @@ from typing import Any, Final
 import aiohttp
 import pytest
 
-from mulambda.bench.infra import free_port
+from mulambda.harness.infra import free_port
 from mulambda.models.store import ModelStore
 from tests.conftest import Infra, remove_bucket
 

@@ -17,7 +17,6 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from mulambda.bench.infra import free_port
 from mulambda.emulator import ExecutorServer, SyntheticModel
 from mulambda.emulator.profiles import SyntheticProfile, profile_by_name
 from mulambda.errors import ConfigurationError
@@ -26,6 +25,7 @@ from mulambda.executors.heartbeats import parse_stats, summarise_model_state
 from mulambda.executors.probe import ProbeServer, deregister_client, register_client
 from mulambda.executors.registration import read_executors
 from mulambda.executors.tfserving import TFServingClient
+from mulambda.harness.infra import free_port
 from mulambda.kafka import Admin, Producer, Record, replay
 from mulambda.protocols.tfserving import ModelVersionStatus
 from mulambda.wire.catalog import Catalog, Topic, load_catalog

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from mulambda.bench.infra import free_port
 from mulambda.errors import ConfigurationError
 from mulambda.executors.companion import Companion
 from mulambda.executors.oip import OIPClient
 from mulambda.executors.tfserving import TFServingClient
+from mulambda.harness.infra import free_port
 from mulambda.kafka import Admin, replay
 from mulambda.protocols.oip import UnsupportedByProtocol
 from mulambda.protocols.tfserving import ExecutorInternalError, ExecutorUnavailable, ModelNotFound

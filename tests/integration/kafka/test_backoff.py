@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from mulambda.bench.infra import PrivateInfra
+from mulambda.harness.infra import PrivateInfra
 from mulambda.kafka import KafkaConfig
 from mulambda.kafka.backoff import DEFAULT_PAUSE_S, inner_client
 from mulambda.kafka.config import close_consumer, start_bounded, start_consumer

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from mulambda.bench.infra import clean_environ, free_port
+from mulambda.harness.infra import clean_environ, free_port
 from mulambda.wire.catalog import Catalog
 from tests.conftest import REPO, Infra
 

@@ -24,9 +24,9 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from mulambda.bench.infra import clean_environ
 from mulambda.executors.registration import read_executors
 from mulambda.executors.tfserving import TFServingClient
+from mulambda.harness.infra import clean_environ
 from mulambda.kafka import Producer
 from mulambda.launching.local import LocalProcessBackend
 from mulambda.launching.worker import Launcher

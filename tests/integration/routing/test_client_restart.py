@@ -1,4 +1,4 @@
-"""The SDK across a broker restart, on a PRIVATE Kafka (mulambda.bench.infra): the shared
+"""The SDK across a broker restart, on a PRIVATE Kafka (mulambda.harness.infra): the shared
 broker other sessions use is never restarted."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from mulambda.bench.infra import PrivateInfra
 from mulambda.errors import MulambdaError
+from mulambda.harness.infra import PrivateInfra
 from mulambda.kafka import Admin, KafkaConfig
 from mulambda.routing.client import Client
 from mulambda.wire.catalog import Catalog, load_catalog

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pytest
 import pytest_asyncio
 
-from mulambda.bench.infra import PrivateInfra, free_ports
+from mulambda.harness.infra import PrivateInfra, free_ports
 from mulambda.kafka import Admin
 from mulambda.runtime.redis_connection import RedisConfig
 from mulambda.wire.catalog import Catalog, load_catalog

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from mulambda.bench.infra import PrivateInfra
 from mulambda.errors import AuthenticationError, AuthorizationError
+from mulambda.harness.infra import PrivateInfra
 from mulambda.kafka import (
     Admin,
     Producer,

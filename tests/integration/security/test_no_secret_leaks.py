@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from mulambda.bench.infra import PrivateInfra, free_ports
+from mulambda.harness.infra import PrivateInfra, free_ports
 from mulambda.kafka import Producer, Record, await_delivery, replay
 from mulambda.runtime.settings import SECRET_SETTINGS
 from mulambda.wire.catalog import Catalog, Topic

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from mulambda.bench.infra import PrivateInfra
 from mulambda.emulator import ExecutorServer, SyntheticModel
+from mulambda.harness.infra import PrivateInfra
 from mulambda.kafka import Producer, read_until_key
 from mulambda.routing.router import Router
 from mulambda.security.acls import DEFAULT_ROUTER_GROUP, DEFAULT_SELECTOR_GROUP

@@ -11,8 +11,8 @@ import uuid
 
 import pytest
 
-from mulambda.bench.infra import PrivateInfra
 from mulambda.errors import ConfigurationError
+from mulambda.harness.infra import PrivateInfra
 from mulambda.kafka import Admin, Producer, Record, partitions_of, replay
 from mulambda.kafka.acls import apply_acls
 from mulambda.kafka.fetching import ACCESS_DENIED_BACKOFF_S

@@ -23,8 +23,8 @@ import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from mulambda.bench.infra import free_port
 from mulambda.errors import MulambdaError
+from mulambda.harness.infra import free_port
 from mulambda.kafka import Producer, start_bounded
 from mulambda.routing.requester import Requester
 from mulambda.selection.selector import Selector

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from mulambda.bench.infra import free_port
 from mulambda.errors import RequestTimeout, TransportError
 from mulambda.executors.probe import ProbeServer, apply_client_record, measure_latency
+from mulambda.harness.infra import free_port
 from mulambda.kafka import Record
 from mulambda.wire.events import ClientRegistration
 

@@ -16,11 +16,11 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from mulambda.bench.infra import free_port
 from mulambda.emulator import ExecutorServer, ServedModel, SyntheticModel
 from mulambda.emulator.profiles import profile_by_name
 from mulambda.errors import ConfigurationError, ExecutorError, MulambdaError
 from mulambda.executors.tfserving import TFServingClient
+from mulambda.harness.infra import free_port
 from mulambda.protocols.tfserving import (
     BadRequest,
     DeadlineExceeded,

@@ -18,9 +18,9 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from mulambda.bench.load import LoadGenerator, LoadSpec
-from mulambda.bench.readers import TopicReader
-from mulambda.bench.verify import COMMITTED, UNCOMMITTED, Ledger
+from mulambda.harness.load import LoadGenerator, LoadSpec
+from mulambda.harness.readers import TopicReader
+from mulambda.harness.verify import COMMITTED, UNCOMMITTED, Ledger
 from mulambda.wire.catalog import Catalog, Topic
 from tests.conftest import Infra
 

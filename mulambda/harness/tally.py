@@ -1,7 +1,7 @@
 """Accounting of one load phase: HDR latency histograms from scheduled send times.
 
-Pure: no Kafka, no clock, no I/O. :mod:`mulambda.bench.fullpath` tells a :class:`Tally`
-what the load generator sent (:class:`~mulambda.bench.verify.SentRequest`, whose
+Pure: no Kafka, no clock, no I/O. :mod:`mulambda.harness.fullpath` tells a :class:`Tally`
+what the load generator sent (:class:`~mulambda.harness.verify.SentRequest`, whose
 ``scheduled_s`` is when the open-loop schedule wanted it sent) and every result it read;
 the tally matches them by correlation id and records, per answered request:
 
@@ -30,7 +30,7 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-from mulambda.bench.verify import SentRequest, normalise_reason
+from mulambda.harness.verify import SentRequest, normalise_reason
 
 PERCENTILES: tuple[tuple[str, float], ...] = (
     ("p50", 50.0),

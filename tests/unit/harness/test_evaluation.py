@@ -9,7 +9,8 @@ import math
 
 import pytest
 
-from mulambda.bench.evaluation import (
+from mulambda.emulator.profiles import profile_by_name
+from mulambda.harness.evaluation import (
     Load,
     Offer,
     compare,
@@ -22,7 +23,6 @@ from mulambda.bench.evaluation import (
     slo_outcome,
     utility,
 )
-from mulambda.emulator.profiles import profile_by_name
 
 pytestmark = pytest.mark.unit
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from mulambda.bench.infra import REPO, PlatformError, PrivateInfra, free_ports
-from mulambda.bench.load import LoadSpec
-from mulambda.bench.platform import LocalPlatform, PlatformSpec
-from mulambda.bench.scenarios import FAULTS, PROBE_LOAD, serves, slow_delay_ms
-from mulambda.bench.verify import COMMITTED, UNCOMMITTED, Ledger, SentRequest
 from mulambda.emulator.profiles import load_profiles, profile_by_name
+from mulambda.harness.infra import REPO, PlatformError, PrivateInfra, free_ports
+from mulambda.harness.load import LoadSpec
+from mulambda.harness.platform import LocalPlatform, PlatformSpec
+from mulambda.harness.scenarios import FAULTS, PROBE_LOAD, serves, slow_delay_ms
+from mulambda.harness.verify import COMMITTED, UNCOMMITTED, Ledger, SentRequest
 
 
 def _value(argv: list[str], option: str) -> str:

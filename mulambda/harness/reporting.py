@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from mulambda.bench.evaluation import ecdf
+from mulambda.harness.evaluation import ecdf
 
 __all__ = [
     "Series",

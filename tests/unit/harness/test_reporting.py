@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from mulambda.bench.reporting import flat_intervals, write_csv, write_json
+from mulambda.harness.reporting import flat_intervals, write_csv, write_json
 
 pytestmark = pytest.mark.unit
 

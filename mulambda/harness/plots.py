@@ -1,4 +1,4 @@
-"""PNG plots of a full-path sweep (:mod:`mulambda.bench.fullpath`): latency percentiles
+"""PNG plots of a full-path sweep (:mod:`mulambda.harness.fullpath`): latency percentiles
 against offered load, and CPU per request by process.
 
 matplotlib (the ``bench`` extra) is imported when a plot is drawn, with the file-only

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from mulambda.bench.quickstart import OverloadTally, capacities, capacity_per_s, render
 from mulambda.emulator.profiles import profile_by_name
+from mulambda.harness.quickstart import OverloadTally, capacities, capacity_per_s, render
 
 pytestmark = pytest.mark.unit
 

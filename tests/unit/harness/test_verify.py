@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mulambda.bench.verify import (
+from mulambda.harness.verify import (
     COMMITTED,
     UNCOMMITTED,
     Ledger,

@@ -33,10 +33,10 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mulambda.bench.evaluation import Load, Offer
-from mulambda.bench.readers import TopicReader
 from mulambda.emulator import ExecutorServer, SyntheticModel
 from mulambda.emulator.profiles import SyntheticProfile
+from mulambda.harness.evaluation import Load, Offer
+from mulambda.harness.readers import TopicReader
 from mulambda.kafka import Admin, KafkaConfig, Producer
 from mulambda.routing.router import Router
 from mulambda.runtime.lifecycle import Lifecycle

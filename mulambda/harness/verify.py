@@ -1,7 +1,7 @@
 """Accounting of a fault run: every request sent, every result each reader saw, the figures.
 
-Pure: no Kafka, no clock, no I/O. :mod:`mulambda.bench.readers` feeds a :class:`Ledger`
-from consumers of the reply topic, :mod:`mulambda.bench.load` tells it what was sent,
+Pure: no Kafka, no clock, no I/O. :mod:`mulambda.harness.readers` feeds a :class:`Ledger`
+from consumers of the reply topic, :mod:`mulambda.harness.load` tells it what was sent,
 and :meth:`Ledger.figures` turns both into the numbers a fault is judged by.
 
 The method is the one Kafka's own exactly-once system tests use: the reply topic is read

@@ -17,7 +17,7 @@ The producer is deliberately *not* MuLambda's: plain aiokafka, acks=all, no idem
 a delivery timeout (2 min) longer than any broker restart. The harness must not share
 the failure modes it measures (an idempotent producer stuck after a broker restart); a
 retry that writes a request twice is detected on the request topic instead (see
-:mod:`mulambda.bench.verify`).
+:mod:`mulambda.harness.verify`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import orjson
 
-from mulambda.bench.verify import SentRequest
+from mulambda.harness.verify import SentRequest
 from mulambda.kafka import PlainProducer, default_partition, plain_producer, start_bounded
 from mulambda.runtime.lifecycle import Lifecycle
 

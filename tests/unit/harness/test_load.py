@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from mulambda.bench.load import (
+from mulambda.harness.load import (
     LoadSpec,
     arrival_offsets,
     clients_covering,

@@ -25,11 +25,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mulambda.bench.infra import PlatformError
-from mulambda.bench.load import LoadGenerator, LoadSpec
-from mulambda.bench.platform import LocalPlatform, PlatformSpec
-from mulambda.bench.readers import TopicReader
-from mulambda.bench.verify import COMMITTED, UNCOMMITTED, Figures, Ledger, ScenarioReport
+from mulambda.harness.infra import PlatformError
+from mulambda.harness.load import LoadGenerator, LoadSpec
+from mulambda.harness.platform import LocalPlatform, PlatformSpec
+from mulambda.harness.readers import TopicReader
+from mulambda.harness.verify import COMMITTED, UNCOMMITTED, Figures, Ledger, ScenarioReport
 from mulambda.wire.catalog import Topic
 
 FaultAction = Callable[[LocalPlatform], Awaitable[None]]

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mulambda.bench.fullpath import SMOKE, FullPathSweep
-from mulambda.bench.platform import LocalPlatform, PlatformSpec
-from mulambda.bench.plots import write_plots
-from mulambda.bench.tally import PERCENTILES
+from mulambda.harness.fullpath import SMOKE, FullPathSweep
+from mulambda.harness.platform import LocalPlatform, PlatformSpec
+from mulambda.harness.plots import write_plots
+from mulambda.harness.tally import PERCENTILES
 
 SUMMARIES = ("latency_ms", "overhead_ms", "router_ms", "call_ms", "send_lag_ms")
 

@@ -1,8 +1,8 @@
 """The whole request path under open-loop load: a sweep of offered rates to saturation.
 
-:class:`FullPathSweep` drives a started :class:`~mulambda.bench.platform.LocalPlatform`
+:class:`FullPathSweep` drives a started :class:`~mulambda.harness.platform.LocalPlatform`
 (its own Kafka and Redis, routers, selectors, synthetic executors) with the fault
-suite's load generator (:class:`~mulambda.bench.load.LoadGenerator`: Poisson arrivals
+suite's load generator (:class:`~mulambda.harness.load.LoadGenerator`: Poisson arrivals
 fixed in advance, hand-written JSON requests) and reads every result on the
 inference-results topic (``read_committed`` in the exactly-once delivery mode, what an
 SDK sees). For each offered rate it runs, in order:
@@ -13,10 +13,10 @@ SDK sees). For each offered rate it runs, in order:
 2. the **platform** phase: requests through router → selection → executor → result,
    then up to ``drain_s`` for the last results.
 
-Each phase's figures come from a :class:`~mulambda.bench.tally.Tally` (latency from the
+Each phase's figures come from a :class:`~mulambda.harness.tally.Tally` (latency from the
 scheduled send time in HDR histograms, routing overhead, throughput, errors), plus the
 routers' consumer lag on the request topic (sampled twice a second) and the CPU seconds
-each process spent per answered request (:mod:`mulambda.bench.proc`: routers,
+each process spent per answered request (:mod:`mulambda.harness.proc`: routers,
 selectors, executors, companions, broker, Redis and this process, the load generator).
 A warm-up phase, not reported, precedes the sweep. The sweep stops after the first rate
 the platform did not sustain (throughput below ``saturation_throughput`` of the offered
@@ -36,12 +36,12 @@ from typing import Any
 
 import aiohttp
 
-from mulambda.bench.load import LoadGenerator, LoadSpec, arrival_offsets
-from mulambda.bench.platform import LocalPlatform
-from mulambda.bench.proc import cpu_seconds
-from mulambda.bench.readers import TopicReader
-from mulambda.bench.tally import Tally
 from mulambda.errors import MulambdaError
+from mulambda.harness.load import LoadGenerator, LoadSpec, arrival_offsets
+from mulambda.harness.platform import LocalPlatform
+from mulambda.harness.proc import cpu_seconds
+from mulambda.harness.readers import TopicReader
+from mulambda.harness.tally import Tally
 from mulambda.kafka import (
     Admin,
     KafkaConsumer,
@@ -338,4 +338,4 @@ SMOKE = SweepSpec(
     drain_s=10.0,
     stop_at_saturation=False,
 )
-"""A sweep of a few seconds: CI runs it (tests/integration/bench) to keep the harness working."""
+"""A sweep of a few seconds: CI runs it (tests/integration/harness) to keep the harness working."""

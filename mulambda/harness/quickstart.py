@@ -27,8 +27,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mulambda.bench.verify import normalise_reason, percentile
 from mulambda.emulator.profiles import SyntheticProfile
+from mulambda.harness.verify import normalise_reason, percentile
 
 
 def capacity_per_s(profile: SyntheticProfile, time_scale: float) -> float:

@@ -3,7 +3,7 @@
 A :class:`TopicReader` assigns every partition of one topic, fixes its start at the
 current end before returning from ``start()`` (so nothing written after that is
 missed), and hands each record's decoded JSON object, with the time it was read, to a
-callback, typically a :class:`~mulambda.bench.verify.Ledger` method. It survives broker
+callback, typically a :class:`~mulambda.harness.verify.Ledger` method. It survives broker
 restarts: a failed fetch is logged and retried, never fatal. Records that are not JSON
 objects are counted and skipped.
 """

@@ -4,7 +4,7 @@
 benchmark that is going to break things:
 
 * its **own** Kafka and Redis (MinIO only when asked: synthetic executors need none),
-  a :class:`~mulambda.bench.infra.PrivateInfra` (``deploy/local/infra.sh`` with a
+  a :class:`~mulambda.harness.infra.PrivateInfra` (``deploy/local/infra.sh`` with a
   private ``MULAMBDA_HOME`` and free ports), so breaking them never touches the servers
   other sessions share; Kafka is one broker, or with ``kafka_nodes=3`` production's
   topology, three (replication 3, ``min.insync.replicas`` 2);
@@ -54,11 +54,11 @@ from typing import Final
 import aiohttp
 import yaml
 
-from mulambda.bench.infra import REPO, PlatformError, PrivateInfra, clean_environ, free_ports
 from mulambda.emulator.profiles import profile_by_name
 from mulambda.errors import MulambdaError
 from mulambda.executors.heartbeats import STATS_PATH
 from mulambda.executors.registration import read_executors
+from mulambda.harness.infra import REPO, PlatformError, PrivateInfra, clean_environ, free_ports
 from mulambda.kafka import Admin, KafkaConfig
 from mulambda.runtime.lifecycle import Lifecycle
 from mulambda.wire.catalog import Catalog, Topic, load_catalog

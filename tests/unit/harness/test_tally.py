@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mulambda.bench.tally import LatencyHistogram, Tally
-from mulambda.bench.verify import SentRequest
+from mulambda.harness.tally import LatencyHistogram, Tally
+from mulambda.harness.verify import SentRequest
 
 
 def _sent(n: int, scheduled: float, sent: float | None = None) -> SentRequest:
