@@ -2,38 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
 import click
 
-from mulambda.cli.common import load_settings
+from mulambda.cli.common import default_worker_id, load_settings, run_worker
 from mulambda.kafka import KafkaConfig, Membership
 from mulambda.routing.answered import AnsweredRequests
 from mulambda.routing.router import Router
-from mulambda.runtime.observability import HealthServer, configure_logging
+from mulambda.runtime.observability import configure_logging
 from mulambda.runtime.redis_connection import RedisConfig
-from mulambda.runtime.runner import run_loop, serve
 from mulambda.wire.catalog import load_catalog
-
-
-class _RouterService:
-    """The router plus its health server, as one runner Service."""
-
-    def __init__(self, router: Router, health: HealthServer) -> None:
-        self.router = router
-        self.health = health
-
-    async def start(self) -> None:
-        await self.health.start()
-        await self.router.start()
-
-    async def stop(self) -> None:
-        await self.router.stop()
-        await self.health.stop()
-
-    async def wait(self) -> None:
-        await self.router.wait()
 
 
 @click.command(name="router")
@@ -65,11 +42,7 @@ def router(
     settings = load_settings()
     configure_logging(settings.log_level)
     # A stable id (static membership, transactional id) when the deployment gives one.
-    rid = (
-        router_id
-        or settings.kafka_group_instance_id
-        or f"router-{socket.gethostname()}-{os.getpid()}"
-    )
+    rid = router_id or settings.kafka_group_instance_id or default_worker_id("router")
     worker = Router(
         KafkaConfig.from_settings(settings, rid),
         load_catalog(settings.topic_prefix),
@@ -100,16 +73,4 @@ def router(
             ttl_margin_s=settings.answered_ttl_margin_s,
         ),
     )
-    health = HealthServer(
-        worker.registry,
-        ready=lambda: worker.ready,
-        not_ready_reason=worker.not_ready_reason,
-        host=settings.metrics_host,
-        port=settings.metrics_port,
-    )
-    raise SystemExit(
-        run_loop(
-            serve(_RouterService(worker, health), grace_s=settings.shutdown_grace_s),
-            settings.event_loop,
-        )
-    )
+    run_worker(worker, settings)

@@ -2,40 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
 import click
 
-from mulambda.cli.common import load_settings, registration_gate
+from mulambda.cli.common import default_worker_id, load_settings, registration_gate, run_worker
 from mulambda.errors import MulambdaError
 from mulambda.kafka import KafkaConfig, Membership
-from mulambda.runtime.observability import HealthServer, configure_logging
+from mulambda.runtime.observability import configure_logging
 from mulambda.runtime.redis_connection import RedisConfig
-from mulambda.runtime.runner import run_loop, serve
 from mulambda.selection.selector import Selector
 from mulambda.selection.store import ViewStore
 from mulambda.wire.catalog import load_catalog
-
-
-class _SelectorService:
-    """The selector plus its health server, as one runner Service."""
-
-    def __init__(self, selector: Selector, health: HealthServer) -> None:
-        self.selector = selector
-        self.health = health
-
-    async def start(self) -> None:
-        # Health first: /healthz answers during the rebuild, /readyz only after it.
-        await self.health.start()
-        await self.selector.start()
-
-    async def stop(self) -> None:
-        await self.selector.stop()
-        await self.health.stop()
-
-    async def wait(self) -> None:
-        await self.selector.wait()
 
 
 @click.command(name="selector")
@@ -44,7 +20,7 @@ def selector(selector_id: str | None) -> None:
     """Materialise executor state and answer selection requests."""
     settings = load_settings()
     configure_logging(settings.log_level)
-    sid = selector_id or f"selector-{socket.gethostname()}-{os.getpid()}"
+    sid = selector_id or default_worker_id("selector")
     try:
         worker = Selector(
             KafkaConfig.from_settings(settings, sid),
@@ -68,16 +44,4 @@ def selector(selector_id: str | None) -> None:
         )
     except MulambdaError as exc:
         raise click.ClickException(exc.reason) from exc
-    health = HealthServer(
-        worker.registry,
-        ready=lambda: worker.ready,
-        not_ready_reason=worker.not_ready_reason,
-        host=settings.metrics_host,
-        port=settings.metrics_port,
-    )
-    raise SystemExit(
-        run_loop(
-            serve(_SelectorService(worker, health), grace_s=settings.shutdown_grace_s),
-            settings.event_loop,
-        )
-    )
+    run_worker(worker, settings)
