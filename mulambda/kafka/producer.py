@@ -99,14 +99,39 @@ def is_retriable_before_queueing(error: BaseException) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class _Outgoing:
-    """One record on its way, as given to :meth:`Producer.send_raw`."""
+class OutgoingRecord:
+    """One record on its way, as given to :meth:`AnswerSink.send_raw`: what both
+    producers hand to the client (the plain one at once, the transactional one in the
+    record's transaction)."""
 
     topic: str
     value: bytes | None
     key: bytes | None
     partition: int | None
     headers: list[tuple[str, bytes]] | None
+
+    @classmethod
+    def of(
+        cls,
+        topic: str,
+        value: bytes | None,
+        key: str | bytes | None,
+        partition: int | None,
+        headers: Sequence[tuple[str, bytes]] | None,
+    ) -> OutgoingRecord:
+        """The record for :meth:`AnswerSink.send_raw`'s arguments."""
+        return cls(topic, value, encode_key(key), partition, list(headers) if headers else None)
+
+    async def queue_on(self, client: AIOKafkaProducer) -> asyncio.Future[Any]:
+        """Queue this record on ``client``; the future settles with its delivery."""
+        queued: asyncio.Future[Any] = await client.send(
+            self.topic,
+            value=self.value,
+            key=self.key,
+            partition=self.partition,
+            headers=self.headers,
+        )
+        return queued
 
 
 ClientFactory = Callable[[], AIOKafkaProducer]
@@ -270,9 +295,7 @@ class Producer(AnswerSink, Lifecycle):
         headers: Sequence[tuple[str, bytes]] | None = None,
     ) -> asyncio.Future[Any]:
         """Queue pre-encoded bytes; KafkaUnavailable when not even queueing succeeds in time."""
-        outgoing = _Outgoing(
-            topic, value, encode_key(key), partition, list(headers) if headers else None
-        )
+        outgoing = OutgoingRecord.of(topic, value, key, partition, headers)
         delivery: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         give_up = time.monotonic() + self._delivery_timeout_s
         await self._queue(outgoing, delivery, 0, give_up)
@@ -280,7 +303,7 @@ class Producer(AnswerSink, Lifecycle):
 
     async def _queue(
         self,
-        outgoing: _Outgoing,
+        outgoing: OutgoingRecord,
         delivery: asyncio.Future[Any],
         recoveries: int,
         give_up: float,
@@ -292,13 +315,7 @@ class Producer(AnswerSink, Lifecycle):
         while True:
             producer, generation = self._require(), self._generation
             try:
-                queued: asyncio.Future[Any] = await producer.send(
-                    outgoing.topic,
-                    value=outgoing.value,
-                    key=outgoing.key,
-                    partition=outgoing.partition,
-                    headers=outgoing.headers,
-                )
+                queued = await outgoing.queue_on(producer)
             except KafkaError as exc:
                 self.health.failed(f"send to {outgoing.topic}: {exc}")
                 if is_fatal(exc) and recoveries < MAX_RECOVERIES_PER_RECORD:
@@ -325,7 +342,7 @@ class Producer(AnswerSink, Lifecycle):
         self,
         queued: asyncio.Future[Any],
         *,
-        outgoing: _Outgoing,
+        outgoing: OutgoingRecord,
         delivery: asyncio.Future[Any],
         generation: int,
         recoveries: int,
@@ -355,7 +372,7 @@ class Producer(AnswerSink, Lifecycle):
 
     async def _resend(
         self,
-        outgoing: _Outgoing,
+        outgoing: OutgoingRecord,
         delivery: asyncio.Future[Any],
         generation: int | None,
         recoveries: int,

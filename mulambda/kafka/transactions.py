@@ -53,10 +53,9 @@ from mulambda.errors import KafkaUnavailable, MulambdaError, StaleGeneration
 from mulambda.kafka.config import KafkaConfig, start_bounded
 from mulambda.kafka.fencing import FencedOffsets, Generation
 from mulambda.kafka.health import LinkHealth
-from mulambda.kafka.producer import AnswerSink, idempotent_client
+from mulambda.kafka.producer import AnswerSink, OutgoingRecord, idempotent_client
 from mulambda.kafka.records import TopicPartition
 from mulambda.runtime.lifecycle import Lifecycle
-from mulambda.wire.codec import encode_key
 
 log = logging.getLogger(__name__)
 
@@ -152,17 +151,6 @@ CommittedOffsets = Callable[[list[TopicPartition]], Awaitable[Mapping[TopicParti
 """Reads the group's committed offsets of some partitions (the consumer's coordinator)."""
 
 
-@dataclass(frozen=True, slots=True)
-class HeldAnswer:
-    """One record to send in the next transaction."""
-
-    topic: str
-    value: bytes | None
-    key: bytes | None
-    partition: int | None
-    headers: list[tuple[str, bytes]] | None
-
-
 class TransactionalProducer(AnswerSink, Lifecycle):
     """Holds a record's answers and sends them with its offset commit in one transaction.
 
@@ -187,7 +175,7 @@ class TransactionalProducer(AnswerSink, Lifecycle):
         self._transaction_timeout_s = transaction_timeout_s
         self._linger_ms = linger_ms
         self._client: AIOKafkaProducer | None = None
-        self._buffer: AnswerBuffer[TopicPartition, HeldAnswer] = AnswerBuffer()
+        self._buffer: AnswerBuffer[TopicPartition, OutgoingRecord] = AnswerBuffer()
         self._lock = asyncio.Lock()
         self.health = LinkHealth()
         """Failing from a transaction that did not commit until the next one that did."""
@@ -258,9 +246,7 @@ class TransactionalProducer(AnswerSink, Lifecycle):
         position = current_position.get()
         if position is None:
             raise MulambdaError("a transactional answer needs the record it answers")
-        answer = HeldAnswer(
-            topic, value, encode_key(key), partition, list(headers) if headers else None
-        )
+        answer = OutgoingRecord.of(topic, value, key, partition, headers)
         self._buffer.add(position[0], position[1], answer)
         held: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         held.set_result(None)
@@ -297,16 +283,7 @@ class TransactionalProducer(AnswerSink, Lifecycle):
             try:
                 async with asyncio.timeout(self._transaction_timeout_s):
                     await client.begin_transaction()
-                    deliveries = [
-                        await client.send(
-                            a.topic,
-                            value=a.value,
-                            key=a.key,
-                            partition=a.partition,
-                            headers=a.headers,
-                        )
-                        for a in answers
-                    ]
+                    deliveries = [await a.queue_on(client) for a in answers]
                     if generation is None:
                         await client.send_offsets_to_transaction(dict(offsets), self._group_id)
                     else:
