@@ -159,34 +159,6 @@ async def test_status_shows_loading_and_failed_versions(
     }
 
 
-@pytest.mark.parametrize(
-    ("path", "status", "message"),
-    [
-        ("/v1/models/nope", 404, "Could not find any versions of model nope"),
-        ("/v1/models/fast/versions/9", 404, "Could not find version 9 of model fast"),
-        ("/v1/models/fast/labels/beta", 400, "Unrecognized servable version label: beta"),
-        ("/v1/models/nope/labels/stable", 400, "Unrecognized servable version label: stable"),
-        ("/v1/models", 400, "Missing model name in request."),
-        (
-            "/v1/models/fast/versions/99999999999999999999",
-            400,
-            "Failed to convert version: 99999999999999999999 to numeric.",
-        ),
-    ],
-)
-async def test_status_errors(
-    server: ExecutorServer,
-    session: aiohttp.ClientSession,
-    path: str,
-    status: int,
-    message: str,
-) -> None:
-    answer = await call(session, server, "GET", path)
-    assert answer.status == status
-    assert answer.content_type == "application/json"
-    assert answer.error == message
-
-
 # --- metadata ------------------------------------------------------------------------
 
 
@@ -215,30 +187,6 @@ async def test_metadata_of_each_url_form(
     assert set(signature["outputs"]) == {"confidence", "model"}
 
 
-@pytest.mark.parametrize(
-    ("path", "status", "message"),
-    [
-        ("/v1/models/nope/metadata", 404, "Servable not found for request: Latest(nope)"),
-        (
-            "/v1/models/loading/versions/2/metadata",
-            404,
-            "Servable not found for request: Specific(loading, 2)",
-        ),
-        ("/v1/models/broken/metadata", 404, "Servable not found for request: Latest(broken)"),
-        ("/v1/models/fast/labels/x/metadata", 400, "Unrecognized servable version label: x"),
-    ],
-)
-async def test_metadata_errors(
-    server: ExecutorServer,
-    session: aiohttp.ClientSession,
-    path: str,
-    status: int,
-    message: str,
-) -> None:
-    answer = await call(session, server, "GET", path)
-    assert (answer.status, answer.error) == (status, message)
-
-
 # --- URL grammar ---------------------------------------------------------------------
 
 
@@ -259,13 +207,6 @@ async def test_paths_match_case_insensitively(
     body = '{"instances": [0]}' if method == "POST" else None
     answer = await call(session, server, method, path, body)
     assert answer.status == 200, answer.body
-
-
-async def test_model_names_stay_case_sensitive(
-    server: ExecutorServer, session: aiohttp.ClientSession
-) -> None:
-    answer = await call(session, server, "GET", "/v1/models/FAST")
-    assert (answer.status, answer.error) == (404, "Could not find any versions of model FAST")
 
 
 @pytest.mark.parametrize(
@@ -380,92 +321,6 @@ async def test_nan_and_infinity_tokens_are_accepted(
     assert answer.json["predictions"][0]["model"] == "FastBad"
 
 
-@pytest.mark.parametrize(
-    ("body", "message"),
-    [
-        ("{}", "Missing 'inputs' or 'instances' key"),
-        ('{"signature_name": "serving_default"}', "Missing 'inputs' or 'instances' key"),
-    ],
-)
-async def test_predict_without_payload_key(
-    server: ExecutorServer, session: aiohttp.ClientSession, body: str, message: str
-) -> None:
-    answer = await call(session, server, "POST", "/v1/models/fast:predict", body)
-    assert (answer.status, answer.error) == (400, message)
-
-
-@pytest.mark.parametrize(
-    ("body", "fragment"),
-    [
-        (
-            '{"instances": [1], "inputs": [1]}',
-            "expecting only one of 'inputs' or 'instances' keys",
-        ),
-        ('{"instances": 1}', "'instances' to be an list/array"),
-        ('{"instances": []}', "No values in 'instances' array"),
-        ('{"signature_name": 5, "instances": [1]}', "'signature_name' key must be a string value."),
-        (
-            '{"signature_name": "other", "instances": [1]}',
-            'Serving signature name: "other" not found in signature def',
-        ),
-        ('{"instances": [', "JSON Parse error"),
-        ('{"instances": [1]} trailing', "JSON Parse error"),
-        ("", "JSON Parse error: The document is empty"),
-        ("[1, 2]", "Is not object"),
-        ('{"instances": ["seven"]}', "is not of expected type: int64"),
-        ('{"instances": [{"feature": 1.5}]}', "is not of expected type: int64"),
-        ('{"instances": [{"feature": true}]}', "is not of expected type: int64"),
-        ('{"instances": [{"feature": 1, "data": 3}]}', "'data'"),
-        ('{"inputs": {"other": [1]}}', "Missing named input: feature in 'inputs' object."),
-    ],
-)
-async def test_predict_bad_requests_are_400(
-    server: ExecutorServer, session: aiohttp.ClientSession, body: str, fragment: str
-) -> None:
-    answer = await call(session, server, "POST", "/v1/models/fast:predict", body)
-    assert answer.status == 400
-    assert answer.content_type == "application/json"
-    assert fragment in answer.error
-
-
-@pytest.mark.parametrize(
-    ("path", "status", "message"),
-    [
-        ("/v1/models/nope:predict", 404, "Servable not found for request: Latest(nope)"),
-        (
-            "/v1/models/fast/versions/9:predict",
-            404,
-            "Servable not found for request: Specific(fast, 9)",
-        ),
-        (
-            "/v1/models/loading/versions/2:predict",
-            404,
-            "Servable not found for request: Specific(loading, 2)",
-        ),
-        ("/v1/models/broken:predict", 404, "Servable not found for request: Latest(broken)"),
-        ("/v1/models/fast/labels/beta:predict", 400, "Unrecognized servable version label: beta"),
-    ],
-)
-async def test_predict_on_missing_servables(
-    server: ExecutorServer,
-    session: aiohttp.ClientSession,
-    path: str,
-    status: int,
-    message: str,
-) -> None:
-    answer = await call(session, server, "POST", path, '{"instances": [0]}')
-    assert (answer.status, answer.error) == (status, message)
-
-
-async def test_bad_json_is_reported_before_a_missing_model(
-    server: ExecutorServer, session: aiohttp.ClientSession
-) -> None:
-    # TF Serving parses the body before it looks the servable up.
-    answer = await call(session, server, "POST", "/v1/models/nope:predict", "{nope")
-    assert answer.status == 400
-    assert answer.error.startswith("JSON Parse error")
-
-
 # --- classify and regress ------------------------------------------------------------
 
 
@@ -506,23 +361,175 @@ async def test_unimplemented_verb_is_501(
     assert verb in answer.error
 
 
-@pytest.mark.parametrize(
-    ("body", "fragment"),
-    [
-        ("{}", "When method is classify, key 'examples' is expected and was not found"),
-        ('{"examples": {}}', "Expecting 'examples' value to be an list/array"),
-        ('{"examples": []}', "'examples' value is an empty array"),
-        ('{"examples": [1]}', "Example must be JSON object but got JSON Number"),
-        ('{"context": [], "examples": [{}]}', "Example must be JSON object but got JSON Array"),
-        ('{"examples": [{"feature": "x"}]}', "is not of expected type: int64"),
-    ],
-)
-async def test_classify_bad_requests_are_400(
-    server: ExecutorServer, session: aiohttp.ClientSession, body: str, fragment: str
+# --- error answers: one request shape, one table ---------------------------------
+
+
+_STATUS_ERRORS = [
+    ("/v1/models/nope", 404, "Could not find any versions of model nope"),
+    ("/v1/models/fast/versions/9", 404, "Could not find version 9 of model fast"),
+    ("/v1/models/fast/labels/beta", 400, "Unrecognized servable version label: beta"),
+    ("/v1/models/nope/labels/stable", 400, "Unrecognized servable version label: stable"),
+    ("/v1/models", 400, "Missing model name in request."),
+    (
+        "/v1/models/fast/versions/99999999999999999999",
+        400,
+        "Failed to convert version: 99999999999999999999 to numeric.",
+    ),
+]
+"""(path, status, message) of a status read."""
+
+
+_METADATA_ERRORS = [
+    ("/v1/models/nope/metadata", 404, "Servable not found for request: Latest(nope)"),
+    (
+        "/v1/models/loading/versions/2/metadata",
+        404,
+        "Servable not found for request: Specific(loading, 2)",
+    ),
+    ("/v1/models/broken/metadata", 404, "Servable not found for request: Latest(broken)"),
+    ("/v1/models/fast/labels/x/metadata", 400, "Unrecognized servable version label: x"),
+]
+"""(path, status, message) of a metadata read."""
+
+
+_PREDICT_WITHOUT_PAYLOAD = [
+    ("{}", "Missing 'inputs' or 'instances' key"),
+    ('{"signature_name": "serving_default"}', "Missing 'inputs' or 'instances' key"),
+]
+"""(body, message) of a :predict of fast."""
+
+
+_PREDICT_BAD_REQUESTS = [
+    (
+        '{"instances": [1], "inputs": [1]}',
+        "expecting only one of 'inputs' or 'instances' keys",
+    ),
+    ('{"instances": 1}', "'instances' to be an list/array"),
+    ('{"instances": []}', "No values in 'instances' array"),
+    ('{"signature_name": 5, "instances": [1]}', "'signature_name' key must be a string value."),
+    (
+        '{"signature_name": "other", "instances": [1]}',
+        'Serving signature name: "other" not found in signature def',
+    ),
+    ('{"instances": [', "JSON Parse error"),
+    ('{"instances": [1]} trailing', "JSON Parse error"),
+    ("", "JSON Parse error: The document is empty"),
+    ("[1, 2]", "Is not object"),
+    ('{"instances": ["seven"]}', "is not of expected type: int64"),
+    ('{"instances": [{"feature": 1.5}]}', "is not of expected type: int64"),
+    ('{"instances": [{"feature": true}]}', "is not of expected type: int64"),
+    ('{"instances": [{"feature": 1, "data": 3}]}', "'data'"),
+    ('{"inputs": {"other": [1]}}', "Missing named input: feature in 'inputs' object."),
+]
+"""(body, part of the message) of a :predict of fast."""
+
+
+_MISSING_SERVABLES = [
+    ("/v1/models/nope:predict", 404, "Servable not found for request: Latest(nope)"),
+    (
+        "/v1/models/fast/versions/9:predict",
+        404,
+        "Servable not found for request: Specific(fast, 9)",
+    ),
+    (
+        "/v1/models/loading/versions/2:predict",
+        404,
+        "Servable not found for request: Specific(loading, 2)",
+    ),
+    ("/v1/models/broken:predict", 404, "Servable not found for request: Latest(broken)"),
+    ("/v1/models/fast/labels/beta:predict", 400, "Unrecognized servable version label: beta"),
+]
+"""(path, status, message) of a :predict of rows."""
+
+
+_CLASSIFY_BAD_REQUESTS = [
+    ("{}", "When method is classify, key 'examples' is expected and was not found"),
+    ('{"examples": {}}', "Expecting 'examples' value to be an list/array"),
+    ('{"examples": []}', "'examples' value is an empty array"),
+    ('{"examples": [1]}', "Example must be JSON object but got JSON Number"),
+    ('{"context": [], "examples": [{}]}', "Example must be JSON object but got JSON Array"),
+    ('{"examples": [{"feature": "x"}]}', "is not of expected type: int64"),
+]
+"""(body, part of the message) of a :classify of fast."""
+
+
+ERROR_CASES = [
+    *(
+        pytest.param("GET", path, None, status, message, "exact", id=f"status {path}")
+        for path, status, message in _STATUS_ERRORS
+    ),
+    *(
+        pytest.param("GET", path, None, status, message, "exact", id=f"metadata {path}")
+        for path, status, message in _METADATA_ERRORS
+    ),
+    pytest.param(
+        "GET",
+        "/v1/models/FAST",
+        None,
+        404,
+        "Could not find any versions of model FAST",
+        "exact",
+        id="model names stay case-sensitive",
+    ),
+    *(
+        pytest.param(
+            "POST", "/v1/models/fast:predict", body, 400, message, "exact", id=f"no payload {body}"
+        )
+        for body, message in _PREDICT_WITHOUT_PAYLOAD
+    ),
+    *(
+        pytest.param(
+            "POST", "/v1/models/fast:predict", body, 400, part, "part", id=f"bad predict {body}"
+        )
+        for body, part in _PREDICT_BAD_REQUESTS
+    ),
+    *(
+        pytest.param(
+            "POST", path, '{"instances": [0]}', status, message, "exact", id=f"missing {path}"
+        )
+        for path, status, message in _MISSING_SERVABLES
+    ),
+    # TF Serving parses the body before it looks the servable up.
+    pytest.param(
+        "POST",
+        "/v1/models/nope:predict",
+        "{nope",
+        400,
+        "JSON Parse error",
+        "prefix",
+        id="bad JSON is reported before a missing model",
+    ),
+    *(
+        pytest.param(
+            "POST", "/v1/models/fast:classify", body, 400, part, "part", id=f"bad classify {body}"
+        )
+        for body, part in _CLASSIFY_BAD_REQUESTS
+    ),
+]
+"""Requests the server refuses: (method, path, body, status, error text, how it matches:
+the "exact" text, a "part" of it, or its "prefix")."""
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "message", "match"), ERROR_CASES)
+async def test_error_answers(
+    server: ExecutorServer,
+    session: aiohttp.ClientSession,
+    method: str,
+    path: str,
+    body: str | None,
+    status: int,
+    message: str,
+    match: str,
 ) -> None:
-    answer = await call(session, server, "POST", "/v1/models/fast:classify", body)
-    assert answer.status == 400
-    assert fragment in answer.error
+    answer = await call(session, server, method, path, body)
+    assert answer.status == status
+    assert answer.content_type == "application/json"
+    if match == "exact":
+        assert answer.error == message
+    elif match == "part":
+        assert message in answer.error
+    else:
+        assert answer.error.startswith(message)
 
 
 # --- counters, delays, lifecycle -----------------------------------------------------
