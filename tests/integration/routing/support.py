@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -189,3 +191,25 @@ async def results_of(infra: Infra, topic: str) -> AsyncIterator[ResultReader]:
         yield ResultReader(consumer)
     finally:
         await consumer.stop()
+
+
+async def infer_cli(infra: Infra, cat: Catalog, *args: str) -> tuple[int, str, str]:
+    """Run ``mulambda infer *args`` against ``cat``'s topics: (exit code, stdout, stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mulambda.cli",
+        "infer",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **infra.env(), "MULAMBDA_TOPIC_PREFIX": cat.prefix},
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import time
 
 import pytest
@@ -18,7 +16,14 @@ from mulambda.selection.selector import Selector
 from mulambda.wire.catalog import Catalog, Topic
 from mulambda.wire.events import InferenceResult, InferenceStatus, SoftWeights
 from tests.conftest import Infra
-from tests.integration.routing.support import FAST, new_traits, register, results_of, uid
+from tests.integration.routing.support import (
+    FAST,
+    infer_cli,
+    new_traits,
+    register,
+    results_of,
+    uid,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -80,19 +85,9 @@ async def test_infer_cli_no_wait_prints_the_request_id_its_result_carries(
         "--no-wait",
     ]
     async with results_of(infra, cat.name(Topic.INFERENCE_RESULTS)) as reader:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "mulambda.cli",
-            "infer",
-            *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, **infra.env(), "MULAMBDA_TOPIC_PREFIX": cat.prefix},
-        )
-        out, err = await asyncio.wait_for(process.communicate(), 60)
-        assert process.returncode == 0, err.decode()
-        request_id = out.decode().strip()
+        code, out, err = await infer_cli(infra, cat, *args)
+        assert code == 0, err
+        request_id = out.strip()
         assert request_id
         deadline = time.monotonic() + 30
         found: list[InferenceResult] = []

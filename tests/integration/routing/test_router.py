@@ -47,6 +47,7 @@ from tests.integration.routing.support import (
     TIME_SCALE,
     closed_port,
     infer,
+    infer_cli,
     inference_request,
     new_traits,
     register,
@@ -383,27 +384,6 @@ async def test_router_command_finishes_in_flight_requests_on_sigterm(
     assert b"Unclosed" not in stderr  # stopped cleanly, not torn down by cancellation
 
 
-async def _cli(infra: Infra, cat: Catalog, *args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "mulambda.cli",
-        "infer",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **infra.env(), "MULAMBDA_TOPIC_PREFIX": cat.prefix},
-    )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), 60)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
-
-
 async def test_infer_cli_prints_the_result(
     infra: Infra,
     cat: Catalog,
@@ -432,8 +412,8 @@ async def test_infer_cli_prints_the_result(
         ]
 
     (code, out, err), (bad_code, bad_out, _) = await asyncio.gather(
-        _cli(infra, cat, *args(traits.model_type)),
-        _cli(infra, cat, *args(uid("unknown-kind"))),
+        infer_cli(infra, cat, *args(traits.model_type)),
+        infer_cli(infra, cat, *args(uid("unknown-kind"))),
     )
     assert code == 0, err
     result = InferenceResult.model_validate_json(out)
