@@ -287,11 +287,11 @@ def tf_output_from_oip(body: Mapping[str, Any], response: Any) -> dict[str, Any]
         if len(named) == 1:
             return {"predictions": next(iter(named.values()))}
         # Rows need every output batched alike; TF Serving refuses otherwise too.
-        lengths = {len(c) for c in named.values() if isinstance(c, list)}
-        if len(lengths) != 1 or not all(isinstance(c, list) for c in named.values()):
-            shapes = {n: len(c) if isinstance(c, list) else "scalar" for n, c in named.items()}
-            raise GarbageResponse(f"OIP outputs do not share a batch dimension: {shapes!r:.200}")
-        (count,) = lengths
+        batches = {n: len(c) if isinstance(c, list) else "scalar" for n, c in named.items()}
+        lengths = set(batches.values())
+        if len(lengths) != 1 or "scalar" in lengths:
+            raise GarbageResponse(f"OIP outputs do not share a batch dimension: {batches!r:.200}")
+        count = len(next(iter(named.values())))
         return {"predictions": [{n: c[i] for n, c in named.items()} for i in range(count)]}
     if len(named) == 1:
         return {"outputs": next(iter(named.values()))}

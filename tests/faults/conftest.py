@@ -32,8 +32,8 @@ from mulambda.harness.verify import ScenarioReport, render_table
 
 HERE = Path(__file__).resolve().parent
 RESULTS_ENV = "MULAMBDA_FAULTS_RESULTS"
-REPORTS: list[ScenarioReport] = []
-"""Every scenario measured in this session, for the summary table."""
+REPORTS: dict[str, list[ScenarioReport]] = {}
+"""Every scenario measured in this session by delivery mode, for the summary tables."""
 
 Measure = Callable[[str, LoadSpec, RunOptions], Awaitable[ScenarioReport]]
 
@@ -71,6 +71,9 @@ def _failover_asked_for(config: pytest.Config) -> bool:
     return any(Path(arg.split("::")[0]).resolve() == FAILOVER_MODULE for arg in config.args)
 
 
+# tryfirst: xdist's own hook reads the xdist_group marks into node ids, so they must be
+# on the items before it runs (else --dist loadgroup splits a platform's scenarios).
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if _asked_for(config):
         if not _failover_asked_for(config):
@@ -105,22 +108,26 @@ def _platform_group(item: pytest.Item) -> str:
     return f"faults:{item.path.stem}:{platform}"
 
 
-WORKER_TABLES: list[str] = []
-"""Under xdist, the controller's copy of each worker's fault table."""
+WORKER_TABLES: dict[str, str] = {}
+"""Under xdist, the controller's copy of each worker's tables, by delivery mode."""
+
+
+def _tables() -> dict[str, str]:
+    """This session's table per delivery mode (the workers' under xdist), in mode order."""
+    tables = {mode: render_table(reports) for mode, reports in REPORTS.items()} or WORKER_TABLES
+    return {mode: tables[mode] for mode in DELIVERY_MODES if mode in tables}
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    # An xdist worker hands its table to the controller, which prints the summary.
+    # An xdist worker hands its tables to the controller, which prints the summary.
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None and REPORTS:
-        workeroutput["fault_table"] = render_table(REPORTS)
+        workeroutput["fault_tables"] = _tables()
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: object, error: object) -> None:
-    table = getattr(node, "workeroutput", {}).get("fault_table")
-    if table:
-        WORKER_TABLES.append(table)
+    WORKER_TABLES.update(getattr(node, "workeroutput", {}).get("fault_tables", {}))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -130,15 +137,15 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             f"{len(FAILOVER_LEFT_OUT)} three-broker failover tests (tests/faults/"
             f"test_failover.py) were left out; run them with {FAILOVER_ENV}=1 or by path"
         )
-    tables = [render_table(REPORTS)] if REPORTS else WORKER_TABLES
+    tables = _tables()
     if not tables:
         return
     terminalreporter.section("fault suite figures")
-    for table in tables:
-        terminalreporter.write_line(table)
+    text = "\n".join(f"delivery mode {mode}:\n{table}" for mode, table in tables.items())
+    terminalreporter.write_line(text)
     results = os.environ.get(RESULTS_ENV)
     if results:
-        (Path(results) / "table.txt").write_text("\n".join(tables) + "\n")
+        (Path(results) / "table.txt").write_text(text + "\n")
 
 
 DELIVERY_MODES = ("at-least-once", "exactly-once")
@@ -160,7 +167,7 @@ async def local_platform(request: pytest.FixtureRequest) -> AsyncIterator[LocalP
 
 def record(report: ScenarioReport, mode: str) -> None:
     """Keep ``report`` for the summary table, print its row, write it as JSON when asked."""
-    REPORTS.append(report)
+    REPORTS.setdefault(mode, []).append(report)
     print()  # after pytest's progress dot
     print(f"delivery mode {mode}:")
     print(render_table([report]))
