@@ -28,6 +28,15 @@ REPO = TESTS.parent
 INFRA = REPO / "deploy" / "local" / "infra.sh"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # The fault suite's summary prints in the process that reports (xdist's controller
+    # loads no conftest below this one).
+    from tests.faults import summary
+
+    if not config.pluginmanager.is_registered(summary):
+        config.pluginmanager.register(summary, "tests.faults.summary")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # One event loop for the session: session fixtures hold clients bound to it.
     marker = pytest.mark.asyncio(loop_scope="session")

@@ -2,9 +2,9 @@
 # The whole test suite: installs what it needs (infra.sh install, cached), then lint, types,
 # unit and integration tests against real Kafka, Redis, MinIO, MLServer and a
 # kube-apiserver (the session fixtures start them through deploy/local/infra.sh when needed),
-# and the fault suite (tests/faults: kills and restarts on a private platform of its own,
-# at least 12 minutes of the 21 the whole pytest run takes on 2 cores; MULAMBDA_FAULTS=0
-# leaves it out).
+# and the fault suite (tests/faults: kills and restarts on private platforms of its own,
+# one per delivery mode, side by side; the whole pytest run takes about 11 minutes on 2
+# cores; MULAMBDA_FAULTS=0 leaves it out).
 # Extra arguments go to pytest, e.g. `deploy/local/test.sh -m unit`.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -31,12 +31,12 @@ log "topic catalog up to date"
 "$VENV/bin/mulambda" topics generate --check
 log "deploy/k8s KafkaTopics and KafkaUsers up to date"
 "$VENV/bin/mulambda" deploy generate --check
-# MULAMBDA_TEST_WORKERS=N runs independent tests side by side (pytest-xdist, one group
-# per fault platform, tests/faults/conftest.py). Off by default: on 2 cores the two fault
-# platforms side by side starved each other's routers past their session timeouts (an
-# exactly-once broker restart took 18 s; after a Redis wipe 79 answers were committed
-# twice, the zombie-router gap of issue 17). 0 (the default) runs one process.
-workers="${MULAMBDA_TEST_WORKERS:-0}"
+# Two pytest-xdist workers by default (MULAMBDA_TEST_WORKERS; 0 runs one process): the
+# fault suite's two platforms (one per delivery mode, each an xdist group,
+# tests/faults/conftest.py) run side by side first, then both workers share the rest.
+# Measured with up.sh's platform running: pytest 653 s with 2 workers, 1098-1269 s in one
+# process. Three workers (the rest beside both platforms) starved timing targets.
+workers="${MULAMBDA_TEST_WORKERS:-2}"
 parallel=()
 if [ "$workers" != "0" ]; then parallel=(-n "$workers" --dist loadgroup); fi
 # Under xdist the servers the workers share (Kafka, Redis, MinIO; the kube-apiserver on

@@ -29,11 +29,15 @@ from mulambda.harness.load import LoadSpec
 from mulambda.harness.platform import LocalPlatform, PlatformSpec
 from mulambda.harness.scenarios import FAULTS, RunOptions, ensure_serving, run_scenario
 from mulambda.harness.verify import ScenarioReport, render_table
+from tests.faults.summary import (
+    DELIVERY_MODES,
+    FAILOVER_ENV,
+    FAILOVER_LEFT_OUT,
+    REPORTS,
+    RESULTS_ENV,
+)
 
 HERE = Path(__file__).resolve().parent
-RESULTS_ENV = "MULAMBDA_FAULTS_RESULTS"
-REPORTS: dict[str, list[ScenarioReport]] = {}
-"""Every scenario measured in this session by delivery mode, for the summary tables."""
 
 Measure = Callable[[str, LoadSpec, RunOptions], Awaitable[ScenarioReport]]
 
@@ -52,10 +56,7 @@ def _asked_for(config: pytest.Config) -> bool:
     return False
 
 
-FAILOVER_ENV = "MULAMBDA_FAULTS_FAILOVER"
 FAILOVER_MODULE = HERE / "test_failover.py"
-FAILOVER_LEFT_OUT: list[str] = []
-"""The failover tests this session left out (named in the terminal summary)."""
 
 
 def _failover_asked_for(config: pytest.Config) -> bool:
@@ -106,50 +107,6 @@ def _platform_group(item: pytest.Item) -> str:
     params = callspec.params if callspec is not None else {}
     platform = params.get("local_platform", params.get("three_broker_platform", ""))
     return f"faults:{item.path.stem}:{platform}"
-
-
-WORKER_TABLES: dict[str, str] = {}
-"""Under xdist, the controller's copy of each worker's tables, by delivery mode."""
-
-
-def _tables() -> dict[str, str]:
-    """This session's table per delivery mode (the workers' under xdist), in mode order."""
-    tables = {mode: render_table(reports) for mode, reports in REPORTS.items()} or WORKER_TABLES
-    return {mode: tables[mode] for mode in DELIVERY_MODES if mode in tables}
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    # An xdist worker hands its tables to the controller, which prints the summary.
-    workeroutput = getattr(session.config, "workeroutput", None)
-    if workeroutput is not None and REPORTS:
-        workeroutput["fault_tables"] = _tables()
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node: object, error: object) -> None:
-    WORKER_TABLES.update(getattr(node, "workeroutput", {}).get("fault_tables", {}))
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if FAILOVER_LEFT_OUT:
-        terminalreporter.section("fault suite: left out")
-        terminalreporter.write_line(
-            f"{len(FAILOVER_LEFT_OUT)} three-broker failover tests (tests/faults/"
-            f"test_failover.py) were left out; run them with {FAILOVER_ENV}=1 or by path"
-        )
-    tables = _tables()
-    if not tables:
-        return
-    terminalreporter.section("fault suite figures")
-    text = "\n".join(f"delivery mode {mode}:\n{table}" for mode, table in tables.items())
-    terminalreporter.write_line(text)
-    results = os.environ.get(RESULTS_ENV)
-    if results:
-        (Path(results) / "table.txt").write_text(text + "\n")
-
-
-DELIVERY_MODES = ("at-least-once", "exactly-once")
-"""Every scenario runs in each delivery mode of the routers."""
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session", params=DELIVERY_MODES)

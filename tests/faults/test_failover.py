@@ -28,7 +28,8 @@ from mulambda.harness.load import LoadSpec
 from mulambda.harness.platform import LocalPlatform, PlatformSpec
 from mulambda.harness.scenarios import FAULTS, RunOptions, ensure_serving, run_scenario
 from mulambda.harness.verify import ScenarioReport, render_table
-from tests.faults.conftest import DELIVERY_MODES, record
+from tests.faults.conftest import record
+from tests.faults.summary import DELIVERY_MODES
 
 RATE = 100.0
 DEADLINE_S = 10.0
