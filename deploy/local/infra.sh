@@ -241,7 +241,6 @@ running_pid() {
   echo "$pid"
 }
 
-# The pid file and the ports the process was started with (shown by status).
 # Whether process $1 has ended: gone, or exited and not yet reaped (Z without live
 # threads). Not running_pid: an exiting process loses its command line (its memory goes
 # first) while it still holds its files, ports and the log directory's lock.
@@ -260,6 +259,7 @@ await_exit() {
   done
 }
 
+# The pid file and the ports the process was started with (shown by status).
 forget_pid() {
   rm -f "$(pid_file "$1")" "$(comp_dir "$1")/$1.ports"
 }

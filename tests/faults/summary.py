@@ -24,7 +24,8 @@ REPORTS: dict[str, list[ScenarioReport]] = {}
 """Every scenario measured in this process by delivery mode."""
 FAILOVER_LEFT_OUT: list[str] = []
 """The failover tests this process's collection left out."""
-_FROM_WORKERS: dict[str, dict[str, str]] = {}
+_FROM_WORKERS: dict[str, str] = {}
+"""Under xdist, the controller's copy of the workers' tables, by delivery mode."""
 _LEFT_OUT_BY_WORKERS: set[str] = set()
 
 
@@ -42,9 +43,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: object, error: object) -> None:
     output = getattr(node, "workeroutput", {})
-    _FROM_WORKERS.update(
-        {mode: {"table": table} for mode, table in output.get("fault_tables", {}).items()}
-    )
+    _FROM_WORKERS.update(output.get("fault_tables", {}))
     _LEFT_OUT_BY_WORKERS.update(output.get("failover_left_out", []))
 
 
@@ -58,7 +57,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             f"{len(left_out)} three-broker failover tests (tests/faults/test_failover.py)"
             f" were left out; run them with {FAILOVER_ENV}=1 or by path"
         )
-    tables = _own_tables() | {mode: got["table"] for mode, got in _FROM_WORKERS.items()}
+    tables = _own_tables() | _FROM_WORKERS
     ordered = [(mode, tables[mode]) for mode in DELIVERY_MODES if mode in tables]
     if not ordered:
         return
