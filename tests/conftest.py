@@ -29,12 +29,17 @@ INFRA = REPO / "deploy" / "local" / "infra.sh"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # The fault suite's summary prints in the process that reports (xdist's controller
-    # loads no conftest below this one).
-    from tests.faults import summary
+    # The fault and hostile-input suites' summaries print in the process that reports
+    # (xdist's controller loads no conftest below this one).
+    from tests.faults import summary as fault_summary
+    from tests.fuzz import summary as fuzz_summary
 
-    if not config.pluginmanager.is_registered(summary):
-        config.pluginmanager.register(summary, "tests.faults.summary")
+    for plugin, name in (
+        (fault_summary, "tests.faults.summary"),
+        (fuzz_summary, "tests.fuzz.summary"),
+    ):
+        if not config.pluginmanager.is_registered(plugin):
+            config.pluginmanager.register(plugin, name)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

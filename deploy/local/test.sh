@@ -3,8 +3,9 @@
 # unit and integration tests against real Kafka, Redis, MinIO, MLServer and a
 # kube-apiserver (the session fixtures start them through deploy/local/infra.sh when needed),
 # and the fault suite (tests/faults: kills and restarts on private platforms of its own,
-# one per delivery mode; the whole pytest run takes 18-21 minutes on 2 cores in one
-# process, 11 with MULAMBDA_TEST_WORKERS=2; MULAMBDA_FAULTS=0 leaves it out).
+# one per delivery mode; the whole pytest run takes about 12 minutes on 2 cores in two
+# pytest-xdist workers, 18-21 in one (MULAMBDA_TEST_WORKERS=0); MULAMBDA_FAULTS=0 leaves
+# the fault suite out).
 # Extra arguments go to pytest, e.g. `deploy/local/test.sh -m unit`.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -31,14 +32,13 @@ log "topic catalog up to date"
 "$VENV/bin/mulambda" topics generate --check
 log "deploy/k8s KafkaTopics and KafkaUsers up to date"
 "$VENV/bin/mulambda" deploy generate --check
-# MULAMBDA_TEST_WORKERS=2 runs the suite in two pytest-xdist workers: the fault suite's
-# two platforms (one per delivery mode, each an xdist group, tests/faults/conftest.py)
-# side by side first, then both workers share the rest. With up.sh's platform running:
-# pytest 653 s (all passed) against 1098-1269 s in one process, but in another run a
-# router kill took 5.5 s to recover (target 5 s) with both platforms sharing the 2 cores,
-# so one process (0) stays the default until that margin is won back. Three workers
-# starved the timing targets.
-workers="${MULAMBDA_TEST_WORKERS:-0}"
+# Two pytest-xdist workers by default: one runs the whole fault suite, its two platforms
+# (one per delivery mode) one after the other, while the other takes the rest of the
+# suite (xdist groups, tests/faults/conftest.py). Two fault platforms side by side
+# oversubscribed the 2 cores (recoveries of 5.5 s against a 5 s target); one after the
+# other they met every target with up.sh's platform running, and pytest took 711 s
+# against 1098-1269 s in one process. MULAMBDA_TEST_WORKERS=0 runs in one process.
+workers="${MULAMBDA_TEST_WORKERS:-2}"
 parallel=()
 if [ "$workers" != "0" ]; then parallel=(-n "$workers" --dist loadgroup); fi
 # Under xdist the servers the workers share (Kafka, Redis, MinIO; the kube-apiserver on

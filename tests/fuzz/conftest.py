@@ -4,19 +4,16 @@ One platform per session, on the session's real Kafka and Redis under topics and
 of its own: a selector (with a registration secret and an endpoint allow-list), a
 router (requests above :data:`ROUTER_LIMIT` refused), a companion registering the one
 served executor (a synthetic TF Serving model), each with its ``/readyz`` server. The
-counts of every run are printed at the end of the session (``pytest -s`` not needed) and
-written as JSON to ``$MULAMBDA_FUZZ_RESULTS`` when that variable names a file.
+counts of every run go to :data:`tests.fuzz.summary.TALLY`, printed at the end of the
+session (``pytest -s`` not needed; see :mod:`tests.fuzz.summary`).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-import pytest
 import pytest_asyncio
 
 from mulambda.emulator import ExecutorServer, SyntheticModel
@@ -35,16 +32,13 @@ from mulambda.wire.codec import MAX_STATE_RECORD_BYTES
 from mulambda.wire.events import ExecutorRegistration
 from mulambda.wire.signatures import executor_key
 from tests.conftest import Infra
-from tests.fuzz.hostile import SERVED_TRAITS, STATE_TOPICS, Context, Tally
+from tests.fuzz.hostile import SERVED_TRAITS, STATE_TOPICS, Context
 
 SECRET = b"fuzz registration secret"
 ROUTER_LIMIT = 256 * 1024
 """The routers' request bound in this suite (below the broker's, so oversize is testable)."""
 SERVED = "fz-served"
 """The executor the companion registers and valid requests are served by."""
-
-TALLY = Tally()
-"""Counts of this session's records, for the closing table."""
 
 
 @dataclass
@@ -154,21 +148,3 @@ async def platform(infra: Infra) -> AsyncIterator[Platform]:
                             await store.clear()
         finally:
             await admin.delete([catalog.name(t) for t in Topic])
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not TALLY.topics:
-        return
-    terminalreporter.section("hostile input: what became of every record")
-    for line in TALLY.rows():
-        terminalreporter.write_line(line)
-    target = os.environ.get("MULAMBDA_FUZZ_RESULTS")
-    if target:
-        document = {
-            "topics": {name: asdict(t) for name, t in TALLY.topics.items()},
-            "crashes": TALLY.crashes,
-            "batches": TALLY.batches,
-            "tried": TALLY.tried,
-        }
-        with open(target, "w", encoding="utf-8") as out:
-            json.dump(document, out, indent=2)

@@ -19,7 +19,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
@@ -463,6 +463,33 @@ class Tally:
 
     def of(self, topic: Topic) -> TopicTally:
         return self.topics.setdefault(topic.value, TopicTally())
+
+    def add(self, other: Tally) -> None:
+        """Count ``other``'s records too (another xdist worker's)."""
+        for name, theirs in other.topics.items():
+            ours = self.topics.setdefault(name, TopicTally())
+            for f in dataclasses.fields(TopicTally):
+                setattr(ours, f.name, getattr(ours, f.name) + getattr(theirs, f.name))
+        self.crashes += other.crashes
+        self.batches += other.batches
+
+    def to_json(self) -> dict[str, Any]:
+        """The counts as a JSON document (what ``$MULAMBDA_FUZZ_RESULTS`` holds)."""
+        return {
+            "topics": {name: dataclasses.asdict(t) for name, t in self.topics.items()},
+            "crashes": self.crashes,
+            "batches": self.batches,
+            "tried": self.tried,
+        }
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> Tally:
+        """The counts :meth:`to_json` wrote."""
+        return cls(
+            topics={name: TopicTally(**t) for name, t in document["topics"].items()},
+            crashes=document["crashes"],
+            batches=document["batches"],
+        )
 
     @property
     def tried(self) -> int:

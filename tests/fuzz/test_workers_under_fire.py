@@ -43,7 +43,7 @@ from mulambda.wire.events import (
 )
 from mulambda.wire.signatures import executor_key, sign
 from tests.conftest import Infra
-from tests.fuzz.conftest import SECRET, SERVED, TALLY, Platform
+from tests.fuzz.conftest import SECRET, SERVED, Platform
 from tests.fuzz.hostile import (
     CONSUMED,
     OTHER_TRAITS,
@@ -56,6 +56,7 @@ from tests.fuzz.hostile import (
     kinds_for,
     signed_at,
 )
+from tests.fuzz.summary import TALLY
 
 BATCH = 100
 BATCHES = int(os.environ.get("MULAMBDA_FUZZ_BATCHES", "105"))
