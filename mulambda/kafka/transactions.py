@@ -166,7 +166,7 @@ class TransactionalProducer(AnswerSink, Lifecycle):
         *,
         transactional_id: str,
         group_id: str,
-        transaction_timeout_s: float = 10.0,
+        transaction_timeout_s: float = 3.0,
         linger_ms: int = 2,
     ) -> None:
         self._config = config

@@ -183,7 +183,7 @@ class Router(Lifecycle):
         publish_backoff_s: float = 0.5,
         delivery_timeout_s: float = 30.0,
         exactly_once: bool = False,
-        transaction_timeout_s: float = 10.0,
+        transaction_timeout_s: float = 3.0,
         transaction_interval_s: float = 0.02,
         linger_ms: int = 0,
         max_request_bytes: int = DEFAULT_MAX_RECORD_BYTES,

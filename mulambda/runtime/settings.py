@@ -89,9 +89,13 @@ class Settings(BaseSettings):
     ``isolation.level=read_committed`` see one result per request, at the cost of about a
     transaction interval plus a commit (tens of ms) per result."""
 
-    transaction_timeout_s: float = Field(default=10.0, gt=0)
-    """Exactly-once mode: the broker aborts a dead router's open transaction after this;
-    until then ``read_committed`` readers of the partitions it wrote wait."""
+    transaction_timeout_s: float = Field(default=3.0, gt=0)
+    """Exactly-once mode: the broker aborts a dead router's open transaction after this
+    (checked every ``transaction.abort.timed.out.transaction.cleanup.interval.ms``, 1 s
+    on MuLambda's brokers); until then ``read_committed`` readers of the partitions it
+    wrote, and the router that takes its partitions over, wait. A transaction normally
+    lasts one interval and a commit (tens of ms); 10 s held a killed router's partitions
+    past the requests' deadlines."""
 
     answered_ttl_margin_s: float = Field(default=300.0, ge=0)
     """How long past a request's deadline the router remembers (in Redis) that it was
