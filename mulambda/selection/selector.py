@@ -507,7 +507,8 @@ class Selector(Lifecycle):
                 what="state fetch",
                 stopping=self._stopping,
             )
-            for tp, records in batches.items():
+            for tp in self._applier.in_apply_order(batches):
+                records = batches[tp]
                 for raw in records:
                     await self._apply_raw(raw)
                 if records:

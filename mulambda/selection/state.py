@@ -28,6 +28,9 @@ Time
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Protocol, TypeVar
+
 from mulambda.selection.learning import ServiceFit
 from mulambda.selection.store_data import (
     ClientRemoved,
@@ -58,6 +61,14 @@ def fit_numbers(fit: ServiceFit | None) -> tuple[float, ...] | None:
     return None if fit is None else tuple(float(v) for v in fit)
 
 
+class _OfTopic(Protocol):
+    @property
+    def topic(self) -> str: ...
+
+
+P = TypeVar("P", bound=_OfTopic)
+
+
 class StateApplier:
     """Decodes state records and applies them to a view (see the module doc)."""
 
@@ -75,6 +86,13 @@ class StateApplier:
         """Every state topic and the message it carries."""
         self.compacted = frozenset({self.executor_registrations, self.client_registrations})
         """The state topics on which a null value is a tombstone."""
+
+    def in_apply_order(self, partitions: Iterable[P]) -> list[P]:
+        """``partitions`` with those of the registration topics first: a fetch that
+        brings an executor's registration and its first status applies them in that
+        order, where the status alone would be dropped as of an unknown executor until
+        its next heartbeat."""
+        return sorted(partitions, key=lambda tp: tp.topic not in self.compacted)
 
     def decode(self, topic: str, value: bytes | None) -> WireModel | None:
         """A state record's message, or None for a tombstone; DecodeError if invalid."""

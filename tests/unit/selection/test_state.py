@@ -174,3 +174,37 @@ def test_fit_numbers_are_plain_floats() -> None:
     numbers = fit_numbers(ServiceFit(1.0, 2.0, 3.0, 4.0, 5.0))
     assert numbers == (1.0, 2.0, 3.0, 4.0, 5.0)
     assert type(numbers) is tuple
+
+
+def test_a_fetch_applies_registrations_before_the_statuses_they_arrived_with(
+    applier: StateApplier,
+) -> None:
+    # One fetch, partitions in the order the consumer happened to return them.
+    fetched = {
+        (STATUS, 0): [status("e1")],
+        (LATENCY, 1): [],
+        (REGISTRATIONS, 0): [reg("e1")],
+        (CLIENTS, 0): [CLIENT],
+    }
+
+    class Partition(tuple[str, int]):
+        @property
+        def topic(self) -> str:
+            return self[0]
+
+    order = applier.in_apply_order(Partition(key) for key in fetched)
+    assert [tp.topic for tp in order[:2]] == [REGISTRATIONS, CLIENTS]
+    assert [tp.topic for tp in order[2:]] == [STATUS, LATENCY]
+    view = ExecutorView()
+    for tp in order:
+        for value in fetched[tp]:
+            apply(applier, view, tp.topic, value, 1.0)
+    e1 = view.get("e1")
+    assert e1 is not None and e1.model_state is not None  # the status was not dropped
+    # In the consumer's order the status came first and was lost until a next heartbeat.
+    unordered = ExecutorView()
+    for key, values in fetched.items():
+        for value in values:
+            apply(applier, unordered, key[0], value, 1.0)
+    lost = unordered.get("e1")
+    assert lost is not None and lost.model_state is None
