@@ -200,11 +200,13 @@ def test_a_fetch_applies_registrations_before_the_statuses_they_arrived_with(
         for value in fetched[tp]:
             apply(applier, view, tp.topic, value, 1.0)
     e1 = view.get("e1")
-    assert e1 is not None and e1.model_state is not None  # the status was not dropped
+    assert e1 is not None
+    assert e1.model_state is not None  # the status was not dropped
     # In the consumer's order the status came first and was lost until a next heartbeat.
     unordered = ExecutorView()
     for key, values in fetched.items():
         for value in values:
             apply(applier, unordered, key[0], value, 1.0)
     lost = unordered.get("e1")
-    assert lost is not None and lost.model_state is None
+    assert lost is not None
+    assert lost.model_state is None
