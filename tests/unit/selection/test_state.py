@@ -180,7 +180,7 @@ def test_a_fetch_applies_registrations_before_the_statuses_they_arrived_with(
     applier: StateApplier,
 ) -> None:
     # One fetch, partitions in the order the consumer happened to return them.
-    fetched = {
+    fetched: dict[tuple[str, int], list[WireModel]] = {
         (STATUS, 0): [status("e1")],
         (LATENCY, 1): [],
         (REGISTRATIONS, 0): [reg("e1")],
