@@ -79,7 +79,7 @@ FAULTS_GROUP = "faults"
 Under ``pytest -n N --dist loadgroup`` (deploy/local/test.sh) one worker runs the whole
 fault suite, one platform after the other, while the other workers share the rest of
 the suite. Two platforms side by side under load oversubscribe a 2-core machine (each
-takes ~1.6 cores at 100 requests/s; the baseline's p50 rose from 35 ms alone to 169 and
+takes ~1.7 cores at 100 requests/s; the baseline's p50 rose from 35 ms alone to 169 and
 444 ms side by side), and the timing targets (recovery within 5 s) then measure the
 machine, not the platform.
 """
