@@ -101,6 +101,8 @@ class Options:
     seed: int
     out_dir: Path
     progress: bool
+    lease_slots: int = 1
+    lease_max_age_s: float = 0.1
 
 
 @dataclass
@@ -389,6 +391,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--deadline-s", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--lease-slots", type=int, default=1, help="router selection leases (1: none)"
+    )
+    parser.add_argument("--lease-max-age-s", type=float, default=0.1)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)  # fmt: skip
     smoke = args.smoke
@@ -410,6 +416,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         seed=args.seed,
         out_dir=args.out_dir,
         progress=not args.no_progress,
+        lease_slots=args.lease_slots,
+        lease_max_age_s=args.lease_max_age_s,
     )
     unknown = set(options.policies) - set(POLICIES) | set(options.singles) - {
         p.name for p in PROFILES
@@ -439,6 +447,7 @@ async def main(options: Options) -> int:
     platform = InProcessPlatform(
         kafka, settings.redis_url, name="bench-overload", seed=options.seed,
         call_timeout_s=options.deadline_s,
+        lease_slots=options.lease_slots, lease_max_age_s=options.lease_max_age_s,
     )  # fmt: skip
     bar = tqdm(total=runs * per_run, unit="req", disable=not options.progress, file=sys.stderr)
     async with platform:

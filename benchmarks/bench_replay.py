@@ -133,6 +133,8 @@ class Options:
     matrix: Path | None
     out_dir: Path
     progress: bool
+    lease_slots: int = 1
+    lease_max_age_s: float = 0.1
 
 
 @dataclass
@@ -444,6 +446,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--matrix", type=Path, default=None, help="an evaluation YAML")
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--lease-slots", type=int, default=1, help="router selection leases (1: none)"
+    )
+    parser.add_argument("--lease-max-age-s", type=float, default=0.1)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     smoke = args.smoke
@@ -462,6 +468,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         matrix=args.matrix,
         out_dir=args.out_dir,
         progress=not args.no_progress,
+        lease_slots=args.lease_slots,
+        lease_max_age_s=args.lease_max_age_s,
     )
     if options.amount < 1 or options.repeats < 1 or options.concurrency < 1:
         parser.error("--amount, --repeats and --concurrency must be >= 1")
@@ -494,6 +502,7 @@ async def main(options: Options) -> int:
     platform = InProcessPlatform(
         kafka, settings.redis_url, name="bench-replay", seed=options.seed,
         call_timeout_s=options.deadline_s,
+        lease_slots=options.lease_slots, lease_max_age_s=options.lease_max_age_s,
     )  # fmt: skip
     bar = tqdm(total=runs, unit="run", disable=not options.progress, file=sys.stderr)
     async with platform:

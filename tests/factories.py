@@ -14,6 +14,8 @@ from mulambda.wire.events import (
     LatencyMeasurement,
     LatencySource,
     ModelState,
+    ObservedLatencies,
+    ObservedSample,
     SelectionReply,
     SelectionRequest,
     SelectionStatus,
@@ -46,7 +48,7 @@ def registration(executor_id: str = "ex-1", **overrides: object) -> ExecutorRegi
 
 
 def one_of_each() -> list[WireModel]:
-    """A valid instance of each of the nine message types."""
+    """A valid instance of each of the ten message types."""
     return [
         registration(),
         ClientRegistration(client_id="cl-1", probe_url="http://127.0.0.1:7000/probe", zone="eu"),
@@ -96,5 +98,14 @@ def one_of_each() -> list[WireModel]:
         ),
         DeadLetter(
             topic="t.x", partition=0, offset=7, original_value=b"\xff\x00{", reason="not JSON"
+        ),
+        ObservedLatencies(
+            executor_id="ex-1",
+            router_id="router-1",
+            samples=[
+                ObservedSample(client_id="cl-1", latency_ms=4.5, input_size=13),
+                ObservedSample(client_id="cl-2", latency_ms=30.0, failed=True),
+            ],
+            released=2,
         ),
     ]

@@ -190,7 +190,11 @@ class InProcessPlatform(Lifecycle):
         name: str = "bench-eval",
         seed: int = 1,
         call_timeout_s: float = 60.0,
+        lease_slots: int = 1,
+        lease_max_age_s: float = 0.1,
     ) -> None:
+        """``lease_slots``, ``lease_max_age_s``: the router's selection leases (1 slot:
+        none)."""
         tag = uuid.uuid4().hex[:8]
         self.tag = tag
         self.kafka = kafka
@@ -214,6 +218,8 @@ class InProcessPlatform(Lifecycle):
             concurrency=256,
             selection_timeout_s=5.0,
             call_timeout_s=call_timeout_s,
+            lease_slots=lease_slots,
+            lease_max_age_s=lease_max_age_s,
         )
         self.producer = Producer(kafka)
         self._waiters = _Waiters()

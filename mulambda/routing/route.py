@@ -20,7 +20,8 @@ Selection
     and ends ``call_margin_s`` before the deadline, leaving that for the executor call;
     a try starts at least :data:`SELECTION_RETRY_INTERVAL_S` after the one before (a
     quick failure does not spin). A ranking the selector sent is remembered for later
-    requests and says ``selection="fresh"``.
+    requests and says ``selection="fresh"``; one the router's selection lease gave
+    (:meth:`Route.leased`, no round trip) says ``selection="leased"``.
 
 Failover across processes
     A call refused or dropped without a response makes its endpoint suspect
@@ -36,7 +37,7 @@ Also here: :func:`input_size_of` (the input size the selection is asked for) and
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
@@ -93,7 +94,7 @@ def _oip_rows(inputs: list[Any]) -> int | None:
     return rows
 
 
-Selection = Literal["fresh", "cached"]
+Selection = Literal["fresh", "leased", "cached"]
 """Where the candidates of a route came from (``InferenceResult.selection``)."""
 
 CALL_MARGIN_S = 0.5
@@ -231,6 +232,14 @@ class Route:
             if self._rankings is not None:
                 self._rankings.remember(self.request, reply.candidates, self._clock_s())
             self._use(list(reply.candidates), "fresh")
+
+    def leased(self, candidates: Sequence[Candidate]) -> None:
+        """A slot of the router's selection lease ranked ``candidates`` for this request
+        (routing/leases.py): call the best, as for a fresh selection."""
+        self._expect(Select, "a leased ranking")
+        if not candidates:
+            raise MulambdaError(f"route of {self.request.correlation_id}: an empty lease slot")
+        self._use(list(candidates), "leased")
 
     def selection_failed(self, error: MulambdaError) -> None:
         """No selection reply (timeout, an undecodable reply, Kafka down): use a recent

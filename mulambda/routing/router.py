@@ -29,6 +29,7 @@ requests (at least once).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -55,7 +56,9 @@ from mulambda.kafka import (
 )
 from mulambda.routing.admission import SlotAdmission
 from mulambda.routing.answered import AnsweredRequests
-from mulambda.routing.rankings import RankingCache
+from mulambda.routing.leases import LeaseBook
+from mulambda.routing.observations import ObservationBatcher
+from mulambda.routing.rankings import RankingCache, RankingKey, ranking_key
 from mulambda.routing.reply_targets import (
     AllowedReplyTopics,
     Deliver,
@@ -80,11 +83,12 @@ from mulambda.runtime.observability import correlation_id
 from mulambda.wire.catalog import Catalog, Topic
 from mulambda.wire.codec import DEFAULT_MAX_RECORD_BYTES, ReplyAddress
 from mulambda.wire.events import (
+    Candidate,
     InferenceRequest,
     InferenceResult,
     InferenceStatus,
-    LatencyMeasurement,
-    LatencySource,
+    LeaseAsk,
+    ObservedLatencies,
     SelectionReply,
     SelectionRequest,
     deadline_in,
@@ -147,6 +151,16 @@ class RouterMetrics:
             "Requests routed on a recent ranking because their selection failed",
             registry=registry,
         )
+        self.leased_selections = Counter(
+            "mulambda_router_leased_selections",
+            "Requests routed on a slot of a selection lease (no selection round trip)",
+            registry=registry,
+        )
+        self.leases_ended = Counter(
+            "mulambda_router_leases_ended",
+            "Leases ended before their age because an executor in them failed a call",
+            registry=registry,
+        )
         self.suspect_endpoints = Gauge(
             "mulambda_router_suspect_endpoints",
             "Executor endpoints that refused connections lately (tried last)",
@@ -187,6 +201,9 @@ class Router(Lifecycle):
         transaction_interval_s: float = 0.02,
         linger_ms: int = 0,
         max_request_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        lease_slots: int = 1,
+        lease_max_age_s: float = 0.1,
+        observation_interval_s: float = 0.05,
     ) -> None:
         """``reply_topics``: names and prefixes (ending in ``*``) results may go to;
         empty means the catalog's default (see
@@ -198,7 +215,12 @@ class Router(Lifecycle):
         offsets, every ``transaction_interval_s`` (``answered`` is then not needed and
         ignored); the transactional id is the group id and ``router_id``, which must
         therefore be stable across restarts of one instance and unique among instances.
-        ``max_request_bytes``: larger requests are refused unread (dead-lettered)."""
+        ``max_request_bytes``: larger requests are refused unread (dead-lettered).
+        ``lease_slots``, ``lease_max_age_s``: selection leases (routing/leases.py), at
+        most that many requests per selection, spent within that age; 1 slot: every
+        request asks. ``observation_interval_s``: observed calls leave at most this often,
+        one record per executor (routing/observations.py); the first after a quiet spell
+        leaves at once."""
         self._kafka = kafka
         self._max_request_bytes = max_request_bytes
         self._membership = membership
@@ -228,6 +250,13 @@ class Router(Lifecycle):
             max_age_s=ranking_max_age_s, max_entries=ranking_cache_entries
         )
         self._suspects = SuspectEndpoints(expiry_s=suspect_expiry_s)
+        self._leases = LeaseBook(max_slots=lease_slots, max_age_s=lease_max_age_s)
+        # Requests of a kind wait for the lease one of them asked for, not ask alongside.
+        self._lease_asks: dict[RankingKey, asyncio.Future[None]] = {}
+        self._observations = ObservationBatcher(router_id=router_id)
+        self._observation_interval_s = observation_interval_s
+        self._observations_waiting = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
         self.metrics.suspect_endpoints.set_function(
             lambda: len(self._suspects.suspects(time.time()))
         )
@@ -300,6 +329,7 @@ class Router(Lifecycle):
                 producer=self._producer,
             )
             await self._requester.start()
+            self._flusher = asyncio.create_task(self._flush_observations(), name="observations")
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._concurrency * 2, keepalive_timeout=30)
             )
@@ -342,6 +372,13 @@ class Router(Lifecycle):
         requester, self._requester = self._requester, None
         if requester is not None:
             await requester.stop()
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            self._leases.end_all()
+            await self._send_observations()  # what the routed requests taught, released slots
         await self._reply_targets.stop()
         await self._admin.stop()
         session, self._session = self._session, None
@@ -397,7 +434,6 @@ class Router(Lifecycle):
             )
             result = fit_result(result)
             if result.executor_id is not None and result.call_ms is not None:
-                # Queued just before the result, so both leave in one produce request.
                 await self._observe(request, result.executor_id, result.call_ms)
             await self._publish(request, result, target.partition)
             self.metrics.requests.labels(result.status.value).inc()
@@ -500,18 +536,27 @@ class Router(Lifecycle):
             if isinstance(step, Finished):
                 if step.result.selection == "cached":
                     self.metrics.cached_selections.inc()
+                elif step.result.selection == "leased":
+                    self.metrics.leased_selections.inc()
                 return step.result
             if isinstance(step, Select):
                 if step.delay_s > 0:
                     await asyncio.sleep(step.delay_s)
                 if route.selection_tries > 1:
                     self.metrics.selection_retries.inc()
+                leased = self._leases.take(request, time.monotonic())
+                if leased is not None:
+                    route.leased(leased)
+                    continue
                 try:
-                    reply = await self._select(request, step.input_size, step.timeout_s)
+                    reply = await self._select_leasing(request, step.input_size, step.timeout_s)
                 except MulambdaError as exc:
                     route.selection_failed(exc)
                 else:
-                    route.selected(reply)
+                    if isinstance(reply, tuple):
+                        route.leased(reply)
+                    else:
+                        route.selected(reply)
             else:
                 await self._call(route, step)
 
@@ -533,18 +578,56 @@ class Router(Lifecycle):
             )
         except MulambdaError as exc:
             log.info("executor %s failed: %s", candidate.executor_id, exc.reason)
-            if call.attempt == 1 and route.selection == "fresh":
+            if call.attempt == 1 and route.selection in ("fresh", "leased"):
                 # The dispatch the selector counted as load is over: say so, or it keeps
                 # counting until its pending timeout (selection/view.py, Load).
                 failed_ms = (time.perf_counter() - called) * 1000
                 await self._observe(request, candidate.executor_id, failed_ms, failed=True)
+            if self._leases.end(candidate.executor_id):
+                self.metrics.leases_ended.inc()
             if route.call_failed(exc):
                 self.metrics.failovers.inc()
             return
         route.call_succeeded(output, (time.perf_counter() - called) * 1000)
 
-    async def _select(
+    async def _select_leasing(
         self, request: InferenceRequest, size: int, timeout_s: float
+    ) -> SelectionReply | tuple[Candidate, ...]:
+        """A selection for ``request``, asking for a lease when its kind is in demand;
+        while one request of a kind asks, the others wait for its lease (at most
+        ``timeout_s``) and take a slot of it, or ask themselves when none is left."""
+        if not self._leases.enabled:
+            return await self._select(request, size, timeout_s)
+        key = ranking_key(request)
+        asking = self._lease_asks.get(key)
+        if asking is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await asyncio.shield(asking)
+            leased = self._leases.take(request, time.monotonic())
+            if leased is not None:
+                return leased
+        ask = self._leases.ask(request, time.monotonic())
+        if ask is None:
+            return await self._select(request, size, timeout_s)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._lease_asks[key] = done
+        try:
+            reply = await self._select(request, size, timeout_s, lease=ask)
+            self._leases.grant(request, reply, time.monotonic())
+            return reply
+        finally:
+            done.set_result(None)
+            if self._lease_asks.get(key) is done:
+                del self._lease_asks[key]
+
+    async def _select(
+        self,
+        request: InferenceRequest,
+        size: int,
+        timeout_s: float,
+        *,
+        lease: LeaseAsk | None = None,
     ) -> SelectionReply:
         requester = self._requester
         if requester is None:
@@ -566,6 +649,7 @@ class Router(Lifecycle):
             # The adaptive policy leaves out executors that cannot answer by then, and
             # answers at once when none can.
             answer_by=request.deadline,
+            lease=lease,
         )
         return await requester.request(selection, key=request.client_id, timeout_s=timeout_s)
 
@@ -577,23 +661,44 @@ class Router(Lifecycle):
         *,
         failed: bool = False,
     ) -> None:
-        # Fire and forget: the result matters more than the feedback, and the producer
-        # retries on its own; awaiting the ack would add a round trip per request. A
-        # failure here must not fail (and so re-route) a request that was answered.
-        measurement = LatencyMeasurement(
-            executor_id=executor_id,
-            client_id=request.client_id,
-            latency_ms=elapsed_ms,
-            source=LatencySource.OBSERVED,
-            input_size=input_size_of(request),
-            failed=failed,
+        """Queue the observed call for the next batch (routing/observations.py)."""
+        full = self._observations.observed(
+            executor_id, request.client_id, elapsed_ms, input_size_of(request), failed=failed
         )
+        if full is not None:
+            await self._send_observation(full)
+        self._observations_waiting.set()
+
+    async def _flush_observations(self) -> None:
+        """Send the batched observations when there are some, at most once per interval
+        (the first after a quiet spell at once); end expired leases meanwhile, so their
+        unused slots are released."""
+        leases = self._leases
+        wake_s = leases.max_age_s if leases.enabled else None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wake_s):
+                    await self._observations_waiting.wait()
+            self._observations_waiting.clear()
+            leases.expire(time.monotonic())
+            await self._send_observations()
+            await asyncio.sleep(self._observation_interval_s)
+
+    async def _send_observations(self) -> None:
+        for executor_id, count in self._leases.take_released():
+            self._observations.released(executor_id, count)
+        for batch in self._observations.drain():
+            await self._send_observation(batch)
+
+    async def _send_observation(self, batch: ObservedLatencies) -> None:
+        # Fire and forget: the results matter more than the feedback, and the producer
+        # retries on its own. A failure here must not fail (and so re-route) a request
+        # that was answered.
+        topic = self._catalog.name(Topic.OBSERVED_LATENCIES)
         try:
-            delivery = await self._producer.send(
-                self._catalog.name(Topic.LATENCY_MEASUREMENTS), measurement, key=executor_id
-            )
+            delivery = await self._producer.send(topic, batch, key=batch.executor_id)
         except MulambdaError as exc:
-            log.warning("observed latency of %s not published: %s", executor_id, exc.reason)
+            log.warning("observed calls of %s not published: %s", batch.executor_id, exc.reason)
             return
         delivery.add_done_callback(_log_failed_delivery)
 

@@ -11,6 +11,14 @@ Replies
     :func:`~mulambda.selection.policies.select` answers (``ok``, ``no_candidate`` or
     ``error``), with the request's policy or the selector's default.
 
+Leases
+    A request with a :class:`~mulambda.wire.events.LeaseAsk` of ``n`` slots gets the
+    rankings of ``n`` selections in one reply: slot ``i`` is ranked as of ``i *
+    spacing`` from now, after the load of the slots before it was counted (and what
+    expired by then swept), which is what ``n`` such requests arriving ``spacing``
+    apart would have been answered. Every slot's first candidate counts as
+    outstanding, as any selection's does; the router releases the slots it did not use.
+
 Load
     Each selection counts as outstanding on the executor it ranked first until its
     estimated latency has passed twice over (1 s when it has no estimate), bounded by
@@ -38,7 +46,7 @@ from mulambda.errors import ConfigurationError, SelectionError
 from mulambda.selection.policies import DEFAULT_POLICY, POLICIES, PolicyState, select
 from mulambda.selection.view import ExecutorView
 from mulambda.wire.codec import ReplyAddress
-from mulambda.wire.events import SelectionReply, SelectionRequest, SelectionStatus
+from mulambda.wire.events import Candidate, SelectionReply, SelectionRequest, SelectionStatus
 
 _UNKNOWN_ESTIMATE_MS = 1000.0
 """Latency a top candidate without an estimate is expected to take."""
@@ -192,12 +200,54 @@ class Answerer:
             state=self.state,
             selector_id=self.selector_id,
         )
-        compute_s = self._timer() - started
         self._count_outstanding(view, request, reply, now)
+        lease = request.lease
+        if lease is not None and lease.slots > 1 and reply.status is SelectionStatus.OK:
+            reply = self._lease(view, request, reply, now, lease.slots, lease.spacing_ms / 1000)
+        compute_s = self._timer() - started
         candidates = None
         if reply.status is SelectionStatus.OK:
             candidates = len(view.candidates(request.traits, now))
         return Answer(reply, compute_s, candidates)
+
+    def _lease(
+        self,
+        view: ExecutorView,
+        request: SelectionRequest,
+        first: SelectionReply,
+        now: float,
+        slots: int,
+        spacing_s: float,
+    ) -> SelectionReply:
+        """``first`` extended to a lease: slot ``i`` ranked as of ``now + i * spacing_s``,
+        with the outstanding load of the slots before it (the selections those requests
+        would have had, had each asked when it came), until ``slots`` or a slot without
+        an ``ok`` answer."""
+        rankings = [first.candidates]
+        for i in range(1, slots):
+            at = now + i * spacing_s
+            self.sweep(view, at)
+            reply = select(
+                view,
+                request,
+                at,
+                self.default_policy,
+                state=self.state,
+                selector_id=self.selector_id,
+            )
+            if reply.status is not SelectionStatus.OK or not reply.candidates:
+                break
+            self._count_outstanding(view, request, reply, at, bounded=False)
+            rankings.append(reply.candidates)
+        union: dict[str, int] = {}
+        candidates: list[Candidate] = []
+        for ranking in rankings:
+            for candidate in ranking:
+                if candidate.executor_id not in union:
+                    union[candidate.executor_id] = len(candidates)
+                    candidates.append(candidate)
+        lease = [[union[c.executor_id] for c in ranking] for ranking in rankings]
+        return first.model_copy(update={"candidates": candidates, "lease": lease})
 
     def sweep(self, view: ExecutorView, now: float) -> None:
         """Selections expected to be done by ``now`` stop counting as outstanding."""
@@ -205,12 +255,23 @@ class Answerer:
             view.set_outstanding(executor_id, count, source=self.selector_id)
 
     def _count_outstanding(
-        self, view: ExecutorView, request: SelectionRequest, reply: SelectionReply, now: float
+        self,
+        view: ExecutorView,
+        request: SelectionRequest,
+        reply: SelectionReply,
+        now: float,
+        *,
+        bounded: bool = True,
     ) -> None:
+        """Count ``reply``'s top candidate as outstanding from ``now``; ``bounded``: at
+        most until the selection request's deadline (a leased slot's request comes
+        later, with a deadline of its own)."""
         if not reply.candidates:
             return
         top = reply.candidates[0]
         expected_s = 2 * (top.estimated_latency_ms or _UNKNOWN_ESTIMATE_MS) / 1000
-        until = min(now + expected_s, request.deadline.timestamp())
+        until = now + expected_s
+        if bounded:
+            until = min(until, request.deadline.timestamp())
         count = self.outstanding.add(top.executor_id, until)
         view.set_outstanding(top.executor_id, count, source=self.selector_id)

@@ -47,6 +47,7 @@ from mulambda.wire.events import (
     ExecutorStatus,
     LatencyMeasurement,
     LatencySource,
+    ObservedLatencies,
     WireModel,
 )
 
@@ -82,6 +83,7 @@ class StateApplier:
             self.client_registrations: ClientRegistration,
             catalog.name(Topic.EXECUTOR_STATUS): ExecutorStatus,
             catalog.name(Topic.LATENCY_MEASUREMENTS): LatencyMeasurement,
+            catalog.name(Topic.OBSERVED_LATENCIES): ObservedLatencies,
         }
         """Every state topic and the message it carries."""
         self.compacted = frozenset({self.executor_registrations, self.client_registrations})
@@ -138,20 +140,37 @@ class StateApplier:
         elif isinstance(value, ExecutorStatus):
             if view.apply_status(value, at):
                 out.append(value)
+        elif isinstance(value, ObservedLatencies) and view.apply_observed(value, at):
+            out.extend(
+                _learned(
+                    view, value.executor_id, {s.client_id for s in value.samples if not s.failed}
+                )
+            )
         elif isinstance(value, LatencyMeasurement) and view.apply_latency(value, at):
             if value.source is LatencySource.PROBE:
                 out.append(value)
             elif not value.failed:  # a failed call taught nothing to persist
-                entry = view.get(value.executor_id)
-                if entry is not None and entry.observed_ms:
-                    out.append(
-                        ObservedLatency(
-                            value.executor_id,
-                            value.client_id,
-                            entry.observed_ms[value.client_id],
-                            entry.service_ms,
-                            entry.service_samples,
-                            fit_numbers(entry.service_fit),
-                        )
-                    )
+                out.extend(_learned(view, value.executor_id, (value.client_id,)))
         return out
+
+
+def _learned(view: ExecutorView, executor_id: str, client_ids: Iterable[str]) -> list[StoreEvent]:
+    """What observed calls of ``client_ids`` taught the view about one executor, for the
+    store: the EWMA per client and the executor's service time and fit."""
+    entry = view.get(executor_id)
+    if entry is None or not entry.observed_ms:
+        return []
+    observed = entry.observed_ms
+    fit = fit_numbers(entry.service_fit)
+    return [
+        ObservedLatency(
+            executor_id,
+            client_id,
+            observed[client_id],
+            entry.service_ms,
+            entry.service_samples,
+            fit,
+        )
+        for client_id in sorted(client_ids)
+        if client_id in observed
+    ]

@@ -74,6 +74,7 @@ from mulambda.wire.events import (
     LatencyMeasurement,
     LatencySource,
     ModelState,
+    ObservedLatencies,
     Traits,
 )
 
@@ -519,25 +520,47 @@ class ExecutorView:
         if measurement.source is LatencySource.PROBE:
             self._set_probe(entry, client_id, latency)
             return True
-        if measurement.failed:
+        self._observe(entry, client_id, latency, measurement.input_size, measurement.failed)
+        return True
+
+    def apply_observed(self, batch: ObservedLatencies, now: float) -> bool:
+        """Record a router's batch of observed calls: each sample as :meth:`apply_latency`
+        records the observed measurement it stands for, in order, then the ``released``
+        leased dispatches stop being load. Returns False for an unknown executor."""
+        entry = self._entries.get(batch.executor_id)
+        if entry is None:
+            return False
+        self._see(now)
+        for sample in batch.samples:
+            self._observe(
+                entry, sample.client_id, sample.latency_ms, sample.input_size, sample.failed
+            )
+        pending = entry.pending
+        if batch.released and pending:
+            for _ in range(min(batch.released, len(pending))):
+                pending.popleft()
+            self._update_load(entry)
+        return True
+
+    def _observe(
+        self, entry: ExecutorEntry, client_id: str, latency: float, size: int | None, failed: bool
+    ) -> None:
+        pending = entry.pending
+        if failed:
             # The call is over without a service time to learn from (an error answer
             # is no service, a timeout only a lower bound): it just stops being load.
-            pending = entry.pending
             if pending:
                 pending.popleft()
             self._update_load(entry)
-            return True
-        size = measurement.input_size or 0
+            return
         net = self.network_latency_ms(entry, client_id)
-        sample = latency - net - entry.delay_per_element_ms * size
-        pending = entry.pending
+        sample = latency - net - entry.delay_per_element_ms * (size or 0)
         # The oldest dispatch is this observation's (requests to one executor finish
         # roughly in order); without one (another selector's request, a failover), the
         # current load stands in.
         load = pending.popleft()[1] if pending else entry.load
         self._update_load(entry)
         self.learning.observe(entry, client_id, latency, float(load), sample)
-        return True
 
     def fallback_latency_ms(self) -> float:
         """Network latency assumed for an executor with no probe at all (see module doc)."""

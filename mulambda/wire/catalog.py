@@ -67,6 +67,7 @@ class Topic(StrEnum):
     CLIENT_REGISTRATIONS = "client-registrations"
     EXECUTOR_STATUS = "executor-status"
     LATENCY_MEASUREMENTS = "latency-measurements"
+    OBSERVED_LATENCIES = "observed-latencies"
     SELECTION_REQUESTS = "selection-requests"
     SELECTION_REPLIES = "selection-replies"
     INFERENCE_REQUESTS = "inference-requests"

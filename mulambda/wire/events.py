@@ -333,7 +333,61 @@ class LatencyMeasurement(WireModel):
     this field ignore it (and count such a call as in flight until their pending timeout)."""
 
 
+MAX_OBSERVED_SAMPLES = 200
+"""Samples one :class:`ObservedLatencies` record holds at most (with 200-character client
+ids that is still under the state records' 64 KiB bound)."""
+
+
+class ObservedSample(BaseModel):
+    """One routed call as an :class:`ObservedLatencies` batch carries it."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    client_id: Identifier
+    """The client whose request it was."""
+    latency_ms: float = Field(ge=0, le=3_600_000, allow_inf_nan=False)
+    """The call's duration as the router measured it."""
+    input_size: int | None = Field(default=None, ge=0)
+    """Input elements of the request."""
+    failed: bool = False
+    """The call failed after ``latency_ms`` (see :attr:`LatencyMeasurement.failed`)."""
+
+
+class ObservedLatencies(WireModel):
+    """A router's observed calls to one executor over a short window, oldest first (key:
+    executor id): what one observed :class:`LatencyMeasurement` per call says, in one
+    record."""
+
+    type_name: ClassVar[str] = "observed-latencies"
+
+    executor_id: Identifier
+    """The executor called."""
+    router_id: str | None = Field(default=None, max_length=200)
+    """The router that made the calls."""
+    samples: list[ObservedSample] = Field(default_factory=list, max_length=MAX_OBSERVED_SAMPLES)
+    """The calls, in the order they ended."""
+    released: int = Field(default=0, ge=0, le=1_000_000)
+    """Leased dispatches to this executor the router did not make (its lease ended first):
+    the selector stops counting them as load, as it does a failed call."""
+
+
 # --- selection -----------------------------------------------------------------------
+
+MAX_LEASE_SLOTS = 256
+"""Most requests one selection lease may rank."""
+
+
+class LeaseAsk(BaseModel):
+    """A router asking for a lease: rankings for the next ``slots`` requests like this one,
+    expected ``spacing_ms`` apart (see :class:`SelectionReply.lease`)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    slots: int = Field(ge=1, le=MAX_LEASE_SLOTS)
+    """Requests to rank, this one first."""
+    spacing_ms: float = Field(default=0.0, ge=0, le=60_000, allow_inf_nan=False)
+    """Expected time between two of them: slot ``i`` is ranked as of ``i * spacing_ms``
+    from now, with the load of the slots before it."""
 
 
 class SelectionRequest(RequestModel):
@@ -361,6 +415,9 @@ class SelectionRequest(RequestModel):
     candidates whose estimated latency ends after it and, when none is left, answers
     ``no_candidate`` (``eliminated_by="deadline"``) at once. None: no such bound (the
     field is optional; requesters and selectors before it neither send nor read it)."""
+    lease: LeaseAsk | None = None
+    """Ask for a lease (rankings for this and the next requests like it); None: this
+    request only. Selectors before the field answer this request only."""
 
     @field_validator("answer_by")
     @classmethod
@@ -418,6 +475,14 @@ class SelectionReply(WireModel):
     """For error / no_candidate: a human-readable reason."""
     selector_id: str | None = None
     """Which selector instance answered."""
+    lease: list[list[Annotated[int, Field(ge=0, le=100)]]] | None = Field(
+        default=None, max_length=MAX_LEASE_SLOTS
+    )
+    """For an ``ok`` answer to a :class:`LeaseAsk`: the ranking of each leased request, in
+    the order they are to be dispatched, as indexes into ``candidates`` (whose order is the
+    first slot's). The selector counted every slot's first candidate as load: a router
+    reports the slots it did not use (:attr:`ObservedLatencies.released`). None: the
+    reply ranks one request. (Routers ignore a slot that is empty or names no candidate.)"""
 
 
 # --- inference -----------------------------------------------------------------------
@@ -502,10 +567,11 @@ class InferenceResult(WireModel):
     None on an error result."""
     attempts: int = Field(default=1, ge=0)
     """Executors tried."""
-    selection: Literal["fresh", "cached"] | None = None
-    """Whether the executors tried came from a selection made for this request (fresh) or
-    from the router's recent ranking for the same client, traits and weights (cached, used
-    when the selector did not answer in time); None when no selection was needed."""
+    selection: Literal["fresh", "leased", "cached"] | None = None
+    """Whether the executors tried came from a selection made for this request (fresh), a
+    slot of a selection lease the router holds for requests like it (leased), or from the
+    router's recent ranking for the same client, traits and weights (cached, used when the
+    selector did not answer in time); None when no selection was needed."""
 
 
 # --- dead letters --------------------------------------------------------------------
@@ -541,6 +607,7 @@ ALL_MESSAGE_TYPES: tuple[type[WireModel], ...] = (
     ClientRegistration,
     ExecutorStatus,
     LatencyMeasurement,
+    ObservedLatencies,
     SelectionRequest,
     SelectionReply,
     InferenceRequest,

@@ -34,8 +34,7 @@ from mulambda.wire.events import (
     DeadLetter,
     InferenceResult,
     InferenceStatus,
-    LatencyMeasurement,
-    LatencySource,
+    ObservedLatencies,
     Slo,
     deadline_in,
     utcnow,
@@ -115,7 +114,7 @@ async def test_request_is_answered_by_the_selected_executor(
     }
 
 
-async def test_observed_latency_is_published_with_input_size(
+async def test_observed_calls_are_published_with_input_size(
     infra: Infra,
     cat: Catalog,
     selector: Selector,
@@ -126,19 +125,22 @@ async def test_observed_latency_is_published_with_input_size(
     traits = new_traits()
     executor_id = await register(producer, cat, selector, traits, fast.url)
     async with read_until_key(
-        infra.kafka(), cat.name(Topic.LATENCY_MEASUREMENTS), executor_id, LatencyMeasurement
-    ) as measurements:
+        infra.kafka(), cat.name(Topic.OBSERVED_LATENCIES), executor_id, ObservedLatencies
+    ) as batches:
         result = await infer(
             infra, cat, producer, inference_request(cat, traits, body={"instances": [0, 0, 0, 0]})
         )
         assert result.status is InferenceStatus.OK, result.error
-        measurement = await measurements.result(10)
-    assert measurement.source is LatencySource.OBSERVED
-    assert measurement.client_id == CLIENT
-    assert measurement.input_size == 4  # rows of the body
+        batch = await batches.result(10)
+    assert batch.router_id == router.router_id
+    assert batch.released == 0
+    (sample,) = batch.samples  # the first call after a quiet spell leaves at once, alone
+    assert sample.client_id == CLIENT
+    assert sample.input_size == 4  # rows of the body
+    assert not sample.failed
     assert result.latency_ms is not None
-    assert 0 < measurement.latency_ms <= result.latency_ms  # the call is part of the route
-    assert result.call_ms == measurement.latency_ms  # the result reports the same call
+    assert 0 < sample.latency_ms <= result.latency_ms  # the call is part of the route
+    assert result.call_ms == sample.latency_ms  # the result reports the same call
     # The selector learns from it: a service time for this executor appears.
     entry = selector.view.get(executor_id)
     assert entry is not None

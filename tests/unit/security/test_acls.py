@@ -67,7 +67,7 @@ def test_routers_read_requests_write_results_and_hold_their_group_and_transactio
     assert writable(rules, catalog) == {
         Topic.INFERENCE_RESULTS,
         Topic.SELECTION_REQUESTS,
-        Topic.LATENCY_MEASUREMENTS,
+        Topic.OBSERVED_LATENCIES,
         Topic.DEAD_LETTERS,
     }
     assert AclRule("group", DEFAULT_ROUTER_GROUP, "prefixed", ("Read", "Describe")) in rules
@@ -86,6 +86,7 @@ def test_selectors_read_the_state_topics_and_answer_selections(catalog: Catalog)
         Topic.CLIENT_REGISTRATIONS,
         Topic.EXECUTOR_STATUS,
         Topic.LATENCY_MEASUREMENTS,
+        Topic.OBSERVED_LATENCIES,
         Topic.SELECTION_REQUESTS,
     }
     assert writable(rules, catalog) == {Topic.SELECTION_REPLIES, Topic.DEAD_LETTERS}

@@ -21,6 +21,7 @@ REGISTRATIONS = CATALOG.name(Topic.EXECUTOR_REGISTRATIONS)
 CLIENTS = CATALOG.name(Topic.CLIENT_REGISTRATIONS)
 STATUS = CATALOG.name(Topic.EXECUTOR_STATUS)
 LATENCY = CATALOG.name(Topic.LATENCY_MEASUREMENTS)
+OBSERVED = CATALOG.name(Topic.OBSERVED_LATENCIES)
 CLIENT = ClientRegistration(client_id="c", probe_url="http://c:1/probe")
 
 
@@ -52,7 +53,7 @@ def test_a_record_counts_as_of_its_timestamp_never_later_than_now() -> None:
 
 
 def test_topics_and_models(applier: StateApplier) -> None:
-    assert set(applier.models) == {REGISTRATIONS, CLIENTS, STATUS, LATENCY}
+    assert set(applier.models) == {REGISTRATIONS, CLIENTS, STATUS, LATENCY, OBSERVED}
     assert applier.compacted == {REGISTRATIONS, CLIENTS}
 
 
