@@ -70,7 +70,7 @@ def table(results: Mapping[str, Any]) -> str:
     direct = {p["offered_per_s"]: p for p in results["direct"]}
     head = (
         "rate/s  thru/s  p50    p90    p99    p99.9  | ovh p50 ovh p99 | direct p50 p99 "
-        "| ratio p50 | cpu ms/req (router sel broker exec) | lag max | err"
+        "| ratio p50 | cpu ms/req (router sel broker exec) | lag max | err | leased"
     )
     lines = [head]
     for p in results["platform"]:
@@ -86,10 +86,17 @@ def table(results: Mapping[str, Any]) -> str:
             f"{p['cpu']['platform_ms_per_request'] or 0:.2f} "
             f"({cpu.get('router') or 0:.2f} {cpu.get('selector') or 0:.2f} "
             f"{cpu.get('broker') or 0:.2f} {cpu.get('executor') or 0:.2f})"
-            f"{'':<8}| {p['consumer_lag']['max'] or 0:>7} | {p['errors'] + p['unanswered']}"
+            f"{'':<8}| {p['consumer_lag']['max'] or 0:>7} | {p['errors'] + p['unanswered']:<3} "
+            f"| {_leased_share(p.get('selections') or {})}"
             + ("  saturated" if p["saturated"] else "")
         )
     return "\n".join(lines)
+
+
+def _leased_share(selections: Mapping[str, int]) -> str:
+    """The share of answers routed on a lease slot."""
+    total = sum(selections.values())
+    return f"{100 * selections.get('leased', 0) / total:.0f}%" if total else "-"
 
 
 def _git_commit() -> str | None:

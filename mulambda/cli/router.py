@@ -70,6 +70,7 @@ def router(
         exactly_once=settings.delivery_mode == "exactly-once",
         linger_ms=settings.kafka_linger_ms,
         transaction_timeout_s=settings.transaction_timeout_s,
+        transaction_interval_s=settings.transaction_interval_s,
         answered=AnsweredRequests(
             RedisConfig.from_settings(settings),
             key_prefix=f"{settings.redis_key_prefix}{settings.topic_prefix}",

@@ -86,6 +86,8 @@ class Tally:
         """Error results by normalised reason."""
         self.duplicates = 0
         self.stray = 0
+        self.selections: Counter[str] = Counter()
+        """Answered requests by where their ranking came from (fresh, leased, cached)."""
         self.first_scheduled_s: float | None = None
         self.last_received_s: float | None = None
         self.lag_samples: list[int] = []
@@ -138,6 +140,9 @@ class Tally:
             return
         self._answered.add(correlation)
         self.last_received_s = max(self.last_received_s or received_s, received_s)
+        selection = payload.get("selection")
+        if isinstance(selection, str):
+            self.selections[selection] += 1
         if payload.get("status") != "ok":
             self.errors[normalise_reason(_text(payload.get("error")))] += 1
             return
@@ -187,6 +192,7 @@ class Tally:
             "unanswered": self.outstanding + len(self._early),
             "duplicates": self.duplicates,
             "stray": self.stray,
+            "selections": dict(self.selections),
             "throughput_per_s": round(self.throughput(duration_s), 1),
             "latency_ms": self.total.summary(),
             "overhead_ms": self.overhead.summary(),

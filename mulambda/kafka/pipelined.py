@@ -41,6 +41,10 @@ from mulambda.wire.events import WireModel
 
 log = logging.getLogger(__name__)
 
+RETRY_COMMIT_S = 0.2
+"""Exactly once: the longest a consumer waits between commits while answers are held
+(the last commit failed; nothing was finished since)."""
+
 
 class PipelinedConsumer(ConsumerRebalanceListener, Lifecycle):  # type: ignore[misc]
     """A group consumer that keeps up to ``concurrency`` records in flight, across fetches.
@@ -63,7 +67,10 @@ class PipelinedConsumer(ConsumerRebalanceListener, Lifecycle):  # type: ignore[m
     Exactly once, with ``transactions``: handlers answer through that
     :class:`~mulambda.kafka.transactions.TransactionalProducer`, and each commit sends
     the answers of the records below the commit points together with the offsets in one
-    transaction (every ``commit_interval_s``), instead of committing offsets alone. The
+    transaction, instead of committing offsets alone. A transaction starts as soon as a
+    record is answered and the one before it is done, at most every ``commit_interval_s``
+    (0: no wait): alone when idle, the answers made during a commit all in the next one
+    under load (a group commit). The
     offsets go with the group generation they were chosen in, so a zombie (frozen past
     its session timeout, its partitions moved) commits nothing; and a newly assigned
     partition stays paused until its committed offset is stable, so a previous owner's
@@ -108,6 +115,7 @@ class PipelinedConsumer(ConsumerRebalanceListener, Lifecycle):  # type: ignore[m
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._freed = asyncio.Event()
+        self._answered = asyncio.Event()  # transactional: a record was finished
         self.stats = ConsumerStats()
         self._processor = RecordProcessor(
             topics,
@@ -171,7 +179,7 @@ class PipelinedConsumer(ConsumerRebalanceListener, Lifecycle):  # type: ignore[m
             self._transactions.resolve_with(self._committed_offsets)
             # Answers wait for their transaction: commit on a clock, not only after fetches.
             self._committer = asyncio.create_task(
-                self._commit_periodically(consumer), name="mulambda-committer"
+                self._commit_when_answered(consumer), name="mulambda-committer"
             )
             self._stabilizer = asyncio.create_task(
                 self._release_when_stable(consumer), name="mulambda-stable-offsets"
@@ -317,6 +325,7 @@ class PipelinedConsumer(ConsumerRebalanceListener, Lifecycle):  # type: ignore[m
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)
         self._freed.set()
+        self._answered.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("record task failed", exc_info=task.exception())
 
@@ -351,13 +360,19 @@ class PipelinedConsumer(ConsumerRebalanceListener, Lifecycle):  # type: ignore[m
                 finished = await self._processor.dead_letter(raw, exc)
         return finished
 
-    async def _commit_periodically(self, consumer: KafkaConsumer) -> None:
+    async def _commit_when_answered(self, consumer: KafkaConsumer) -> None:
+        """Commit (a transaction) when a record was finished, and at least every
+        :data:`RETRY_COMMIT_S` (a failed commit's answers are still held)."""
         while True:
-            await asyncio.sleep(self._commit_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._answered.wait(), RETRY_COMMIT_S)
+            self._answered.clear()  # records finished from here on: the next commit
             try:
                 await self._commit(consumer, force=True)
             except Exception:
-                log.exception("periodic commit failed")
+                log.exception("transactional commit failed")
+            if self._commit_interval_s > 0:
+                await asyncio.sleep(self._commit_interval_s)
 
     async def _commit(
         self,

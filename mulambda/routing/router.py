@@ -198,7 +198,7 @@ class Router(Lifecycle):
         delivery_timeout_s: float = 30.0,
         exactly_once: bool = False,
         transaction_timeout_s: float = 3.0,
-        transaction_interval_s: float = 0.02,
+        transaction_interval_s: float = 0.0,
         linger_ms: int = 0,
         max_request_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         lease_slots: int = 1,
@@ -212,8 +212,9 @@ class Router(Lifecycle):
         ``answered``: the shared filter against answering a redelivered request twice
         (None: no filter; readers then rely on ``request_id``). ``exactly_once``: results,
         error results and dead letters go out in Kafka transactions with the requests'
-        offsets, every ``transaction_interval_s`` (``answered`` is then not needed and
-        ignored); the transactional id is the group id and ``router_id``, which must
+        offsets, at most every ``transaction_interval_s`` (0: each as soon as the one
+        before is done; kafka/pipelined.py), and ``answered`` is then not needed and
+        ignored; the transactional id is the group id and ``router_id``, which must
         therefore be stable across restarts of one instance and unique among instances.
         ``max_request_bytes``: larger requests are refused unread (dead-lettered).
         ``lease_slots``, ``lease_max_age_s``: selection leases (routing/leases.py), at

@@ -87,14 +87,20 @@ class Settings(BaseSettings):
     answered marks in Redis; a rare second copy carries the same ``request_id``.
     ``exactly-once``: results and offsets commit in Kafka transactions, so readers with
     ``isolation.level=read_committed`` see one result per request, at the cost of about a
-    transaction interval plus a commit (tens of ms) per result."""
+    transaction commit (a few round trips to the broker) per result."""
+
+    transaction_interval_s: float = Field(default=0.0, ge=0, le=10)
+    """Exactly-once mode: least time between two of a router's transactions. 0: a
+    transaction starts as soon as a request is answered and the one before is done, so
+    an idle router commits each answer at once and a busy one groups the answers made
+    during a commit."""
 
     transaction_timeout_s: float = Field(default=3.0, gt=0)
     """Exactly-once mode: the broker aborts a dead router's open transaction after this
     (checked every ``transaction.abort.timed.out.transaction.cleanup.interval.ms``, 1 s
     on MuLambda's brokers); until then ``read_committed`` readers of the partitions it
     wrote, and the router that takes its partitions over, wait. A transaction normally
-    lasts one interval and a commit (tens of ms); 10 s held a killed router's partitions
+    lasts a commit (a few ms); 10 s held a killed router's partitions
     past the requests' deadlines."""
 
     answered_ttl_margin_s: float = Field(default=300.0, ge=0)

@@ -48,6 +48,16 @@ def test_errors_duplicates_and_strays_are_counted_apart() -> None:
     assert figures["latency_ms"]["p50"] is None
 
 
+def test_answers_are_counted_by_where_their_ranking_came_from() -> None:
+    tally = Tally()
+    for n, selection in enumerate(["fresh", "leased", "leased", "cached", None]):
+        tally.record_sent(_sent(n, 0.0))
+        payload = {"correlation_id": f"c{n}", "status": "ok", "selection": selection}
+        tally.record_result(payload, 0.01)
+    tally.record_result({"correlation_id": "c1", "status": "ok", "selection": "leased"}, 0.02)
+    assert tally.figures(duration_s=1.0)["selections"] == {"fresh": 1, "leased": 2, "cached": 1}
+
+
 def test_throughput_spans_at_least_the_sending_duration() -> None:
     tally = Tally()
     for n in range(10):

@@ -13,6 +13,7 @@ from mulambda.selection.answers import Answerer, Outstanding, ReplyTargets, repl
 from mulambda.selection.view import ExecutorView
 from mulambda.wire.codec import ReplyAddress
 from mulambda.wire.events import (
+    LeaseAsk,
     ModelState,
     SelectionRequest,
     SelectionStatus,
@@ -217,3 +218,69 @@ async def test_concurrent_refreshes_share_one_fetch() -> None:
     targets = ReplyTargets(cluster.fetch, clock=lambda: cluster.time)
     await asyncio.gather(*(targets.refresh() for _ in range(5)))
     assert cluster.fetches == 1
+
+
+# --- leases ----------------------------------------------------------------------------
+
+
+def leased(slots: int, spacing_ms: float, **fields: object) -> SelectionRequest:
+    return ask(**fields).model_copy(  # type: ignore[arg-type]
+        update={"lease": LeaseAsk(slots=slots, spacing_ms=spacing_ms)}
+    )
+
+
+def test_a_lease_ranks_each_slot_as_the_requests_asking_one_by_one_would_be() -> None:
+    # Each slot counts its top candidate as load, so the adaptive policy spreads a lease
+    # over the executors as it would spread the same requests asking one at a time.
+    views = []
+    for _ in range(2):
+        view = ExecutorView(default_load_slope_ms=30.0)  # each request in flight: +30 ms
+        for executor_id, probe_ms in (("a", 5.0), ("b", 20.0), ("c", 40.0)):
+            view.apply_registration(reg(executor_id), NOW)
+            view.apply_latency(probe(executor_id, "me", probe_ms), NOW)
+        views.append(view)
+    one_by_one, at_once = views
+    alone = Answerer(selector_id="s")
+    singles = [alone.answer(one_by_one, ask(), NOW).reply for _ in range(6)]
+
+    answer = Answerer(selector_id="s").answer(at_once, leased(6, 0.0), NOW)
+    reply = answer.reply
+    assert reply.status is SelectionStatus.OK
+    assert reply.lease is not None
+    assert len(reply.lease) == 6
+    ranked = [[reply.candidates[i].executor_id for i in slot] for slot in reply.lease]
+    assert ranked == [[c.executor_id for c in single.candidates] for single in singles]
+    assert [c.executor_id for c in reply.candidates[: len(reply.lease[0])]] == ranked[0]
+    assert reply.lease[0] == list(range(len(reply.lease[0])))  # the asking request's own
+    assert len({slot[0] for slot in ranked}) > 1  # load moved some slots elsewhere
+    for executor_id in ("a", "b", "c"):
+        entries = at_once.get(executor_id), one_by_one.get(executor_id)
+        assert entries[0] is not None
+        assert entries[1] is not None
+        assert entries[0].outstanding == entries[1].outstanding
+    assert answer.compute_s is not None
+
+
+def test_lease_slots_are_ranked_as_of_their_spacing() -> None:
+    # weighted: a 100 ms estimate, outstanding for 0.2 s; slots 0.25 s apart see the
+    # earlier slots' load expired.
+    view = view_with("a", probe_ms=100.0)
+    answerer = Answerer(selector_id="s", default_policy="weighted")
+    reply = answerer.answer(view, leased(3, 250.0), NOW).reply
+    assert reply.lease == [[0], [0], [0]]
+    entry = view.get("a")
+    assert entry is not None
+    assert entry.outstanding == 1  # the last slot's, counted until NOW + 0.5 + 0.2
+    answerer.sweep(view, NOW + 0.69)
+    assert entry.outstanding == 1
+    answerer.sweep(view, NOW + 0.71)
+    assert entry.outstanding == 0
+
+
+def test_no_lease_without_candidates_or_when_one_slot_is_asked() -> None:
+    view = view_with("a")
+    answerer = Answerer(selector_id="s")
+    assert answerer.answer(view, leased(1, 10.0), NOW).reply.lease is None
+    none = answerer.answer(view, leased(5, 10.0, traits=TEXT), NOW).reply
+    assert none.status is SelectionStatus.NO_CANDIDATE
+    assert none.lease is None

@@ -14,6 +14,8 @@ from mulambda.wire.events import (
     ClientRegistration,
     LatencyMeasurement,
     ModelState,
+    ObservedLatencies,
+    ObservedSample,
     Traits,
 )
 from tests.unit.selection.records import TEXT, WINE, observed, probe, reg, status
@@ -428,3 +430,62 @@ def test_restore_probe_equals_applying_a_probe_measurement() -> None:
     assert not restored.restore_probe("ghost", "c1", 1.0)
     with pytest.raises(ConfigurationError):
         restored.restore_probe("a", "c1", float("nan"))
+
+
+def _learned_state(view: ExecutorView, executor_id: str) -> tuple[object, ...]:
+    entry = view.get(executor_id)
+    assert entry is not None
+    return (
+        entry.service_ms,
+        entry.service_samples,
+        entry.service_fit,
+        entry.load_slope_ms,
+        dict(entry.observed_ms or {}),
+        entry.load,
+        list(entry.pending or ()),
+    )
+
+
+def test_a_batch_of_observed_calls_teaches_what_the_separate_measurements_do() -> None:
+    calls = [  # (client, ms, size, failed), in the order they ended
+        ("c1", 10.0, 2, False),
+        ("c2", 14.0, 4, False),
+        ("c1", 30.0, None, True),
+        ("c1", 12.0, 2, False),
+        ("c2", 18.0, 1, False),
+        ("c1", 9.0, 3, False),
+    ]
+    views = []
+    for _ in range(2):
+        view = ExecutorView(ewma_alpha=0.3, slope_prior_weight=0.5)
+        view.apply_registration(reg("a", delay=0.5), now=0.0)
+        view.apply_latency(probe("a", "c1", 1.0), now=0.0)
+        view.apply_latency(probe("a", "c2", 3.0), now=0.0)
+        view.candidates(WINE, 1.0)
+        for load in range(1, 9):  # eight dispatches at loads 0..7
+            view.set_outstanding("a", load, source="sel")
+        views.append(view)
+    separate, batched = views
+
+    for client, ms, size, failed in calls:
+        measurement = observed("a", client, ms, size).model_copy(update={"failed": failed})
+        assert separate.apply_latency(measurement, now=1.5)
+    samples = [
+        ObservedSample(client_id=c, latency_ms=ms, input_size=size, failed=failed)
+        for c, ms, size, failed in calls
+    ]
+    assert batched.apply_observed(
+        ObservedLatencies(executor_id="a", router_id="r", samples=samples), now=1.5
+    )
+    assert _learned_state(batched, "a") == _learned_state(separate, "a")
+    assert _learned_state(batched, "a")[1] == 5  # five calls taught a service time
+
+    # Released leased slots stop counting, as failed calls do, and teach nothing.
+    for _ in range(2):
+        separate.apply_latency(
+            observed("a", "c1", 1.0).model_copy(update={"failed": True}), now=1.6
+        )
+    assert batched.apply_observed(ObservedLatencies(executor_id="a", released=2), now=1.6)
+    assert _learned_state(batched, "a") == _learned_state(separate, "a")
+    assert batched.get("a") is not None
+    assert not batched.apply_observed(ObservedLatencies(executor_id="zz", released=1), now=1.7)
