@@ -15,8 +15,11 @@ How many slots
 
 When a lease ends
     At ``max_age_s`` after its grant; when its slots are spent; when the router sees
-    one of its executors fail a call or change (:meth:`LeaseBook.end`); and all of them
-    on :meth:`LeaseBook.end_all`. The slots it did not spend are *released*: the
+    one of its executors fail a call (:meth:`LeaseBook.end`); when the executors'
+    state stream says one of its executors registered again, deregistered or is not
+    available, or a new executor registered with its traits (it may rank first now:
+    :meth:`LeaseBook.executor_registered`, :meth:`LeaseBook.executor_status`); and all of
+    them on :meth:`LeaseBook.end_all`. The slots it did not spend are *released*: the
     selector counted each as load on its first candidate, and the router says they will
     not come (:meth:`LeaseBook.take_released`).
 
@@ -90,6 +93,7 @@ class LeaseBook:
     _leases: OrderedDict[RankingKey, _Lease] = field(default_factory=OrderedDict)
     _demand: OrderedDict[RankingKey, _Demand] = field(default_factory=OrderedDict)
     _released: Counter[str] = field(default_factory=Counter)
+    _unavailable: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_slots <= MAX_LEASE_SLOTS:
@@ -164,6 +168,36 @@ class LeaseBook:
         for key in ended:
             self._drop(key)
         return len(ended)
+
+    def executor_registered(self, executor_id: str, traits: tuple[str, str, str] | None) -> int:
+        """``executor_id`` registered with ``traits`` (None: it deregistered): end the
+        leases naming it and those of its traits; how many."""
+        ended = [
+            key
+            for key, lease in self._leases.items()
+            if key[1] == traits or lease.names(executor_id)
+        ]
+        for key in ended:
+            self._drop(key)
+        self._unavailable.pop(executor_id, None)
+        return len(ended)
+
+    def executor_status(self, executor_id: str, available: bool) -> int:
+        """``executor_id`` says it is (not) available: end the leases naming it when it is
+        not, and every lease when it is again (it may rank first; a status does not say
+        for which traits); how many. A heartbeat that changes nothing ends nothing."""
+        if not available:
+            if executor_id not in self._unavailable:
+                self._unavailable[executor_id] = None
+                while len(self._unavailable) > self.max_entries:
+                    self._unavailable.popitem(last=False)
+            return self.end(executor_id)
+        if executor_id not in self._unavailable:
+            return 0
+        del self._unavailable[executor_id]
+        ended = len(self._leases)
+        self.end_all()
+        return ended
 
     def end_all(self) -> None:
         """End every lease (the executors changed, or the router stops)."""

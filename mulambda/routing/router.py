@@ -56,6 +56,7 @@ from mulambda.kafka import (
 )
 from mulambda.routing.admission import SlotAdmission
 from mulambda.routing.answered import AnsweredRequests
+from mulambda.routing.executor_changes import ExecutorChanges
 from mulambda.routing.leases import LeaseBook
 from mulambda.routing.observations import ObservationBatcher
 from mulambda.routing.rankings import RankingCache, RankingKey, ranking_key
@@ -158,7 +159,8 @@ class RouterMetrics:
         )
         self.leases_ended = Counter(
             "mulambda_router_leases_ended",
-            "Leases ended before their age because an executor in them failed a call",
+            "Leases ended before their age: an executor in them failed a call, changed "
+            "its registration or availability, or a new one registered for their traits",
             registry=registry,
         )
         self.suspect_endpoints = Gauge(
@@ -258,6 +260,11 @@ class Router(Lifecycle):
         self._observation_interval_s = observation_interval_s
         self._observations_waiting = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
+        self._changes = (
+            ExecutorChanges(kafka, catalog, self._leases, on_ended=self.metrics.leases_ended.inc)
+            if self._leases.enabled
+            else None
+        )
         self.metrics.suspect_endpoints.set_function(
             lambda: len(self._suspects.suspects(time.time()))
         )
@@ -331,6 +338,8 @@ class Router(Lifecycle):
             )
             await self._requester.start()
             self._flusher = asyncio.create_task(self._flush_observations(), name="observations")
+            if self._changes is not None:
+                await self._changes.start()
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._concurrency * 2, keepalive_timeout=30)
             )
@@ -373,6 +382,8 @@ class Router(Lifecycle):
         requester, self._requester = self._requester, None
         if requester is not None:
             await requester.stop()
+        if self._changes is not None:
+            await self._changes.stop()
         flusher, self._flusher = self._flusher, None
         if flusher is not None:
             flusher.cancel()

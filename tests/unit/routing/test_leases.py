@@ -184,3 +184,37 @@ def test_kinds_of_request_are_bounded() -> None:
     assert len(book) == 2
     assert book.take(_request(client_id="one"), 0.1) is None  # the oldest forgotten
     assert list(book.take_released()) == [("a", 1)]
+
+
+def test_registrations_end_the_leases_naming_the_executor_or_ranking_its_traits() -> None:
+    book = LeaseBook(max_slots=8, max_age_s=1.0)
+    wine, other = _request(client_id="one"), _request(client_id="two")
+    text = _request(
+        client_id="three",
+        traits={"model_type": "sentiment", "input_format": "text", "output_format": "label"},
+    )
+    for request, name in ((wine, "a"), (other, "b"), (text, "t")):
+        book.grant(request, _reply([[0], [0]], name), 0.0)
+    # A new executor for the wine traits: both wine leases end, the text one stays.
+    assert book.executor_registered("new", TRAITS.key()) == 2
+    assert _ids(book.take(text, 0.1)) == ["t"]
+    book.grant(text, _reply([[0], [0]], "t"), 0.2)
+    assert book.executor_registered("t", None) == 1  # deregistered
+    assert len(book) == 0
+
+
+def test_a_status_ends_leases_when_availability_changes_not_on_every_heartbeat() -> None:
+    book = LeaseBook(max_slots=8, max_age_s=1.0)
+    one, two = _request(client_id="one"), _request(client_id="two")
+    book.grant(one, _reply([[0, 1], [0, 1]], "a", "b"), 0.0)
+    book.grant(two, _reply([[0], [0]], "c"), 0.0)
+    assert book.executor_status("a", available=True) == 0  # a heartbeat
+    assert book.executor_status("b", available=False) == 1
+    assert book.executor_status("b", available=False) == 0  # nothing left naming it
+    assert len(book) == 1
+    # Available again: it may rank first anywhere, and a status names no traits.
+    assert book.executor_status("b", available=True) == 1
+    assert len(book) == 0
+    book.grant(two, _reply([[0], [0]], "c"), 0.1)
+    assert book.executor_status("b", available=True) == 0  # back already
+    assert len(book) == 1

@@ -63,7 +63,13 @@ def test_routers_read_requests_write_results_and_hold_their_group_and_transactio
     catalog: Catalog,
 ) -> None:
     rules = role_acls("router", catalog)
-    assert readable(rules, catalog) == {Topic.INFERENCE_REQUESTS, Topic.SELECTION_REPLIES}
+    assert readable(rules, catalog) == {
+        Topic.INFERENCE_REQUESTS,
+        Topic.SELECTION_REPLIES,
+        # What ends selection leases early (mulambda.routing.executor_changes).
+        Topic.EXECUTOR_REGISTRATIONS,
+        Topic.EXECUTOR_STATUS,
+    }
     assert writable(rules, catalog) == {
         Topic.INFERENCE_RESULTS,
         Topic.SELECTION_REQUESTS,
