@@ -37,6 +37,8 @@ from mulambda.wire.events import (
     LatencyMeasurement,
     LatencySource,
     ModelState,
+    ObservedLatencies,
+    ObservedSample,
     SelectionReply,
     SelectionRequest,
     SelectionStatus,
@@ -81,6 +83,7 @@ CONSUMED: dict[Topic, type[WireModel]] = {
     Topic.CLIENT_REGISTRATIONS: ClientRegistration,
     Topic.EXECUTOR_STATUS: ExecutorStatus,
     Topic.LATENCY_MEASUREMENTS: LatencyMeasurement,
+    Topic.OBSERVED_LATENCIES: ObservedLatencies,
     Topic.SELECTION_REQUESTS: SelectionRequest,
     Topic.INFERENCE_REQUESTS: InferenceRequest,
     Topic.SELECTION_REPLIES: SelectionReply,
@@ -98,6 +101,7 @@ STATE_TOPICS = (
     Topic.CLIENT_REGISTRATIONS,
     Topic.EXECUTOR_STATUS,
     Topic.LATENCY_MEASUREMENTS,
+    Topic.OBSERVED_LATENCIES,
 )
 
 
@@ -119,6 +123,10 @@ def kinds_for(topic: Topic) -> list[Kind]:
         # A reply without candidates has no number; one above the broker's bound cannot
         # be published at all.
         return [k for k in kinds if k not in (Kind.NON_FINITE, Kind.OVERSIZE)]
+    if topic is Topic.OBSERVED_LATENCIES:
+        # Its numbers are in the list of samples, where the mutations do not reach (the
+        # codec's unit tests refuse a non-finite sample).
+        return [k for k in kinds if k is not Kind.NON_FINITE]
     return kinds
 
 
@@ -222,6 +230,22 @@ def valid_message(
             client_id=client,
             latency_ms=rng.uniform(0, 100),
             source=LatencySource.PROBE,
+        )
+        return executor, message
+    if topic is Topic.OBSERVED_LATENCIES:
+        message = ObservedLatencies(
+            executor_id=executor,
+            router_id="fz-router",
+            samples=[
+                ObservedSample(
+                    client_id=client,
+                    latency_ms=rng.uniform(0, 100),
+                    input_size=rng.randrange(1, 20),
+                    failed=rng.random() < 0.2,
+                )
+                for _ in range(rng.randrange(1, 5))
+            ],
+            released=rng.randrange(3),
         )
         return executor, message
     if topic is Topic.SELECTION_REQUESTS:

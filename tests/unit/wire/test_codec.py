@@ -14,6 +14,7 @@ from mulambda.wire.events import (
     DeadLetter,
     ExecutorRegistration,
     LatencyMeasurement,
+    ObservedLatencies,
     SelectionReply,
     SelectionRequest,
     SoftWeights,
@@ -78,6 +79,25 @@ def test_weights_outside_unit_interval_or_nan_are_invalid(bad: float) -> None:
     body["weights"]["latency"] = bad if bad == bad else "NaN"  # orjson cannot emit NaN
     with pytest.raises(DecodeError, match=r"weights\.latency"):
         decode(SelectionRequest, orjson.dumps(body))
+
+
+@pytest.mark.parametrize(
+    ("field", "bad", "fragment"),
+    [
+        ("latency_ms", "NaN", r"samples\.0\.latency_ms"),
+        ("latency_ms", "-Infinity", r"samples\.0\.latency_ms"),
+        ("latency_ms", "-1", r"samples\.0\.latency_ms"),
+        ("input_size", "-3", r"samples\.0\.input_size"),
+        ("client_id", '"has space"', r"samples\.0\.client_id"),
+    ],
+)
+def test_observed_samples_out_of_range_are_invalid(field: str, bad: str, fragment: str) -> None:
+    batch = next(m for m in one_of_each() if isinstance(m, ObservedLatencies))
+    body = orjson.loads(encode(batch))
+    body["samples"][0][field] = "@@bad@@"
+    data = orjson.dumps(body).replace(b'"@@bad@@"', bad.encode())
+    with pytest.raises(DecodeError, match=fragment):
+        decode(ObservedLatencies, data)
 
 
 def test_registration_refuses_bad_endpoint_url() -> None:
