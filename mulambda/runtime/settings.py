@@ -199,14 +199,16 @@ class Settings(BaseSettings):
     router_ranking_cache_entries: int = Field(default=10_000, ge=1)
     """Rankings a router remembers at most (least recently used forgotten first)."""
 
-    router_lease_slots: int = Field(default=1, ge=1, le=256)
+    router_lease_slots: int = Field(default=32, ge=1, le=256)
     """Requests one selection may rank at most (a selection lease: the router spends its
     slots on the next requests with the same client, traits, weights, policy and SLO,
-    without asking again); it asks for as many as it saw such requests over the last
-    lease age. 1: every request asks the selector."""
+    without asking again; the selector ranked each slot with the load of the ones
+    before); it asks for as many as it saw such requests over the last lease age.
+    1: every request asks the selector (no leases)."""
 
-    router_lease_max_age_s: float = Field(default=0.1, ge=0, le=10)
-    """How long a router may spend a lease's slots after it was granted."""
+    router_lease_max_age_s: float = Field(default=0.5, ge=0, le=10)
+    """How long a router may spend a lease's slots after it was granted (a registration,
+    a change of availability or a failed call ends it sooner)."""
 
     router_observation_interval_s: float = Field(default=0.05, ge=0, le=10)
     """Least time between two sends of a router's observed calls (one record per
