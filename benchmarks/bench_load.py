@@ -93,6 +93,26 @@ def table(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def requests_table(results: Mapping[str, Any]) -> str:
+    """Kafka requests per second to the broker per client and API, at each rate, and
+    per answered request."""
+    lines = ["rate/s  client                       API                 req/s   per answer"]
+    for p in results["platform"]:
+        answered = p["throughput_per_s"] or 0.0
+        total = 0.0
+        for client, apis in sorted((p.get("kafka_requests_per_s") or {}).items()):
+            for api, rate in sorted(apis.items(), key=lambda item: -item[1]):
+                total += rate
+                share = f"{rate / answered:.2f}" if answered else "-"
+                lines.append(
+                    f"{p['offered_per_s']:>6g}  {client[:28]:<28} {api[:19]:<19} "
+                    f"{rate:>7.1f}   {share}"
+                )
+        per = f"{total / answered:.2f}" if answered else "-"
+        lines.append(f"{p['offered_per_s']:>6g}  {'all':<28} {'':<19} {total:>7.1f}   {per}")
+    return "\n".join(lines)
+
+
 def _leased_share(selections: Mapping[str, int]) -> str:
     """The share of answers routed on a lease slot."""
     total = sum(selections.values())
@@ -126,6 +146,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         delivery_mode=args.delivery_mode,
         log_level="WARNING",
         extra_env=extra_env,
+        kafka_request_log=args.count_requests,
     )
     sweep = SMOKE if args.smoke else SweepSpec()
     if args.rates:
@@ -166,6 +187,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--env", action="append", default=[], help="MULAMBDA_X=value for every worker"
     )
+    parser.add_argument(
+        "--count-requests",
+        action="store_true",
+        help="the broker logs every request; report requests/s per client and API "
+        "(costs broker CPU: take CPU figures from a run without it)",
+    )
     parser.add_argument("--label", default=None, help="results file name (default: mode)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
@@ -177,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     stem.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     plots = write_plots(results, stem)
     print(table(results))
+    if args.count_requests:
+        print(requests_table(results))
     print(f"wrote {stem.with_suffix('.json')}, " + ", ".join(str(p) for p in plots))
     return 0
 

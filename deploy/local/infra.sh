@@ -408,10 +408,15 @@ kafka_install() {
 
 # JVM options shared by the broker and the storage tool: the cached classpath
 # and our log4j config (without it log4j only prints "no appenders" warnings).
+# MULAMBDA_KAFKA_REQUEST_LOG=FILE logs every request the broker completes to FILE (one
+# JSON document per line; benchmarks count them), at a CPU cost.
 kafka_jvm_opts() { # [state-dir of the node]
+  local log4j=$SCRIPT_DIR/kafka/log4j.properties
+  [[ -n ${MULAMBDA_KAFKA_REQUEST_LOG:-} ]] && log4j=$SCRIPT_DIR/kafka/log4j-requests.properties
   KAFKA_JVM_OPTS=(
     -Djava.awt.headless=true
-    -Dlog4j.configuration="file:$SCRIPT_DIR/kafka/log4j.properties"
+    -Dlog4j.configuration="file:$log4j"
+    -Dmulambda.request.log="${MULAMBDA_KAFKA_REQUEST_LOG:-/dev/null}"
     -Dkafka.logs.dir="${1:-$(comp_dir kafka)}"
     -cp "$KAFKA_LIBS/*"
   )

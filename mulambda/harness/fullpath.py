@@ -32,6 +32,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -41,6 +42,7 @@ from mulambda.harness.load import LoadGenerator, LoadSpec, arrival_offsets
 from mulambda.harness.platform import LocalPlatform
 from mulambda.harness.proc import cpu_seconds
 from mulambda.harness.readers import TopicReader
+from mulambda.harness.requests_log import count_requests, per_second
 from mulambda.harness.tally import Tally
 from mulambda.kafka import (
     Admin,
@@ -221,6 +223,7 @@ class FullPathSweep:
         roles = self.pids()
         async with generator:
             before, clock = self._cpu(roles), time.monotonic()
+            started_at = datetime.now()  # local: the broker logs local time
             watch = asyncio.create_task(self._watch(name, tally, clock, duration_s))
             lag = asyncio.create_task(self._sample_lag(admin, ends, partitions, tally))
             try:
@@ -232,9 +235,27 @@ class FullPathSweep:
             finally:
                 await _cancel(watch, lag)
             after = self._cpu(roles)
+            ended_at = datetime.now()
         figures = _phase_figures(tally, rate, duration_s, before, after)
+        requests = self._kafka_requests(started_at, ended_at)
+        if requests is not None:
+            figures["kafka_requests_per_s"] = requests
         figures["saturated"] = self._saturated(rate, figures)
         return figures
+
+    def _kafka_requests(self, start: datetime, end: datetime) -> dict[str, dict[str, float]] | None:
+        """Requests per second to the broker per client id and API over the phase, when
+        the broker logs them (``PlatformSpec.kafka_request_log``)."""
+        infra = self.platform.infra
+        if infra is None or not self.platform.spec.kafka_request_log:
+            return None
+        try:
+            with infra.request_log.open(encoding="utf-8", errors="replace") as lines:
+                counts = count_requests(lines, start, end)
+        except OSError as exc:
+            log.warning("request log not read: %s", exc)
+            return None
+        return per_second(counts, (end - start).total_seconds())
 
     async def _sample_lag(
         self, admin: Admin, ends: KafkaConsumer, partitions: list[Any], tally: Tally

@@ -126,8 +126,12 @@ class PrivateInfra(Lifecycle):
         keep_home: bool = False,
         kafka_security: str = "plaintext",
         kafka_nodes: int = 1,
+        kafka_request_log: bool = False,
     ) -> None:
+        """``kafka_request_log``: the broker logs every request to :attr:`request_log`
+        (``deploy/local/kafka/log4j-requests.properties``; it costs broker CPU)."""
         self.components = tuple(components)
+        self.kafka_request_log = kafka_request_log
         if kafka_nodes not in KAFKA_NODE_COUNTS:
             raise PlatformError(
                 f"kafka_nodes must be one of {KAFKA_NODE_COUNTS}, not {kafka_nodes}"
@@ -200,7 +204,17 @@ class PrivateInfra(Lifecycle):
             "MULAMBDA_KAFKA_NODES": str(self.kafka_nodes),
             "MULAMBDA_KAFKA_PORTS": ",".join(map(str, self._node_ports())),
             "MULAMBDA_KAFKA_CONTROLLER_PORTS": ",".join(map(str, self._node_ports("_controller"))),
+            **(
+                {"MULAMBDA_KAFKA_REQUEST_LOG": str(self.request_log)}
+                if self.kafka_request_log
+                else {}
+            ),
         }
+
+    @property
+    def request_log(self) -> Path:
+        """The broker's request log (written with ``kafka_request_log`` only)."""
+        return self.require_home() / "kafka-requests.log"
 
     def kafka_user_password_file(self, user: str) -> Path:
         """Where the secured broker keeps ``user``'s SCRAM password (a role, or

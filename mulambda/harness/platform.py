@@ -111,6 +111,9 @@ class PlatformSpec:
     kafka_nodes: int = 1
     """Kafka brokers: 1, or 3 (``MULAMBDA_KAFKA_NODES``: nodes ``kafka-1``..``kafka-3``;
     topics are created with one replica per node)."""
+    kafka_request_log: bool = False
+    """The broker logs every request (:mod:`mulambda.harness.requests_log` counts them);
+    it costs broker CPU, so CPU figures of such a run overstate the broker's."""
     log_level: str = "INFO"
     """``MULAMBDA_LOG_LEVEL`` of the workers (their logs stay in the home)."""
     start_timeout_s: float = 180.0
@@ -237,6 +240,7 @@ class LocalPlatform(Lifecycle):
             start_timeout_s=spec.start_timeout_s,
             keep_home=self._keep_home,
             kafka_nodes=spec.kafka_nodes,
+            kafka_request_log=spec.kafka_request_log,
         )
         count = spec.executors + spec.selectors + spec.routers
         spare = iter(free_ports(count, exclude=self.infra.ports.values()))
