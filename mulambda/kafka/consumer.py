@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
@@ -73,8 +75,15 @@ class ConsumerLoop(Lifecycle):
         auto_offset_reset: str = "earliest",
         max_batch: int = 500,
         partitions: Sequence[TopicPartition] | None = None,
+        commit_interval_s: float = 0.0,
     ) -> None:
+        """``commit_interval_s``: a group's offsets are committed at most this often
+        (and when the loop stops); 0: after every batch. A crash or rebalance redelivers
+        what was handled since the last commit."""
         self._config = config
+        self._commit_interval_s = commit_interval_s
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._last_commit = -math.inf  # the first commit goes out at once
         self._topics = list(topics)
         # Given partitions are assigned (no group rebalancing), else the topics subscribed.
         self._partitions = list(partitions) if partitions else None
@@ -179,6 +188,7 @@ class ConsumerLoop(Lifecycle):
                 stopping=self._stopping,
             )
             if not batches:
+                await self._commit(consumer)
                 continue
             flat = [raw for records in batches.values() for raw in records]
             outcomes = [await self._processor.process(raw) for raw in flat]
@@ -206,5 +216,21 @@ class ConsumerLoop(Lifecycle):
             offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
             self.stats.batches += 1
             self.positions.update(offsets)
-            if self._group_id is not None:
-                await commit_offsets(consumer, offsets)
+            self._uncommitted.update(offsets)
+            await self._commit(consumer)
+        await self._commit(consumer, force=True)
+
+    async def _commit(self, consumer: KafkaConsumer, *, force: bool = False) -> None:
+        """Commit the handled offsets when the interval has passed (or ``force``)."""
+        if self._group_id is None or not self._uncommitted:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_commit < self._commit_interval_s:
+            return
+        offsets, self._uncommitted = self._uncommitted, {}
+        self._last_commit = now
+        owned = consumer.assignment()
+        # Partitions lost to a rebalance since are their new owner's to commit.
+        offsets = {tp: offset for tp, offset in offsets.items() if tp in owned}
+        if offsets:
+            await commit_offsets(consumer, offsets)
