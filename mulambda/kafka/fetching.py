@@ -122,13 +122,16 @@ async def assign_at_end(consumer: KafkaConsumer, partitions: Sequence[TopicParti
     """Assign ``partitions`` and fix their positions at the current ends, now.
 
     Kafka consumers otherwise resolve "end" lazily at their first fetch, so a record
-    written between this call and that fetch would be skipped. KafkaUnavailable on failure.
+    written between this call and that fetch would be skipped. The ends are asked for and
+    sought explicitly: since aiokafka 0.13 the reset ``assign`` starts to the consumer's
+    ``auto_offset_reset`` may answer after a ``seek_to_end`` and override it
+    (``benchmarks/repro_aiokafka_seek_race.py``). KafkaUnavailable on failure.
     """
     try:
         consumer.assign(list(partitions))
-        await consumer.seek_to_end(*partitions)
+        ends = await consumer.end_offsets(list(partitions))
         for tp in partitions:
-            await consumer.position(tp)
+            consumer.seek(tp, ends[tp])
     except KafkaError as exc:
         raise kafka_error(
             exc, f"cannot position at the end of {len(partitions)} partition(s)"

@@ -11,7 +11,8 @@ would have gone had it asked, as of when the lease was granted.
 How many slots
     The requests of the key seen over the last lease age, the one at hand included (so
     a kind of request that comes once a second asks for one slot: no lease), at most
-    ``max_slots``, spaced by the age over that count.
+    ``max_slots``, spaced by the age over that count (the requests' mean interval, also
+    when more came than a lease may rank).
 
 When a lease ends
     At ``max_age_s`` after its grant; when its slots are spent; when the router sees
@@ -143,7 +144,8 @@ class LeaseBook:
         slots = min(self.max_slots, seen)
         if slots <= 1:
             return None
-        return LeaseAsk(slots=slots, spacing_ms=self.max_age_s * 1000 / slots)
+        # Spaced as the requests came, also when more came than a lease may rank.
+        return LeaseAsk(slots=slots, spacing_ms=self.max_age_s * 1000 / seen)
 
     def grant(self, request: InferenceRequest, reply: SelectionReply, now: float) -> None:
         """The selector answered ``request``'s selection with ``reply``: keep the slots

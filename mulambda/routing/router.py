@@ -4,11 +4,19 @@ Consumes ``inference-requests`` as a consumer group (scale out by adding routers
 spreads the partitions), asks the selector for a ranked list of executors over Kafka
 request/reply, calls the best one's TF Serving REST API and fails over down the list
 when an executor answers with a retriable error. Every accepted request gets exactly one
-answer on its reply topic: a result, or an error result saying why. Each successful call
-is also published as an observed latency (queued just before its result, so both go in
-one produce request), which the selector learns service times from.
+answer on its reply topic: a result, or an error result saying why. Each call is also
+reported to the selector as an observed latency (batched, see below), which the selector
+learns service times from.
 What to do at each step (timeouts, selection retries, failover, the result) is decided
 by :class:`~mulambda.routing.route.Route`; this worker only sends and receives.
+
+With selection leases (``lease_slots`` > 1) one selection ranks the next requests of a
+kind too (:class:`~mulambda.routing.leases.LeaseBook`): requests of a kind that arrive
+while one of them asks wait for its lease, and
+:class:`~mulambda.routing.executor_changes.ExecutorChanges` ends leases when the
+executors they name change. Observed calls (and released lease
+slots) leave batched, one ``observed-latencies`` record per executor at most every
+``observation_interval_s`` (:class:`~mulambda.routing.observations.ObservationBatcher`).
 
 Across requests the router remembers the last good ranking per kind of request
 (:class:`~mulambda.routing.rankings.RankingCache`, used when a selection fails) and the
@@ -33,6 +41,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -255,7 +264,7 @@ class Router(Lifecycle):
         self._suspects = SuspectEndpoints(expiry_s=suspect_expiry_s)
         self._leases = LeaseBook(max_slots=lease_slots, max_age_s=lease_max_age_s)
         # Requests of a kind wait for the lease one of them asked for, not ask alongside.
-        self._lease_asks: dict[RankingKey, asyncio.Future[None]] = {}
+        self._lease_asks: dict[RankingKey, _LeaseAsked] = {}
         self._observations = ObservationBatcher(router_id=router_id)
         self._observation_interval_s = observation_interval_s
         self._observations_waiting = asyncio.Event()
@@ -612,25 +621,28 @@ class Router(Lifecycle):
             return await self._select(request, size, timeout_s)
         key = ranking_key(request)
         asking = self._lease_asks.get(key)
-        if asking is not None:
+        # Wait only for a slot the lease being asked for will have: a request that
+        # waited in vain would pay two selection round trips.
+        if asking is not None and asking.spare > 0:
+            asking.spare -= 1
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout_s):
-                    await asyncio.shield(asking)
+                    await asyncio.shield(asking.done)
             leased = self._leases.take(request, time.monotonic())
             if leased is not None:
                 return leased
         ask = self._leases.ask(request, time.monotonic())
         if ask is None:
             return await self._select(request, size, timeout_s)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._lease_asks[key] = done
+        mine = _LeaseAsked(asyncio.get_running_loop().create_future(), ask.slots - 1)
+        self._lease_asks[key] = mine
         try:
             reply = await self._select(request, size, timeout_s, lease=ask)
             self._leases.grant(request, reply, time.monotonic())
             return reply
         finally:
-            done.set_result(None)
-            if self._lease_asks.get(key) is done:
+            mine.done.set_result(None)
+            if self._lease_asks.get(key) is mine:
                 del self._lease_asks[key]
 
     async def _select(
@@ -713,6 +725,15 @@ class Router(Lifecycle):
             log.warning("observed calls of %s not published: %s", batch.executor_id, exc.reason)
             return
         delivery.add_done_callback(_log_failed_delivery)
+
+
+@dataclass(slots=True)
+class _LeaseAsked:
+    """A lease being asked for: done when its reply came (or did not), and how many more
+    requests of its kind may wait for one of its slots."""
+
+    done: asyncio.Future[None]
+    spare: int
 
 
 def _invalid_result(address: ReplyAddress, exc: DecodeError) -> InferenceResult:

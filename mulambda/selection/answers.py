@@ -17,7 +17,9 @@ Leases
     spacing`` from now, after the load of the slots before it was counted (and what
     expired by then swept), which is what ``n`` such requests arriving ``spacing``
     apart would have been answered. Every slot's first candidate counts as
-    outstanding, as any selection's does; the router releases the slots it did not use.
+    outstanding, as any selection's does, but not as a pending dispatch (its request
+    has not come yet); the slots a router releases unused stop counting at once
+    (:meth:`Answerer.release`).
 
 Load
     Each selection counts as outstanding on the executor it ranked first until its
@@ -132,6 +134,19 @@ class Outstanding:
         queue.append(until)
         return len(queue)
 
+    def drop_latest(self, executor_id: str, count: int) -> int | None:
+        """Drop the ``count`` entries expiring last; the executor's new count, or None
+        when it has none."""
+        queue = self._pending.get(executor_id)
+        if not queue:
+            return None
+        for _ in range(min(count, len(queue))):
+            queue.pop()
+        if not queue:
+            del self._pending[executor_id]
+            return 0
+        return len(queue)
+
     def sweep(self, now: float) -> dict[str, int]:
         """Drop expired entries; return the new count of every executor that changed."""
         changed: dict[str, int] = {}
@@ -237,7 +252,7 @@ class Answerer:
             )
             if reply.status is not SelectionStatus.OK or not reply.candidates:
                 break
-            self._count_outstanding(view, request, reply, at, bounded=False)
+            self._count_outstanding(view, request, reply, at, leased=True)
             rankings.append(reply.candidates)
         union: dict[str, int] = {}
         candidates: list[Candidate] = []
@@ -254,6 +269,13 @@ class Answerer:
         for executor_id, count in self.outstanding.sweep(now).items():
             view.set_outstanding(executor_id, count, source=self.selector_id)
 
+    def release(self, view: ExecutorView, executor_id: str, slots: int) -> None:
+        """A router will not use ``slots`` leased slots of ``executor_id``: the ones
+        expected last stop counting as outstanding now."""
+        count = self.outstanding.drop_latest(executor_id, slots)
+        if count is not None:
+            view.set_outstanding(executor_id, count, source=self.selector_id)
+
     def _count_outstanding(
         self,
         view: ExecutorView,
@@ -261,17 +283,18 @@ class Answerer:
         reply: SelectionReply,
         now: float,
         *,
-        bounded: bool = True,
+        leased: bool = False,
     ) -> None:
-        """Count ``reply``'s top candidate as outstanding from ``now``; ``bounded``: at
-        most until the selection request's deadline (a leased slot's request comes
-        later, with a deadline of its own)."""
+        """Count ``reply``'s top candidate as outstanding from ``now``, at most until the
+        selection request's deadline. A ``leased`` slot's request comes later, with a
+        deadline of its own, and is no dispatch yet (the view does not wait for its
+        observation)."""
         if not reply.candidates:
             return
         top = reply.candidates[0]
         expected_s = 2 * (top.estimated_latency_ms or _UNKNOWN_ESTIMATE_MS) / 1000
         until = now + expected_s
-        if bounded:
+        if not leased:
             until = min(until, request.deadline.timestamp())
         count = self.outstanding.add(top.executor_id, until)
-        view.set_outstanding(top.executor_id, count, source=self.selector_id)
+        view.set_outstanding(top.executor_id, count, source=self.selector_id, dispatched=not leased)

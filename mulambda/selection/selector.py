@@ -99,6 +99,7 @@ from mulambda.wire.codec import MAX_STATE_RECORD_BYTES, ReplyAddress
 from mulambda.wire.events import (
     ClientRegistration,
     ExecutorRegistration,
+    ObservedLatencies,
     SelectionReply,
     SelectionRequest,
     SelectionStatus,
@@ -554,6 +555,8 @@ class Selector(Lifecycle):
         """Apply one decoded state record to the view; return what the store must learn."""
         at = record_time(timestamp_ms, time.time())
         changes = self._applier.apply(self.view, topic, key, value, at)
+        if isinstance(value, ObservedLatencies) and value.released:
+            self._answers.release(self.view, value.executor_id, value.released)
         if changes is not None:
             self.metrics.state_events.labels(topic).inc()
         return changes

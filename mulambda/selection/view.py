@@ -436,25 +436,31 @@ class ExecutorView:
 
     # --- load from routers --------------------------------------------------------
 
-    def set_outstanding(self, executor_id: str, count: int, *, source: str = "local") -> bool:
+    def set_outstanding(
+        self, executor_id: str, count: int, *, source: str = "local", dispatched: bool = True
+    ) -> bool:
         """Set a source's (a router's) absolute outstanding count for one executor.
 
         Idempotent, so safe under replay. Load is ``max(status in_flight, sum over
         sources)``: routers' requests are also counted in the executor's in_flight, and
-        the router figure is fresher than the last heartbeat. Returns False for an
-        unknown executor.
+        the router figure is fresher than the last heartbeat. A rise by one is a pending
+        dispatch (module doc, Load) unless ``dispatched`` is False: a leased slot, whose
+        request has not come yet, counts for its expected time only. Returns False for
+        an unknown executor.
         """
         entry = self._entries.get(executor_id)
         if entry is None:
             return False
-        self._set_outstanding(entry, source, count)
+        self._set_outstanding(entry, source, count, dispatched)
         return True
 
-    def _set_outstanding(self, entry: ExecutorEntry, source: str, count: int) -> None:
+    def _set_outstanding(
+        self, entry: ExecutorEntry, source: str, count: int, dispatched: bool = True
+    ) -> None:
         by_source = entry.outstanding_by_source
         if by_source is None:
             by_source = entry.outstanding_by_source = {}
-        if count == by_source.get(source, 0) + 1:
+        if dispatched and count == by_source.get(source, 0) + 1:
             # One more request dispatched: remember when and at which load (what the
             # policy saw) for the observation that will come back for it.
             pending = entry.pending
@@ -525,8 +531,9 @@ class ExecutorView:
 
     def apply_observed(self, batch: ObservedLatencies, now: float) -> bool:
         """Record a router's batch of observed calls: each sample as :meth:`apply_latency`
-        records the observed measurement it stands for, in order, then the ``released``
-        leased dispatches stop being load. Returns False for an unknown executor."""
+        records the observed measurement it stands for, in order. (Its ``released``
+        leased slots were never pending: the selector's answerer ends their outstanding
+        counts.) Returns False for an unknown executor."""
         entry = self._entries.get(batch.executor_id)
         if entry is None:
             return False
@@ -535,11 +542,6 @@ class ExecutorView:
             self._observe(
                 entry, sample.client_id, sample.latency_ms, sample.input_size, sample.failed
             )
-        pending = entry.pending
-        if batch.released and pending:
-            for _ in range(min(batch.released, len(pending))):
-                pending.popleft()
-            self._update_load(entry)
         return True
 
     def _observe(

@@ -75,6 +75,7 @@ def test_the_lease_asked_for_is_the_demand_over_the_last_age_capped() -> None:
     capped = book.ask(request, 0.07)
     assert capped is not None
     assert capped.slots == 8
+    assert capped.spacing_ms == pytest.approx(100 / 25)  # 25 came in the window
     # A window later, the last window's count still stands; two windows later, nothing.
     assert book.ask(request, 0.17) == capped
     book.take(request, 0.5)

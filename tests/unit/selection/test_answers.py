@@ -284,3 +284,20 @@ def test_no_lease_without_candidates_or_when_one_slot_is_asked() -> None:
     none = answerer.answer(view, leased(5, 10.0, traits=TEXT), NOW).reply
     assert none.status is SelectionStatus.NO_CANDIDATE
     assert none.lease is None
+
+
+def test_leased_slots_are_outstanding_not_pending_and_released_ones_stop_counting() -> None:
+    view = view_with("a", probe_ms=100.0)
+    answerer = Answerer(selector_id="s", default_policy="weighted")
+    answerer.answer(view, leased(4, 0.0), NOW)
+    entry = view.get("a")
+    assert entry is not None
+    assert entry.outstanding == 4
+    # Only the asking request was dispatched; the other slots' requests have not come.
+    assert len(entry.pending or ()) == 1
+    answerer.release(view, "a", 2)
+    assert entry.outstanding == 2
+    answerer.release(view, "a", 5)  # more than are left
+    assert entry.outstanding == 0
+    answerer.release(view, "zz", 1)  # an executor it never counted
+    assert entry.outstanding == 0
