@@ -199,12 +199,15 @@ class Settings(BaseSettings):
     router_ranking_cache_entries: int = Field(default=10_000, ge=1)
     """Rankings a router remembers at most (least recently used forgotten first)."""
 
-    router_lease_slots: int = Field(default=32, ge=1, le=256)
+    router_lease_slots: int = Field(default=1, ge=1, le=256)
     """Requests one selection may rank at most (a selection lease: the router spends its
     slots on the next requests with the same client, traits, weights, policy and SLO,
     without asking again; the selector ranked each slot with the load of the ones
     before); it asks for as many as it saw such requests over the last lease age.
-    1: every request asks the selector (no leases)."""
+    1 (the default): every request asks the selector (no leases). 32 with the default
+    age cut the routing overhead at 100 requests/s 3× and sustained 2.5× the rate, but
+    the replay's ``adaptive`` fell to 93.5 % of its oracle (95.9 % without;
+    ``benchmarks/README.md``, issue 19), so leases are for those who trade that."""
 
     router_lease_max_age_s: float = Field(default=0.5, ge=0, le=10)
     """How long a router may spend a lease's slots after it was granted (a registration,

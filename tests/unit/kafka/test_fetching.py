@@ -54,9 +54,11 @@ class ConsumerDouble:
     def assignment(self) -> set[Any]:
         return set(self.assigned)
 
-    async def seek_to_end(self, *partitions: Any) -> None:
-        for tp in partitions:
-            self.positions[tp] = self.ends[tp]
+    async def end_offsets(self, partitions: list[Any]) -> dict[Any, int]:
+        return {tp: self.ends[tp] for tp in partitions}
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.positions[tp] = offset
 
     async def position(self, tp: Any) -> int:
         return self.positions.get(tp, 0)
