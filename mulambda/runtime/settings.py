@@ -205,7 +205,7 @@ class Settings(BaseSettings):
     without asking again; the selector ranked each slot with the load of the ones
     before); it asks for as many as it saw such requests over the last lease age.
     1 (the default): every request asks the selector (no leases). 32 with the default
-    age cut the routing overhead at 100 requests/s 3× and sustained 2.5× the rate, but
+    age cut the routing overhead at 100 requests/s 3 times and sustained 2.5 times the rate, but
     the replay's ``adaptive`` fell to 93.5 % of its oracle (95.9 % without;
     ``benchmarks/README.md``, issue 19), so leases are for those who trade that."""
 
