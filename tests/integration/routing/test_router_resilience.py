@@ -222,6 +222,10 @@ async def test_selection_is_retried_until_the_selector_is_back_then_cached_when_
             await store.clear()
 
 
+# Its margin is 0.5 s of a 3 s deadline: beside a fault platform under load on the other
+# xdist worker, the error result once arrived 0.25 s late (a fresh clone's run). In the
+# fault suite's group it runs between fault scenarios, not beside one.
+@pytest.mark.xdist_group("faults")
 async def test_a_selection_never_answered_is_an_error_result_before_the_deadline(
     infra: Infra, own_catalog: Catalog, producer: Producer
 ) -> None:
