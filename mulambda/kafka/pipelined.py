@@ -298,9 +298,13 @@ class PipelinedConsumer(ConsumerRebalanceListener, Lifecycle):  # type: ignore[m
             self._freed.clear()  # before counting, so no completion is missed
             free = self._concurrency - len(self._tasks)
             if free <= 0:
+                # Not a zero wait: exactly once commits as soon as answers are ready
+                # (interval 0), and a zero timeout here spun while every slot was busy.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._freed.wait(), self._commit_interval_s)
-                await self._commit(consumer)
+                    await asyncio.wait_for(
+                        self._freed.wait(), self._commit_interval_s or RETRY_COMMIT_S
+                    )
+                await self._commit_after_fetch(consumer)
                 continue
             batches = await fetch_retrying(
                 consumer,
@@ -314,6 +318,13 @@ class PipelinedConsumer(ConsumerRebalanceListener, Lifecycle):  # type: ignore[m
             for tp, records in batches.items():
                 for raw in records:
                     self._spawn(tp, raw)
+            await self._commit_after_fetch(consumer)
+
+    async def _commit_after_fetch(self, consumer: KafkaConsumer) -> None:
+        """Commit between fetches, at most every ``commit_interval_s``; exactly once,
+        the committer task commits as records finish, and a transaction here would only
+        hold up the next fetch."""
+        if self._transactions is None:
             await self._commit(consumer)
 
     def _spawn(self, tp: TopicPartition, raw: RawRecord) -> None:
