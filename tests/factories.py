@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import Any
+
 from mulambda.wire.events import Candidate as CandidateModel
 from mulambda.wire.events import (
     ClientRegistration,
@@ -24,6 +27,7 @@ from mulambda.wire.events import (
     Traits,
     WireModel,
     deadline_in,
+    utcnow,
 )
 
 TRAITS = Traits(model_type="classification", input_format="wine-13", output_format="probs-3")
@@ -45,6 +49,29 @@ def registration(executor_id: str = "ex-1", **overrides: object) -> ExecutorRegi
     }
     fields.update(overrides)
     return ExecutorRegistration.model_validate(fields)
+
+
+def routed_request(**fields: Any) -> InferenceRequest:
+    """An inference request of client ``cl-1`` for :data:`TRAITS`, ``fields`` overriding."""
+    values: dict[str, Any] = {
+        "reply_topic": "t.results",
+        "deadline": utcnow() + timedelta(seconds=10),
+        "client_id": "cl-1",
+        "traits": TRAITS,
+        "body": {"instances": [1]},
+    }
+    values.update(fields)
+    return InferenceRequest(**values)
+
+
+def ranked(*executor_ids: str) -> list[CandidateModel]:
+    """Candidates named ``executor_ids``, in that order (a selection's ranking)."""
+    return [
+        CandidateModel(
+            executor_id=e, endpoint=f"http://{e}:1", model_name="m", score=1.0, accuracy=0.9
+        )
+        for e in executor_ids
+    ]
 
 
 def one_of_each() -> list[WireModel]:

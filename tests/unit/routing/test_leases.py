@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -11,41 +10,20 @@ from mulambda.errors import ConfigurationError
 from mulambda.routing.leases import LeaseBook
 from mulambda.wire.events import (
     Candidate,
-    InferenceRequest,
     SelectionReply,
     SelectionStatus,
     SoftWeights,
-    utcnow,
 )
-from tests.factories import TRAITS
+from tests.factories import TRAITS, ranked, routed_request
 
 pytestmark = pytest.mark.unit
-
-
-def _request(**fields: Any) -> InferenceRequest:
-    values: dict[str, Any] = {
-        "reply_topic": "t.results",
-        "deadline": utcnow() + timedelta(seconds=10),
-        "client_id": "cl-1",
-        "traits": TRAITS,
-        "body": {"instances": [1]},
-    }
-    values.update(fields)
-    return InferenceRequest(**values)
-
-
-def _candidates(*executor_ids: str) -> list[Candidate]:
-    return [
-        Candidate(executor_id=e, endpoint=f"http://{e}:1", model_name="m", score=1.0, accuracy=0.9)
-        for e in executor_ids
-    ]
 
 
 def _reply(lease: list[list[int]] | None, *executor_ids: str) -> SelectionReply:
     return SelectionReply(
         correlation_id="c",
         status=SelectionStatus.OK,
-        candidates=_candidates(*executor_ids),
+        candidates=ranked(*executor_ids),
         lease=lease,
     )
 
@@ -56,14 +34,14 @@ def _ids(ranking: tuple[Candidate, ...] | None) -> list[str] | None:
 
 def test_a_kind_of_request_seen_once_asks_for_no_lease() -> None:
     book = LeaseBook(max_slots=32, max_age_s=0.1)
-    request = _request()
+    request = routed_request()
     assert book.take(request, 0.0) is None
     assert book.ask(request, 0.0) is None
 
 
 def test_the_lease_asked_for_is_the_demand_over_the_last_age_capped() -> None:
     book = LeaseBook(max_slots=8, max_age_s=0.1)
-    request = _request()
+    request = routed_request()
     for i in range(5):
         book.take(request, i * 0.01)
     ask = book.ask(request, 0.05)
@@ -84,7 +62,7 @@ def test_the_lease_asked_for_is_the_demand_over_the_last_age_capped() -> None:
 
 def test_leases_off_ask_for_nothing() -> None:
     for book in (LeaseBook(max_slots=1, max_age_s=0.1), LeaseBook(max_slots=8, max_age_s=0)):
-        request = _request()
+        request = routed_request()
         for i in range(10):
             assert book.take(request, i * 0.001) is None
         assert not book.enabled
@@ -93,7 +71,7 @@ def test_leases_off_ask_for_nothing() -> None:
 
 def test_slots_after_the_first_are_spent_in_order_once_each() -> None:
     book = LeaseBook(max_slots=8, max_age_s=0.1)
-    request = _request()
+    request = routed_request()
     book.grant(request, _reply([[0, 1], [1, 0], [0, 1]], "a", "b"), 0.0)
     assert _ids(book.take(request, 0.01)) == ["b", "a"]
     assert _ids(book.take(request, 0.02)) == ["a", "b"]
@@ -103,15 +81,15 @@ def test_slots_after_the_first_are_spent_in_order_once_each() -> None:
 
 def test_a_lease_serves_only_its_kind_of_request() -> None:
     book = LeaseBook(max_slots=8, max_age_s=0.1)
-    book.grant(_request(), _reply([[0], [0]], "a"), 0.0)
-    other = _request(weights=SoftWeights(latency=0.9, accuracy=0.1))
+    book.grant(routed_request(), _reply([[0], [0]], "a"), 0.0)
+    other = routed_request(weights=SoftWeights(latency=0.9, accuracy=0.1))
     assert book.take(other, 0.01) is None
-    assert _ids(book.take(_request(client_id="cl-1", input_size=7), 0.01)) == ["a"]
+    assert _ids(book.take(routed_request(client_id="cl-1", input_size=7), 0.01)) == ["a"]
 
 
 def test_an_expired_lease_is_released_per_first_candidate() -> None:
     book = LeaseBook(max_slots=8, max_age_s=0.1)
-    request = _request()
+    request = routed_request()
     book.grant(request, _reply([[0, 1], [1, 0], [0, 1], [0, 1]], "a", "b"), 0.0)
     assert book.take(request, 0.1) is None  # at its age: over
     assert sorted(book.take_released()) == [("a", 2), ("b", 1)]
@@ -126,7 +104,7 @@ def test_an_expired_lease_is_released_per_first_candidate() -> None:
 
 def test_a_failed_executor_ends_the_leases_that_name_it() -> None:
     book = LeaseBook(max_slots=8, max_age_s=1.0)
-    one, two = _request(client_id="one"), _request(client_id="two")
+    one, two = routed_request(client_id="one"), routed_request(client_id="two")
     book.grant(one, _reply([[0, 1], [1, 0]], "a", "b"), 0.0)
     book.grant(two, _reply([[0], [0]], "c"), 0.0)
     assert book.end("b") == 1
@@ -141,7 +119,7 @@ def test_a_failed_executor_ends_the_leases_that_name_it() -> None:
 
 def test_a_newer_grant_replaces_and_releases_the_older() -> None:
     book = LeaseBook(max_slots=8, max_age_s=1.0)
-    request = _request()
+    request = routed_request()
     book.grant(request, _reply([[0], [0], [0]], "a"), 0.0)
     book.grant(request, _reply([[0], [0]], "b"), 0.1)
     assert list(book.take_released()) == [("a", 2)]
@@ -150,7 +128,7 @@ def test_a_newer_grant_replaces_and_releases_the_older() -> None:
 
 def test_replies_without_a_usable_lease_grant_nothing() -> None:
     book = LeaseBook(max_slots=8, max_age_s=1.0)
-    request = _request()
+    request = routed_request()
     book.grant(request, _reply(None, "a"), 0.0)
     book.grant(request, _reply([[0]], "a"), 0.0)  # the asking request's slot alone
     assert len(book) == 0
@@ -181,16 +159,16 @@ def test_settings_out_of_range_are_refused(arguments: dict[str, Any]) -> None:
 def test_kinds_of_request_are_bounded() -> None:
     book = LeaseBook(max_slots=8, max_age_s=1.0, max_entries=2)
     for name in ("one", "two", "three"):
-        book.grant(_request(client_id=name), _reply([[0], [0]], "a"), 0.0)
+        book.grant(routed_request(client_id=name), _reply([[0], [0]], "a"), 0.0)
     assert len(book) == 2
-    assert book.take(_request(client_id="one"), 0.1) is None  # the oldest forgotten
+    assert book.take(routed_request(client_id="one"), 0.1) is None  # the oldest forgotten
     assert list(book.take_released()) == [("a", 1)]
 
 
 def test_registrations_end_the_leases_naming_the_executor_or_ranking_its_traits() -> None:
     book = LeaseBook(max_slots=8, max_age_s=1.0)
-    wine, other = _request(client_id="one"), _request(client_id="two")
-    text = _request(
+    wine, other = routed_request(client_id="one"), routed_request(client_id="two")
+    text = routed_request(
         client_id="three",
         traits={"model_type": "sentiment", "input_format": "text", "output_format": "label"},
     )
@@ -206,7 +184,7 @@ def test_registrations_end_the_leases_naming_the_executor_or_ranking_its_traits(
 
 def test_a_status_ends_leases_when_availability_changes_not_on_every_heartbeat() -> None:
     book = LeaseBook(max_slots=8, max_age_s=1.0)
-    one, two = _request(client_id="one"), _request(client_id="two")
+    one, two = routed_request(client_id="one"), routed_request(client_id="two")
     book.grant(one, _reply([[0, 1], [0, 1]], "a", "b"), 0.0)
     book.grant(two, _reply([[0], [0]], "c"), 0.0)
     assert book.executor_status("a", available=True) == 0  # a heartbeat
